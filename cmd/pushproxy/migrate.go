@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/pushproxy/pushproxy/internal/pglocal"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	action := "up"
+	if len(args) > 0 && (args[0] == "up" || args[0] == "status") {
+		action, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		dbURL, dataDir string
+		lc             logConfig
+	)
+	fs.StringVar(&dbURL, "database-url", "", "Postgres URL (DATABASE_URL is read too); empty: the local Postgres in --data-dir")
+	fs.StringVar(&dataDir, "data-dir", "pushproxy-data", "data directory of the local Postgres, when no database URL is given")
+	lc.flags(fs)
+	fs.Usage = usage(fs, stderr, "Usage: pushproxy migrate [up|status] [flags]\n\nApplies pending migrations (up, the default) or shows the schema version (status).")
+	if err := parseFlags(fs, args, getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "pushproxy migrate:", err)
+		return 2
+	}
+	log, err := lc.logger(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "pushproxy migrate:", err)
+		return 2
+	}
+	url := databaseURL(dbURL, getenv)
+	if url == "" {
+		dir, err := filepath.Abs(dataDir)
+		if err != nil {
+			fmt.Fprintln(stderr, "pushproxy migrate:", err)
+			return 1
+		}
+		pg, err := pglocal.Start(ctx, pglocal.Options{DataDir: filepath.Join(dir, "postgres"), Logger: log})
+		if err != nil {
+			fmt.Fprintln(stderr, "pushproxy migrate: local postgres:", err)
+			return 1
+		}
+		defer pg.Stop()
+		if err := pg.CreateDatabase(ctx, "pushproxy"); err != nil {
+			fmt.Fprintln(stderr, "pushproxy migrate: local postgres:", err)
+			return 1
+		}
+		url = pg.URL("pushproxy")
+	}
+	if action == "up" {
+		if err := store.Migrate(ctx, url, log); err != nil {
+			fmt.Fprintln(stderr, "pushproxy migrate:", err)
+			return 1
+		}
+	}
+	st, err := store.GetMigrationStatus(ctx, url)
+	if err != nil {
+		fmt.Fprintln(stderr, "pushproxy migrate:", err)
+		return 1
+	}
+	for i, name := range st.Names {
+		mark := "pending"
+		if int32(i) < st.Current {
+			mark = "applied"
+		}
+		fmt.Fprintf(stdout, "%3d  %-8s %s\n", i+1, mark, name)
+	}
+	fmt.Fprintf(stdout, "schema version %d of %d\n", st.Current, st.Latest)
+	log.Debug("migrate done", slog.String("action", action))
+	return 0
+}

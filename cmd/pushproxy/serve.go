@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/pushproxy/pushproxy/internal/pglocal"
+	"github.com/pushproxy/pushproxy/proxy"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// serveConfig is everything `pushproxy serve` is told.
+type serveConfig struct {
+	Listen          string
+	DatabaseURL     string
+	DataDir         string
+	Migrate         bool
+	ShutdownTimeout time.Duration
+	DBMaxConns      int
+	Log             logConfig
+
+	Allow   listFlag
+	APIKeys secretListFlag
+	Proxy   proxy.Options
+}
+
+func (c *serveConfig) flags(fs *flag.FlagSet) {
+	d := proxy.DefaultOptions
+	fs.StringVar(&c.Listen, "listen", ":8080", "address the HTTP API listens on")
+	fs.StringVar(&c.DatabaseURL, "database-url", "", "Postgres URL (DATABASE_URL is read too); empty: run a local Postgres in --data-dir")
+	fs.StringVar(&c.DataDir, "data-dir", "pushproxy-data", "where the local Postgres keeps its data when no database URL is given")
+	fs.BoolVar(&c.Migrate, "migrate", true, "apply pending database migrations at start-up")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long a graceful shutdown may take")
+	fs.IntVar(&c.DBMaxConns, "db-max-conns", 20, "size of the Postgres connection pool")
+	c.Log.flags(fs)
+
+	fs.Var(&c.Allow, "upstream-allow", "upstreams the proxy may dial: comma-separated hosts, host:port, CIDRs, or * for any public host (empty: any public host; loopback and private addresses only when listed)")
+	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
+	p := &c.Proxy
+	fs.StringVar(&p.InstanceID, "instance-id", "", "name of this instance in leases (empty: host-pid-random)")
+	fs.DurationVar(&p.LeaseTTL, "lease-ttl", d.LeaseTTL, "how long a stream lease lasts unrenewed; a dead instance's streams move after this")
+	fs.DurationVar(&p.ClaimInterval, "claim-interval", d.ClaimInterval, "how often to look for streams no instance holds")
+	fs.IntVar(&p.ClaimBatch, "claim-batch", d.ClaimBatch, "most streams taken by one claim")
+	fs.IntVar(&p.MaxHeldStreams, "max-held-streams", 0, "most streams this instance holds (0: no bound)")
+	fs.IntVar(&p.MaxEventSize, "max-event-size", d.MaxEventSize, "largest upstream event or line, in bytes; a larger one fails the stream")
+	fs.Int64Var(&p.MaxBacklog, "max-backlog", d.MaxBacklog, "most events queued per stream; the oldest are dropped beyond it (readers get a gap signal)")
+	fs.IntVar(&p.MaxStreamsPerDevice, "max-streams-per-device", d.MaxStreamsPerDevice, "most streams held for one device")
+	fs.Int64Var(&p.MaxBodyBytes, "max-body-bytes", d.MaxBodyBytes, "largest API request body, in bytes")
+	fs.IntVar(&p.CommitBatch, "commit-batch", d.CommitBatch, "most events committed in one transaction")
+	fs.IntVar(&p.CommitQueue, "commit-queue", d.CommitQueue, "most events waiting to be committed; upstream reads pause beyond it")
+	fs.BoolVar(&p.UpstreamH2C, "upstream-h2c", false, "speak HTTP/2 without TLS (prior knowledge) to http:// origins, and HTTP/2 only to https:// ones")
+	fs.DurationVar(&p.UpstreamRetry, "upstream-retry", d.UpstreamRetry, "reconnect delay when the origin sent no retry: field")
+	fs.DurationVar(&p.UpstreamBackoffMax, "upstream-backoff-max", d.UpstreamBackoffMax, "cap of the reconnect backoff")
+	fs.IntVar(&p.UpstreamMaxRedirects, "upstream-max-redirects", d.UpstreamMaxRedirects, "most redirects followed per connect")
+	fs.DurationVar(&p.UpstreamConnectTimeout, "upstream-connect-timeout", d.UpstreamConnectTimeout, "longest wait for an origin's response headers")
+	fs.DurationVar(&p.UpstreamIdleTimeout, "upstream-idle-timeout", d.UpstreamIdleTimeout, "reconnect an upstream silent for this long (0: never)")
+	fs.DurationVar(&p.Heartbeat, "heartbeat", d.Heartbeat, "interval of comment heartbeats to event readers")
+	fs.DurationVar(&p.ReaderTTL, "reader-ttl", d.ReaderTTL, "how long a reader counts as open after its instance stops refreshing it")
+}
+
+// logConfig is the logging flags shared by subcommands.
+type logConfig struct {
+	Level  string
+	Format string
+}
+
+func (c *logConfig) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Level, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.Format, "log-format", "text", "text or json")
+}
+
+func (c *logConfig) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.Level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	o := &slog.HandlerOptions{Level: lvl}
+	switch c.Format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	default:
+		return nil, fmt.Errorf("--log-format: %q is not text or json", c.Format)
+	}
+}
+
+// Server is a running `pushproxy serve`: the HTTP API, the proxy service, the store, and
+// the local Postgres when it manages one. End-to-end tests start it on 127.0.0.1:0.
+type Server struct {
+	cfg  serveConfig
+	log  *slog.Logger
+	pg   *pglocal.Cluster
+	st   *store.Store
+	svc  *proxy.Service
+	http *http.Server
+	ln   net.Listener
+	done chan error
+}
+
+// Addr is the address the API listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// openServer starts everything; on error it undoes what it started.
+func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv func(string) string) (_ *Server, err error) {
+	s := &Server{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			s.close(context.WithoutCancel(ctx))
+		}
+	}()
+	allow, err := proxy.ParseAllowList(cfg.Allow)
+	if err != nil {
+		return nil, err
+	}
+	url := databaseURL(cfg.DatabaseURL, getenv)
+	if url == "" {
+		dir, err := filepath.Abs(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		log.InfoContext(ctx, "no database URL given: running a local Postgres", slog.String("data_dir", dir))
+		s.pg, err = pglocal.Start(ctx, pglocal.Options{DataDir: filepath.Join(dir, "postgres"), Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("local postgres: %w", err)
+		}
+		if err := s.pg.CreateDatabase(ctx, "pushproxy"); err != nil {
+			return nil, fmt.Errorf("local postgres: %w", err)
+		}
+		url = s.pg.URL("pushproxy")
+	}
+	if cfg.Migrate {
+		if err := store.Migrate(ctx, url, log); err != nil {
+			return nil, err
+		}
+	} else if err := store.CheckSchema(ctx, url); err != nil {
+		return nil, err
+	}
+	s.st, err = store.Open(ctx, url, &store.Options{MaxConns: int32(cfg.DBMaxConns), Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	po := cfg.Proxy
+	po.Upstream, po.APIKeys, po.Logger = allow, cfg.APIKeys.listFlag, log
+	s.svc = proxy.New(s.st, url, &po)
+	if err := s.svc.Start(ctx); err != nil {
+		return nil, err
+	}
+	s.ln, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	s.http = &http.Server{
+		Handler:           s.svc.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	s.done = make(chan error, 1)
+	go func() { s.done <- s.http.Serve(s.ln) }()
+	log.InfoContext(ctx, "pushproxy serving", slog.String("addr", s.Addr()), slog.String("instance", s.svc.InstanceID()))
+	return s, nil
+}
+
+// close shuts down in order: stop taking requests (open streams end), stop holders and
+// commit what they had, release leases, close the database, stop the local Postgres.
+func (s *Server) close(ctx context.Context) error {
+	var errs []error
+	// Event streams never finish on their own: stopping the service ends them, so it runs
+	// alongside the HTTP shutdown.
+	stopped := make(chan error, 1)
+	if s.svc != nil {
+		go func() { stopped <- s.svc.Stop(ctx) }()
+	} else {
+		stopped <- nil
+	}
+	if s.http != nil {
+		if err := s.http.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+		}
+	}
+	if err := <-stopped; err != nil {
+		errs = append(errs, err)
+	}
+	if s.st != nil {
+		s.st.Close()
+	}
+	if s.pg != nil {
+		if err := s.pg.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg serveConfig
+	cfg.flags(fs)
+	fs.Usage = usage(fs, stderr, "Usage: pushproxy serve [flags]\n\nRuns the push proxy: the HTTP API and the holders of upstream streams.")
+	if err := parseFlags(fs, args, getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "pushproxy serve:", err)
+		return 2
+	}
+	log, err := cfg.Log.logger(stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "pushproxy serve:", err)
+		return 2
+	}
+	srv, err := openServer(ctx, cfg, log, getenv)
+	if err != nil {
+		log.Error("start-up failed", slog.String("error", err.Error()))
+		return 1
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-srv.done:
+		log.Error("http server stopped", slog.String("error", err.Error()))
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.close(sctx); err != nil {
+		log.Error("shutdown", slog.String("error", err.Error()))
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}

@@ -1,0 +1,324 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// Handler returns the HTTP API.
+func (s *Service) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID)
+	r.Use(s.recoverer)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, http.StatusNotFound, pushproxy.ENOTFOUND, "no such route: "+r.Method+" "+r.URL.Path)
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, http.StatusMethodNotAllowed, "method-not-allowed", r.Method+" is not allowed on "+r.URL.Path)
+	})
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", s.handleReady)
+	r.Route("/v1/streams", func(r chi.Router) {
+		r.Post("/", s.handleHandoff)
+		r.Get("/{id}", s.handleGetStream)
+		r.Delete("/{id}", s.handleCloseStream)
+		r.Get("/{id}/events", s.handleEvents)
+	})
+	return r
+}
+
+func routePattern(r *http.Request) string {
+	if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+		return rc.RoutePattern()
+	}
+	return "unmatched"
+}
+
+// recoverer turns a panic into a 500 problem and a log line (never the process).
+func (s *Service) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.ErrorContext(r.Context(), "handler panicked", "route", routePattern(r), "panic", v)
+				writeProblem(w, http.StatusInternalServerError, pushproxy.EINTERNAL, "internal error")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		writeProblem(w, http.StatusServiceUnavailable, pushproxy.EUNAVAILABLE, "database unreachable")
+		return
+	}
+	s.mu.Lock()
+	stopped := s.stopped
+	s.mu.Unlock()
+	if stopped {
+		writeProblem(w, http.StatusServiceUnavailable, pushproxy.EUNAVAILABLE, "shutting down")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "instance": s.opts.InstanceID, "held_streams": s.Held()})
+}
+
+// bearer returns the token of an "Authorization: Bearer" header.
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}
+
+func (s *Service) checkAPIKey(r *http.Request) error {
+	if len(s.opts.APIKeys) == 0 {
+		return nil
+	}
+	tok, ok := bearer(r)
+	if !ok {
+		return pushproxy.Errorf(pushproxy.EUNAUTHORIZED, "an API key is required: Authorization: Bearer <key>")
+	}
+	for _, k := range s.opts.APIKeys {
+		if subtle.ConstantTimeCompare([]byte(tok), []byte(k)) == 1 {
+			return nil
+		}
+	}
+	return pushproxy.Errorf(pushproxy.EUNAUTHORIZED, "the API key is not valid")
+}
+
+func hashToken(tok string) []byte {
+	h := sha256.Sum256([]byte(tok))
+	return h[:]
+}
+
+func newToken() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// handoffResponse is the body of 201 Created.
+type handoffResponse struct {
+	ID        string `json:"id"`
+	Token     string `json:"token"`
+	EventsURL string `json:"events_url"`
+	State     string `json:"state"`
+}
+
+func (s *Service) handleHandoff(w http.ResponseWriter, r *http.Request) {
+	if err := s.checkAPIKey(r); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			writeProblem(w, http.StatusUnsupportedMediaType, "unsupported-media-type", "the body must be application/json")
+			return
+		}
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+	h, err := parseHandoff(r.Body)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	port := h.URL.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[h.URL.Scheme]
+	}
+	if err := s.opts.Upstream.CheckHost(ctx, h.URL.Hostname(), port); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.mu.Lock()
+	stopped := s.stopped
+	s.mu.Unlock()
+	owner := s.opts.InstanceID
+	if stopped || (s.opts.MaxHeldStreams > 0 && s.Held() >= s.opts.MaxHeldStreams) {
+		owner = "" // another instance claims it
+	}
+	tok := newToken()
+	st, epoch, err := s.store.CreateStream(r.Context(), store.NewStream{
+		URL:          h.URL.String(),
+		Headers:      h.Headers,
+		ResumeID:     h.LastEventID,
+		TokenHash:    hashToken(tok),
+		Push:         h.Push,
+		MaxPerDevice: s.opts.MaxStreamsPerDevice,
+		LeaseOwner:   owner,
+		LeaseTTL:     s.opts.LeaseTTL,
+	})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if owner != "" {
+		s.hold(store.Claim{Stream: st, Epoch: epoch})
+	}
+	w.Header().Set("Location", "/v1/streams/"+st.ID)
+	writeJSON(w, http.StatusCreated, handoffResponse{
+		ID:        st.ID,
+		Token:     tok,
+		EventsURL: "/v1/streams/" + st.ID + "/events?token=" + url.QueryEscape(tok),
+		State:     st.State,
+	})
+}
+
+// authorizedStream loads the stream named in the route and checks the stream token (Bearer
+// header, or ?token= for EventSource, which cannot set headers).
+func (s *Service) authorizedStream(r *http.Request) (pushproxy.Stream, error) {
+	id := chi.URLParam(r, "id")
+	tok, ok := bearer(r)
+	if !ok {
+		tok = r.URL.Query().Get("token")
+	}
+	st, err := s.store.GetStream(r.Context(), id)
+	if err != nil {
+		return st, err
+	}
+	if tok == "" {
+		return st, pushproxy.Errorf(pushproxy.EUNAUTHORIZED, "the stream token is required: Authorization: Bearer <token> or ?token=")
+	}
+	if subtle.ConstantTimeCompare(hashToken(tok), st.TokenHash) != 1 {
+		return st, pushproxy.Errorf(pushproxy.EUNAUTHORIZED, "the stream token is not valid for this stream")
+	}
+	return st, nil
+}
+
+// streamResponse is the body of GET /v1/streams/{id}.
+type streamResponse struct {
+	ID            string           `json:"id"`
+	URL           string           `json:"url"`
+	State         string           `json:"state"`
+	StateReason   string           `json:"state_reason,omitempty"`
+	Backlog       int64            `json:"backlog"`
+	NewestEventID *string          `json:"newest_event_id"`
+	AckedEventID  string           `json:"acked_event_id"`
+	ResumeEventID string           `json:"upstream_last_event_id"`
+	Upstream      upstreamResponse `json:"upstream"`
+	HasPush       bool             `json:"has_push"`
+	CreatedAt     time.Time        `json:"created_at"`
+	ClosedAt      *time.Time       `json:"closed_at,omitempty"`
+}
+
+type upstreamResponse struct {
+	Status      int        `json:"status"`
+	Connected   bool       `json:"connected"`
+	Connects    int64      `json:"connects"`
+	RetryMS     *int64     `json:"retry_ms"`
+	LastError   string     `json:"last_error,omitempty"`
+	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
+}
+
+func toStreamResponse(st pushproxy.Stream) streamResponse {
+	resp := streamResponse{
+		ID: st.ID, URL: st.URL, State: st.State, StateReason: st.StateReason,
+		Backlog: st.Backlog(), AckedEventID: st.AckedID, ResumeEventID: st.ResumeID,
+		HasPush: st.DeviceID != "", CreatedAt: st.CreatedAt,
+		Upstream: upstreamResponse{Status: st.UpstreamStatus, Connected: st.Connected, Connects: st.Connects, LastError: st.LastError},
+	}
+	if st.Backlog() > 0 {
+		resp.NewestEventID = &st.NewestID
+	}
+	if st.RetryMS >= 0 {
+		resp.Upstream.RetryMS = &st.RetryMS
+	}
+	if !st.LastErrorAt.IsZero() {
+		resp.Upstream.LastErrorAt = &st.LastErrorAt
+	}
+	if !st.ClosedAt.IsZero() {
+		resp.ClosedAt = &st.ClosedAt
+	}
+	return resp
+}
+
+func (s *Service) handleGetStream(w http.ResponseWriter, r *http.Request) {
+	st, err := s.authorizedStream(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, toStreamResponse(st))
+}
+
+// closeResponse is the body of DELETE /v1/streams/{id}.
+type closeResponse struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+	// LastEventID is what the device reconnects to the origin with: the id it acknowledged,
+	// so the origin replays whatever the device had not read.
+	LastEventID string `json:"last_event_id"`
+	// UpstreamLastEventID is the newest id the proxy had received from the origin.
+	UpstreamLastEventID string `json:"upstream_last_event_id"`
+	// Discarded counts queued events dropped unread.
+	Discarded int64 `json:"discarded"`
+}
+
+func (s *Service) handleCloseStream(w http.ResponseWriter, r *http.Request) {
+	st, err := s.authorizedStream(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	// A Last-Event-ID (header or query) acknowledges what the device read before the close.
+	if id, ok := lastEventID(r); ok {
+		if _, err := s.store.Resume(r.Context(), st.ID, id, true); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	res, err := s.store.CloseStream(r.Context(), st.ID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.mu.Lock()
+	h := s.holders[st.ID]
+	s.mu.Unlock()
+	if h != nil {
+		s.unhold(h)
+	}
+	writeJSON(w, http.StatusOK, closeResponse{
+		ID: res.Stream.ID, State: res.Stream.State, LastEventID: res.Stream.AckedID,
+		UpstreamLastEventID: res.Stream.ResumeID, Discarded: res.Discarded,
+	})
+}
+
+// lastEventID returns the reader's Last-Event-ID: the header, else the last_event_id query
+// parameter (for a first EventSource connect, which cannot set the header).
+func lastEventID(r *http.Request) (string, bool) {
+	if v, ok := r.Header["Last-Event-Id"]; ok && len(v) > 0 {
+		return v[0], true
+	}
+	q := r.URL.Query()
+	if q.Has("last_event_id") {
+		return q.Get("last_event_id"), true
+	}
+	return "", false
+}

@@ -1,0 +1,163 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// commitItem is one holder's contribution to a batch. done, when not nil, receives the
+// outcome once the item is committed (or dropped): holders use it as a barrier before they
+// end, so that their last events and their final state land together, in order.
+type commitItem struct {
+	store.Append
+	done chan<- bool // true: committed; false: the lease was lost
+}
+
+// committer turns the events of every holder of the instance into batched transactions:
+// it takes whatever has queued up while the previous commit ran (up to maxBatch events),
+// merges it per stream, and commits it in one transaction. With synchronous_commit on, a
+// commit costs a WAL flush, so batching is what makes ingest fast.
+type committer struct {
+	in       chan commitItem
+	store    *store.Store
+	owner    string
+	opts     store.CommitOptions
+	maxBatch int
+	log      *slog.Logger
+	onLost   func([]store.Lease)
+	metrics  func(events, streams int, took time.Duration)
+}
+
+// run commits until c.in is closed and empty, or ctx ends.
+func (c *committer) run(ctx context.Context) {
+	var pending []commitItem
+	for {
+		select {
+		case it, ok := <-c.in:
+			if !ok {
+				return
+			}
+			pending = append(pending[:0], it)
+		case <-ctx.Done():
+			return
+		}
+		// Take what is queued, without waiting: the time the previous commit took is the
+		// batching window.
+		events := len(pending[0].Events)
+	drain:
+		for events < c.maxBatch {
+			select {
+			case it, ok := <-c.in:
+				if !ok {
+					break drain
+				}
+				pending = append(pending, it)
+				events += len(it.Events)
+			default:
+				break drain
+			}
+		}
+		if !c.commit(ctx, pending) {
+			return
+		}
+		clear(pending)
+	}
+}
+
+// commit commits items, retrying with backoff while the database fails. It returns false
+// only when ctx ends first.
+func (c *committer) commit(ctx context.Context, items []commitItem) bool {
+	appends, stale := merge(items)
+	backoff := 50 * time.Millisecond
+	for {
+		start := time.Now()
+		res, err := c.store.Commit(ctx, c.owner, appends, c.opts)
+		if err == nil {
+			if c.metrics != nil {
+				c.metrics(res.Events, len(appends), time.Since(start))
+			}
+			lost := make(map[store.Lease]bool, len(res.Lost))
+			for _, l := range res.Lost {
+				lost[l] = true
+			}
+			for k, it := range items {
+				if it.done != nil {
+					it.done <- !lost[store.Lease{StreamID: it.StreamID, Epoch: it.Epoch}] && !stale[k]
+				}
+			}
+			if len(res.Lost) > 0 && c.onLost != nil {
+				c.onLost(res.Lost)
+			}
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		c.log.ErrorContext(ctx, "commit failed; retrying", slog.String("error", err.Error()), slog.Duration("backoff", backoff))
+		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// merge folds the items of one batch into one Append per stream, in order. Items of an older
+// lease epoch of a stream than another item in the batch are stale (their holder was
+// replaced): they are dropped, and reported by index.
+func merge(items []commitItem) ([]store.Append, map[int]bool) {
+	newest := make(map[string]int64, len(items))
+	for _, it := range items {
+		if e, ok := newest[it.StreamID]; !ok || it.Epoch > e {
+			newest[it.StreamID] = it.Epoch
+		}
+	}
+	idx := make(map[string]int, len(newest))
+	out := make([]store.Append, 0, len(newest))
+	var stale map[int]bool
+	for k, it := range items {
+		if it.Epoch != newest[it.StreamID] {
+			if stale == nil {
+				stale = map[int]bool{}
+			}
+			stale[k] = true
+			continue
+		}
+		i, ok := idx[it.StreamID]
+		if !ok {
+			idx[it.StreamID] = len(out)
+			a := it.Append
+			a.Events = append([]pushproxy.Event(nil), a.Events...)
+			out = append(out, a)
+			continue
+		}
+		m := &out[i]
+		m.Events = append(m.Events, it.Events...)
+		m.HeadSeq, m.ResumeID = it.HeadSeq, it.ResumeID
+		if it.RetryMS >= 0 {
+			m.RetryMS = it.RetryMS
+		}
+		if it.State != "" {
+			m.State, m.StateReason = it.State, it.StateReason
+		}
+		if it.UpstreamStatus != 0 {
+			m.UpstreamStatus = it.UpstreamStatus
+		}
+		if it.Connected >= 0 {
+			m.Connected = it.Connected
+		}
+		m.Connects += it.Connects
+		if it.Error != "" {
+			m.Error = it.Error
+		}
+	}
+	return out, stale
+}

@@ -1,0 +1,213 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/sse"
+)
+
+// GapEventType is the type of the event a reader gets first when events it has not seen may
+// be gone (its Last-Event-ID is no longer queued, or the backlog overflowed). Its id is the
+// reader's own Last-Event-ID, so it does not move the reader's position; its data is a JSON
+// object with a "reason". Code listening with onmessage never sees it.
+const GapEventType = "pushproxy-gap"
+
+const (
+	defaultPageLimit = 100
+	maxPageLimit     = 1000
+	ssePage          = 500
+)
+
+// eventJSON is one event of the JSON form.
+type eventJSON struct {
+	ID    string `json:"id"`
+	Event string `json:"event"`
+	Data  string `json:"data"`
+}
+
+type eventsPage struct {
+	Events      []eventJSON `json:"events"`
+	LastEventID string      `json:"last_event_id"`
+	More        bool        `json:"more"`
+	Gap         bool        `json:"gap"`
+}
+
+// wantsJSON reports whether the client asked for the JSON form: Accept names
+// application/json and not text/event-stream (the default).
+func wantsJSON(r *http.Request) bool {
+	json := false
+	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
+		mt, _, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil {
+			continue
+		}
+		switch mt {
+		case "text/event-stream":
+			return false
+		case "application/json":
+			json = true
+		}
+	}
+	return json
+}
+
+func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request) {
+	st, err := s.authorizedStream(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id, provided := lastEventID(r)
+	if len(id) > maxLastEventIDLength {
+		s.writeError(w, r, invalid("Last-Event-ID: longer than %d bytes", maxLastEventIDLength))
+		return
+	}
+	if wantsJSON(r) {
+		s.serveJSON(w, r, st, id, provided)
+		return
+	}
+	s.serveSSE(w, r, st, id, provided)
+}
+
+func (s *Service) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy.Stream, id string, provided bool) {
+	limit := defaultPageLimit
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxPageLimit {
+			s.writeError(w, r, invalid("limit: must be an integer from 1 to %d", maxPageLimit))
+			return
+		}
+		limit = n
+	}
+	cur, err := s.store.Resume(r.Context(), st.ID, id, provided)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	evs, err := s.store.EventsAfter(r.Context(), st.ID, cur.After, limit+1)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	page := eventsPage{Events: []eventJSON{}, More: len(evs) > limit, Gap: cur.Gap, LastEventID: id}
+	if !provided {
+		page.LastEventID = st.AckedID
+	}
+	evs = evs[:min(len(evs), limit)]
+	for _, ev := range evs {
+		typ := ev.Type
+		if typ == "" {
+			typ = "message"
+		}
+		page.Events = append(page.Events, eventJSON{ID: pushproxy.ReplayID(ev.Seq, ev.LastEventID), Event: typ, Data: ev.Data})
+	}
+	if n := len(page.Events); n > 0 {
+		page.LastEventID = page.Events[n-1].ID
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.Stream, id string, provided bool) {
+	ctx := r.Context()
+	// Subscribe before reading, so that nothing committed in between is missed.
+	sub := s.hub.subscribe(st.ID)
+	defer s.hub.unsubscribe(sub)
+	cur, err := s.store.Resume(ctx, st.ID, id, provided)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if st.State != pushproxy.StateHeld && cur.After >= st.HeadSeq {
+		// Nothing more will come: 204 tells an EventSource to stop reconnecting.
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	readerID, err := s.store.OpenReader(ctx, st.ID, st.DeviceID, s.opts.InstanceID, s.opts.ReaderTTL)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer func() {
+		if err := s.store.CloseReader(context.WithoutCancel(ctx), readerID); err != nil {
+			s.log.WarnContext(ctx, "closing reader failed", slog.String("error", err.Error()))
+		}
+	}()
+
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{}) // a stream outlives any server write timeout
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer
+	if cur.Gap {
+		h.Set("Pushproxy-Gap", "1")
+	}
+	w.WriteHeader(http.StatusOK)
+	sw := sse.NewWriter(w)
+	if cur.Gap {
+		reason := `{"reason":"events after the given Last-Event-ID may be missing: it is no longer queued, or the backlog overflowed"}`
+		if err := sw.WriteEvent(sse.Event{LastEventID: id, Type: GapEventType, Data: reason}); err != nil {
+			return
+		}
+	}
+	if err := rc.Flush(); err != nil {
+		return
+	}
+
+	heartbeat := time.NewTicker(s.opts.Heartbeat)
+	defer heartbeat.Stop()
+	after := cur.After
+	for {
+		evs, err := s.store.EventsAfter(ctx, st.ID, after, ssePage)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.ErrorContext(ctx, "reading events failed", slog.String("stream", st.ID), slog.String("error", err.Error()))
+			}
+			return
+		}
+		for _, ev := range evs {
+			if err := sw.WriteEvent(sse.Event{LastEventID: pushproxy.ReplayID(ev.Seq, ev.LastEventID), Type: ev.Type, Data: ev.Data}); err != nil {
+				return
+			}
+			after = ev.Seq
+		}
+		if len(evs) > 0 {
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+		if len(evs) == ssePage {
+			continue
+		}
+		if len(evs) == 0 {
+			// Woken with nothing new: the stream may have ended.
+			cur, err := s.store.GetStream(ctx, st.ID)
+			if err != nil || (cur.State != pushproxy.StateHeld && after >= cur.HeadSeq) {
+				return
+			}
+		}
+	wait:
+		for {
+			select {
+			case _, ok := <-sub.c:
+				if !ok {
+					return // shutting down
+				}
+				break wait
+			case <-heartbeat.C:
+				if sw.WriteComment("") != nil || rc.Flush() != nil {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}

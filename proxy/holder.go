@@ -1,0 +1,276 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/sse"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// holder holds one upstream stream: it connects, parses the event stream, hands every event
+// to the committer, and reconnects with backoff until the stream ends, fails, or the holder
+// is stopped. One goroutine per held stream; its state between connections is a few fields.
+type holder struct {
+	s       *Service
+	id      string
+	epoch   int64
+	url     string
+	headers map[string]string
+
+	resumeID string // Last-Event-ID for the next connect
+	retryMS  int64  // the origin's retry: value, -1 if none
+	head     int64  // seq of the newest event handed to the committer
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// outcome is how one connection ended.
+type outcome struct {
+	state      string // pushproxy.StateClosed or StateFailed: stop holding; "": reconnect
+	reason     string
+	status     int
+	delivered  bool          // the origin answered 200 text/event-stream
+	retryAfter time.Duration // from a Retry-After header, 0 if none
+	kind       string        // why a reconnect is needed, for metrics: connect, status, eof, read, idle
+}
+
+func (h *holder) run(ctx context.Context) {
+	defer close(h.done)
+	failures := 0
+	for {
+		out := h.connect(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if out.state != "" {
+			h.s.log.InfoContext(ctx, "upstream stream ended", slog.String("stream", h.id), slog.String("state", out.state), slog.String("reason", out.reason))
+			h.send(ctx, h.item(store.Append{State: out.state, StateReason: out.reason, UpstreamStatus: out.status, Connected: 0, Error: errIf(out.state == pushproxy.StateFailed, out.reason)}), true)
+			return
+		}
+		if out.delivered {
+			failures = 0
+		} else {
+			failures++
+		}
+		delay := h.backoff(failures, out.retryAfter)
+		h.s.metrics.Reconnect(out.kind)
+		h.s.log.DebugContext(ctx, "upstream reconnecting", slog.String("stream", h.id), slog.String("reason", out.reason), slog.Duration("delay", delay))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func errIf(b bool, s string) string {
+	if b {
+		return s
+	}
+	return ""
+}
+
+// backoff is the wait before the next connect: the origin's retry (or the configured
+// default) after a connection that delivered, doubling with each failure in a row up to the
+// cap, with jitter so that streams of one origin do not reconnect in step.
+func (h *holder) backoff(failures int, retryAfter time.Duration) time.Duration {
+	o := h.s.opts
+	base := o.UpstreamRetry
+	if h.retryMS >= 0 {
+		base = time.Duration(h.retryMS) * time.Millisecond
+	}
+	d := base
+	for i := 0; i < failures && d < o.UpstreamBackoffMax; i++ {
+		d = max(2*d, time.Millisecond)
+	}
+	d = min(d, o.UpstreamBackoffMax)
+	// Jitter: between 3/4 and 5/4 of d.
+	if d > 0 {
+		d = d*3/4 + rand.N(d/2+1)
+	}
+	return max(d, retryAfter)
+}
+
+// item returns a with the holder's identity and position filled in.
+func (h *holder) item(a store.Append) store.Append {
+	a.StreamID, a.Epoch, a.HeadSeq, a.ResumeID = h.id, h.epoch, h.head, h.resumeID
+	if a.RetryMS == 0 {
+		a.RetryMS = h.retryMS
+	}
+	return a
+}
+
+// send hands a to the committer. With wait, it returns once a is committed; it reports false
+// if ctx ended first or the lease was lost.
+func (h *holder) send(ctx context.Context, a store.Append, wait bool) bool {
+	it := commitItem{Append: a}
+	var done chan bool
+	if wait {
+		done = make(chan bool, 1)
+		it.done = done
+	}
+	select {
+	case h.s.commits <- it:
+	case <-ctx.Done():
+		return false
+	}
+	if !wait {
+		return true
+	}
+	select {
+	case ok := <-done:
+		return ok
+	case <-ctx.Done():
+		return false
+	}
+}
+
+var errTooManyRedirects = errors.New("too many redirects")
+
+// connect makes one connection to the origin and reads it until it ends.
+func (h *holder) connect(parent context.Context) outcome {
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url, nil)
+	if err != nil {
+		return outcome{state: pushproxy.StateFailed, reason: "invalid url: " + err.Error()}
+	}
+	for k, v := range h.headers {
+		req.Header.Set(k, v)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Cache-Control", "no-cache")
+	if h.resumeID != "" {
+		req.Header.Set("Last-Event-ID", h.resumeID)
+	}
+	resp, err := h.s.client.Do(req)
+	if err != nil {
+		var blocked *BlockedError
+		switch {
+		case errors.As(err, &blocked):
+			return outcome{state: pushproxy.StateFailed, reason: blocked.Error()}
+		case errors.Is(err, errTooManyRedirects):
+			return outcome{state: pushproxy.StateFailed, reason: fmt.Sprintf("more than %d redirects", h.s.opts.UpstreamMaxRedirects)}
+		}
+		return outcome{reason: "connect: " + scrubURLError(err), kind: "connect"}
+	}
+	defer resp.Body.Close()
+	out := outcome{status: resp.StatusCode}
+	switch {
+	case resp.StatusCode == http.StatusNoContent:
+		out.state, out.reason = pushproxy.StateClosed, "the origin ended the stream (204 No Content)"
+		return out
+	case resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+		out.reason, out.kind = "origin answered "+resp.Status, "status"
+		out.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), h.s.opts.UpstreamBackoffMax)
+		h.send(ctx, h.item(store.Append{UpstreamStatus: resp.StatusCode, Connected: 0, Error: out.reason}), false)
+		return out
+	case resp.StatusCode != http.StatusOK:
+		out.state, out.reason = pushproxy.StateFailed, "origin answered "+resp.Status
+		return out
+	}
+	if mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type")); err != nil || mt != "text/event-stream" {
+		out.state = pushproxy.StateFailed
+		out.reason = fmt.Sprintf("origin answered 200 with content type %q, not text/event-stream", resp.Header.Get("Content-Type"))
+		return out
+	}
+	out.delivered = true
+	if !h.send(ctx, h.item(store.Append{UpstreamStatus: http.StatusOK, Connected: 1, Connects: 1}), false) {
+		return out
+	}
+
+	var body io.Reader = resp.Body
+	if d := h.s.opts.UpstreamIdleTimeout; d > 0 {
+		t := time.AfterFunc(d, func() { cancel(errIdle) })
+		defer t.Stop()
+		body = &idleReader{r: resp.Body, t: t, d: d}
+	}
+	p := sse.NewParser(body, &sse.ParserOptions{MaxEventSize: h.s.opts.MaxEventSize})
+	for {
+		ev, err := p.Next()
+		if err != nil {
+			if ms, ok := p.Retry(); ok {
+				h.retryMS = ms
+			}
+			h.resumeID = p.LastEventID()
+			switch {
+			case ctx.Err() != nil && context.Cause(ctx) == errIdle:
+				out.reason, out.kind = fmt.Sprintf("no data from the origin for %s", h.s.opts.UpstreamIdleTimeout), "idle"
+			case errors.Is(err, sse.ErrEventTooLarge):
+				out.state = pushproxy.StateFailed
+				out.reason = fmt.Sprintf("the origin sent an event or line larger than %d bytes", h.s.opts.MaxEventSize)
+				return out
+			case err == io.EOF:
+				out.reason, out.kind = "the origin closed the stream", "eof"
+			default:
+				out.reason, out.kind = "read: "+scrubURLError(err), "read"
+			}
+			h.send(parent, h.item(store.Append{Connected: 0, Error: out.reason}), false)
+			return out
+		}
+		if ms, ok := p.Retry(); ok {
+			h.retryMS = ms
+		}
+		h.head++
+		h.resumeID = p.LastEventID()
+		a := h.item(store.Append{Events: []pushproxy.Event{{Seq: h.head, LastEventID: ev.LastEventID, Type: ev.Type, Data: ev.Data}}})
+		if !h.send(ctx, a, false) {
+			return out
+		}
+	}
+}
+
+var errIdle = errors.New("upstream idle timeout")
+
+// idleReader pushes back a timer on every read that returns data.
+type idleReader struct {
+	r io.Reader
+	t *time.Timer
+	d time.Duration
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.t.Reset(r.d)
+	}
+	return n, err
+}
+
+// parseRetryAfter reads a Retry-After header (seconds or an HTTP date), capped.
+func parseRetryAfter(v string, limit time.Duration) time.Duration {
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+		d = time.Duration(min(n, int64(limit/time.Second)+1)) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = time.Until(t)
+	}
+	return max(0, min(d, limit))
+}
+
+// scrubURLError drops the URL from net/http's errors: a URL may carry secrets in its query,
+// and errors end up in logs and in the API.
+func scrubURLError(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err.Error()
+	}
+	return err.Error()
+}

@@ -1,0 +1,283 @@
+package proxy_test
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pushproxy/pushproxy/proxy"
+)
+
+// scriptOrigin is an SSE origin for tests: it serves the events published so far after the
+// request's Last-Event-ID, then waits for more; with dropEvery it closes the connection
+// after that many events.
+type scriptOrigin struct {
+	mu        sync.Mutex
+	events    []string // raw event blocks; the i-th has id i+1
+	more      chan struct{}
+	dropEvery int
+	lastIDs   []string // Last-Event-ID of every request
+	srv       *httptest.Server
+}
+
+func newScriptOrigin(t *testing.T, dropEvery int) *scriptOrigin {
+	o := &scriptOrigin{more: make(chan struct{}), dropEvery: dropEvery}
+	o.srv = httptest.NewServer(o)
+	t.Cleanup(o.srv.Close)
+	return o
+}
+
+func (o *scriptOrigin) publish(blocks ...string) {
+	o.mu.Lock()
+	o.events = append(o.events, blocks...)
+	close(o.more)
+	o.more = make(chan struct{})
+	o.mu.Unlock()
+}
+
+// publishN publishes n events with ids and JSON data.
+func (o *scriptOrigin) publishN(n int) {
+	o.mu.Lock()
+	start := len(o.events)
+	o.mu.Unlock()
+	blocks := make([]string, n)
+	for i := range blocks {
+		id := start + i + 1
+		blocks[i] = fmt.Sprintf("id: %d\nevent: update\ndata: {\"n\":%d}\n\n", id, id)
+	}
+	o.publish(blocks...)
+}
+
+func (o *scriptOrigin) requests() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.lastIDs...)
+}
+
+func (o *scriptOrigin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	last := r.Header.Get("Last-Event-ID")
+	o.mu.Lock()
+	o.lastIDs = append(o.lastIDs, last)
+	o.mu.Unlock()
+	next := 0
+	if last != "" {
+		n, err := strconv.Atoi(last)
+		if err != nil {
+			http.Error(w, "bad id", 400)
+			return
+		}
+		next = n
+	}
+	if r.Header.Get("Accept") != "text/event-stream" || r.Header.Get("Cache-Control") != "no-cache" {
+		http.Error(w, "missing SSE request headers", 400)
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.WriteHeader(200)
+	w.(http.Flusher).Flush()
+	sent := 0
+	for {
+		o.mu.Lock()
+		pending := o.events[next:]
+		more := o.more
+		o.mu.Unlock()
+		for _, b := range pending {
+			if _, err := w.Write([]byte(b)); err != nil {
+				return
+			}
+			next++
+			sent++
+			if o.dropEvery > 0 && sent >= o.dropEvery {
+				w.(http.Flusher).Flush()
+				return
+			}
+		}
+		w.(http.Flusher).Flush()
+		select {
+		case <-more:
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func TestEveryEventQueuedOnceAcrossOriginDrops(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t, nil)
+	o := newScriptOrigin(t, 3)
+	h := handoff(t, b, map[string]any{"url": o.srv.URL + "/events"})
+	o.publishN(20)
+	eventually(t, 20*time.Second, "20 events queued", func() bool { return getStream(t, b, h).Backlog == 20 })
+	p := fetchJSON(t, b, h, "&limit=1000")
+	if len(p.Events) != 20 || p.More {
+		t.Fatalf("got %d events (more %v)", len(p.Events), p.More)
+	}
+	for i, ev := range p.Events {
+		want := strconv.Itoa(i + 1)
+		if ev.ID != want || ev.Event != "update" || ev.Data != `{"n":`+want+`}` {
+			t.Fatalf("event %d = %+v", i, ev)
+		}
+	}
+	// The origin was asked to resume where each connection ended.
+	reqs := o.requests()
+	if len(reqs) < 7 || reqs[0] != "" || reqs[1] != "3" || reqs[2] != "6" {
+		t.Fatalf("Last-Event-IDs sent to the origin: %q", reqs)
+	}
+	si := getStream(t, b, h)
+	if si.Upstream.Connects < 7 || si.Upstream.Status != 200 {
+		t.Fatalf("upstream %+v", si.Upstream)
+	}
+}
+
+func TestUpstreamOutcomes(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t, &proxy.Options{MaxEventSize: 4096, UpstreamMaxRedirects: 3})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/204", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) })
+	mux.HandleFunc("/404", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
+	mux.HandleFunc("/html", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.Write([]byte("<html>"))
+	})
+	mux.HandleFunc("/loop", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/loop", http.StatusFound) })
+	mux.HandleFunc("/endless", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		chunk := []byte(strings.Repeat("x", 1024))
+		w.Write([]byte("data: "))
+		for i := 0; i < 1<<20; i++ { // at most 1 GiB; the proxy must give up after 4 KiB
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/bigevent", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := 0; i < 100; i++ {
+			if _, err := fmt.Fprintf(w, "data: %s\n", strings.Repeat("y", 100)); err != nil {
+				return
+			}
+		}
+		w.Write([]byte("\n"))
+	})
+	var flaky struct {
+		sync.Mutex
+		n int
+	}
+	mux.HandleFunc("/flaky", func(w http.ResponseWriter, r *http.Request) {
+		flaky.Lock()
+		flaky.n++
+		n := flaky.n
+		flaky.Unlock()
+		switch n {
+		case 1:
+			w.Header().Set("Retry-After", "0")
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+		case 2:
+			http.Error(w, "slow down", http.StatusTooManyRequests)
+		default:
+			w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
+			w.Write([]byte("id: 1\ndata: finally\n\n"))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+
+	cases := []struct {
+		path, state, reason string
+		status              int
+	}{
+		{"/204", "closed", "204", 204},
+		{"/404", "failed", "404", 404},
+		{"/html", "failed", "text/html", 200},
+		{"/loop", "failed", "more than 3 redirects", 0},
+		{"/endless", "failed", "larger than 4096 bytes", 200},
+		{"/bigevent", "failed", "larger than 4096 bytes", 200},
+	}
+	for _, c := range cases {
+		t.Run(c.path, func(t *testing.T) {
+			t.Parallel()
+			h := handoff(t, b, map[string]any{"url": srv.URL + c.path})
+			var si streamInfo
+			eventually(t, 20*time.Second, "stream "+c.state, func() bool { si = getStream(t, b, h); return si.State != "held" })
+			if si.State != c.state || !strings.Contains(si.StateReason, c.reason) || (c.status != 0 && si.Upstream.Status != c.status) {
+				t.Fatalf("stream = %+v, want state %s with %q, status %d", si, c.state, c.reason, c.status)
+			}
+			if c.state == "failed" && si.Upstream.LastError == "" {
+				t.Fatal("failed without a last error")
+			}
+		})
+	}
+	t.Run("/flaky", func(t *testing.T) {
+		t.Parallel()
+		h := handoff(t, b, map[string]any{"url": srv.URL + "/flaky"})
+		eventually(t, 20*time.Second, "the event after two refusals", func() bool { return getStream(t, b, h).Backlog == 1 })
+		si := getStream(t, b, h)
+		if si.State != "held" || !si.Upstream.Connected || si.Upstream.Status != 200 || !strings.Contains(si.Upstream.LastError, "429") {
+			t.Fatalf("stream = %+v", si)
+		}
+	})
+}
+
+func TestRedirectIsFollowedAndDialsAreChecked(t *testing.T) {
+	t.Parallel()
+	// Only 127.0.0.1 is allowed: a redirect to 127.0.0.2 is refused at dial time.
+	allow, _ := proxy.ParseAllowList([]string{"127.0.0.1"})
+	_, b := setup(t, &proxy.Options{Upstream: allow})
+	o := newScriptOrigin(t, 0)
+	o.publishN(2)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/moved", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, o.srv.URL+"/events", http.StatusTemporaryRedirect)
+	})
+	mux.HandleFunc("/escape", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, strings.Replace(o.srv.URL, "127.0.0.1", "127.0.0.2", 1), http.StatusFound)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+
+	h := handoff(t, b, map[string]any{"url": srv.URL + "/moved"})
+	eventually(t, 20*time.Second, "events through the redirect", func() bool { return getStream(t, b, h).Backlog == 2 })
+
+	h = handoff(t, b, map[string]any{"url": srv.URL + "/escape"})
+	var si streamInfo
+	eventually(t, 20*time.Second, "the escape to fail", func() bool { si = getStream(t, b, h); return si.State == "failed" })
+	if !strings.Contains(si.StateReason, "127.0.0.2") || !strings.Contains(si.StateReason, "--upstream-allow") {
+		t.Fatalf("reason %q", si.StateReason)
+	}
+}
+
+func TestForwardedHeadersReachTheOrigin(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t, nil)
+	got := make(chan http.Header, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case got <- r.Header.Clone():
+		default:
+		}
+		w.WriteHeader(204)
+	}))
+	t.Cleanup(srv.Close)
+	handoff(t, b, map[string]any{"url": srv.URL, "last_event_id": "41", "headers": map[string]string{"authorization": "Bearer origin-secret", "X-Tenant": "t1"}})
+	select {
+	case hdr := <-got:
+		want := map[string]string{"Authorization": "Bearer origin-secret", "X-Tenant": "t1", "Last-Event-Id": "41", "Accept": "text/event-stream", "Cache-Control": "no-cache"}
+		for k, v := range want {
+			if hdr.Get(k) != v {
+				t.Errorf("%s = %q, want %q", k, hdr.Get(k), v)
+			}
+		}
+		if hdr.Get("Accept-Encoding") != "" {
+			t.Errorf("Accept-Encoding = %q: compression costs memory per idle stream", hdr.Get("Accept-Encoding"))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the origin was never called")
+	}
+}

@@ -1,0 +1,467 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// Options configure a Service. Zero fields take the defaults in DefaultOptions.
+type Options struct {
+	// InstanceID names this instance in leases and reader presence ("": host-pid-random).
+	InstanceID string
+	// LeaseTTL is how long a lease lasts without renewal; an instance that dies loses its
+	// streams to the others after this long.
+	LeaseTTL time.Duration
+	// ClaimInterval is how often the instance looks for streams nobody holds.
+	ClaimInterval time.Duration
+	// ClaimBatch bounds how many streams one claim takes.
+	ClaimBatch int
+	// MaxHeldStreams bounds the streams this instance holds (0: no bound).
+	MaxHeldStreams int
+
+	// MaxEventSize bounds one upstream event (and line), in bytes.
+	MaxEventSize int
+	// MaxBacklog bounds the events queued per stream; older ones are dropped.
+	MaxBacklog int64
+	// MaxStreamsPerDevice bounds the streams held for one device.
+	MaxStreamsPerDevice int
+	// MaxBodyBytes bounds API request bodies.
+	MaxBodyBytes int64
+	// CommitBatch bounds the events committed in one transaction.
+	CommitBatch int
+	// CommitQueue bounds the events waiting for the committer; holders block beyond it.
+	CommitQueue int
+
+	Upstream *AllowList
+	// UpstreamH2C speaks HTTP/2 without TLS (prior knowledge) to http:// origins.
+	UpstreamH2C bool
+	// UpstreamRetry is the reconnect delay when the origin sent no retry: field.
+	UpstreamRetry time.Duration
+	// UpstreamBackoffMax caps the reconnect delay.
+	UpstreamBackoffMax time.Duration
+	// UpstreamMaxRedirects bounds redirects followed per connect.
+	UpstreamMaxRedirects int
+	// UpstreamConnectTimeout bounds the wait for the origin's response headers.
+	UpstreamConnectTimeout time.Duration
+	// UpstreamIdleTimeout reconnects a stream that sent nothing for this long (0: never).
+	UpstreamIdleTimeout time.Duration
+
+	// APIKeys, when not empty, are required (as Bearer tokens) to hand off streams.
+	APIKeys []string
+	// Heartbeat is the interval of comment heartbeats to event readers.
+	Heartbeat time.Duration
+	// ReaderTTL is how long a reader's presence outlives its instance's last refresh.
+	ReaderTTL time.Duration
+
+	Logger  *slog.Logger
+	Metrics Metrics
+}
+
+// DefaultOptions are the defaults of every option.
+var DefaultOptions = Options{
+	LeaseTTL:               30 * time.Second,
+	ClaimInterval:          2 * time.Second,
+	ClaimBatch:             1000,
+	MaxEventSize:           1 << 20,
+	MaxBacklog:             10000,
+	MaxStreamsPerDevice:    32,
+	MaxBodyBytes:           64 << 10,
+	CommitBatch:            4096,
+	CommitQueue:            16384,
+	UpstreamRetry:          3 * time.Second,
+	UpstreamBackoffMax:     5 * time.Minute,
+	UpstreamMaxRedirects:   5,
+	UpstreamConnectTimeout: 30 * time.Second,
+	UpstreamIdleTimeout:    10 * time.Minute,
+	Heartbeat:              15 * time.Second,
+	ReaderTTL:              60 * time.Second,
+}
+
+func (o *Options) withDefaults() Options {
+	r := *o
+	d := DefaultOptions
+	setDefault(&r.LeaseTTL, d.LeaseTTL)
+	setDefault(&r.ClaimInterval, d.ClaimInterval)
+	setDefault(&r.ClaimBatch, d.ClaimBatch)
+	setDefault(&r.MaxEventSize, d.MaxEventSize)
+	setDefault(&r.MaxBacklog, d.MaxBacklog)
+	setDefault(&r.MaxStreamsPerDevice, d.MaxStreamsPerDevice)
+	setDefault(&r.MaxBodyBytes, d.MaxBodyBytes)
+	setDefault(&r.CommitBatch, d.CommitBatch)
+	setDefault(&r.CommitQueue, d.CommitQueue)
+	setDefault(&r.UpstreamRetry, d.UpstreamRetry)
+	setDefault(&r.UpstreamBackoffMax, d.UpstreamBackoffMax)
+	setDefault(&r.UpstreamMaxRedirects, d.UpstreamMaxRedirects)
+	setDefault(&r.UpstreamConnectTimeout, d.UpstreamConnectTimeout)
+	setDefault(&r.Heartbeat, d.Heartbeat)
+	setDefault(&r.ReaderTTL, d.ReaderTTL)
+	if r.InstanceID == "" {
+		host, _ := os.Hostname()
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		r.InstanceID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+	}
+	if r.Upstream == nil {
+		r.Upstream, _ = ParseAllowList(nil)
+	}
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.DiscardHandler)
+	}
+	if r.Metrics == nil {
+		r.Metrics = noopMetrics{}
+	}
+	return r
+}
+
+func setDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
+}
+
+// Metrics receives what the service measures. The default does nothing.
+type Metrics interface {
+	// Reconnect counts an upstream reconnect by kind: connect, status, eof, read, idle.
+	Reconnect(kind string)
+	// Committed records one batch commit.
+	Committed(events, streams int, took time.Duration)
+}
+
+type noopMetrics struct{}
+
+func (noopMetrics) Reconnect(string)                  {}
+func (noopMetrics) Committed(int, int, time.Duration) {}
+
+// Service is the proxy's core: the HTTP API, the holders of upstream streams, the committer
+// that batches their events into Postgres, and the hub that wakes event readers.
+type Service struct {
+	opts    Options
+	store   *store.Store
+	dbURL   string
+	log     *slog.Logger
+	metrics Metrics
+	client  *http.Client
+
+	commits chan commitItem
+	com     *committer
+	hub     *hub
+
+	mu      sync.Mutex
+	holders map[string]*holder // by stream id
+	stopped bool
+
+	stopOnce sync.Once
+	stopErr  error
+
+	ctx     context.Context // the lifetime of holders and background loops
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	comDone chan struct{}
+	holdCtx context.Context
+	holdEnd context.CancelFunc
+}
+
+// New returns a Service on st. dbURL is used for the LISTEN connection.
+func New(st *store.Store, dbURL string, opts *Options) *Service {
+	if opts == nil {
+		opts = &Options{}
+	}
+	o := opts.withDefaults()
+	s := &Service{
+		opts:    o,
+		store:   st,
+		dbURL:   dbURL,
+		log:     o.Logger,
+		metrics: o.Metrics,
+		holders: map[string]*holder{},
+		hub:     newHub(),
+	}
+	s.client = newUpstreamClient(&o)
+	s.commits = make(chan commitItem, o.CommitQueue)
+	s.com = &committer{
+		in:       s.commits,
+		store:    st,
+		owner:    o.InstanceID,
+		opts:     store.CommitOptions{MaxBacklog: o.MaxBacklog},
+		maxBatch: o.CommitBatch,
+		log:      o.Logger,
+		onLost:   s.lost,
+		metrics:  o.Metrics.Committed,
+	}
+	return s
+}
+
+// InstanceID returns the name this instance holds leases under.
+func (s *Service) InstanceID() string { return s.opts.InstanceID }
+
+func newUpstreamClient(o *Options) *http.Client {
+	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	tr := &http.Transport{
+		Proxy:                 nil, // never through an environment proxy: the allow list must see the real peer
+		DialContext:           o.Upstream.Dialer(d),
+		ForceAttemptHTTP2:     true,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: o.UpstreamConnectTimeout,
+		DisableCompression:    true, // a gzip reader per idle stream costs tens of KiB
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second,
+		ReadBufferSize:        2048,
+		WriteBufferSize:       1024,
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout: 30 * time.Second, // find dead connections under idle streams
+			PingTimeout:     15 * time.Second,
+		},
+	}
+	if o.UpstreamH2C {
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetHTTP2(true)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+	}
+	return &http.Client{
+		Transport: tr,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) > o.UpstreamMaxRedirects {
+				return errTooManyRedirects
+			}
+			return nil
+		},
+	}
+}
+
+// Start starts the background work: the notification listener, the committer, the lease
+// loop (claims and renewals) and the reader presence loop. It connects to the database
+// first, so that a bad configuration fails here.
+func (s *Service) Start(ctx context.Context) error {
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.holdCtx, s.holdEnd = context.WithCancel(s.ctx)
+	l := store.NewListener(s.dbURL, store.EventsChannel, s.log, s.hub.notify, s.hub.notifyAll)
+	lisDone, err := l.Start(s.ctx)
+	if err != nil {
+		s.cancel()
+		return err
+	}
+	s.comDone = make(chan struct{})
+	go func() {
+		defer close(s.comDone)
+		s.com.run(s.ctx)
+	}()
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); <-lisDone }()
+	go func() { defer s.wg.Done(); s.leaseLoop(s.ctx) }()
+	return nil
+}
+
+// Stop stops holding streams: holders end, what they handed over is committed, the leases
+// are released for other instances to claim at once, and readers' presence is dropped.
+// It returns when everything has stopped or ctx ends. Stop is idempotent, and a call made
+// while another runs waits for it.
+func (s *Service) Stop(ctx context.Context) error {
+	s.stopOnce.Do(func() { s.stopErr = s.stop(ctx) })
+	return s.stopErr
+}
+
+func (s *Service) stop(ctx context.Context) error {
+	s.mu.Lock()
+	if s.cancel == nil {
+		s.stopped = true
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopped = true
+	hs := make([]*holder, 0, len(s.holders))
+	for _, h := range s.holders {
+		hs = append(hs, h)
+	}
+	s.mu.Unlock()
+
+	s.holdEnd()
+	allDone := true
+	for _, h := range hs {
+		select {
+		case <-h.done:
+		case <-ctx.Done():
+			allDone = false
+		}
+	}
+	s.hub.closeAll()
+	// With every holder gone nothing sends to the committer any more: closing its input
+	// lets it commit what is queued and stop. Past the deadline, it is cut off instead
+	// (what it had not committed is fetched again from the origin by the next holder).
+	if allDone {
+		close(s.commits)
+		select {
+		case <-s.comDone:
+		case <-ctx.Done():
+		}
+	}
+	s.cancel()
+	<-s.comDone
+	s.wg.Wait()
+	var errs []error
+	if err := s.store.ReleaseLeases(ctx, s.opts.InstanceID); err != nil {
+		errs = append(errs, err)
+	}
+	if err := s.store.DropReaders(ctx, s.opts.InstanceID); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// leaseLoop claims streams nobody holds, renews this instance's leases and refreshes its
+// readers' presence.
+func (s *Service) leaseLoop(ctx context.Context) {
+	claim := time.NewTicker(s.opts.ClaimInterval)
+	defer claim.Stop()
+	renew := time.NewTicker(s.opts.LeaseTTL / 3)
+	defer renew.Stop()
+	s.claim(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-claim.C:
+			s.claim(ctx)
+		case <-renew.C:
+			s.renew(ctx)
+		}
+	}
+}
+
+func (s *Service) claim(ctx context.Context) {
+	limit := s.opts.ClaimBatch
+	if s.opts.MaxHeldStreams > 0 {
+		s.mu.Lock()
+		limit = min(limit, s.opts.MaxHeldStreams-len(s.holders))
+		s.mu.Unlock()
+		if limit <= 0 {
+			return
+		}
+	}
+	claims, err := s.store.ClaimStreams(ctx, s.opts.InstanceID, s.opts.LeaseTTL, limit)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.ErrorContext(ctx, "claiming streams failed", slog.String("error", err.Error()))
+		}
+		return
+	}
+	for _, c := range claims {
+		s.hold(c)
+	}
+	if len(claims) > 0 {
+		s.log.InfoContext(ctx, "claimed streams", slog.Int("count", len(claims)))
+	}
+	if len(claims) == limit {
+		// There may be more: claim again soon rather than after a full interval.
+		go func() {
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Millisecond):
+				s.claim(ctx)
+			}
+		}()
+	}
+}
+
+func (s *Service) renew(ctx context.Context) {
+	held, err := s.store.RenewLeases(ctx, s.opts.InstanceID, s.opts.LeaseTTL)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.ErrorContext(ctx, "renewing leases failed", slog.String("error", err.Error()))
+		}
+		return
+	}
+	// Holders whose streams are no longer ours (closed through another instance, or taken
+	// over after we stalled) stop.
+	s.mu.Lock()
+	var gone []*holder
+	for id, h := range s.holders {
+		if !held[id] {
+			gone = append(gone, h)
+		}
+	}
+	s.mu.Unlock()
+	for _, h := range gone {
+		s.unhold(h)
+	}
+	if err := s.store.RefreshReaders(ctx, s.opts.InstanceID, s.opts.ReaderTTL); err != nil && ctx.Err() == nil {
+		s.log.ErrorContext(ctx, "refreshing readers failed", slog.String("error", err.Error()))
+	}
+}
+
+// hold starts a holder for a claimed stream, replacing any older one.
+func (s *Service) hold(c store.Claim) {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	old := s.holders[c.Stream.ID]
+	ctx, cancel := context.WithCancel(s.holdCtx)
+	h := &holder{
+		s:        s,
+		id:       c.Stream.ID,
+		epoch:    c.Epoch,
+		url:      c.Stream.URL,
+		headers:  c.Stream.Headers,
+		resumeID: c.Stream.ResumeID,
+		retryMS:  c.Stream.RetryMS,
+		head:     c.Stream.HeadSeq,
+		cancel:   cancel,
+		done:     make(chan struct{}),
+	}
+	s.holders[h.id] = h
+	s.mu.Unlock()
+	if old != nil {
+		old.cancel()
+	}
+	go func() {
+		h.run(ctx)
+		s.mu.Lock()
+		if s.holders[h.id] == h {
+			delete(s.holders, h.id)
+		}
+		s.mu.Unlock()
+	}()
+}
+
+// unhold stops a holder.
+func (s *Service) unhold(h *holder) {
+	h.cancel()
+	s.mu.Lock()
+	if s.holders[h.id] == h {
+		delete(s.holders, h.id)
+	}
+	s.mu.Unlock()
+}
+
+// lost stops the holders whose commits were refused by the lease fence.
+func (s *Service) lost(leases []store.Lease) {
+	for _, l := range leases {
+		s.mu.Lock()
+		h := s.holders[l.StreamID]
+		s.mu.Unlock()
+		if h != nil && h.epoch <= l.Epoch {
+			s.log.Info("lost the lease of a stream", slog.String("stream", l.StreamID))
+			s.unhold(h)
+		}
+	}
+}
+
+// Held returns the number of streams this instance holds.
+func (s *Service) Held() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.holders)
+}

@@ -1,0 +1,160 @@
+// Package pushproxy holds the domain types and error kinds of the push proxy: what a stream,
+// a device and a queued event are, independent of Postgres and HTTP. The packages that do the
+// work (store, proxy, wakeup, sse) import it; it imports none of them.
+package pushproxy
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Stream states.
+const (
+	StateHeld   = "held"   // the proxy holds the upstream connection
+	StateClosed = "closed" // the origin ended the stream (204) or the device took it back
+	StateFailed = "failed" // the origin answered in a way that rules out reconnecting
+)
+
+// Push platforms.
+const (
+	PlatformAPNs = "apns"
+	PlatformFCM  = "fcm"
+)
+
+// PushAddress is where a device is woken: an APNs device token and topic, or an FCM
+// registration token. The token is a secret: it never reaches a log line.
+type PushAddress struct {
+	Platform    string
+	Token       string
+	Topic       string
+	Environment string // APNs: "production" or "development"
+}
+
+// Stream is one upstream EventSource held on a device's behalf.
+type Stream struct {
+	ID       string
+	DeviceID string // "" when the stream was handed off without a push address
+	URL      string
+	Headers  map[string]string
+
+	State       string
+	StateReason string
+
+	// ResumeID is the upstream resume point: the Last-Event-ID sent on reconnect.
+	ResumeID string
+	// RetryMS is the origin's last retry: value in milliseconds, or -1 if it sent none.
+	RetryMS int64
+
+	HeadSeq  int64  // sequence number of the newest queued event (0: none yet)
+	FloorSeq int64  // events with seq <= FloorSeq are gone (acknowledged or trimmed)
+	AckedSeq int64  // the reader acknowledged everything up to this seq...
+	AckedID  string // ...by presenting this Last-Event-ID
+	NewestID string // replay id of the newest queued event, "" if the backlog is empty
+
+	UpstreamStatus int
+	Connected      bool
+	Connects       int64
+	LastError      string
+	LastErrorAt    time.Time
+
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	ClosedAt  time.Time
+
+	TokenHash []byte
+}
+
+// Backlog is the number of events queued and not yet acknowledged.
+func (s *Stream) Backlog() int64 { return s.HeadSeq - s.FloorSeq }
+
+// Event is one queued event, byte-exact as the origin sent it.
+type Event struct {
+	Seq int64
+	// LastEventID is the effective last event ID after this event: what a browser connected
+	// to the origin reports as MessageEvent.lastEventId.
+	LastEventID string
+	Type        string
+	Data        string
+}
+
+// Error codes. They are stable: API clients branch on them (they form the "type" of problem
+// documents) and operators grep for them.
+const (
+	ECONFLICT     = "conflict"
+	EINTERNAL     = "internal"
+	EINVALID      = "invalid"
+	ENOTFOUND     = "not-found"
+	ETOOLARGE     = "too-large"
+	EUNAUTHORIZED = "unauthorized"
+	EFORBIDDEN    = "forbidden"
+	ELIMIT        = "limit-exceeded"
+	EUNAVAILABLE  = "unavailable"
+)
+
+// Error is an error a client can act on: a code from the list above and a message that says
+// what is wrong, safe to show to the caller.
+type Error struct {
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("pushproxy: %s: %s", e.Code, e.Message) }
+
+// Errorf returns an *Error with the given code and formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// ErrorCode returns the code of the first *Error in err's chain, EINTERNAL for any other
+// non-nil error, and "" for nil.
+func ErrorCode(err error) string {
+	var e *Error
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &e):
+		return e.Code
+	default:
+		return EINTERNAL
+	}
+}
+
+// ErrorMessage returns the message of the first *Error in err's chain, or a generic message
+// for any other error (internal details are logged, not shown).
+func ErrorMessage(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return "internal error"
+}
+
+// ProxyIDPrefix starts the ids the proxy assigns to events that have no last event ID of
+// their own (an origin that sends no ids at all), so that a reader can still resume: such an
+// event is replayed with id ProxyIDPrefix + its sequence number.
+const ProxyIDPrefix = "pushproxy-seq-"
+
+// ReplayID is the id an event is replayed with: the origin's own effective last event ID, or
+// a proxy-assigned one when that is empty.
+func ReplayID(seq int64, lastEventID string) string {
+	if lastEventID != "" {
+		return lastEventID
+	}
+	return ProxyIDPrefix + strconv.FormatInt(seq, 10)
+}
+
+// ParseProxyID returns the sequence number of a proxy-assigned id.
+func ParseProxyID(id string) (int64, bool) {
+	rest, ok := strings.CutPrefix(id, ProxyIDPrefix)
+	if !ok || rest == "" || (len(rest) > 1 && rest[0] == '0') {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(rest, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, false
+	}
+	return n, true
+}

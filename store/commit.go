@@ -1,0 +1,231 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pushproxy/pushproxy"
+)
+
+// Append is what one holder has to commit for its stream: events (with their sequence
+// numbers already assigned, contiguous after the stream's committed head), the upstream
+// resume point after them, and optional status changes. Everything is fenced by Epoch.
+type Append struct {
+	StreamID string
+	Epoch    int64
+	Events   []pushproxy.Event
+	// HeadSeq is the seq of the newest event the holder has produced (the stream's head
+	// after this append).
+	HeadSeq  int64
+	ResumeID string
+	RetryMS  int64 // -1: unchanged
+
+	// State, when not "", ends holding: closed or failed, with StateReason.
+	State       string
+	StateReason string
+	// UpstreamStatus, when not 0, records the origin's last HTTP status.
+	UpstreamStatus int
+	// Connected: -1 unchanged, 0 disconnected, 1 connected.
+	Connected int
+	// Connects is added to the stream's count of successful connects.
+	Connects int64
+	// Error, when not "", is recorded as the stream's last error.
+	Error string
+}
+
+// CommitResult tells which appends took effect.
+type CommitResult struct {
+	// Lost lists the appends that were discarded: the stream's lease has a newer epoch or
+	// another owner, or the stream is no longer held. Their holders must stop.
+	Lost []Lease
+	// Events is the number of events inserted.
+	Events int
+}
+
+// Lease names a stream and the fencing epoch of one lease on it.
+type Lease struct {
+	StreamID string
+	Epoch    int64
+}
+
+// CommitOptions bound what Commit keeps.
+type CommitOptions struct {
+	// MaxBacklog is the most events a stream keeps queued; older ones are trimmed (readers
+	// then see a gap signal). 0: no bound.
+	MaxBacklog int64
+}
+
+// Commit appends a batch of events for many streams in one transaction: each stream's
+// resume point and status are updated under its lease fence, the events of the streams that
+// pass the fence are copied in, overflowing backlogs are trimmed, and EventsChannel is
+// notified once per stream with new events. Appends must name distinct streams.
+func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts CommitOptions) (CommitResult, error) {
+	var res CommitResult
+	if len(appends) == 0 {
+		return res, nil
+	}
+	maxBacklog := opts.MaxBacklog
+	if maxBacklog <= 0 {
+		maxBacklog = 1 << 62
+	}
+	n := len(appends)
+	var (
+		ids       = make([]string, n)
+		epochs    = make([]int64, n)
+		heads     = make([]int64, n)
+		resumes   = make([][]byte, n)
+		retries   = make([]int64, n)
+		states    = make([]string, n)
+		reasons   = make([]string, n)
+		statuses  = make([]int32, n)
+		connected = make([]int32, n)
+		connects  = make([]int64, n)
+		errs      = make([]string, n)
+	)
+	for i, a := range appends {
+		ids[i], epochs[i], heads[i] = a.StreamID, a.Epoch, a.HeadSeq
+		resumes[i], retries[i] = []byte(a.ResumeID), a.RetryMS
+		states[i], reasons[i] = a.State, a.StateReason
+		statuses[i], connected[i], connects[i], errs[i] = int32(a.UpstreamStatus), int32(a.Connected), a.Connects, a.Error
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// The outer SELECT reads streams as of the statement's snapshot, before the UPDATE:
+		// that gives each stream's floor before and after trimming.
+		rows, err := tx.Query(ctx, `
+			WITH u AS (
+				SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[],
+					$6::text[], $7::text[], $8::int[], $9::int[], $10::bigint[], $11::text[])
+				AS u(id, epoch, head, resume, retry, state, reason, status, connected, connects, err)
+			), upd AS (
+				UPDATE streams s SET
+					head_seq = u.head,
+					resume_id = u.resume,
+					retry_ms = CASE WHEN u.retry >= 0 THEN u.retry ELSE s.retry_ms END,
+					floor_seq = GREATEST(s.floor_seq, u.head - $12::bigint),
+					state = CASE WHEN u.state <> '' THEN u.state ELSE s.state END,
+					state_reason = CASE WHEN u.state <> '' THEN u.reason ELSE s.state_reason END,
+					closed_at = CASE WHEN u.state <> '' THEN now() ELSE s.closed_at END,
+					lease_owner = CASE WHEN u.state <> '' THEN NULL ELSE s.lease_owner END,
+					lease_expires_at = CASE WHEN u.state <> '' THEN NULL ELSE s.lease_expires_at END,
+					upstream_status = CASE WHEN u.status <> 0 THEN u.status ELSE s.upstream_status END,
+					connected = CASE WHEN u.state <> '' THEN false WHEN u.connected >= 0 THEN u.connected = 1 ELSE s.connected END,
+					connects = s.connects + u.connects,
+					last_error = CASE WHEN u.err <> '' THEN u.err ELSE s.last_error END,
+					last_error_at = CASE WHEN u.err <> '' THEN now() ELSE s.last_error_at END,
+					updated_at = now()
+				FROM u
+				WHERE s.id = u.id AND s.lease_owner = $13 AND s.lease_epoch = u.epoch AND s.state = 'held'
+				RETURNING s.id, s.floor_seq
+			)
+			SELECT upd.id::text, upd.floor_seq, old.floor_seq FROM upd JOIN streams old ON old.id = upd.id`,
+			ids, epochs, heads, resumes, retries, states, reasons, statuses, connected, connects, errs,
+			maxBacklog, owner)
+		if err != nil {
+			return fmt.Errorf("update streams: %w", err)
+		}
+		type floors struct{ before, after int64 }
+		fenced := make(map[string]floors, n)
+		var (
+			id            string
+			after, before int64
+		)
+		_, err = pgx.ForEachRow(rows, []any{&id, &after, &before}, func() error {
+			fenced[id] = floors{before, after}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("update streams: %w", err)
+		}
+
+		res = CommitResult{}
+		var (
+			copyRows       [][]any
+			notify         []string
+			trimIDs        []string
+			trimLo, trimHi []int64
+		)
+		for _, a := range appends {
+			f, ok := fenced[a.StreamID]
+			if !ok {
+				res.Lost = append(res.Lost, Lease{StreamID: a.StreamID, Epoch: a.Epoch})
+				continue
+			}
+			sid, err := parseUUID(a.StreamID)
+			if err != nil {
+				return err
+			}
+			added := 0
+			for _, ev := range a.Events {
+				if ev.Seq <= f.after {
+					continue // trimmed before it was ever stored
+				}
+				copyRows = append(copyRows, []any{sid, ev.Seq, []byte(ev.LastEventID), []byte(ev.Type), []byte(ev.Data)})
+				added++
+			}
+			if added > 0 || a.State != "" {
+				notify = append(notify, a.StreamID)
+			}
+			if f.after > f.before {
+				trimIDs = append(trimIDs, a.StreamID)
+				trimLo, trimHi = append(trimLo, f.before), append(trimHi, f.after)
+			}
+			res.Events += added
+		}
+		if len(copyRows) > 0 {
+			_, err := tx.CopyFrom(ctx, pgx.Identifier{"events"},
+				[]string{"stream_id", "seq", "last_event_id", "type", "data"}, pgx.CopyFromRows(copyRows))
+			if err != nil {
+				return fmt.Errorf("copy events: %w", err)
+			}
+		}
+		if len(trimIDs) > 0 {
+			_, err := tx.Exec(ctx, `
+				DELETE FROM events e USING unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS t(id, lo, hi)
+				WHERE e.stream_id = t.id AND e.seq > t.lo AND e.seq <= t.hi`, trimIDs, trimLo, trimHi)
+			if err != nil {
+				return fmt.Errorf("trim backlogs: %w", err)
+			}
+		}
+		if len(notify) > 0 {
+			_, err := tx.Exec(ctx, `SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id`, EventsChannel, notify)
+			if err != nil {
+				return fmt.Errorf("notify: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return CommitResult{}, err
+	}
+	return res, nil
+}
+
+// parseUUID turns the textual form into the 16 bytes COPY's binary format wants.
+func parseUUID(s string) ([16]byte, error) {
+	var u [16]byte
+	if !validUUID(s) {
+		return u, fmt.Errorf("invalid uuid %q", s)
+	}
+	j := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '-' {
+			continue
+		}
+		u[j/2] |= unhex(s[i]) << (4 * (1 - j%2))
+		j++
+	}
+	return u, nil
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	default:
+		return c - 'A' + 10
+	}
+}

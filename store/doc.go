@@ -1,0 +1,17 @@
+// Package store is pushproxy's Postgres persistence, on pgx v5.
+//
+// Postgres is the only stateful dependency and the coordinator between instances:
+//   - streams are held under leases with a fencing epoch (ClaimStreams, RenewLeases); every
+//     write a holder makes names the epoch it claimed with, so a holder that lost its lease
+//     changes nothing;
+//   - events are appended in batches by Commit, together with each stream's upstream resume
+//     point, in one transaction: after a crash the proxy resumes exactly where the last commit
+//     ended;
+//   - commits notify the "pushproxy_events" channel (LISTEN/NOTIFY), so readers on any
+//     instance see new events at once;
+//   - open readers are rows with an expiry (OpenReader, RefreshReaders), so any instance can
+//     tell whether a device is awake.
+//
+// Public methods own their transaction. Event ids, types and data are stored as bytea, so
+// they come back byte-exact (U+0000 included).
+package store

@@ -1,0 +1,101 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Listener holds one connection that LISTENs on a channel and hands every notification's
+// payload to a callback. It reconnects with backoff when the connection breaks; since
+// notifications sent meanwhile are lost, it then calls the resync callback so subscribers
+// can re-read what they watch.
+type Listener struct {
+	url     string
+	channel string
+	log     *slog.Logger
+	onNote  func(payload string)
+	resync  func()
+}
+
+// NewListener returns a Listener for channel on the database at url. onNote is called for
+// each notification, resync after every reconnect; both are called from one goroutine and
+// must not block for long.
+func NewListener(url, channel string, log *slog.Logger, onNote func(string), resync func()) *Listener {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Listener{url: url, channel: channel, log: log, onNote: onNote, resync: resync}
+}
+
+// Start connects once, so that a bad configuration fails at start-up, then listens in the
+// background until ctx is done. The returned channel is closed when it has stopped.
+func (l *Listener) Start(ctx context.Context) (<-chan struct{}, error) {
+	conn, err := l.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.run(ctx, conn)
+	}()
+	return done, nil
+}
+
+func (l *Listener) connect(ctx context.Context) (*pgx.Conn, error) {
+	conn, err := pgx.Connect(ctx, l.url)
+	if err != nil {
+		return nil, fmt.Errorf("listen: connect: %w", redactURLError(err))
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{l.channel}.Sanitize()); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	return conn, nil
+}
+
+func (l *Listener) run(ctx context.Context, conn *pgx.Conn) {
+	backoff := 100 * time.Millisecond
+	for {
+		for {
+			n, err := conn.WaitForNotification(ctx)
+			if err != nil {
+				conn.Close(context.WithoutCancel(ctx))
+				if ctx.Err() != nil {
+					return
+				}
+				l.log.WarnContext(ctx, "notification listener lost its connection", slog.String("error", err.Error()))
+				break
+			}
+			backoff = 100 * time.Millisecond
+			l.onNote(n.Payload)
+		}
+		for {
+			wait := backoff/2 + rand.N(backoff/2+1)
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(2*backoff, 10*time.Second)
+			var err error
+			conn, err = l.connect(ctx)
+			if err == nil {
+				break
+			}
+			if errors.Is(err, context.Canceled) {
+				return
+			}
+			l.log.WarnContext(ctx, "notification listener cannot reconnect", slog.String("error", err.Error()))
+		}
+		l.resync()
+	}
+}

@@ -1,0 +1,64 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// OpenReader records an open events reader of a stream (and so of its device, which counts
+// as awake while it has one). It returns the reader's id.
+func (s *Store) OpenReader(ctx context.Context, streamID, deviceID, instance string, ttl time.Duration) (string, error) {
+	var dev *string
+	if deviceID != "" {
+		dev = &deviceID
+	}
+	var id string
+	err := s.pool.QueryRow(ctx, `
+		INSERT INTO readers (stream_id, device_id, instance_id, expires_at)
+		VALUES ($1, $2, $3, now() + $4::interval) RETURNING id::text`,
+		streamID, dev, instance, ttl).Scan(&id)
+	if err != nil {
+		return "", fmt.Errorf("open reader: %w", err)
+	}
+	return id, nil
+}
+
+// CloseReader removes an open reader.
+func (s *Store) CloseReader(ctx context.Context, readerID string) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM readers WHERE id = $1`, readerID); err != nil {
+		return fmt.Errorf("close reader: %w", err)
+	}
+	return nil
+}
+
+// RefreshReaders extends the expiry of every reader instance has open, and removes readers
+// of any instance that expired (a crashed instance's).
+func (s *Store) RefreshReaders(ctx context.Context, instance string, ttl time.Duration) error {
+	_, err := s.pool.Exec(ctx, `UPDATE readers SET expires_at = now() + $2::interval WHERE instance_id = $1`, instance, ttl)
+	if err != nil {
+		return fmt.Errorf("refresh readers: %w", err)
+	}
+	if _, err := s.pool.Exec(ctx, `DELETE FROM readers WHERE expires_at < now()`); err != nil {
+		return fmt.Errorf("expire readers: %w", err)
+	}
+	return nil
+}
+
+// DropReaders removes every reader of instance (on shutdown).
+func (s *Store) DropReaders(ctx context.Context, instance string) error {
+	if _, err := s.pool.Exec(ctx, `DELETE FROM readers WHERE instance_id = $1`, instance); err != nil {
+		return fmt.Errorf("drop readers: %w", err)
+	}
+	return nil
+}
+
+// DeviceAwake reports whether a device has an unexpired reader open on any of its streams.
+func (s *Store) DeviceAwake(ctx context.Context, deviceID string) (bool, error) {
+	var awake bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM readers WHERE device_id = $1 AND expires_at > now())`, deviceID).Scan(&awake)
+	if err != nil {
+		return false, fmt.Errorf("device presence: %w", err)
+	}
+	return awake, nil
+}

@@ -1,0 +1,288 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pushproxy/pushproxy"
+)
+
+// NewStream is a handoff to record.
+type NewStream struct {
+	URL       string
+	Headers   map[string]string
+	ResumeID  string
+	TokenHash []byte
+	Push      *pushproxy.PushAddress // nil: the stream wakes nobody
+	// MaxPerDevice bounds the streams a device may have held at once (0: no bound).
+	MaxPerDevice int
+	// LeaseOwner, when set, takes the lease at once (the instance that accepted the handoff
+	// starts holding it); LeaseTTL is its length.
+	LeaseOwner string
+	LeaseTTL   time.Duration
+}
+
+// Claim is a stream an instance now holds, with the fencing epoch of its lease.
+type Claim struct {
+	Stream pushproxy.Stream
+	Epoch  int64
+}
+
+const streamColumns = `s.id, coalesce(s.device_id::text, ''), s.url, s.headers, s.state, s.state_reason,
+	s.resume_id, coalesce(s.retry_ms, -1), s.head_seq, s.floor_seq, s.acked_seq, s.acked_id,
+	s.upstream_status, s.connected, s.connects, s.last_error, s.last_error_at,
+	s.created_at, s.updated_at, s.closed_at, s.token_hash, s.lease_epoch`
+
+func scanStream(row pgx.Row) (pushproxy.Stream, int64, error) {
+	var (
+		st                  pushproxy.Stream
+		resume, acked       []byte
+		lastErrAt, closedAt *time.Time
+		epoch               int64
+	)
+	err := row.Scan(&st.ID, &st.DeviceID, &st.URL, &st.Headers, &st.State, &st.StateReason,
+		&resume, &st.RetryMS, &st.HeadSeq, &st.FloorSeq, &st.AckedSeq, &acked,
+		&st.UpstreamStatus, &st.Connected, &st.Connects, &st.LastError, &lastErrAt,
+		&st.CreatedAt, &st.UpdatedAt, &closedAt, &st.TokenHash, &epoch)
+	if err != nil {
+		return st, 0, err
+	}
+	st.ResumeID, st.AckedID = string(resume), string(acked)
+	if lastErrAt != nil {
+		st.LastErrorAt = *lastErrAt
+	}
+	if closedAt != nil {
+		st.ClosedAt = *closedAt
+	}
+	return st, epoch, nil
+}
+
+// CreateStream records a handoff: the device (found or created by its push address) and the
+// stream. It returns the stream and, when ns.LeaseOwner is set, the epoch of its lease.
+func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Stream, int64, error) {
+	var (
+		st    pushproxy.Stream
+		epoch int64
+	)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var deviceID *string
+		if ns.Push != nil {
+			var id string
+			err := tx.QueryRow(ctx, `
+				INSERT INTO devices (platform, token, topic, environment) VALUES ($1, $2, $3, $4)
+				ON CONFLICT (platform, token) DO UPDATE
+				SET topic = excluded.topic, environment = excluded.environment, updated_at = now()
+				RETURNING id`,
+				ns.Push.Platform, ns.Push.Token, ns.Push.Topic, ns.Push.Environment).Scan(&id)
+			if err != nil {
+				return fmt.Errorf("upsert device: %w", err)
+			}
+			if ns.MaxPerDevice > 0 {
+				var n int
+				// The device row is locked by the upsert, so concurrent handoffs for one
+				// device count one after the other.
+				if err := tx.QueryRow(ctx, `SELECT count(*) FROM streams WHERE device_id = $1 AND state = 'held'`, id).Scan(&n); err != nil {
+					return fmt.Errorf("count device streams: %w", err)
+				}
+				if n >= ns.MaxPerDevice {
+					return pushproxy.Errorf(pushproxy.ELIMIT, "this device already has %d held streams, the most allowed; close one first", n)
+				}
+			}
+			deviceID = &id
+		}
+		var owner *string
+		var expires *time.Time
+		epochStart := int64(0)
+		if ns.LeaseOwner != "" {
+			owner = &ns.LeaseOwner
+			t := time.Now().Add(ns.LeaseTTL)
+			expires = &t
+			epochStart = 1
+		}
+		headers := ns.Headers
+		if headers == nil {
+			headers = map[string]string{}
+		}
+		row := tx.QueryRow(ctx, `
+			INSERT INTO streams AS s (device_id, url, headers, token_hash, resume_id, acked_id, lease_owner, lease_expires_at, lease_epoch)
+			VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)
+			RETURNING `+streamColumns,
+			deviceID, ns.URL, headers, ns.TokenHash, []byte(ns.ResumeID), owner, expires, epochStart)
+		var err error
+		st, epoch, err = scanStream(row)
+		if err != nil {
+			return fmt.Errorf("insert stream: %w", err)
+		}
+		return nil
+	})
+	return st, epoch, err
+}
+
+// GetStream returns a stream, with NewestID filled in.
+func (s *Store) GetStream(ctx context.Context, id string) (pushproxy.Stream, error) {
+	if !validUUID(id) {
+		return pushproxy.Stream{}, errNoStream(id)
+	}
+	row := s.pool.QueryRow(ctx, `SELECT `+streamColumns+`,
+		(SELECT e.last_event_id FROM events e WHERE e.stream_id = s.id AND e.seq = s.head_seq AND s.head_seq > s.floor_seq)
+		FROM streams s WHERE s.id = $1`, id)
+	var (
+		st     pushproxy.Stream
+		newest []byte
+	)
+	st, _, err := scanStreamWith(row, &newest)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return st, errNoStream(id)
+	}
+	if err != nil {
+		return st, fmt.Errorf("get stream: %w", err)
+	}
+	if st.HeadSeq > st.FloorSeq {
+		st.NewestID = pushproxy.ReplayID(st.HeadSeq, string(newest))
+	}
+	return st, nil
+}
+
+// scanStreamWith scans streamColumns followed by extra destinations.
+func scanStreamWith(row pgx.Row, extra ...any) (pushproxy.Stream, int64, error) {
+	return scanStream(rowWithExtra{row, extra})
+}
+
+type rowWithExtra struct {
+	pgx.Row
+	extra []any
+}
+
+func (r rowWithExtra) Scan(dest ...any) error { return r.Row.Scan(append(dest, r.extra...)...) }
+
+func errNoStream(id string) error {
+	return pushproxy.Errorf(pushproxy.ENOTFOUND, "no stream %q", id)
+}
+
+// validUUID reports whether id has the textual form of a UUID, so a malformed id is "not
+// found" rather than a database error.
+func validUUID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// CloseResult is what closing a stream reports.
+type CloseResult struct {
+	Stream    pushproxy.Stream
+	Discarded int64 // queued events dropped because the device took the stream back
+}
+
+// CloseStream stops holding a stream on the device's request: its state becomes closed, its
+// lease is released and its backlog deleted. Closing a stream that is not held changes
+// nothing and reports it as it is.
+func (s *Store) CloseStream(ctx context.Context, id string) (CloseResult, error) {
+	if !validUUID(id) {
+		return CloseResult{}, errNoStream(id)
+	}
+	var res CloseResult
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		row := tx.QueryRow(ctx, `
+			UPDATE streams s SET state = 'closed', state_reason = 'closed by the device',
+				closed_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+				connected = false, floor_seq = head_seq
+			WHERE s.id = $1 AND s.state = 'held'
+			RETURNING `+streamColumns, id)
+		st, _, err := scanStream(row)
+		if errors.Is(err, pgx.ErrNoRows) {
+			row = tx.QueryRow(ctx, `SELECT `+streamColumns+` FROM streams s WHERE s.id = $1`, id)
+			st, _, err = scanStream(row)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return errNoStream(id)
+			}
+			res.Stream = st
+			return err
+		}
+		if err != nil {
+			return fmt.Errorf("close stream: %w", err)
+		}
+		tag, err := tx.Exec(ctx, `DELETE FROM events WHERE stream_id = $1`, id)
+		if err != nil {
+			return fmt.Errorf("delete backlog: %w", err)
+		}
+		res = CloseResult{Stream: st, Discarded: tag.RowsAffected()}
+		_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, EventsChannel, id)
+		return err
+	})
+	return res, err
+}
+
+// ClaimStreams takes the leases of up to limit held streams that no live instance holds,
+// for owner, and returns them with their new fencing epochs.
+func (s *Store) ClaimStreams(ctx context.Context, owner string, ttl time.Duration, limit int) ([]Claim, error) {
+	rows, err := s.pool.Query(ctx, `
+		UPDATE streams s SET lease_owner = $1, lease_expires_at = now() + $2::interval,
+			lease_epoch = s.lease_epoch + 1, connected = false
+		WHERE s.id IN (
+			SELECT id FROM streams
+			WHERE state = 'held' AND (lease_expires_at IS NULL OR lease_expires_at < now())
+			ORDER BY created_at
+			LIMIT $3
+			FOR UPDATE SKIP LOCKED)
+		RETURNING `+streamColumns, owner, ttl, limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim streams: %w", err)
+	}
+	claims, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Claim, error) {
+		st, epoch, err := scanStream(row)
+		return Claim{Stream: st, Epoch: epoch}, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim streams: %w", err)
+	}
+	return claims, nil
+}
+
+// RenewLeases extends every lease owner holds and returns the ids of the streams it still
+// holds: a holder whose stream is missing lost it (closed, or taken by another instance).
+func (s *Store) RenewLeases(ctx context.Context, owner string, ttl time.Duration) (map[string]bool, error) {
+	rows, err := s.pool.Query(ctx, `
+		UPDATE streams SET lease_expires_at = now() + $2::interval
+		WHERE lease_owner = $1 AND state = 'held'
+		RETURNING id::text`, owner, ttl)
+	if err != nil {
+		return nil, fmt.Errorf("renew leases: %w", err)
+	}
+	held := map[string]bool{}
+	var id string
+	_, err = pgx.ForEachRow(rows, []any{&id}, func() error { held[id] = true; return nil })
+	if err != nil {
+		return nil, fmt.Errorf("renew leases: %w", err)
+	}
+	return held, nil
+}
+
+// ReleaseLeases gives up every lease owner holds, so another instance can claim the streams
+// at once (on graceful shutdown).
+func (s *Store) ReleaseLeases(ctx context.Context, owner string) error {
+	_, err := s.pool.Exec(ctx, `
+		UPDATE streams SET lease_owner = NULL, lease_expires_at = NULL, connected = false
+		WHERE lease_owner = $1`, owner)
+	if err != nil {
+		return fmt.Errorf("release leases: %w", err)
+	}
+	return nil
+}
