@@ -130,7 +130,7 @@ func TestCommitStoresEventsByteExactWithResumePoint(t *testing.T) {
 	}
 	for i := range evs {
 		if got[i] != evs[i] {
-			t.Errorf("event %d: got %+q, want %+q", i, got[i], evs[i])
+			t.Errorf("event %d: got %#v, want %#v", i, got[i], evs[i])
 		}
 	}
 	s2, err := st.GetStream(ctx, s.ID)
