@@ -246,6 +246,16 @@ func newUpstreamClient(o *Options) *http.Client {
 func (s *Service) Start(ctx context.Context) error {
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.holdCtx, s.holdEnd = context.WithCancel(s.ctx)
+	// A previous run under the same instance id died without releasing its leases and
+	// readers (a crash, SIGKILL): they are this run's to take over now, not after the TTL.
+	if err := s.store.ReleaseLeases(ctx, s.opts.InstanceID); err != nil {
+		s.cancel()
+		return err
+	}
+	if err := s.store.DropReaders(ctx, s.opts.InstanceID); err != nil {
+		s.cancel()
+		return err
+	}
 	l := store.NewListener(s.dbURL, store.EventsChannel, s.log, s.hub.notify, s.hub.notifyAll)
 	lisDone, err := l.Start(s.ctx)
 	if err != nil {

@@ -45,7 +45,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.Var(&c.Allow, "upstream-allow", "upstreams the proxy may dial: comma-separated hosts, host:port, CIDRs, or * for any public host (empty: any public host; loopback and private addresses only when listed)")
 	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
 	p := &c.Proxy
-	fs.StringVar(&p.InstanceID, "instance-id", "", "name of this instance in leases (empty: host-pid-random)")
+	fs.StringVar(&p.InstanceID, "instance-id", "", "name of this instance in leases; unique per running instance, kept across restarts so a restarted instance takes its streams back at once (empty: host-pid-random)")
 	fs.DurationVar(&p.LeaseTTL, "lease-ttl", d.LeaseTTL, "how long a stream lease lasts unrenewed; a dead instance's streams move after this")
 	fs.DurationVar(&p.ClaimInterval, "claim-interval", d.ClaimInterval, "how often to look for streams no instance holds")
 	fs.IntVar(&p.ClaimBatch, "claim-batch", d.ClaimBatch, "most streams taken by one claim")

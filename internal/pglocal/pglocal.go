@@ -96,7 +96,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		}
 		return nil, err
 	}
-	if err := os.MkdirAll(c.dir, 0o700); err != nil {
+	// The parents must stay searchable by the postgres user; the cluster itself is private.
+	if err := os.MkdirAll(filepath.Dir(c.dir), 0o755); err != nil {
+		return fail(fmt.Errorf("pglocal: create data directory: %w", err))
+	}
+	if err := os.Mkdir(c.dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 		return fail(fmt.Errorf("pglocal: create data directory: %w", err))
 	}
 	if cred != nil {
