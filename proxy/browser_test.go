@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -100,8 +99,7 @@ es.addEventListener("add", rec);
 			}
 		}
 	})
-	page := httptest.NewServer(mux)
-	t.Cleanup(page.Close)
+	page := newOrigin(t, mux)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

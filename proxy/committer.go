@@ -151,7 +151,7 @@ func merge(items []commitItem) ([]store.Append, map[int]bool) {
 		if it.UpstreamStatus != 0 {
 			m.UpstreamStatus = it.UpstreamStatus
 		}
-		if it.Connected >= 0 {
+		if it.Connected != store.ConnUnchanged {
 			m.Connected = it.Connected
 		}
 		m.Connects += it.Connects

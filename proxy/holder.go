@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
-	"mime"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -56,7 +55,7 @@ func (h *holder) run(ctx context.Context) {
 		}
 		if out.state != "" {
 			h.s.log.InfoContext(ctx, "upstream stream ended", slog.String("stream", h.id), slog.String("state", out.state), slog.String("reason", out.reason))
-			h.send(ctx, h.item(store.Append{State: out.state, StateReason: out.reason, UpstreamStatus: out.status, Connected: 0, Error: errIf(out.state == pushproxy.StateFailed, out.reason)}), true)
+			h.send(ctx, h.item(store.Append{State: out.state, StateReason: out.reason, UpstreamStatus: out.status, Connected: store.ConnDown, Error: errIf(out.state == pushproxy.StateFailed, out.reason)}), true)
 			return
 		}
 		if out.delivered {
@@ -177,19 +176,19 @@ func (h *holder) connect(parent context.Context) outcome {
 	case resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
 		out.reason, out.kind = "origin answered "+resp.Status, "status"
 		out.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), h.s.opts.UpstreamBackoffMax)
-		h.send(ctx, h.item(store.Append{UpstreamStatus: resp.StatusCode, Connected: 0, Error: out.reason}), false)
+		h.send(ctx, h.item(store.Append{UpstreamStatus: resp.StatusCode, Connected: store.ConnDown, Error: out.reason}), false)
 		return out
 	case resp.StatusCode != http.StatusOK:
 		out.state, out.reason = pushproxy.StateFailed, "origin answered "+resp.Status
 		return out
 	}
-	if mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type")); err != nil || mt != "text/event-stream" {
+	if ct := resp.Header.Get("Content-Type"); !sse.IsEventStream(ct) {
 		out.state = pushproxy.StateFailed
-		out.reason = fmt.Sprintf("origin answered 200 with content type %q, not text/event-stream", resp.Header.Get("Content-Type"))
+		out.reason = fmt.Sprintf("origin answered 200 with content type %.100q, not text/event-stream", ct)
 		return out
 	}
 	out.delivered = true
-	if !h.send(ctx, h.item(store.Append{UpstreamStatus: http.StatusOK, Connected: 1, Connects: 1}), false) {
+	if !h.send(ctx, h.item(store.Append{UpstreamStatus: http.StatusOK, Connected: store.ConnUp, Connects: 1}), false) {
 		return out
 	}
 
@@ -200,6 +199,8 @@ func (h *holder) connect(parent context.Context) outcome {
 		body = &idleReader{r: resp.Body, t: t, d: d}
 	}
 	p := sse.NewParser(body, &sse.ParserOptions{MaxEventSize: h.s.opts.MaxEventSize})
+	// The id a browser would still have: events without an id keep it.
+	p.SetLastEventID(h.resumeID)
 	for {
 		ev, err := p.Next()
 		if err != nil {
@@ -219,7 +220,7 @@ func (h *holder) connect(parent context.Context) outcome {
 			default:
 				out.reason, out.kind = "read: "+scrubURLError(err), "read"
 			}
-			h.send(parent, h.item(store.Append{Connected: 0, Error: out.reason}), false)
+			h.send(parent, h.item(store.Append{Connected: store.ConnDown, Error: out.reason}), false)
 			return out
 		}
 		if ms, ok := p.Retry(); ok {

@@ -27,8 +27,7 @@ type scriptOrigin struct {
 
 func newScriptOrigin(t *testing.T, dropEvery int) *scriptOrigin {
 	o := &scriptOrigin{more: make(chan struct{}), dropEvery: dropEvery}
-	o.srv = httptest.NewServer(o)
-	t.Cleanup(o.srv.Close)
+	o.srv = newOrigin(t, o)
 	return o
 }
 
@@ -186,8 +185,7 @@ func TestUpstreamOutcomes(t *testing.T) {
 			<-r.Context().Done()
 		}
 	})
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
+	srv := newOrigin(t, mux)
 
 	cases := []struct {
 		path, state, reason string
@@ -239,8 +237,7 @@ func TestRedirectIsFollowedAndDialsAreChecked(t *testing.T) {
 	mux.HandleFunc("/escape", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, strings.Replace(o.srv.URL, "127.0.0.1", "127.0.0.2", 1), http.StatusFound)
 	})
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
+	srv := newOrigin(t, mux)
 
 	h := handoff(t, b, map[string]any{"url": srv.URL + "/moved"})
 	eventually(t, 20*time.Second, "events through the redirect", func() bool { return getStream(t, b, h).Backlog == 2 })

@@ -82,6 +82,18 @@ func setup(t *testing.T, opts *proxy.Options) (*proxy.Service, *testBundle) {
 
 // eventually waits until cond holds, checking every few milliseconds, and fails the test
 // after timeout.
+// newOrigin starts a test origin. Its cleanup cuts the proxy's open upstream connections
+// first: Close alone would wait forever for event streams that never end.
+func newOrigin(t *testing.T, h http.Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	return srv
+}
+
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)

@@ -7,58 +7,55 @@ const replacement = "\uFFFD"
 
 // appendUTF8 appends src to dst, decoding it as the WHATWG Encoding Standard's
 // UTF-8 decoder does: every maximal subpart of an ill-formed sequence becomes
-// one U+FFFD. Go's own decoders differ: utf8.DecodeRune (and so a range loop)
-// yields one U+FFFD per byte, and strings.ToValidUTF8 one per run of bad bytes.
+// one U+FFFD. Go's own tools differ: utf8.DecodeRune (and so a range loop)
+// yields one U+FFFD per bad byte, strings.ToValidUTF8 one per run of bad bytes.
 //
-// The decoder never consumes an ASCII byte as part of a bad sequence, so
-// decoding a stream line by line (or value by value) gives the same text as
-// decoding it whole: that is why the parser can split lines on raw bytes.
-func appendUTF8[S ~string | ~[]byte](dst []byte, src S) []byte {
-	// Fast path: almost every stream is valid UTF-8 (usually ASCII).
-	if isValidUTF8(src) {
+// The decoder never takes an ASCII byte into a bad sequence (it emits U+FFFD
+// and then the ASCII byte), so decoding a stream line by line, or field value
+// by field value, gives the same text as decoding it whole. That is why the
+// parser can split lines and fields on raw bytes and decode only the values.
+func appendUTF8(dst, src []byte) []byte {
+	// Fast path: almost every stream is valid UTF-8, usually plain ASCII.
+	if utf8.Valid(src) {
 		return append(dst, src...)
 	}
+	return appendReplacing(dst, src)
+}
+
+// appendUTF8String is appendUTF8 for a string.
+func appendUTF8String(dst []byte, src string) []byte {
+	if utf8.ValidString(src) {
+		return append(dst, src...)
+	}
+	return appendReplacing(dst, src)
+}
+
+// appendReplacing is the slow path of appendUTF8.
+func appendReplacing[S ~string | ~[]byte](dst []byte, src S) []byte {
 	for i := 0; i < len(src); {
-		c := src[i]
-		if c < utf8.RuneSelf {
-			dst = append(dst, c)
+		if src[i] < utf8.RuneSelf {
+			dst = append(dst, src[i])
 			i++
 			continue
 		}
-		var size int
-		switch s := src[i:]; any(s).(type) {
-		case string:
-			_, size = utf8.DecodeRuneInString(any(s).(string))
-		default:
-			_, size = utf8.DecodeRune(any(s).([]byte))
+		n, ok := sequence(src[i:])
+		if ok {
+			dst = append(dst, src[i:i+n]...)
+		} else {
+			dst = append(dst, replacement...)
 		}
-		if size > 1 {
-			dst = append(dst, src[i:i+size]...)
-			i += size
-			continue
-		}
-		dst = append(dst, replacement...)
-		i += maximalSubpart(src[i:])
+		i += n
 	}
 	return dst
 }
 
-func isValidUTF8[S ~string | ~[]byte](s S) bool {
-	switch v := any(s).(type) {
-	case string:
-		return utf8.ValidString(v)
-	case []byte:
-		return utf8.Valid(v)
-	}
-	return utf8.ValidString(string(s))
-}
-
-// maximalSubpart returns the length of the maximal subpart of an ill-formed
-// sequence at the start of s, which must not start with a well-formed
-// sequence: 1 for a byte that cannot start a sequence, otherwise the lead byte
-// plus the continuation bytes that were still acceptable (Unicode Table 3-7;
-// the WHATWG UTF-8 decoder's lower and upper boundaries).
-func maximalSubpart[S ~string | ~[]byte](s S) int {
+// sequence looks at the multi-byte sequence that starts at s[0] (a byte of
+// 0x80 or more). If it is well-formed it returns its length and true.
+// Otherwise it returns the length of its maximal subpart and false: 1 for a
+// byte that cannot start a sequence, else the lead byte plus the continuation
+// bytes that were still acceptable when the sequence broke off or the input
+// ended (Unicode Table 3-7; the WHATWG decoder's lower and upper boundaries).
+func sequence[S ~string | ~[]byte](s S) (int, bool) {
 	need, lo, hi := 0, byte(0x80), byte(0xBF)
 	switch c := s[0]; {
 	case c >= 0xC2 && c <= 0xDF:
@@ -76,19 +73,14 @@ func maximalSubpart[S ~string | ~[]byte](s S) int {
 	case c >= 0xF1 && c <= 0xF3:
 		need = 3
 	default:
-		return 1
+		return 1, false
 	}
 	n := 1
-	for n <= need && n < len(s) {
-		b := s[n]
-		if n > 1 {
-			lo, hi = 0x80, 0xBF
+	for ; n <= need; n++ {
+		if n >= len(s) || s[n] < lo || s[n] > hi {
+			return n, false
 		}
-		if b < lo || b > hi {
-			break
-		}
-		n++
+		lo, hi = 0x80, 0xBF
 	}
-	// n == need+1 would be a well-formed sequence, which the caller excluded.
-	return n
+	return n, true
 }

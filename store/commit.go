@@ -27,13 +27,25 @@ type Append struct {
 	StateReason string
 	// UpstreamStatus, when not 0, records the origin's last HTTP status.
 	UpstreamStatus int
-	// Connected: -1 unchanged, 0 disconnected, 1 connected.
+	// Connected records a change of the upstream connection: ConnUnchanged (the zero
+	// value), ConnDown or ConnUp.
 	Connected int
 	// Connects is added to the stream's count of successful connects.
 	Connects int64
 	// Error, when not "", is recorded as the stream's last error.
 	Error string
 }
+
+// Values of Append.Connected.
+const (
+	ConnUnchanged = 0
+	ConnDown      = 1
+	ConnUp        = 2
+)
+
+// connectedSQL maps Append.Connected to what the commit statement takes: -1 unchanged,
+// 0 disconnected, 1 connected.
+var connectedSQL = map[int]int32{ConnUnchanged: -1, ConnDown: 0, ConnUp: 1}
 
 // CommitResult tells which appends took effect.
 type CommitResult struct {
@@ -88,7 +100,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		ids[i], epochs[i], heads[i] = a.StreamID, a.Epoch, a.HeadSeq
 		resumes[i], retries[i] = []byte(a.ResumeID), a.RetryMS
 		states[i], reasons[i] = a.State, a.StateReason
-		statuses[i], connected[i], connects[i], errs[i] = int32(a.UpstreamStatus), int32(a.Connected), a.Connects, a.Error
+		statuses[i], connected[i], connects[i], errs[i] = int32(a.UpstreamStatus), connectedSQL[a.Connected], a.Connects, a.Error
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// The outer SELECT reads streams as of the statement's snapshot, before the UPDATE:

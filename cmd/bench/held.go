@@ -1,0 +1,238 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// child is a process started by the benchmark, with the lines it prints.
+type child struct {
+	cmd   *exec.Cmd
+	lines chan string
+}
+
+func startChild(ctx context.Context, bin string, args ...string) (*child, error) {
+	c := &child{cmd: exec.CommandContext(ctx, bin, args...), lines: make(chan string, 256)}
+	c.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	out, err := c.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	c.cmd.Stderr = c.cmd.Stdout
+	if err := c.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case c.lines <- sc.Text():
+			default:
+			}
+		}
+		close(c.lines)
+	}()
+	return c, nil
+}
+
+func (c *child) waitLines(re *regexp.Regexp, n int) ([]string, error) {
+	var got []string
+	timeout := time.After(time.Minute)
+	for len(got) < n {
+		select {
+		case l, ok := <-c.lines:
+			if !ok {
+				return nil, fmt.Errorf("%s exited", c.cmd.Path)
+			}
+			if m := re.FindStringSubmatch(l); m != nil {
+				got = append(got, m[1])
+			}
+		case <-timeout:
+			return nil, fmt.Errorf("%s did not print %s", c.cmd.Path, re)
+		}
+	}
+	return got, nil
+}
+
+func (c *child) stop() {
+	c.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		c.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// rssKiB reads a process's resident set size.
+func rssKiB(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n
+		}
+	}
+	return -1
+}
+
+func buildBinaries() (string, error) {
+	dir, err := os.MkdirTemp("", "pushproxy-bench-")
+	if err != nil {
+		return "", err
+	}
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	cmd := exec.Command(gobin, "build", "-o", dir+"/", "github.com/pushproxy/pushproxy/cmd/pushproxy", "github.com/pushproxy/pushproxy/cmd/origin")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return dir, nil
+}
+
+func runHeld(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("held", flag.ExitOnError)
+	n := fs.Int("streams", 50000, "streams to hold")
+	proto := fs.String("proto", "h2", "upstream protocol: h2 (h2c, streams share connections) or h1 (a connection per stream)")
+	addrs := fs.Int("origin-addrs", 8, "origin listens on this many addresses 127.0.0.2, 127.0.0.3, ...")
+	settle := fs.Duration("settle", 30*time.Second, "time to let the proxy settle before reading its RSS")
+	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
+	fs.Parse(args)
+
+	dir, err := buildBinaries()
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	url, stopPG, err := startPostgres(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer stopPG()
+
+	var listen []string
+	for i := 0; i < *addrs; i++ {
+		listen = append(listen, fmt.Sprintf("127.0.0.%d:0", i+2))
+	}
+	org, err := startChild(ctx, filepath.Join(dir, "origin"), "--listen", strings.Join(listen, ","), "--rate", "0", "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	defer org.stop()
+	origins, err := org.waitLines(regexp.MustCompile(`listening on (http://\S+)`), *addrs)
+	if err != nil {
+		return err
+	}
+	pargs := []string{"serve", "--listen", "127.0.0.1:0", "--database-url", url, "--upstream-allow", "127.0.0.0/8",
+		"--db-max-conns", "10", "--claim-interval", "1h"}
+	if *proto == "h2" {
+		pargs = append(pargs, "--upstream-h2c")
+	}
+	px, err := startChild(ctx, filepath.Join(dir, "pushproxy"), pargs...)
+	if err != nil {
+		return err
+	}
+	defer px.stop()
+	apiAddr, err := px.waitLines(regexp.MustCompile(`msg="pushproxy serving" addr=(\S+)`), 1)
+	if err != nil {
+		return err
+	}
+	api := "http://" + apiAddr[0]
+	time.Sleep(2 * time.Second) // let the freshly started process reach its steady state
+	base := rssKiB(px.cmd.Process.Pid)
+	fmt.Printf("held: %d streams over %s to %d origin addresses; proxy RSS at start %d KiB\n", *n, *proto, *addrs, base)
+
+	// Hand off from 32 workers.
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	t0 := time.Now()
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(*n) {
+					return
+				}
+				body := fmt.Sprintf(`{"url": "%s/events?s=%d"}`, origins[i%int64(len(origins))], i)
+				resp, err := client.Post(api+"/v1/streams", "application/json", strings.NewReader(body))
+				if err != nil {
+					errs <- err
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusCreated {
+					errs <- fmt.Errorf("handoff: %s: %s", resp.Status, bytes.TrimSpace(b))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	fmt.Printf("  handed off %d streams in %s\n", *n, time.Since(t0).Round(time.Millisecond))
+
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	for {
+		var connected int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM streams WHERE connected").Scan(&connected); err != nil {
+			return err
+		}
+		if connected == *n {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+			fmt.Printf("  %d of %d upstreams connected\n", connected, *n)
+		}
+	}
+	fmt.Printf("  all %d upstreams connected after %s\n", *n, time.Since(t0).Round(time.Millisecond))
+	var peak, last int64
+	for end := time.Now().Add(*settle); time.Now().Before(end); {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Second):
+		}
+		last = rssKiB(px.cmd.Process.Pid)
+		peak = max(peak, last)
+	}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", px.cmd.Process.Pid))
+	fmt.Printf("result: proxy RSS %d KiB with %d held streams (peak %d KiB while settling), %d open files: %.2f KiB per stream over the start-up RSS; origin RSS %d KiB\n",
+		last, *n, peak, len(fds), float64(last-base)/float64(*n), rssKiB(org.cmd.Process.Pid))
+	return nil
+}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pushproxy/pushproxy/internal/pglocal"
+	"github.com/pushproxy/pushproxy/origin"
+	"github.com/pushproxy/pushproxy/proxy"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// counter is the proxy.Metrics the ingest benchmark reads.
+type counter struct {
+	events, commits, streams atomic.Int64
+	mu                       sync.Mutex
+	lat                      []time.Duration
+}
+
+func (c *counter) Reconnect(string) {}
+func (c *counter) Committed(events, streams int, took time.Duration) {
+	c.events.Add(int64(events))
+	c.commits.Add(1)
+	c.streams.Add(int64(streams))
+	c.mu.Lock()
+	c.lat = append(c.lat, took)
+	c.mu.Unlock()
+}
+
+func (c *counter) latencies() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := append([]time.Duration(nil), c.lat...)
+	c.lat = c.lat[:0]
+	sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+	return l
+}
+
+// startPostgres starts a durable private cluster unless url is given.
+func startPostgres(ctx context.Context, url string) (string, func(), error) {
+	if url != "" {
+		return url, func() {}, nil
+	}
+	c, err := pglocal.Start(ctx, pglocal.Options{})
+	if err != nil {
+		return "", nil, err
+	}
+	if err := c.CreateDatabase(ctx, "bench"); err != nil {
+		c.Stop()
+		return "", nil, err
+	}
+	return c.URL("bench"), func() { c.Stop() }, nil
+}
+
+func pgSettings(ctx context.Context, url string) string {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err.Error()
+	}
+	defer conn.Close(ctx)
+	var out []string
+	for _, name := range []string{"server_version", "fsync", "synchronous_commit", "wal_sync_method", "shared_buffers"} {
+		var v string
+		if err := conn.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v); err != nil {
+			return err.Error()
+		}
+		out = append(out, name+"="+v)
+	}
+	return strings.Join(out, " ")
+}
+
+func runIngest(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("ingest", flag.ExitOnError)
+	streams := fs.Int("streams", 100, "upstream streams held (each gets every origin event)")
+	rate := fs.Float64("rate", 30000, "target events/s into the proxy, over all streams (the origin generates rate/streams events/s and each goes to every stream)")
+	warmup := fs.Duration("warmup", 5*time.Second, "time before measuring")
+	duration := fs.Duration("duration", 30*time.Second, "measured time")
+	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
+	h2c := fs.Bool("h2c", false, "upstream over HTTP/2 without TLS (all streams share one connection)")
+	fs.Parse(args)
+
+	url, stopPG, err := startPostgres(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer stopPG()
+	if err := store.Migrate(ctx, url, nil); err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, url, nil)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	org := origin.New(&origin.Options{Rate: *rate / float64(*streams), History: 1 << 20, Retry: time.Second, Symbols: 50})
+	org.Start(ctx)
+	defer org.Close()
+	oln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	osrv := org.HTTPServer()
+	go osrv.Serve(oln)
+	defer osrv.Close()
+
+	m := &counter{}
+	allow, _ := proxy.ParseAllowList([]string{"127.0.0.0/8"})
+	svc := proxy.New(st, url, &proxy.Options{
+		Upstream: allow, Metrics: m, MaxBacklog: 1 << 40, UpstreamH2C: *h2c,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err := svc.Start(ctx); err != nil {
+		return err
+	}
+	defer svc.Stop(context.Background())
+	api := &http.Server{Handler: svc.Handler()}
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go api.Serve(aln)
+	defer api.Close()
+
+	for i := 0; i < *streams; i++ {
+		body := fmt.Sprintf(`{"url": "http://%s/events"}`, oln.Addr())
+		resp, err := http.Post("http://"+aln.Addr().String()+"/v1/streams", "application/json", strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			return fmt.Errorf("handoff: %s", resp.Status)
+		}
+	}
+	fmt.Printf("ingest: %d streams, target %.0f events/s in, postgres: %s\n", *streams, *rate, pgSettings(ctx, url))
+
+	select {
+	case <-time.After(*warmup):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	m.latencies()
+	e0, c0, s0, t0 := m.events.Load(), m.commits.Load(), m.streams.Load(), time.Now()
+	var cpu0 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &cpu0)
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	last, lastT := e0, t0
+	for end := t0.Add(*duration); time.Now().Before(end); {
+		select {
+		case <-tick.C:
+			e := m.events.Load()
+			fmt.Printf("  %5.1fs  %8.0f events/s committed\n", time.Since(t0).Seconds(), float64(e-last)/time.Since(lastT).Seconds())
+			last, lastT = e, time.Now()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	el := time.Since(t0)
+	e, c, s := m.events.Load()-e0, m.commits.Load()-c0, m.streams.Load()-s0
+	var cpu1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &cpu1)
+	cpu := time.Duration(cpu1.Utime.Nano()+cpu1.Stime.Nano()-cpu0.Utime.Nano()-cpu0.Stime.Nano()) * time.Nanosecond
+	lat := m.latencies()
+	pct := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[min(len(lat)-1, int(p*float64(len(lat))))]
+	}
+	fmt.Printf("result: %.0f events/s committed over %s; %.0f commits/s, %.0f events and %.1f streams per commit; commit latency p50 %s p99 %s; origin+proxy CPU %.0f%% of one core\n",
+		float64(e)/el.Seconds(), el.Round(time.Millisecond), float64(c)/el.Seconds(), float64(e)/float64(max(c, 1)), float64(s)/float64(max(c, 1)),
+		pct(0.5).Round(10*time.Microsecond), pct(0.99).Round(10*time.Microsecond), 100*cpu.Seconds()/el.Seconds())
+	return nil
+}

@@ -1,0 +1,40 @@
+// Command bench measures pushproxy's data path on this machine. Its results and method are
+// written down in BENCHMARKS.md.
+//
+//	go run ./cmd/bench ingest [flags]   events/s from upstreams committed to Postgres
+//	go run ./cmd/bench held [flags]     proxy RSS per idle held stream, HTTP/1.1 or HTTP/2
+//
+// Both start a private PostgreSQL with durable settings (fsync and synchronous_commit on),
+// unless --database-url is given.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held [flags]")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "ingest":
+		err = runIngest(ctx, os.Args[2:])
+	case "held":
+		err = runHeld(ctx, os.Args[2:])
+	default:
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held [flags]")
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
