@@ -123,7 +123,12 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 
 	// 2. It is going to sleep: hand the stream off.
 	body := fmt.Sprintf(`{"url": %q, "last_event_id": %q}`, originURL, lastID)
-	var ho struct{ ID, Token, EventsURL, State string }
+	var ho struct {
+		ID        string `json:"id"`
+		Token     string `json:"token"`
+		EventsURL string `json:"events_url"`
+		State     string `json:"state"`
+	}
 	if err := doJSON(ctx, http.MethodPost, api+"/v1/streams", "", body, http.StatusCreated, &ho); err != nil {
 		return err
 	}

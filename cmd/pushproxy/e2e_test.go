@@ -299,3 +299,20 @@ func TestEndToEndProxyKilled(t *testing.T) {
 	got = append(got, readEvents(t, events3, got[len(got)-1].LastEventID, 150)...)
 	checkExactlyOnce(t, originURL, got)
 }
+
+// TestDemo runs `pushproxy demo` as a user would (short sleep) and checks its timeline.
+func TestDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the whole demo")
+	}
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"demo", "--sleep", "1500ms", "--rate", "20", "--database-url", pgtest.NewDatabase(t)}, &out, &errOut, func(string) string { return "" })
+	if code != 0 {
+		t.Fatalf("demo exited %d:\n%s\n%s", code, out.String(), errOut.String())
+	}
+	for _, want := range []string{"hands off its stream", "queued", "nothing lost, nothing doubled", "live via proxy", "from origin again", "done"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo timeline lacks %q:\n%s", want, out.String())
+		}
+	}
+}
