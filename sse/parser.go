@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // Event is one dispatched event.
@@ -81,6 +82,7 @@ type Parser struct {
 	data []byte // data buffer
 	typ  []byte // event type buffer
 	id   []byte // last event ID buffer
+	slab []byte
 
 	lastID string    // the last event ID string: the id buffer at the last blank line
 	types  [4]string // recently dispatched event types, to reuse their strings
@@ -258,6 +260,7 @@ func (p *Parser) fill() error {
 		p.lineSpill = true
 		p.w, p.valid, p.checked = 0, 0, 0
 	}
+	p.slab = nil
 	// Callers read more only when buf[r:w] holds no line ending.
 	p.lf, p.cr, p.scan = -2, -2, p.w
 	for range maxEmptyReads {
@@ -476,6 +479,19 @@ func parseRetry(v []byte) (int64, bool) {
 // letting a long-lived ID pin a large event's data.
 const shareLimit = 1024
 
+const (
+	slabSize  = 8 << 10
+	slabLimit = 1 << 10
+)
+
+// str returns the bytes of b, which are never modified again, as a string.
+func str(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
 // dispatch runs the spec's "dispatch the event" steps for a blank line. It
 // returns the event and true if one is dispatched.
 func (p *Parser) dispatch() (Event, bool) {
@@ -491,7 +507,25 @@ func (p *Parser) dispatch() (Event, bool) {
 	// data line, which is dropped.
 	n := len(p.data) - 1
 	var ev Event
-	if newID && n <= shareLimit {
+	need := n
+	if newID {
+		need += len(p.id)
+	}
+	if need <= slabLimit && p.r < p.w {
+		if cap(p.slab)-len(p.slab) < need {
+			p.slab = make([]byte, 0, min(slabSize, p.w-p.r+need))
+		}
+		start := len(p.slab)
+		p.slab = append(p.slab, p.data[:n]...)
+		if newID {
+			p.slab = append(p.slab, p.id...)
+		}
+		b := p.slab[start:]
+		ev.Data = str(b[:n])
+		if newID {
+			p.lastID = str(b[n:])
+		}
+	} else if newID && n <= shareLimit {
 		p.data = append(p.data[:n], p.id...)
 		s := string(p.data)
 		ev.Data, p.lastID = s[:n], s[n:]

@@ -1,0 +1,16 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build of pushproxy and the reference origin. The runtime image holds only the
+# two static binaries and CA certificates (for https:// origins and push services).
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/pushproxy ./cmd/origin
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/pushproxy /out/origin /usr/local/bin/
+USER nonroot
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/pushproxy"]
+CMD ["serve"]
