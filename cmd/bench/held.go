@@ -118,6 +118,8 @@ func runHeld(ctx context.Context, args []string) error {
 	addrs := fs.Int("origin-addrs", 8, "origin listens on this many addresses 127.0.0.2, 127.0.0.3, ...")
 	settle := fs.Duration("settle", 30*time.Second, "time to let the proxy settle before reading its RSS")
 	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
+	debug := fs.String("debug-listen", "", "passed to the proxy: serve its profiler there")
+	hold := fs.Bool("hold", false, "after measuring, keep everything running until interrupted (to profile)")
 	fs.Parse(args)
 
 	dir, err := buildBinaries()
@@ -148,6 +150,9 @@ func runHeld(ctx context.Context, args []string) error {
 		"--db-max-conns", "10", "--claim-interval", "1h"}
 	if *proto == "h2" {
 		pargs = append(pargs, "--upstream-h2c")
+	}
+	if *debug != "" {
+		pargs = append(pargs, "--debug-listen", *debug)
 	}
 	px, err := startChild(ctx, filepath.Join(dir, "pushproxy"), pargs...)
 	if err != nil {
@@ -234,5 +239,8 @@ func runHeld(ctx context.Context, args []string) error {
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", px.cmd.Process.Pid))
 	fmt.Printf("result: proxy RSS %d KiB with %d held streams (peak %d KiB while settling), %d open files: %.2f KiB per stream over the start-up RSS; origin RSS %d KiB\n",
 		last, *n, peak, len(fds), float64(last-base)/float64(*n), rssKiB(org.cmd.Process.Pid))
+	if *hold {
+		<-ctx.Done()
+	}
 	return nil
 }

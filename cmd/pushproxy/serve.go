@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"path/filepath"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 // serveConfig is everything `pushproxy serve` is told.
 type serveConfig struct {
 	Listen          string
+	DebugListen     string
 	DatabaseURL     string
 	DataDir         string
 	Migrate         bool
@@ -40,6 +42,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Migrate, "migrate", true, "apply pending database migrations at start-up")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long a graceful shutdown may take")
 	fs.IntVar(&c.DBMaxConns, "db-max-conns", 20, "size of the Postgres connection pool")
+	fs.StringVar(&c.DebugListen, "debug-listen", "", "address of the Go profiler (/debug/pprof/); keep it private (empty: off)")
 	c.Log.flags(fs)
 
 	fs.Var(&c.Allow, "upstream-allow", "upstreams the proxy may dial: comma-separated hosts, host:port, CIDRs, or * for any public host (empty: any public host; loopback and private addresses only when listed)")
@@ -96,14 +99,15 @@ func (c *logConfig) logger(w io.Writer) (*slog.Logger, error) {
 // Server is a running `pushproxy serve`: the HTTP API, the proxy service, the store, and
 // the local Postgres when it manages one. End-to-end tests start it on 127.0.0.1:0.
 type Server struct {
-	cfg  serveConfig
-	log  *slog.Logger
-	pg   *pglocal.Cluster
-	st   *store.Store
-	svc  *proxy.Service
-	http *http.Server
-	ln   net.Listener
-	done chan error
+	cfg   serveConfig
+	log   *slog.Logger
+	pg    *pglocal.Cluster
+	st    *store.Store
+	svc   *proxy.Service
+	http  *http.Server
+	debug *http.Server
+	ln    net.Listener
+	done  chan error
 }
 
 // Addr is the address the API listens on.
@@ -166,8 +170,28 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	}
 	s.done = make(chan error, 1)
 	go func() { s.done <- s.http.Serve(s.ln) }()
+	if cfg.DebugListen != "" {
+		dln, err := net.Listen("tcp", cfg.DebugListen)
+		if err != nil {
+			return nil, fmt.Errorf("--debug-listen: %w", err)
+		}
+		s.debug = &http.Server{Handler: debugHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go s.debug.Serve(dln)
+		log.InfoContext(ctx, "profiler listening", slog.String("addr", dln.Addr().String()))
+	}
 	log.InfoContext(ctx, "pushproxy serving", slog.String("addr", s.Addr()), slog.String("instance", s.svc.InstanceID()))
 	return s, nil
+}
+
+// debugHandler serves the Go profiler.
+func debugHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // close shuts down in order: stop taking requests (open streams end), stop holders and
@@ -189,6 +213,9 @@ func (s *Server) close(ctx context.Context) error {
 	}
 	if err := <-stopped; err != nil {
 		errs = append(errs, err)
+	}
+	if s.debug != nil {
+		s.debug.Close()
 	}
 	if s.st != nil {
 		s.st.Close()
