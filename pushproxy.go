@@ -65,6 +65,10 @@ type Stream struct {
 	ClosedAt  time.Time
 
 	TokenHash []byte
+
+	// UrgentEvents lists the event types that wake the device at once, on the platform's
+	// high-priority path where it has one.
+	UrgentEvents []string
 }
 
 // Backlog is the number of events queued and not yet acknowledged.
@@ -157,4 +161,63 @@ func ParseProxyID(id string) (int64, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// Wake-up outcomes, as recorded in a device's wake-up history.
+const (
+	OutcomeSent           = "sent"            // the platform accepted the push
+	OutcomeTokenGone      = "token-gone"      // the token is dead; the device too
+	OutcomeThrottled      = "throttled"       // the platform asked us to slow down; retried later
+	OutcomeRetry          = "retry"           // a server or network error; retried with backoff
+	OutcomeCredentials    = "credentials"     // our credentials were refused; retried with backoff
+	OutcomeInvalid        = "invalid"         // the platform refused the push for good
+	OutcomeAwake          = "awake"           // not sent: the device had a reader open
+	OutcomeNothingPending = "nothing-pending" // not sent: everything was read meanwhile
+	OutcomeDead           = "dead"            // not sent: the device's token was reported dead
+	OutcomeNoSender       = "no-sender"       // not sent: no credentials for the platform
+)
+
+// Wakeup is one wake-up claimed for sending: the device, and what it has pending.
+type Wakeup struct {
+	ID        string
+	DeviceID  string
+	Push      PushAddress
+	Urgent    bool
+	Attempts  int // including this one
+	CreatedAt time.Time
+	DueAt     time.Time
+
+	Awake bool // the device has a reader open
+	Dead  bool // the device's token was reported dead
+	// Pending counts the events not yet delivered, per stream id.
+	Pending map[string]int64
+	// RecentSends are the times of the pushes sent to the device within the budget window.
+	RecentSends []time.Time
+}
+
+// WakeupResult is what became of a claimed wake-up.
+type WakeupResult struct {
+	ID       string
+	DeviceID string
+	Outcome  string // one of the Outcome constants
+	Error    string
+	PushID   string // the platform's id of the push (apns-id, FCM message name)
+	Pending  int64  // events the push announced
+	// RetryAt, when not zero, puts the wake-up back in the queue, due then (throttled,
+	// retry, credentials, or a spent budget).
+	RetryAt time.Time
+	// ThrottledUntil, when not zero, holds every wake-up of the device until then.
+	ThrottledUntil time.Time
+}
+
+// WakeState is a device's wake-up state, for the API and operators.
+type WakeState struct {
+	LastPushAt    time.Time
+	LastOutcome   string
+	LastError     string
+	NextPushAt    time.Time // when the outstanding wake-up is due; zero if none
+	Awaiting      bool      // a push was sent and the device has not read since
+	ThrottledTill time.Time
+	DeadAt        time.Time
+	DeadReason    string
 }

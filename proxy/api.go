@@ -173,6 +173,7 @@ func (s *Service) handleHandoff(w http.ResponseWriter, r *http.Request) {
 		MaxPerDevice: s.opts.MaxStreamsPerDevice,
 		LeaseOwner:   owner,
 		LeaseTTL:     s.opts.LeaseTTL,
+		UrgentEvents: h.UrgentEvents,
 	})
 	if err != nil {
 		s.writeError(w, r, err)
@@ -223,8 +224,37 @@ type streamResponse struct {
 	ResumeEventID string           `json:"upstream_last_event_id"`
 	Upstream      upstreamResponse `json:"upstream"`
 	HasPush       bool             `json:"has_push"`
+	UrgentEvents  []string         `json:"urgent_events"`
+	Wake          *wakeResponse    `json:"wake,omitempty"`
 	CreatedAt     time.Time        `json:"created_at"`
 	ClosedAt      *time.Time       `json:"closed_at,omitempty"`
+}
+
+// wakeResponse is the device's wake-up state.
+type wakeResponse struct {
+	LastPushAt     *time.Time `json:"last_push_at"`
+	LastOutcome    string     `json:"last_outcome"`
+	LastError      string     `json:"last_error,omitempty"`
+	NextPushAt     *time.Time `json:"next_push_at"`
+	AwaitingRead   bool       `json:"awaiting_read"`
+	ThrottledUntil *time.Time `json:"throttled_until,omitempty"`
+	DeadAt         *time.Time `json:"dead_at,omitempty"`
+	DeadReason     string     `json:"dead_reason,omitempty"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func toWakeResponse(ws pushproxy.WakeState) *wakeResponse {
+	return &wakeResponse{
+		LastPushAt: timePtr(ws.LastPushAt), LastOutcome: ws.LastOutcome, LastError: ws.LastError,
+		NextPushAt: timePtr(ws.NextPushAt), AwaitingRead: ws.Awaiting, ThrottledUntil: timePtr(ws.ThrottledTill),
+		DeadAt: timePtr(ws.DeadAt), DeadReason: ws.DeadReason,
+	}
 }
 
 type upstreamResponse struct {
@@ -240,7 +270,7 @@ func toStreamResponse(st pushproxy.Stream) streamResponse {
 	resp := streamResponse{
 		ID: st.ID, URL: st.URL, State: st.State, StateReason: st.StateReason,
 		Backlog: st.Backlog(), AckedEventID: st.AckedID, ResumeEventID: st.ResumeID,
-		HasPush: st.DeviceID != "", CreatedAt: st.CreatedAt,
+		HasPush: st.DeviceID != "", CreatedAt: st.CreatedAt, UrgentEvents: st.UrgentEvents,
 		Upstream: upstreamResponse{Status: st.UpstreamStatus, Connected: st.Connected, Connects: st.Connects, LastError: st.LastError},
 	}
 	if st.Backlog() > 0 {
@@ -264,7 +294,16 @@ func (s *Service) handleGetStream(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toStreamResponse(st))
+	resp := toStreamResponse(st)
+	if st.DeviceID != "" {
+		ws, err := s.store.DeviceWakeState(r.Context(), st.DeviceID)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		resp.Wake = toWakeResponse(ws)
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 // closeResponse is the body of DELETE /v1/streams/{id}.

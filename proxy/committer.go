@@ -31,6 +31,7 @@ type committer struct {
 	log      *slog.Logger
 	onLost   func([]store.Lease)
 	metrics  func(events, streams int, took time.Duration)
+	onWake   func() // after a commit that queued wake-ups
 }
 
 // run commits until c.in is closed and empty, or ctx ends.
@@ -89,6 +90,9 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 				if it.done != nil {
 					it.done <- !lost[store.Lease{StreamID: it.StreamID, Epoch: it.Epoch}] && !stale[k]
 				}
+			}
+			if res.Wakeups > 0 && c.onWake != nil {
+				c.onWake()
 			}
 			if len(res.Lost) > 0 && c.onLost != nil {
 				c.onLost(res.Lost)
@@ -158,6 +162,7 @@ func merge(items []commitItem) ([]store.Append, map[int]bool) {
 		if it.Error != "" {
 			m.Error = it.Error
 		}
+		m.Urgent = m.Urgent || it.Urgent
 	}
 	return out, stale
 }

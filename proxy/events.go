@@ -91,6 +91,11 @@ func (s *Service) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy
 		s.writeError(w, r, err)
 		return
 	}
+	// A fetch answers the wake-up the device was sent.
+	if err := s.store.MarkRead(r.Context(), st.DeviceID); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	evs, err := s.store.EventsAfter(r.Context(), st.ID, cur.After, limit+1)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -134,11 +139,20 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 		s.writeError(w, r, err)
 		return
 	}
+	after := cur.After
+	delivered := after // the newest event flushed to the reader
 	defer func() {
-		if err := s.store.CloseReader(context.WithoutCancel(ctx), readerID); err != nil {
+		// Events written to this reader need no wake-up; if the device is left asleep with
+		// others undelivered, a wake-up is queued.
+		if err := s.store.CloseReaderDelivered(context.WithoutCancel(ctx), readerID, st.ID, delivered, s.opts.Wake); err != nil {
 			s.log.WarnContext(ctx, "closing reader failed", slog.String("error", err.Error()))
 		}
+		s.kick()
 	}()
+	if err := s.store.MarkRead(ctx, st.DeviceID); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Time{}) // a stream outlives any server write timeout
@@ -163,7 +177,6 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 
 	heartbeat := time.NewTicker(s.opts.Heartbeat)
 	defer heartbeat.Stop()
-	after := cur.After
 	for {
 		evs, err := s.store.EventsAfter(ctx, st.ID, after, ssePage)
 		if err != nil {
@@ -182,6 +195,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 			if err := rc.Flush(); err != nil {
 				return
 			}
+			delivered = after
 		}
 		if len(evs) == ssePage {
 			continue

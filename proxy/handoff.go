@@ -23,6 +23,11 @@ type handoffRequest struct {
 	LastEventID *string           `json:"last_event_id"`
 	Headers     map[string]string `json:"headers"`
 	Push        *pushRequest      `json:"push"`
+	Wake        *wakeRequest      `json:"wake"`
+}
+
+type wakeRequest struct {
+	UrgentEvents []string `json:"urgent_events"`
 }
 
 type pushRequest struct {
@@ -37,6 +42,8 @@ const (
 	maxURLLength         = 4096
 	maxLastEventIDLength = 1024
 	maxHeaders           = 32
+	maxUrgentEvents      = 32
+	maxEventTypeLength   = 128
 	maxHeaderBytes       = 8 << 10
 	maxPushTokenLength   = 4096
 	maxTopicLength       = 255
@@ -58,6 +65,8 @@ type handoff struct {
 	LastEventID string
 	Headers     map[string]string // canonical names
 	Push        *pushproxy.PushAddress
+	// UrgentEvents are the event types that wake the device at once.
+	UrgentEvents []string
 }
 
 // parseHandoff reads and validates a handoff body. Every problem is an *pushproxy.Error
@@ -89,6 +98,14 @@ func parseHandoff(body io.Reader) (handoff, error) {
 	if req.Push != nil {
 		if h.Push, err = validatePush(req.Push); err != nil {
 			return h, err
+		}
+	}
+	if req.Wake != nil {
+		if h.UrgentEvents, err = validateUrgentEvents(req.Wake.UrgentEvents); err != nil {
+			return h, err
+		}
+		if len(h.UrgentEvents) > 0 && h.Push == nil {
+			return h, invalid("wake.urgent_events: needs a push address to wake")
 		}
 	}
 	return h, nil
@@ -200,6 +217,31 @@ func validateHeaders(in map[string]string) (map[string]string, error) {
 			return nil, invalid("headers: more than %d bytes in all", maxHeaderBytes)
 		}
 		out[canon] = strings.TrimSpace(value)
+	}
+	return out, nil
+}
+
+// validateUrgentEvents checks event types as an event stream can carry them: non-empty
+// ("message" is the type of events without one), no CR, LF or NUL.
+func validateUrgentEvents(types []string) ([]string, error) {
+	if len(types) > maxUrgentEvents {
+		return nil, invalid("wake.urgent_events: more than %d", maxUrgentEvents)
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, t := range types {
+		switch {
+		case t == "":
+			return nil, invalid(`wake.urgent_events: an event type cannot be empty (events without a type are "message")`)
+		case len(t) > maxEventTypeLength:
+			return nil, invalid("wake.urgent_events: %.20q... is longer than %d bytes", t, maxEventTypeLength)
+		case strings.ContainsAny(t, "\r\n\x00") || !utf8.ValidString(t):
+			return nil, invalid("wake.urgent_events: %q cannot be an event type (CR, LF, NUL or invalid UTF-8)", t)
+		}
+		if !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
 	}
 	return out, nil
 }

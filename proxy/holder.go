@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -26,6 +27,7 @@ type holder struct {
 	epoch   int64
 	url     string
 	headers map[string]string
+	urgent  []string // event types that wake the device at once
 
 	resumeID string // Last-Event-ID for the next connect
 	retryMS  int64  // the origin's retry: value, -1 if none
@@ -228,11 +230,19 @@ func (h *holder) connect(parent context.Context) outcome {
 		}
 		h.head++
 		h.resumeID = p.LastEventID()
-		a := h.item(store.Append{Events: []pushproxy.Event{{Seq: h.head, LastEventID: ev.LastEventID, Type: ev.Type, Data: ev.Data}}})
+		a := h.item(store.Append{Events: []pushproxy.Event{{Seq: h.head, LastEventID: ev.LastEventID, Type: ev.Type, Data: ev.Data}}, Urgent: h.isUrgent(ev.Type)})
 		if !h.send(ctx, a, false) {
 			return out
 		}
 	}
+}
+
+// isUrgent reports whether events of type typ wake the device at once.
+func (h *holder) isUrgent(typ string) bool {
+	if typ == "" {
+		typ = "message"
+	}
+	return slices.Contains(h.urgent, typ)
 }
 
 var errIdle = errors.New("upstream idle timeout")

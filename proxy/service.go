@@ -64,8 +64,26 @@ type Options struct {
 	// ReaderTTL is how long a reader's presence outlives its instance's last refresh.
 	ReaderTTL time.Duration
 
+	// Wake, when set, queues wake-ups for sleeping devices in the transactions that commit
+	// their events, and after a device's last reader closes with events undelivered.
+	Wake *store.WakePolicy
+	// Waker is told when wake-ups may have been queued, so it sends them without polling.
+	Waker Waker
+
 	Logger  *slog.Logger
 	Metrics Metrics
+}
+
+// kick tells the waker, if any, that wake-ups may have been queued.
+func (s *Service) kick() {
+	if s.opts.Waker != nil {
+		s.opts.Waker.Kick()
+	}
+}
+
+// Waker is told when wake-ups may have been queued.
+type Waker interface {
+	Kick()
 }
 
 // DefaultOptions are the defaults of every option.
@@ -194,11 +212,12 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		in:       s.commits,
 		store:    st,
 		owner:    o.InstanceID,
-		opts:     store.CommitOptions{MaxBacklog: o.MaxBacklog},
+		opts:     store.CommitOptions{MaxBacklog: o.MaxBacklog, Wake: o.Wake},
 		maxBatch: o.CommitBatch,
 		log:      o.Logger,
 		onLost:   s.lost,
 		metrics:  o.Metrics.Committed,
+		onWake:   s.kick,
 	}
 	return s
 }
@@ -428,6 +447,7 @@ func (s *Service) hold(c store.Claim) {
 		resumeID: c.Stream.ResumeID,
 		retryMS:  c.Stream.RetryMS,
 		head:     c.Stream.HeadSeq,
+		urgent:   c.Stream.UrgentEvents,
 		cancel:   cancel,
 		done:     make(chan struct{}),
 	}

@@ -34,6 +34,8 @@ type Append struct {
 	Connects int64
 	// Error, when not "", is recorded as the stream's last error.
 	Error string
+	// Urgent marks that Events hold an event type the stream wakes its device for at once.
+	Urgent bool
 }
 
 // Values of Append.Connected.
@@ -54,6 +56,8 @@ type CommitResult struct {
 	Lost []Lease
 	// Events is the number of events inserted.
 	Events int
+	// Wakeups is the number of wake-ups queued or made urgent.
+	Wakeups int64
 }
 
 // Lease names a stream and the fencing epoch of one lease on it.
@@ -67,6 +71,9 @@ type CommitOptions struct {
 	// MaxBacklog is the most events a stream keeps queued; older ones are trimmed (readers
 	// then see a gap signal). 0: no bound.
 	MaxBacklog int64
+	// Wake, when set, queues a wake-up for the sleeping devices of streams that got events,
+	// in the same transaction.
+	Wake *WakePolicy
 }
 
 // Commit appends a batch of events for many streams in one transaction: each stream's
@@ -155,6 +162,8 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		var (
 			copyRows       [][]any
 			notify         []string
+			woken          []string
+			urgent         []bool
 			trimIDs        []string
 			trimLo, trimHi []int64
 		)
@@ -179,6 +188,9 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 			if added > 0 || a.State != "" {
 				notify = append(notify, a.StreamID)
 			}
+			if added > 0 {
+				woken, urgent = append(woken, a.StreamID), append(urgent, a.Urgent)
+			}
 			if f.after > f.before {
 				trimIDs = append(trimIDs, a.StreamID)
 				trimLo, trimHi = append(trimLo, f.before), append(trimHi, f.after)
@@ -198,6 +210,11 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 				WHERE e.stream_id = t.id AND e.seq > t.lo AND e.seq <= t.hi`, trimIDs, trimLo, trimHi)
 			if err != nil {
 				return fmt.Errorf("trim backlogs: %w", err)
+			}
+		}
+		if opts.Wake != nil && len(woken) > 0 {
+			if res.Wakeups, err = scheduleWakeups(ctx, tx, opts.Wake, woken, urgent); err != nil {
+				return err
 			}
 		}
 		if len(notify) > 0 {

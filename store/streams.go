@@ -24,6 +24,8 @@ type NewStream struct {
 	// starts holding it); LeaseTTL is its length.
 	LeaseOwner string
 	LeaseTTL   time.Duration
+	// UrgentEvents are event types that wake the device at once.
+	UrgentEvents []string
 }
 
 // Claim is a stream an instance now holds, with the fencing epoch of its lease.
@@ -35,7 +37,7 @@ type Claim struct {
 const streamColumns = `s.id, coalesce(s.device_id::text, ''), s.url, s.headers, s.state, s.state_reason,
 	s.resume_id, coalesce(s.retry_ms, -1), s.head_seq, s.floor_seq, s.acked_seq, s.acked_id,
 	s.upstream_status, s.connected, s.connects, s.last_error, s.last_error_at,
-	s.created_at, s.updated_at, s.closed_at, s.token_hash, s.lease_epoch`
+	s.created_at, s.updated_at, s.closed_at, s.token_hash, s.urgent_events, s.lease_epoch`
 
 func scanStream(row pgx.Row) (pushproxy.Stream, int64, error) {
 	var (
@@ -47,7 +49,7 @@ func scanStream(row pgx.Row) (pushproxy.Stream, int64, error) {
 	err := row.Scan(&st.ID, &st.DeviceID, &st.URL, &st.Headers, &st.State, &st.StateReason,
 		&resume, &st.RetryMS, &st.HeadSeq, &st.FloorSeq, &st.AckedSeq, &acked,
 		&st.UpstreamStatus, &st.Connected, &st.Connects, &st.LastError, &lastErrAt,
-		&st.CreatedAt, &st.UpdatedAt, &closedAt, &st.TokenHash, &epoch)
+		&st.CreatedAt, &st.UpdatedAt, &closedAt, &st.TokenHash, &st.UrgentEvents, &epoch)
 	if err != nil {
 		return st, 0, err
 	}
@@ -75,7 +77,9 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 			err := tx.QueryRow(ctx, `
 				INSERT INTO devices (platform, token, topic, environment) VALUES ($1, $2, $3, $4)
 				ON CONFLICT (platform, token) DO UPDATE
-				SET topic = excluded.topic, environment = excluded.environment, updated_at = now()
+				SET topic = excluded.topic, environment = excluded.environment, updated_at = now(),
+					-- A handoff with a token reported dead means the app registered it again.
+					dead_at = NULL, dead_reason = NULL
 				RETURNING id`,
 				ns.Push.Platform, ns.Push.Token, ns.Push.Topic, ns.Push.Environment).Scan(&id)
 			if err != nil {
@@ -107,11 +111,15 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 		if headers == nil {
 			headers = map[string]string{}
 		}
+		urgent := ns.UrgentEvents
+		if urgent == nil {
+			urgent = []string{}
+		}
 		row := tx.QueryRow(ctx, `
-			INSERT INTO streams AS s (device_id, url, headers, token_hash, resume_id, acked_id, lease_owner, lease_expires_at, lease_epoch)
-			VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)
+			INSERT INTO streams AS s (device_id, url, headers, token_hash, resume_id, acked_id, lease_owner, lease_expires_at, lease_epoch, urgent_events)
+			VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9)
 			RETURNING `+streamColumns,
-			deviceID, ns.URL, headers, ns.TokenHash, []byte(ns.ResumeID), owner, expires, epochStart)
+			deviceID, ns.URL, headers, ns.TokenHash, []byte(ns.ResumeID), owner, expires, epochStart, urgent)
 		var err error
 		st, epoch, err = scanStream(row)
 		if err != nil {
