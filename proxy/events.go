@@ -92,7 +92,7 @@ func (s *Service) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy
 		return
 	}
 	// A fetch answers the wake-up the device was sent.
-	if err := s.store.MarkRead(r.Context(), st.DeviceID); err != nil {
+	if err := s.store.MarkRead(r.Context(), st.DeviceID, s.opts.Wake); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -149,7 +149,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 		}
 		s.kick()
 	}()
-	if err := s.store.MarkRead(ctx, st.DeviceID); err != nil {
+	if err := s.store.MarkRead(ctx, st.DeviceID, s.opts.Wake); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

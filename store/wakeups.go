@@ -109,12 +109,25 @@ func (s *Store) CloseReaderDelivered(ctx context.Context, readerID, streamID str
 	return err
 }
 
-// MarkRead records that a device read (it woke): the push it was sent has been answered.
-func (s *Store) MarkRead(ctx context.Context, deviceID string) error {
+// MarkRead records that a device read (it woke): the push it was sent has been answered,
+// so a wake-up that waited for that answer is due after the debounce only.
+func (s *Store) MarkRead(ctx context.Context, deviceID string, p *WakePolicy) error {
 	if deviceID == "" {
 		return nil
 	}
-	_, err := s.pool.Exec(ctx, `UPDATE devices SET awaiting_since = NULL WHERE id = $1 AND awaiting_since IS NOT NULL`, deviceID)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `UPDATE devices SET awaiting_since = NULL WHERE id = $1 AND awaiting_since IS NOT NULL`, deviceID); err != nil {
+			return err
+		}
+		if p == nil {
+			return nil
+		}
+		_, err := tx.Exec(ctx, `
+			UPDATE wakeups SET due_at = $2::timestamptz + $3::interval
+			WHERE device_id = $1 AND state = 'pending' AND due_at > $2::timestamptz + $3::interval`,
+			deviceID, p.now(), p.Debounce)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("mark read: %w", err)
 	}
