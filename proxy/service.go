@@ -74,6 +74,10 @@ type Options struct {
 	Metrics Metrics
 }
 
+// SetWaker sets the Waker after New (it usually needs the service's instance id). Call it
+// before Start.
+func (s *Service) SetWaker(w Waker) { s.opts.Waker = w }
+
 // kick tells the waker, if any, that wake-ups may have been queued.
 func (s *Service) kick() {
 	if s.opts.Waker != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/pushproxy/pushproxy/internal/pglocal"
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
+	"github.com/pushproxy/pushproxy/wakeup"
 )
 
 // serveConfig is everything `pushproxy serve` is told.
@@ -32,6 +33,7 @@ type serveConfig struct {
 	Allow   listFlag
 	APIKeys secretListFlag
 	Proxy   proxy.Options
+	Wake    wakeConfig
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
@@ -47,6 +49,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 
 	fs.Var(&c.Allow, "upstream-allow", "upstreams the proxy may dial: comma-separated hosts, host:port, CIDRs, or * for any public host (empty: any public host; loopback and private addresses only when listed)")
 	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
+	c.Wake.flags(fs)
 	p := &c.Proxy
 	fs.StringVar(&p.InstanceID, "instance-id", "", "name of this instance in leases; unique per running instance, kept across restarts so a restarted instance takes its streams back at once (empty: host-pid-random)")
 	fs.DurationVar(&p.LeaseTTL, "lease-ttl", d.LeaseTTL, "how long a stream lease lasts unrenewed; a dead instance's streams move after this")
@@ -104,6 +107,7 @@ type Server struct {
 	pg    *pglocal.Cluster
 	st    *store.Store
 	svc   *proxy.Service
+	wake  *wakeup.Scheduler
 	http  *http.Server
 	debug *http.Server
 	ln    net.Listener
@@ -154,10 +158,21 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	}
 	po := cfg.Proxy
 	po.Upstream, po.APIKeys, po.Logger = allow, cfg.APIKeys.listFlag, log
+	senders, err := cfg.Wake.senders(ctx, log)
+	if err != nil {
+		return nil, err
+	}
+	so := cfg.Wake.Sched
+	so.InstanceID, so.Logger = po.InstanceID, log
+	po.Wake = cfg.Wake.policy()
 	s.svc = proxy.New(s.st, url, &po)
+	so.InstanceID = s.svc.InstanceID()
+	s.wake = wakeup.New(s.st, senders, &so)
+	s.svc.SetWaker(s.wake)
 	if err := s.svc.Start(ctx); err != nil {
 		return nil, err
 	}
+	s.wake.Start(ctx)
 	s.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, err
@@ -213,6 +228,9 @@ func (s *Server) close(ctx context.Context) error {
 	}
 	if err := <-stopped; err != nil {
 		errs = append(errs, err)
+	}
+	if s.wake != nil {
+		s.wake.Stop()
 	}
 	if s.debug != nil {
 		s.debug.Close()
