@@ -42,8 +42,22 @@
 //     stream by and never retained, so they have no size limit. The bound is
 //     checked on the raw line, and again after replacement characters (which
 //     may be longer than the bytes they replace) are added, so every Event
-//     has len(Data)+len(Type)+len(LastEventID) < MaxEventSize. The parser
-//     reads through one fixed 32 KiB buffer.
+//     has len(Data)+len(Type)+len(LastEventID) < MaxEventSize.
+//   - The read buffer starts at 512 bytes, doubles up to 32 KiB when a Read
+//     fills it, and shrinks back after a run of small reads, so a parser
+//     waiting on a quiet stream holds about 1 KiB (its read buffer, small
+//     field buffers and itself), not a 32 KiB buffer.
+//   - Strings share memory. The strings of events that arrive together (a
+//     burst: more input was already buffered when the event ended) are cut
+//     from one slab of at most 8 KiB instead of being allocated one by one,
+//     which is much cheaper. The catch is retention: keeping any string of
+//     such an event keeps its whole slab alive, so a caller that keeps one
+//     small event out of a burst keeps at most 8 KiB alive for it (copy it
+//     with strings.Clone if that matters). Data of more than 1 KiB, and the
+//     event after which nothing more was buffered (the usual case on a
+//     quiet stream), get allocations of their own, and a parser waiting for
+//     more input holds no slab. Bytes handed out are never written again,
+//     so events may be used from any goroutine while parsing goes on.
 //
 // # Writing
 //

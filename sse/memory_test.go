@@ -1,6 +1,7 @@
 package sse_test
 
 import (
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -142,5 +143,110 @@ func TestIgnoredLineMemory(t *testing.T) {
 	// The parser, its read buffer, a data buffer and the event's string.
 	if allocs > 6 {
 		t.Errorf("%v allocations to skip a 4 MiB comment", allocs)
+	}
+}
+
+// idleReader returns its chunks one per Read, like a live stream whose events
+// arrive one by one. When they run out, it calls idle, at the point where the
+// parser would wait for the stream, and then reports io.EOF.
+type idleReader struct {
+	chunks []string
+	idle   func()
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	if len(r.chunks) == 0 {
+		if r.idle != nil {
+			r.idle()
+			r.idle = nil
+		}
+		return 0, io.EOF
+	}
+	n := copy(p, r.chunks[0])
+	if r.chunks[0] = r.chunks[0][n:]; r.chunks[0] == "" {
+		r.chunks = r.chunks[1:]
+	}
+	return n, nil
+}
+
+func smallEvent(i int) string {
+	return fmt.Sprintf("id: %d\nevent: update\ndata: {\"id\":%d,\"user\":\"user-%d\",\"title\":\"Some title for item %d\",\"ok\":true}\n\n", 1000000+i, i, i%977, i)
+}
+
+// TestIdleParserMemory checks that a parser waiting on a quiet stream holds
+// little memory (the proxy keeps tens of thousands of them): after small
+// events, and after a burst once the stream has quietened down again.
+func TestIdleParserMemory(t *testing.T) {
+	const limit = 1024
+	burst := ""
+	for i := range 200 {
+		burst += smallEvent(i)
+	}
+	for _, tc := range []struct {
+		name   string
+		chunks []string
+		more   bool // followed by 40 small events, one per read
+	}{
+		{"one event", []string{smallEvent(1)}, false},
+		{"small events", nil, true},
+		{"keep-alives", []string{smallEvent(1), ":\n", ":\n", ":\n"}, false},
+		{"after a burst", []string{burst}, true},
+		{"partial event", []string{smallEvent(1), "id: 7\nevent: x\ndata: partial\n"}, false},
+		{"partial line", []string{smallEvent(1), "id: 7\ndata: partial\ndata: more"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			chunks := tc.chunks
+			if tc.more {
+				for i := range 40 {
+					chunks = append(chunks, smallEvent(i))
+				}
+			}
+			var p *sse.Parser
+			held, bufCap := -1, -1
+			r := &idleReader{chunks: chunks, idle: func() { held, bufCap = p.Footprint(), p.BufCap() }}
+			p = sse.NewParser(r, nil)
+			var events []sse.Event
+			for {
+				e, err := p.Next()
+				if err != nil {
+					break
+				}
+				events = append(events, e) // keep them: the parser must not depend on that
+			}
+			if len(events) == 0 {
+				t.Fatal("no events")
+			}
+			if held < 0 {
+				t.Fatal("the parser never waited for the stream")
+			}
+			t.Logf("%d events; waiting with %d bytes, read buffer %d", len(events), held, bufCap)
+			if bufCap > sse.MinBufSize {
+				t.Errorf("read buffer of %d bytes while waiting, want %d", bufCap, sse.MinBufSize)
+			}
+			if held > limit {
+				t.Errorf("holds %d bytes while waiting, want at most %d", held, limit)
+			}
+		})
+	}
+}
+
+// TestReadBufferGrows checks that the read buffer grows for a fast reader
+// and for a long line, up to its largest size.
+func TestReadBufferGrows(t *testing.T) {
+	var in strings.Builder
+	for i := range 1000 {
+		in.WriteString(smallEvent(i))
+	}
+	in.WriteString("data: " + strings.Repeat("x", 3*sse.BufSize) + "\n\n")
+	p := sse.NewParser(strings.NewReader(in.String()), nil)
+	largest := 0
+	for {
+		if _, err := p.Next(); err != nil {
+			break
+		}
+		largest = max(largest, p.BufCap())
+	}
+	if largest != sse.BufSize {
+		t.Errorf("read buffer grew to %d bytes, want %d", largest, sse.BufSize)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"strings"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -41,8 +42,30 @@ type ParserOptions struct {
 	MaxEventSize int
 }
 
-// bufSize is the size of the parser's read buffer, reused for every read.
-const bufSize = 32 << 10
+// The read buffer adapts to the stream: it starts at minBufSize, doubles up
+// to maxBufSize when a Read fills it (the reader had more to give, or a line
+// needs the room), and shrinks again when shrinkReads reads in a row have
+// used at most a quarter of it. A parser of a quiet stream, which the proxy
+// may hold by the ten thousand, so keeps a small buffer.
+const (
+	minBufSize  = 512
+	maxBufSize  = 32 << 10
+	shrinkReads = 16
+)
+
+// Event strings are cut from slabs: while more input is buffered after an
+// event (a burst), its data is built right in the free part of the current
+// slab, of at most slabSize bytes, and its new last event ID is put after
+// it, so a burst of small events costs one allocation per slab rather than
+// one or two per event. Bytes handed out are never written again; the next
+// event goes after them. Data longer than slabLimit, and the event after
+// which nothing more is buffered (the parser will wait for the stream),
+// get allocations of their own, and the parser lets go of the slab before
+// it waits, so that a quiet stream's parser holds no slab.
+const (
+	slabSize  = 8 << 10
+	slabLimit = 1 << 10
+)
 
 // maxEmptyReads is how many times in a row a reader may return no data and no
 // error before Next gives up with io.ErrNoProgress (as bufio does).
@@ -59,7 +82,7 @@ type Parser struct {
 	// lf and cr are the indexes in buf of the next '\n' and '\r' at or
 	// after r, -1 if there is none before w, or -2 if not searched for yet.
 	// They are searched for again only once r passes them or buf changes,
-	// so a run of lines ending in CR does not rescan the buffer for LF (nor
+	// so a run of lines ending in LF does not rescan the buffer for CR (nor
 	// the other way round).
 	lf, cr int
 	// scan is where the search for a line ending resumes after a read:
@@ -69,27 +92,49 @@ type Parser struct {
 	// in it need no checking one by one; buf[:checked] was checked.
 	valid, checked int
 
+	reads int // reads since buf was last resized or considered for it
+	peak  int // the most bytes buf held after one of those reads
+
 	rerr error // error from the reader, reported once buf is drained
 	err  error // sticky error returned by Next
 
-	max       int
-	bomDone   bool   // the leading byte order mark was checked for
-	afterCR   bool   // the last line ended in a CR at the end of buf: skip one '\n'
-	skipping  bool   // discarding the rest of a line that is to be ignored
-	line      []byte // start of a line too long for buf
-	lineSpill bool   // line holds the start of the current line
+	max  int
+	line []byte // start of a line too long for buf, when lineSpill
 
-	data []byte // data buffer
-	typ  []byte // event type buffer
-	id   []byte // last event ID buffer
+	// The event's buffers. The data buffer is built in the free part of
+	// the slab, slab[used:used+dlen], when dataInSlab, so that its Data
+	// needs no copying; else it is own.bytes(). The buffers are written
+	// without storing pointers into the Parser (see buffer), which would
+	// cost a GC write barrier during a collection.
+	dlen int
+	own  buffer // a data buffer, holding nothing handed out
+	typ  buffer // event type buffer
+	id   buffer // last event ID buffer
+
+	// slab holds event strings; slab[:used] has been handed out and is
+	// never written again. len(slab) == cap(slab).
 	slab []byte
+	used int
 
-	lastID string    // the last event ID string: the id buffer at the last blank line
-	types  [4]string // recently dispatched event types, to reuse their strings
-	next   int       // the entry of types to replace next
+	// The last event ID string: the id buffer at the last blank line. It is
+	// slab[lidOff:lidOff+lidLen] when lidInSlab, else lastID, which is in an
+	// earlier slab when lidPinned.
+	lastID         string
+	lidOff, lidLen int
 
-	retry    int64
-	hasRetry bool
+	types [4]string // recently dispatched event types, to reuse their strings
+
+	retry int64
+
+	hasRetry   bool
+	dataInSlab bool
+	lidInSlab  bool
+	lidPinned  bool
+	grow       bool // the last Read filled buf: make it larger
+	bomDone    bool // the leading byte order mark was checked for
+	afterCR    bool // the last line ended in a CR at the end of buf: skip one '\n'
+	skipping   bool // discarding the rest of a line that is to be ignored
+	lineSpill  bool // line holds the start of the current line
 }
 
 // NewParser returns a Parser reading from r. A nil opts means the defaults.
@@ -98,7 +143,7 @@ func NewParser(r io.Reader, opts *ParserOptions) *Parser {
 	if opts != nil && opts.MaxEventSize > 0 {
 		limit = opts.MaxEventSize
 	}
-	return &Parser{rd: r, buf: make([]byte, bufSize), max: limit, lf: -2, cr: -2}
+	return &Parser{rd: r, max: limit, lf: -2, cr: -2}
 }
 
 // LastEventID returns the last event ID string: the value a client sends as
@@ -108,15 +153,20 @@ func NewParser(r io.Reader, opts *ParserOptions) *Parser {
 // has just returned an event it equals that event's LastEventID. An id field
 // of a block that was never ended by a blank line (cut off by the end of the
 // stream or an error) is not reflected, as in a browser.
-func (p *Parser) LastEventID() string { return p.lastID }
+func (p *Parser) LastEventID() string {
+	if p.lidInSlab {
+		return str(p.slab[p.lidOff : p.lidOff+p.lidLen])
+	}
+	return p.lastID
+}
 
 // SetLastEventID sets the last event ID buffer and string, as a client that
 // resumes a stream with a Last-Event-ID header should do before the first
 // call to Next: events of the new stream without an id field then carry id,
 // as they do in a browser.
 func (p *Parser) SetLastEventID(id string) {
-	p.lastID = id
-	p.id = append(p.id[:0], id...)
+	p.setLastID(id)
+	p.id.set([]byte(id), true)
 }
 
 // Retry returns the most recent valid reconnection time of the stream in
@@ -170,37 +220,26 @@ func (p *Parser) Next() (Event, error) {
 			continue
 		}
 
-		if i := p.nextEOL(); i >= 0 {
-			if i == p.r && !p.lineSpill {
-				p.consumeEOL(i) // a blank line
-				if ev, ok := p.dispatch(); ok {
-					return ev, nil
+		if p.lineSpill {
+			// The line started before the bytes in buf.
+			if i := p.nextEOL(); i >= 0 {
+				p.line = append(p.line, p.buf[p.r:i]...)
+				p.consumeEOL(i)
+				err := p.processField(p.line, false)
+				p.line, p.lineSpill = nil, false // do not keep a huge line buffer
+				if err != nil {
+					return Event{}, p.fail(err)
 				}
 				continue
 			}
-			line := p.buf[p.r:i]
-			if i > p.checked {
-				p.validate()
-			}
-			valid := i <= p.valid
-			if p.lineSpill {
-				p.line = append(p.line, line...)
-				line, valid = p.line, false
-			}
-			p.consumeEOL(i)
-			err := p.processField(line, valid)
-			if p.lineSpill {
-				p.lineSpill = false
-				if cap(p.line) > 4*bufSize {
-					p.line = nil // do not keep a huge line buffer alive
-				} else {
-					p.line = p.line[:0]
-				}
-			}
+		} else {
+			data, typ, ok, err := p.lines()
 			if err != nil {
 				return Event{}, p.fail(err)
 			}
-			continue
+			if ok {
+				return Event{LastEventID: p.LastEventID(), Type: typ, Data: data}, nil
+			}
 		}
 
 		// No complete line is buffered. Decide what the partial line needs
@@ -213,15 +252,11 @@ func (p *Parser) Next() (Event, error) {
 		case lineIgnored:
 			p.skipping = true
 			p.lineSpill = false
-			p.line = p.line[:0]
+			p.line = nil
 			p.r = p.w
 			continue
 		case lineField:
-			n := p.w - p.r
-			if p.lineSpill {
-				n += len(p.line)
-			}
-			if n+p.retained() > p.max {
+			if len(p.line)+p.w-p.r+p.retained() > p.max {
 				return Event{}, p.fail(ErrEventTooLarge)
 			}
 		}
@@ -240,7 +275,7 @@ func (p *Parser) fail(err error) error {
 }
 
 // retained is the number of bytes held in the event's buffers.
-func (p *Parser) retained() int { return len(p.data) + len(p.typ) + len(p.id) }
+func (p *Parser) retained() int { return p.dlen + p.typ.n + p.id.n }
 
 // fill reads more data into buf, keeping buf[r:w] (at most a partial line).
 // It returns the reader's error once everything before it was consumed.
@@ -248,19 +283,48 @@ func (p *Parser) fill() error {
 	if p.rerr != nil {
 		return p.rerr
 	}
+	// The Read may block for long: hold on to as little as possible.
+	if !p.grow && !p.dataInSlab {
+		// Unless the last Read filled buf, so that this one will not
+		// wait, drop the slab: strings handed out keep it alive as
+		// long as they need it.
+		p.dropSlab()
+	}
+	if p.dlen == 0 && len(p.own.b) > slabLimit {
+		p.own = buffer{}
+	}
 	if p.r > 0 {
 		p.w = copy(p.buf, p.buf[p.r:p.w])
 		p.valid = max(p.valid-p.r, 0)
 		p.checked = max(p.checked-p.r, 0)
 		p.r = 0
 	}
+	size := len(p.buf)
+	switch {
+	case size == 0:
+		size = minBufSize
+	case (p.grow || p.w == size) && size < maxBufSize:
+		size = min(2*size, maxBufSize)
+	case p.reads >= shrinkReads:
+		if size > minBufSize && 4*p.peak <= size {
+			size = max(minBufSize, 2*p.peak)
+		}
+		p.reads, p.peak = 0, 0
+	}
+	p.grow = false
+	if size != len(p.buf) {
+		b := make([]byte, size)
+		copy(b, p.buf[:p.w])
+		p.buf = b
+		p.reads, p.peak = 0, 0
+	}
 	if p.w == len(p.buf) {
-		// A line longer than buf: move its start aside (Next bounds it).
+		// A line longer than the largest buf: move its start aside (Next
+		// bounds it).
 		p.line = append(p.line, p.buf[:p.w]...)
 		p.lineSpill = true
 		p.w, p.valid, p.checked = 0, 0, 0
 	}
-	p.slab = nil
 	// Callers read more only when buf[r:w] holds no line ending.
 	p.lf, p.cr, p.scan = -2, -2, p.w
 	for range maxEmptyReads {
@@ -273,10 +337,76 @@ func (p *Parser) fill() error {
 			p.rerr = err
 		}
 		if n > 0 || err != nil {
+			p.reads++
+			p.peak = max(p.peak, p.w)
+			// A full buffer means the reader may have had more; lines
+			// skipped as they stream by do not need a larger buffer.
+			p.grow = p.w == len(p.buf) && !p.skipping
 			return nil
 		}
 	}
 	return io.ErrNoProgress
+}
+
+// lines processes the lines complete in buf until one dispatches an event,
+// whose Data and Type it returns with true. It is Next's inner loop, for
+// lines that start in buf. (Returning an Event struct from here and from
+// dispatch would cost store-forwarding stalls as it is copied.)
+func (p *Parser) lines() (data, typ string, ok bool, err error) {
+	buf := p.buf[:p.w]
+	r, lf, cr := p.r, p.lf, p.cr
+	for {
+		// Find the line ending, searching again for a CR or LF only once
+		// r has passed the one found before. A blank line needs no search.
+		i := r
+		if r == len(buf) || buf[r] != '\n' && buf[r] != '\r' {
+			i = lf
+			if i < r && i != -1 {
+				i = index(buf, max(r, p.scan), len(buf), '\n')
+				lf = i
+			}
+			if cr != -1 {
+				if cr < r {
+					cr = index(buf, max(r, p.scan), len(buf), '\r')
+				}
+				if cr >= 0 && (i < 0 || cr < i) {
+					i = cr
+				}
+			}
+			if i < 0 {
+				break
+			}
+		}
+		start := r
+		r = i + 1
+		if buf[i] == '\r' {
+			switch {
+			case r == len(buf):
+				p.afterCR = true // the LF of a CRLF may come with the next read
+			case buf[r] == '\n':
+				r++
+			}
+		}
+		if i == start {
+			// A blank line.
+			p.r = r
+			if data, typ, ok := p.dispatch(); ok {
+				p.lf, p.cr = lf, cr
+				return data, typ, true, nil
+			}
+			continue
+		}
+		if i > p.checked {
+			p.r = start
+			p.validate()
+		}
+		p.r = r
+		if err := p.processField(buf[start:i], i <= p.valid); err != nil {
+			return "", "", false, err
+		}
+	}
+	p.r, p.lf, p.cr = r, lf, cr
+	return "", "", false, nil
 }
 
 // validate checks the buffered data for valid UTF-8 all at once, which is
@@ -303,16 +433,20 @@ func (p *Parser) validate() {
 // nextEOL returns the index in buf of the CR or LF that ends the line
 // starting at r, or -1 if the line is not complete yet.
 func (p *Parser) nextEOL() int {
-	if p.lf < p.r && p.lf != -1 {
-		p.lf = index(p.buf, max(p.r, p.scan), p.w, '\n')
+	lf := p.lf
+	if lf < p.r && lf != -1 {
+		lf = index(p.buf, max(p.r, p.scan), p.w, '\n')
+		p.lf = lf
 	}
-	if p.cr < p.r && p.cr != -1 {
-		p.cr = index(p.buf, max(p.r, p.scan), p.w, '\r')
+	cr := p.cr
+	if cr < p.r && cr != -1 {
+		cr = index(p.buf, max(p.r, p.scan), p.w, '\r')
+		p.cr = cr
 	}
-	if p.cr >= 0 && (p.lf < 0 || p.cr < p.lf) {
-		return p.cr
+	if cr >= 0 && (lf < 0 || cr < lf) {
+		return cr
 	}
-	return p.lf
+	return lf
 }
 
 // index returns the index in b of the first c in b[from:to], or -1.
@@ -381,78 +515,92 @@ func classify(head []byte) int {
 	return lineIgnored
 }
 
+// Fields the parser processes.
+const (
+	fieldData = iota
+	fieldEvent
+	fieldID
+	fieldRetry
+)
+
 // processField processes one complete line that is not blank, without its
 // line ending. valid tells whether the line is known to be valid UTF-8.
 func (p *Parser) processField(line []byte, valid bool) error {
-	// The field name ends at the first colon. A known name is at most
-	// five bytes long, so a line without a colon in its first six bytes
-	// is ignored (so is a comment, which has its colon first).
-	c := -1
-	for i := 0; i < len(line) && i <= 5; i++ {
-		if line[i] == ':' {
-			c = i
-			break
+	// The field name ends at the first colon, or is the whole line. Tell
+	// the four known names apart by their first byte, then check the rest.
+	var field int
+	var value []byte
+	switch line[0] {
+	case 'd':
+		if len(line) < 4 || string(line[1:4]) != "ata" {
+			return nil
 		}
-	}
-	var name, value []byte
-	switch {
-	case c > 0:
-		name, value = line[:c], line[c+1:]
-		if len(value) > 0 && value[0] == ' ' {
-			value = value[1:]
+		field, value = fieldData, line[4:]
+	case 'e':
+		if len(line) < 5 || string(line[1:5]) != "vent" {
+			return nil
 		}
-	case c < 0 && len(line) <= 5:
-		name = line // the whole line is the field name; the value is empty
+		field, value = fieldEvent, line[5:]
+	case 'i':
+		if len(line) < 2 || line[1] != 'd' {
+			return nil
+		}
+		field, value = fieldID, line[2:]
+	case 'r':
+		if len(line) < 5 || string(line[1:5]) != "etry" {
+			return nil
+		}
+		field, value = fieldRetry, line[5:]
 	default:
 		return nil // a comment, or a name no field has
 	}
-	switch string(name) {
-	case "data":
-		if len(line)+p.retained() > p.max {
-			return ErrEventTooLarge
+	if len(value) > 0 {
+		if value[0] != ':' {
+			return nil // a longer name
 		}
-		if valid {
-			p.data = append(p.data, value...)
-		} else {
-			p.data = appendUTF8(p.data, value)
+		value = value[1:]
+		if len(value) > 0 && value[0] == ' ' {
+			value = value[1:]
 		}
-		p.data = append(p.data, '\n')
-	case "event":
-		if len(line)+p.retained() > p.max {
-			return ErrEventTooLarge
+	}
+	if len(line)+p.retained() > p.max {
+		return ErrEventTooLarge
+	}
+	switch field {
+	case fieldData:
+		p.addData(value, valid)
+	case fieldEvent:
+		p.typ.set(value, valid)
+	case fieldID:
+		if hasNUL(value) {
+			return nil // ignored
 		}
-		if valid {
-			p.typ = append(p.typ[:0], value...)
-		} else {
-			p.typ = appendUTF8(p.typ[:0], value)
-		}
-	case "id":
-		if len(line)+p.retained() > p.max {
-			return ErrEventTooLarge
-		}
-		if bytes.IndexByte(value, 0) >= 0 {
-			break // ignored
-		}
-		if valid {
-			p.id = append(p.id[:0], value...)
-		} else {
-			p.id = appendUTF8(p.id[:0], value)
-		}
-	case "retry":
-		if len(line)+p.retained() > p.max {
-			return ErrEventTooLarge
-		}
+		p.id.set(value, valid)
+	case fieldRetry:
 		if ms, ok := parseRetry(value); ok {
 			p.retry, p.hasRetry = ms, true
 		}
-	default:
-		return nil // an unknown field is ignored
+		return nil
 	}
 	// Replacing bad UTF-8 can make a value up to three times longer.
 	if !valid && p.retained() > p.max {
 		return ErrEventTooLarge
 	}
 	return nil
+}
+
+// hasNUL tells whether v contains a U+0000. IDs are short: a loop beats
+// calling bytes.IndexByte.
+func hasNUL(v []byte) bool {
+	if len(v) > 32 {
+		return bytes.IndexByte(v, 0) >= 0
+	}
+	for _, c := range v {
+		if c == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // parseRetry parses a retry field value: ASCII digits only, base ten.
@@ -474,17 +622,151 @@ func parseRetry(v []byte) (int64, bool) {
 	return n, true
 }
 
-// shareLimit is the largest data whose string an event's new last event ID
-// shares: one allocation instead of two for the common event, without
-// letting a long-lived ID pin a large event's data.
-const shareLimit = 1024
+// dispatch runs the spec's "dispatch the event" steps for a blank line. It
+// returns the event's Data and Type and true if one is dispatched; its
+// LastEventID is then p.LastEventID().
+func (p *Parser) dispatch() (data, typ string, ok bool) {
+	id := p.id.bytes()
+	newID := string(id) != p.LastEventID()
+	if p.dlen == 0 {
+		if newID {
+			p.setLastID(string(id))
+		}
+		p.typ.n = 0
+		return "", "", false
+	}
+	// The data buffer is not empty, so it ends with the '\n' of its last
+	// data line, which is dropped.
+	n := p.dlen - 1
+	switch {
+	case p.dataInSlab:
+		data = str(p.slab[p.used : p.used+n])
+		p.used += n
+	case n <= slabLimit && p.r < p.w && (n <= len(p.slab)-p.used || p.newSlab(n+len(id))):
+		copy(p.slab[p.used:], p.own.b[:n])
+		data = str(p.slab[p.used : p.used+n])
+		p.used += n
+	case newID && n <= slabLimit:
+		// One allocation for the data and the new last event ID.
+		b := make([]byte, n+len(id))
+		copy(b, p.own.b[:n])
+		copy(b[n:], id)
+		data = str(b[:n])
+		p.setLastID(str(b[n:]))
+		newID = false
+	default:
+		// Do not let a long-lived last event ID pin a large event's data.
+		data = string(p.own.b[:n])
+	}
+	if newID {
+		if len(id) > 0 && len(id) <= len(p.slab)-p.used {
+			copy(p.slab[p.used:], id)
+			p.lidOff, p.lidLen, p.lidInSlab = p.used, len(id), true
+			p.used += len(id)
+		} else {
+			p.setLastID(string(id))
+		}
+	}
+	if !p.dataInSlab && len(p.own.b) > maxBufSize {
+		p.own = buffer{} // do not keep a huge event's buffer alive
+	}
+	p.dlen, p.dataInSlab, p.own.n = 0, false, 0
+	if p.typ.n > 0 {
+		typ = p.typeString()
+		p.typ.n = 0
+	}
+	return data, typ, true
+}
 
-const (
-	slabSize  = 8 << 10
-	slabLimit = 1 << 10
-)
+// setLastID sets the last event ID string.
+func (p *Parser) setLastID(id string) {
+	p.lastID, p.lidInSlab, p.lidPinned = id, false, false
+}
 
-// str returns the bytes of b, which are never modified again, as a string.
+// addData appends value and a LF to the data buffer, in the slab if it fits.
+func (p *Parser) addData(value []byte, valid bool) {
+	need := len(value) + 1
+	if p.dlen == 0 {
+		p.own.n = 0
+		p.dataInSlab = need <= len(p.slab)-p.used || p.newSlab(need+p.id.n)
+	}
+	if p.dataInSlab {
+		end := p.used + p.dlen
+		if valid && need <= len(p.slab)-end {
+			copy(p.slab[end:], value)
+			p.slab[end+len(value)] = '\n'
+			p.dlen += need
+			return
+		}
+		// The data outgrows the slab (or needs decoding): move it.
+		p.own.set(p.slab[p.used:end], true)
+		p.dataInSlab = false
+	}
+	p.own.add(value, valid)
+	p.own.add(lf, true)
+	p.dlen = p.own.n
+}
+
+var lf = []byte{'\n'}
+
+// newSlab starts a new slab with room for need bytes if need is small and
+// more input is buffered (so more events are likely to follow at once), and
+// reports whether it did.
+func (p *Parser) newSlab(need int) bool {
+	if need > slabLimit || p.r >= p.w {
+		return false
+	}
+	if p.lidInSlab {
+		// The next event will likely bring a new ID: until then, the
+		// last one may keep the old slab.
+		p.lastID, p.lidInSlab, p.lidPinned = p.LastEventID(), false, true
+	}
+	// What is still buffered is about what the next events need.
+	p.slab, p.used = make([]byte, min(slabSize, max(need, p.w-p.r+need))), 0
+	return true
+}
+
+// dropSlab lets go of the slab. A last event ID in it is copied out, so
+// that it does not pin the slab for as long as the stream sends no new ID.
+func (p *Parser) dropSlab() {
+	if p.lidInSlab || p.lidPinned {
+		p.setLastID(strings.Clone(p.LastEventID()))
+	}
+	p.slab, p.used = nil, 0
+}
+
+// buffer is a byte buffer that stores no pointer when it is written within
+// its capacity: b has its whole capacity as its length, and b[:n] is used.
+type buffer struct {
+	b []byte
+	n int
+}
+
+func (b *buffer) bytes() []byte { return b.b[:b.n] }
+
+// set sets the buffer to v, decoded as UTF-8 unless valid says it is.
+func (b *buffer) set(v []byte, valid bool) {
+	b.n = 0
+	b.add(v, valid)
+}
+
+// add appends v, decoded as UTF-8 unless valid says it is.
+func (b *buffer) add(v []byte, valid bool) {
+	if valid && len(v) <= len(b.b)-b.n {
+		b.n += copy(b.b[b.n:], v)
+		return
+	}
+	var s []byte
+	if valid {
+		s = append(b.b[:b.n], v...)
+	} else {
+		s = appendUTF8(b.b[:b.n], v)
+	}
+	b.b, b.n = s[:cap(s)], len(s)
+}
+
+// str returns b as a string without copying it. The bytes of b must never
+// be written again.
 func str(b []byte) string {
 	if len(b) == 0 {
 		return ""
@@ -492,72 +774,22 @@ func str(b []byte) string {
 	return unsafe.String(&b[0], len(b))
 }
 
-// dispatch runs the spec's "dispatch the event" steps for a blank line. It
-// returns the event and true if one is dispatched.
-func (p *Parser) dispatch() (Event, bool) {
-	newID := string(p.id) != p.lastID
-	if len(p.data) == 0 {
-		if newID {
-			p.lastID = string(p.id)
-		}
-		p.typ = p.typ[:0]
-		return Event{}, false
-	}
-	// The data buffer is not empty, so it ends with the '\n' of its last
-	// data line, which is dropped.
-	n := len(p.data) - 1
-	var ev Event
-	need := n
-	if newID {
-		need += len(p.id)
-	}
-	if need <= slabLimit && p.r < p.w {
-		if cap(p.slab)-len(p.slab) < need {
-			p.slab = make([]byte, 0, min(slabSize, p.w-p.r+need))
-		}
-		start := len(p.slab)
-		p.slab = append(p.slab, p.data[:n]...)
-		if newID {
-			p.slab = append(p.slab, p.id...)
-		}
-		b := p.slab[start:]
-		ev.Data = str(b[:n])
-		if newID {
-			p.lastID = str(b[n:])
-		}
-	} else if newID && n <= shareLimit {
-		p.data = append(p.data[:n], p.id...)
-		s := string(p.data)
-		ev.Data, p.lastID = s[:n], s[n:]
-	} else {
-		if newID {
-			p.lastID = string(p.id)
-		}
-		ev.Data = string(p.data[:n])
-	}
-	ev.LastEventID = p.lastID
-	if len(p.typ) > 0 {
-		ev.Type = p.typeString()
-	}
-	if cap(p.data) > 4*bufSize {
-		p.data = nil // do not keep a huge event's buffer alive
-	} else {
-		p.data = p.data[:0]
-	}
-	p.typ = p.typ[:0]
-	return ev, true
-}
-
 // typeString returns the type buffer as a string, reusing the string of a
-// recent event of the same type: streams tend to use a few types.
+// recent event of the same type: streams tend to use a few types. The
+// cache is two-way set-associative, so a lookup costs one or two compares.
 func (p *Parser) typeString() string {
-	for _, t := range p.types {
-		if t == string(p.typ) {
-			return t
-		}
+	b := p.typ.bytes()
+	h := (uint(b[0]) + 7*uint(b[len(b)-1]) + uint(len(b))) % uint(len(p.types))
+	if t := p.types[h]; t == string(b) {
+		return t
 	}
-	t := string(p.typ)
-	p.types[p.next] = t
-	p.next = (p.next + 1) % len(p.types)
+	if t := p.types[h^1]; t == string(b) {
+		return t
+	}
+	t := string(b)
+	if p.types[h] != "" {
+		p.types[h^1] = p.types[h] // the older entry of the set goes
+	}
+	p.types[h] = t
 	return t
 }
