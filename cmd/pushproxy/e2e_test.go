@@ -71,9 +71,14 @@ type process struct {
 
 func startProcess(t *testing.T, name, bin string, args ...string) *process {
 	t.Helper()
+	return startProcessEnv(t, name, bin, nil, args...)
+}
+
+func startProcessEnv(t *testing.T, name, bin string, env []string, args ...string) *process {
+	t.Helper()
 	p := &process{t: t, name: name, lines: make(chan string, 1024), done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
 	if err := p.cmd.Start(); err != nil {
@@ -163,10 +168,14 @@ func startOrigin(t *testing.T, args ...string) (string, *process) {
 }
 
 func startProxy(t *testing.T, dbURL string, args ...string) (string, *process) {
+	return startProxyEnv(t, dbURL, nil, args...)
+}
+
+func startProxyEnv(t *testing.T, dbURL string, env []string, args ...string) (string, *process) {
 	bin, _ := binaries(t)
 	base := []string{"serve", "--listen", "127.0.0.1:0", "--database-url", dbURL, "--upstream-allow", "127.0.0.0/8",
 		"--upstream-backoff-max", "200ms", "--log-level", "debug"}
-	p := startProcess(t, "pushproxy", bin, append(base, args...)...)
+	p := startProcessEnv(t, "pushproxy", bin, env, append(base, args...)...)
 	return "http://" + p.waitLine(proxyServing)[1], p
 }
 
