@@ -172,7 +172,6 @@ func (s *Service) handleHandoff(w http.ResponseWriter, r *http.Request) {
 		Push:         h.Push,
 		MaxPerDevice: s.opts.MaxStreamsPerDevice,
 		LeaseOwner:   owner,
-		LeaseTTL:     s.opts.LeaseTTL,
 		UrgentEvents: h.UrgentEvents,
 	})
 	if err != nil {

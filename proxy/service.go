@@ -279,6 +279,11 @@ func (s *Service) Start(ctx context.Context) error {
 		s.cancel()
 		return err
 	}
+	// The instance lease must be live before a handoff makes this instance a stream's owner.
+	if err := s.store.RenewInstance(ctx, s.opts.InstanceID, s.opts.LeaseTTL); err != nil {
+		s.cancel()
+		return err
+	}
 	l := store.NewListener(s.dbURL, store.EventsChannel, s.log, s.hub.notify, s.hub.notifyAll)
 	lisDone, err := l.Start(s.ctx)
 	if err != nil {

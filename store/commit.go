@@ -127,7 +127,6 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 					state_reason = CASE WHEN u.state <> '' THEN u.reason ELSE s.state_reason END,
 					closed_at = CASE WHEN u.state <> '' THEN now() ELSE s.closed_at END,
 					lease_owner = CASE WHEN u.state <> '' THEN NULL ELSE s.lease_owner END,
-					lease_expires_at = CASE WHEN u.state <> '' THEN NULL ELSE s.lease_expires_at END,
 					upstream_status = CASE WHEN u.status <> 0 THEN u.status ELSE s.upstream_status END,
 					connected = CASE WHEN u.state <> '' THEN false WHEN u.connected >= 0 THEN u.connected = 1 ELSE s.connected END,
 					connects = s.connects + u.connects,

@@ -50,7 +50,7 @@ func newStream(t *testing.T, st *store.Store, push *pushproxy.PushAddress) (push
 	t.Helper()
 	s, epoch, err := st.CreateStream(context.Background(), store.NewStream{
 		URL: "http://origin.test/events", TokenHash: []byte("hash"), Push: push,
-		LeaseOwner: owner, LeaseTTL: time.Minute,
+		LeaseOwner: owner,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +150,7 @@ func TestCommitIsFencedByLeaseEpoch(t *testing.T) {
 	commit(t, st, store.Append{StreamID: s.ID, Epoch: epoch, Events: events(1, 2, seqID), HeadSeq: 2, ResumeID: "e2", RetryMS: -1})
 
 	// The lease expires and another instance claims the stream.
-	if _, err := st.Pool().Exec(ctx, `UPDATE streams SET lease_expires_at = now() - interval '1 second'`); err != nil {
+	if _, err := st.Pool().Exec(ctx, `UPDATE instances SET expires_at = now() - interval '1 second'`); err != nil {
 		t.Fatal(err)
 	}
 	claims, err := st.ClaimStreams(ctx, "instance-b", time.Minute, 10)

@@ -20,10 +20,9 @@ type NewStream struct {
 	Push      *pushproxy.PushAddress // nil: the stream wakes nobody
 	// MaxPerDevice bounds the streams a device may have held at once (0: no bound).
 	MaxPerDevice int
-	// LeaseOwner, when set, takes the lease at once (the instance that accepted the handoff
-	// starts holding it); LeaseTTL is its length.
+	// LeaseOwner, when set, takes the lease at once: the instance that accepted the handoff
+	// starts holding it. It must be an instance that renews itself (RenewInstance).
 	LeaseOwner string
-	LeaseTTL   time.Duration
 	// UrgentEvents are event types that wake the device at once.
 	UrgentEvents []string
 }
@@ -99,12 +98,9 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 			deviceID = &id
 		}
 		var owner *string
-		var expires *time.Time
 		epochStart := int64(0)
 		if ns.LeaseOwner != "" {
 			owner = &ns.LeaseOwner
-			t := time.Now().Add(ns.LeaseTTL)
-			expires = &t
 			epochStart = 1
 		}
 		headers := ns.Headers
@@ -116,10 +112,10 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 			urgent = []string{}
 		}
 		row := tx.QueryRow(ctx, `
-			INSERT INTO streams AS s (device_id, url, headers, token_hash, resume_id, acked_id, lease_owner, lease_expires_at, lease_epoch, urgent_events)
-			VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9)
+			INSERT INTO streams AS s (device_id, url, headers, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events)
+			VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)
 			RETURNING `+streamColumns,
-			deviceID, ns.URL, headers, ns.TokenHash, []byte(ns.ResumeID), owner, expires, epochStart, urgent)
+			deviceID, ns.URL, headers, ns.TokenHash, []byte(ns.ResumeID), owner, epochStart, urgent)
 		var err error
 		st, epoch, err = scanStream(row)
 		if err != nil {
@@ -210,7 +206,7 @@ func (s *Store) CloseStream(ctx context.Context, id string) (CloseResult, error)
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		row := tx.QueryRow(ctx, `
 			UPDATE streams s SET state = 'closed', state_reason = 'closed by the device',
-				closed_at = now(), updated_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+				closed_at = now(), updated_at = now(), lease_owner = NULL,
 				connected = false, floor_seq = head_seq
 			WHERE s.id = $1 AND s.state = 'held'
 			RETURNING `+streamColumns, id)
@@ -238,19 +234,36 @@ func (s *Store) CloseStream(ctx context.Context, id string) (CloseResult, error)
 	return res, err
 }
 
-// ClaimStreams takes the leases of up to limit held streams that no live instance holds,
-// for owner, and returns them with their new fencing epochs.
+// RenewInstance extends owner's instance lease by ttl. An instance holds its streams while
+// its lease is fresh; when it lapses (the instance died, or stalled), other instances claim
+// them, and the fencing epochs turn away the stalled instance's late commits.
+func (s *Store) RenewInstance(ctx context.Context, owner string, ttl time.Duration) error {
+	_, err := s.pool.Exec(ctx, `
+		INSERT INTO instances (id, expires_at) VALUES ($1, now() + $2::interval)
+		ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at`, owner, ttl)
+	if err != nil {
+		return fmt.Errorf("renew instance lease: %w", err)
+	}
+	return nil
+}
+
+// ClaimStreams renews owner's instance lease and takes up to limit held streams that no live
+// instance holds (no owner, or an owner whose lease lapsed), and returns them with their new
+// fencing epochs.
 func (s *Store) ClaimStreams(ctx context.Context, owner string, ttl time.Duration, limit int) ([]Claim, error) {
+	if err := s.RenewInstance(ctx, owner, ttl); err != nil {
+		return nil, err
+	}
 	rows, err := s.pool.Query(ctx, `
-		UPDATE streams s SET lease_owner = $1, lease_expires_at = now() + $2::interval,
-			lease_epoch = s.lease_epoch + 1, connected = false
+		UPDATE streams s SET lease_owner = $1, lease_epoch = s.lease_epoch + 1, connected = false
 		WHERE s.id IN (
-			SELECT id FROM streams
-			WHERE state = 'held' AND (lease_expires_at IS NULL OR lease_expires_at < now())
-			ORDER BY created_at
-			LIMIT $3
+			SELECT c.id FROM streams c
+			WHERE c.state = 'held' AND (c.lease_owner IS NULL OR NOT EXISTS (
+				SELECT 1 FROM instances i WHERE i.id = c.lease_owner AND i.expires_at > now()))
+			ORDER BY c.created_at
+			LIMIT $2
 			FOR UPDATE SKIP LOCKED)
-		RETURNING `+streamColumns, owner, ttl, limit)
+		RETURNING `+streamColumns, owner, limit)
 	if err != nil {
 		return nil, fmt.Errorf("claim streams: %w", err)
 	}
@@ -264,13 +277,13 @@ func (s *Store) ClaimStreams(ctx context.Context, owner string, ttl time.Duratio
 	return claims, nil
 }
 
-// RenewLeases extends every lease owner holds and returns the ids of the streams it still
+// RenewLeases renews owner's instance lease and returns the ids of the streams it still
 // holds: a holder whose stream is missing lost it (closed, or taken by another instance).
 func (s *Store) RenewLeases(ctx context.Context, owner string, ttl time.Duration) (map[string]bool, error) {
-	rows, err := s.pool.Query(ctx, `
-		UPDATE streams SET lease_expires_at = now() + $2::interval
-		WHERE lease_owner = $1 AND state = 'held'
-		RETURNING id::text`, owner, ttl)
+	if err := s.RenewInstance(ctx, owner, ttl); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id::text FROM streams WHERE lease_owner = $1 AND state = 'held'`, owner)
 	if err != nil {
 		return nil, fmt.Errorf("renew leases: %w", err)
 	}
@@ -287,7 +300,8 @@ func (s *Store) RenewLeases(ctx context.Context, owner string, ttl time.Duration
 // at once (on graceful shutdown).
 func (s *Store) ReleaseLeases(ctx context.Context, owner string) error {
 	_, err := s.pool.Exec(ctx, `
-		UPDATE streams SET lease_owner = NULL, lease_expires_at = NULL, connected = false
+		WITH gone AS (DELETE FROM instances WHERE id = $1)
+		UPDATE streams SET lease_owner = NULL, connected = false
 		WHERE lease_owner = $1`, owner)
 	if err != nil {
 		return fmt.Errorf("release leases: %w", err)

@@ -269,7 +269,7 @@ func (s *Store) FailDeadDevices(ctx context.Context, now time.Time, grace time.D
 		WITH f AS (
 			UPDATE streams s SET state = 'failed',
 				state_reason = 'the device''s push token was reported dead: ' || coalesce(d.dead_reason, ''),
-				lease_owner = NULL, lease_expires_at = NULL, connected = false,
+				lease_owner = NULL, connected = false,
 				closed_at = now(), updated_at = now()
 			FROM devices d
 			WHERE s.device_id = d.id AND s.state = 'held' AND d.dead_at < $1::timestamptz - $2::interval

@@ -118,7 +118,7 @@ func setup(t *testing.T, opts *wakeup.Options) *bundle {
 func (b *bundle) stream(t *testing.T, token string) string {
 	t.Helper()
 	s, epoch, err := b.st.CreateStream(context.Background(), store.NewStream{
-		URL: "http://origin.test/events", TokenHash: []byte("h"), LeaseOwner: owner, LeaseTTL: time.Hour,
+		URL: "http://origin.test/events", TokenHash: []byte("h"), LeaseOwner: owner,
 		Push: &pushproxy.PushAddress{Platform: pushproxy.PlatformAPNs, Token: token, Topic: "com.example.app", Environment: "production"},
 	})
 	if err != nil {

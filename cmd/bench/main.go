@@ -3,6 +3,7 @@
 //
 //	go run ./cmd/bench ingest [flags]   events/s from upstreams committed to Postgres
 //	go run ./cmd/bench held [flags]     proxy RSS per idle held stream, HTTP/1.1 or HTTP/2
+//	go run ./cmd/bench wakelatency      commit of an event to its wake-up push leaving, debounce 0
 //
 // Both start a private PostgreSQL with durable settings (fsync and synchronous_commit on),
 // unless --database-url is given.
@@ -20,7 +21,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -29,8 +30,10 @@ func main() {
 		err = runIngest(ctx, os.Args[2:])
 	case "held":
 		err = runHeld(ctx, os.Args[2:])
+	case "wakelatency":
+		err = runWakeLatency(ctx, os.Args[2:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency [flags]")
 		os.Exit(2)
 	}
 	if err != nil {

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/store"
+	"github.com/pushproxy/pushproxy/wakeup"
+	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
+)
+
+// timedSender records when each push leaves, by device token, then sends it.
+type timedSender struct {
+	next wakeup.Sender
+	mu   sync.Mutex
+	sent map[string]time.Time
+}
+
+func (s *timedSender) Send(ctx context.Context, p wakeup.Push) (string, error) {
+	s.mu.Lock()
+	s.sent[p.Token] = time.Now()
+	s.mu.Unlock()
+	return s.next.Send(ctx, p)
+}
+
+func (s *timedSender) take(token string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.sent[token]
+	delete(s.sent, token)
+	return t, ok
+}
+
+// runWakeLatency measures the time from the commit of an event for a sleeping device to its
+// wake-up push leaving the proxy (the APNs sender's Send), with the debounce at 0, through the
+// real scheduler, store and APNs sender, to the fake APNs.
+func runWakeLatency(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wakelatency", flag.ExitOnError)
+	devices := fs.Int("devices", 1000, "sleeping devices")
+	perCommit := fs.Int("per-commit", 10, "devices that get an event in each commit")
+	interval := fs.Duration("interval", 10*time.Millisecond, "time between commits")
+	duration := fs.Duration("duration", 20*time.Second, "measured time")
+	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
+	fs.Parse(args)
+
+	// The APNs sender trusts the system roots; point them at the fake's CA before anything
+	// loads them.
+	dir, err := os.MkdirTemp("", "pushproxy-bench-wake-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	ca, err := fakeapns.NewCA()
+	if err != nil {
+		return err
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := ca.WriteCertFile(caFile); err != nil {
+		return err
+	}
+	os.Setenv("SSL_CERT_FILE", caFile)
+	if _, err := x509.SystemCertPool(); err != nil {
+		return err
+	}
+	keyFile := filepath.Join(dir, "key.p8")
+	pub, err := fakeapns.GenerateAuthKey(keyFile)
+	if err != nil {
+		return err
+	}
+	fake := fakeapns.New(fakeapns.Options{CA: ca, Keys: map[string]*ecdsa.PublicKey{"KEY1234567": pub}, TeamID: "TEAM123456"})
+	if err := fake.Start(); err != nil {
+		return err
+	}
+	defer fake.Close()
+	apns, err := wakeup.NewAPNs(wakeup.APNsOptions{KeyFile: keyFile, KeyID: "KEY1234567", TeamID: "TEAM123456", Topic: "com.example.bench", URL: fake.URL()})
+	if err != nil {
+		return err
+	}
+	defer apns.Close()
+
+	url, stopPG, err := startPostgres(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer stopPG()
+	if err := store.Migrate(ctx, url, nil); err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, url, nil)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	const owner = "bench"
+	type dev struct {
+		stream, device, token string
+		epoch, head           int64
+	}
+	devs := make([]*dev, *devices)
+	for i := range devs {
+		tok := fmt.Sprintf("%064x", i+1)
+		s, epoch, err := st.CreateStream(ctx, store.NewStream{URL: "http://origin.invalid/", TokenHash: []byte("x"),
+			Push:       &pushproxy.PushAddress{Platform: pushproxy.PlatformAPNs, Token: tok, Environment: "production"},
+			LeaseOwner: owner})
+		if err != nil {
+			return err
+		}
+		devs[i] = &dev{stream: s.ID, device: s.DeviceID, token: tok, epoch: epoch}
+	}
+	sender := &timedSender{next: apns, sent: map[string]time.Time{}}
+	sched := wakeup.New(st, map[string]wakeup.Sender{pushproxy.PlatformAPNs: sender}, &wakeup.Options{
+		InstanceID: owner, BudgetAPNs: 1 << 30, Jitter: 1, PollInterval: time.Second,
+	})
+	sched.Start(ctx)
+	defer sched.Stop()
+	policy := &store.WakePolicy{} // debounce 0, no jitter, no wait for a read
+
+	var lat []time.Duration
+	missed := 0
+	tick := time.NewTicker(*interval)
+	defer tick.Stop()
+	fmt.Printf("wakelatency: %d sleeping devices, %d woken per commit every %s, debounce 0\n", *devices, *perCommit, *interval)
+	type inflight struct {
+		d  *dev
+		at time.Time
+	}
+	var waiting []inflight
+	for end := time.Now().Add(*duration); time.Now().Before(end); {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+		// Collect the pushes of earlier commits, and let those devices read.
+		rest := waiting[:0]
+		for _, w := range waiting {
+			if t, ok := sender.take(w.d.token); ok {
+				lat = append(lat, t.Sub(w.at))
+				if _, err := st.Resume(ctx, w.d.stream, fmt.Sprint(w.d.head), true); err != nil {
+					return err
+				}
+				if err := st.MarkRead(ctx, w.d.device, policy); err != nil {
+					return err
+				}
+			} else if time.Since(w.at) > 5*time.Second {
+				missed++
+			} else {
+				rest = append(rest, w)
+			}
+		}
+		waiting = rest
+		busy := map[*dev]bool{}
+		for _, w := range waiting {
+			busy[w.d] = true
+		}
+		var batch []store.Append
+		var picked []*dev
+		for len(picked) < *perCommit {
+			d := devs[rand.N(len(devs))]
+			if busy[d] {
+				continue
+			}
+			busy[d] = true
+			d.head++
+			picked = append(picked, d)
+			batch = append(batch, store.Append{StreamID: d.stream, Epoch: d.epoch, RetryMS: -1, HeadSeq: d.head, ResumeID: fmt.Sprint(d.head),
+				Events: []pushproxy.Event{{Seq: d.head, LastEventID: fmt.Sprint(d.head), Type: "update", Data: `{"price":1}`}}})
+		}
+		if _, err := st.Commit(ctx, owner, batch, store.CommitOptions{Wake: policy}); err != nil {
+			return err
+		}
+		at := time.Now()
+		sched.Kick() // as the proxy's committer does after a commit that queued wake-ups
+		for _, d := range picked {
+			waiting = append(waiting, inflight{d, at})
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	if len(lat) == 0 {
+		return fmt.Errorf("no wake-up was sent")
+	}
+	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	fmt.Printf("result: %d wake-ups, commit to push leaving: p50 %s p90 %s p99 %s max %s; %d not sent within 5s; fake APNs received %d\n",
+		len(lat), pct(0.5).Round(10*time.Microsecond), pct(0.9).Round(10*time.Microsecond), pct(0.99).Round(10*time.Microsecond),
+		lat[len(lat)-1].Round(10*time.Microsecond), missed, len(fake.Pushes()))
+	return nil
+}
