@@ -23,6 +23,7 @@ import (
 // is stopped. One goroutine per held stream; its state between connections is a few fields.
 type holder struct {
 	s       *Service
+	seq     uint64 // order of start, for lease renewal
 	id      string
 	epoch   int64
 	url     string

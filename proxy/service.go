@@ -182,6 +182,8 @@ type Service struct {
 
 	mu      sync.Mutex
 	holders map[string]*holder // by stream id
+	holdSeq uint64             // numbers holders in the order they started
+	orphans map[string]bool    // streams leased to us without a holder at the last renewal
 	stopped bool
 
 	stopOnce sync.Once
@@ -413,6 +415,10 @@ func (s *Service) claim(ctx context.Context) {
 }
 
 func (s *Service) renew(ctx context.Context) {
+	// Holders started after this point may hold streams the query below does not see yet.
+	s.mu.Lock()
+	before := s.holdSeq
+	s.mu.Unlock()
 	held, err := s.store.RenewLeases(ctx, s.opts.InstanceID, s.opts.LeaseTTL)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -425,13 +431,34 @@ func (s *Service) renew(ctx context.Context) {
 	s.mu.Lock()
 	var gone []*holder
 	for id, h := range s.holders {
-		if !held[id] {
+		if !held[id] && h.seq <= before {
 			gone = append(gone, h)
 		}
 	}
+	// Streams leased to us with no holder (a handoff between its insert and its holder, or
+	// a holder lost to a bug) are released after two renewals in a row, for a claim to pick
+	// up under a new epoch: a lease must never sit with nobody holding it.
+	var orphans []string
+	seen := map[string]bool{}
+	for id := range held {
+		if s.holders[id] == nil {
+			if s.orphans[id] {
+				orphans = append(orphans, id)
+			} else {
+				seen[id] = true
+			}
+		}
+	}
+	s.orphans = seen
 	s.mu.Unlock()
 	for _, h := range gone {
 		s.unhold(h)
+	}
+	if len(orphans) > 0 {
+		s.log.WarnContext(ctx, "releasing streams leased to this instance without a holder", slog.Int("count", len(orphans)))
+		if err := s.store.ReleaseStreams(ctx, s.opts.InstanceID, orphans); err != nil && ctx.Err() == nil {
+			s.log.ErrorContext(ctx, "releasing orphaned leases failed", slog.String("error", err.Error()))
+		}
 	}
 	if err := s.store.RefreshReaders(ctx, s.opts.InstanceID, s.opts.ReaderTTL); err != nil && ctx.Err() == nil {
 		s.log.ErrorContext(ctx, "refreshing readers failed", slog.String("error", err.Error()))
@@ -447,7 +474,9 @@ func (s *Service) hold(c store.Claim) {
 	}
 	old := s.holders[c.Stream.ID]
 	ctx, cancel := context.WithCancel(s.holdCtx)
+	s.holdSeq++
 	h := &holder{
+		seq:      s.holdSeq,
 		s:        s,
 		id:       c.Stream.ID,
 		epoch:    c.Epoch,

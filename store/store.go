@@ -47,6 +47,13 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
 	}
+	// Plan every statement for its actual parameters. The batch statements take arrays
+	// (unnest); a generic plan guesses 10 elements and, for a commit of thousands of streams,
+	// joins them by a nested loop over every stream the instance holds: seconds, not
+	// milliseconds. Custom plans see the array lengths.
+	if _, ok := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !ok {
+		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)

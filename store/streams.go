@@ -296,6 +296,17 @@ func (s *Store) RenewLeases(ctx context.Context, owner string, ttl time.Duration
 	return held, nil
 }
 
+// ReleaseStreams gives up owner's leases of the given streams, for any instance to claim.
+func (s *Store) ReleaseStreams(ctx context.Context, owner string, ids []string) error {
+	_, err := s.pool.Exec(ctx, `
+		UPDATE streams SET lease_owner = NULL, connected = false
+		WHERE lease_owner = $1 AND id = ANY($2::uuid[])`, owner, ids)
+	if err != nil {
+		return fmt.Errorf("release streams: %w", err)
+	}
+	return nil
+}
+
 // ReleaseLeases gives up every lease owner holds, so another instance can claim the streams
 // at once (on graceful shutdown).
 func (s *Store) ReleaseLeases(ctx context.Context, owner string) error {
