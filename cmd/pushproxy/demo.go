@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +19,8 @@ import (
 	"github.com/pushproxy/pushproxy/internal/pglocal"
 	"github.com/pushproxy/pushproxy/origin"
 	"github.com/pushproxy/pushproxy/sse"
+	"github.com/pushproxy/pushproxy/wakeup"
+	"github.com/pushproxy/pushproxy/wakeup/fakefcm"
 )
 
 // demoConfig is what `pushproxy demo` is told.
@@ -41,11 +45,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg demoConfig
-	fs.DurationVar(&cfg.Sleep, "sleep", 5*time.Second, "how long the device sleeps while the proxy queues")
+	fs.DurationVar(&cfg.Sleep, "sleep", 5*time.Second, "how long the device sleeps: the proxy waits this long after the first event (the wake-up debounce) before it wakes the device")
 	fs.Float64Var(&cfg.Rate, "rate", 4, "events per second the reference origin publishes")
 	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "Postgres database to run on (empty: a throwaway local cluster)")
 	cfg.Log.Level = "warn"
-	fs.StringVar(&cfg.Log.Level, "log-level", "warn", "debug, info, warn or error (the proxy's own log, on stderr)")
+	fs.StringVar(&cfg.Log.Level, "log-level", "error", "debug, info, warn or error (the proxy's own log, on stderr)")
 	fs.StringVar(&cfg.Log.Format, "log-format", "text", "text or json")
 	fs.Usage = usage(fs, stderr, "Usage: pushproxy demo [flags]\n\nRuns the reference origin, the proxy on a throwaway Postgres, and a device that hands off\nits stream, sleeps, and fetches its backlog, and prints the timeline.")
 	if err := parseFlags(fs, args, getenv); err != nil {
@@ -98,11 +102,30 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 	originURL := "http://" + oln.Addr().String() + "/events"
 	tl.say("origin", "stock ticker serving plain SSE at %s, %.0f events/s", originURL, cfg.Rate)
 
+	// A fake FCM stands in for Google: it checks every push as FCM does and records it.
+	fcm := fakefcm.New(fakefcm.Options{ProjectID: "pushproxy-demo"})
+	if err := fcm.Start(); err != nil {
+		return err
+	}
+	defer fcm.Close()
+	dir, err := os.MkdirTemp("", "pushproxy-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	credFile := filepath.Join(dir, "fcm.json")
+	if err := fcm.WriteCredentials(credFile); err != nil {
+		return err
+	}
+	tl.say("fcm", "fake Firebase Cloud Messaging at %s", fcm.URL())
+
 	var sc serveConfig
 	sc.flags(flag.NewFlagSet("", flag.ContinueOnError)) // the defaults
 	sc.Listen, sc.DatabaseURL = "127.0.0.1:0", url
 	sc.Allow = listFlag{"127.0.0.0/8"}
 	sc.Proxy.Heartbeat = 15 * time.Second
+	sc.Wake.Debounce, sc.Wake.Sched.Jitter = cfg.Sleep, time.Millisecond
+	sc.Wake.FCM = wakeup.FCMOptions{CredentialsFile: credFile, URL: fcm.URL()}
 	srv, err := openServer(ctx, sc, log, func(string) string { return "" })
 	if err != nil {
 		return err
@@ -122,7 +145,8 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 	lastID := first[len(first)-1].LastEventID
 
 	// 2. It is going to sleep: hand the stream off.
-	body := fmt.Sprintf(`{"url": %q, "last_event_id": %q}`, originURL, lastID)
+	const deviceToken = "demo-device:registration-token-0001"
+	body := fmt.Sprintf(`{"url": %q, "last_event_id": %q, "push": {"platform": "fcm", "token": %q}}`, originURL, lastID, deviceToken)
 	var ho struct {
 		ID        string `json:"id"`
 		Token     string `json:"token"`
@@ -144,12 +168,27 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 			Status    int  `json:"status"`
 		} `json:"upstream"`
 	}
-	wake := time.Now().Add(cfg.Sleep)
-	for time.Now().Before(wake) {
+	pushed := make(chan fakefcm.Message, 1)
+	go func() {
+		wctx, cancel := context.WithTimeout(ctx, cfg.Sleep+time.Minute)
+		defer cancel()
+		if ms, err := fcm.WaitFor(wctx, 1); err == nil {
+			pushed <- ms[0]
+		}
+		close(pushed)
+	}()
+	var push fakefcm.Message
+	for asleep := true; asleep; {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(min(time.Second, time.Until(wake))):
+		case m, ok := <-pushed:
+			if !ok {
+				return fmt.Errorf("no wake-up push arrived")
+			}
+			push, asleep = m, false
+			continue
+		case <-time.After(time.Second):
 		}
 		if err := doJSON(ctx, http.MethodGet, api+"/v1/streams/"+ho.ID, ho.Token, "", http.StatusOK, &st); err != nil {
 			return err
@@ -161,7 +200,8 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 		tl.say("proxy", "upstream connected=%v status=%d; queued %d events in Postgres, newest id %s", st.Upstream.Connected, st.Upstream.Status, st.Backlog, newest)
 	}
 
-	// 4. It wakes (issue #3 sends the silent push) and fetches the backlog as JSON pages.
+	// 4. The proxy wakes it with one silent push, and it fetches the backlog as JSON pages.
+	tl.say("fcm", "silent push to the device: priority %s, data %v (counts only: no event data, no URLs)", push.Android.Priority, push.Data)
 	tl.say("device", "wakes and fetches its backlog after id %s", lastID)
 	got, after := 0, lastID
 	for {

@@ -319,7 +319,7 @@ func TestDemo(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo exited %d:\n%s\n%s", code, out.String(), errOut.String())
 	}
-	for _, want := range []string{"hands off its stream", "queued", "nothing lost, nothing doubled", "live via proxy", "from origin again", "done"} {
+	for _, want := range []string{"hands off its stream", "queued", "silent push to the device", "nothing lost, nothing doubled", "live via proxy", "from origin again", "done"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo timeline lacks %q:\n%s", want, out.String())
 		}

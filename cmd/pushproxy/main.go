@@ -3,6 +3,7 @@
 //	pushproxy serve     run the proxy (with a local Postgres when no database URL is given)
 //	pushproxy migrate   apply database migrations, or show their status
 //	pushproxy demo      run the whole flow on this machine and print a timeline
+//	pushproxy fakes     run a fake APNs and a fake FCM, for integrating apps
 package main
 
 import (
@@ -44,6 +45,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runMigrate(ctx, args[1:], stdout, stderr, getenv)
 	case "demo":
 		return runDemo(ctx, args[1:], stdout, stderr, getenv)
+	case "fakes":
+		return runFakes(ctx, args[1:], stdout, stderr, getenv)
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, topUsage)
 		return 0
