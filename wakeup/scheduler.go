@@ -47,6 +47,9 @@ type Options struct {
 	LeaseTTL time.Duration
 	// ClaimBatch is the most wake-ups claimed at once; MaxInFlight the most sends at once.
 	ClaimBatch, MaxInFlight int
+	// Dispatchers is how many claim-send-record loops run at once, so that one batch's
+	// database round trips overlap another's sends.
+	Dispatchers int
 	// RetryBase and RetryMax bound the backoff of retried sends.
 	RetryBase, RetryMax time.Duration
 	// PushTTL is how long a platform keeps an undelivered push.
@@ -74,8 +77,9 @@ var DefaultOptions = Options{
 	BudgetWindow: time.Hour,
 	Jitter:       time.Second,
 	LeaseTTL:     30 * time.Second,
-	ClaimBatch:   500,
+	ClaimBatch:   1000,
 	MaxInFlight:  1000,
+	Dispatchers:  2,
 	RetryBase:    time.Second,
 	RetryMax:     5 * time.Minute,
 	PushTTL:      time.Hour,
@@ -93,6 +97,7 @@ func (o *Options) withDefaults() Options {
 	setDefault(&r.LeaseTTL, d.LeaseTTL)
 	setDefault(&r.ClaimBatch, d.ClaimBatch)
 	setDefault(&r.MaxInFlight, d.MaxInFlight)
+	setDefault(&r.Dispatchers, d.Dispatchers)
 	setDefault(&r.RetryBase, d.RetryBase)
 	setDefault(&r.RetryMax, d.RetryMax)
 	setDefault(&r.PushTTL, d.PushTTL)
@@ -160,9 +165,17 @@ func (s *Scheduler) Kick() {
 func (s *Scheduler) Start(ctx context.Context) {
 	ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.done = make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < s.opts.Dispatchers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.loop(ctx, i == 0)
+		}()
+	}
 	go func() {
-		defer close(s.done)
-		s.loop(ctx)
+		wg.Wait()
+		close(s.done)
 	}()
 }
 
@@ -176,11 +189,11 @@ func (s *Scheduler) Stop() {
 	})
 }
 
-func (s *Scheduler) loop(ctx context.Context) {
+func (s *Scheduler) loop(ctx context.Context, maintainer bool) {
 	var lastMaintenance time.Time
 	failures := 0
 	for ctx.Err() == nil {
-		if now := s.opts.Now(); now.Sub(lastMaintenance) > time.Minute {
+		if now := s.opts.Now(); maintainer && now.Sub(lastMaintenance) > time.Minute {
 			s.maintain(ctx, now)
 			lastMaintenance = now
 		}

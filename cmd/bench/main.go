@@ -4,6 +4,7 @@
 //	go run ./cmd/bench ingest [flags]   events/s from upstreams committed to Postgres
 //	go run ./cmd/bench held [flags]     proxy RSS per idle held stream, HTTP/1.1 or HTTP/2
 //	go run ./cmd/bench wakelatency      commit of an event to its wake-up push leaving, debounce 0
+//	go run ./cmd/bench wakeburst        wake-ups dispatched per second from the outbox to the fake APNs
 //
 // Both start a private PostgreSQL with durable settings (fsync and synchronous_commit on),
 // unless --database-url is given.
@@ -21,7 +22,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -32,8 +33,10 @@ func main() {
 		err = runHeld(ctx, os.Args[2:])
 	case "wakelatency":
 		err = runWakeLatency(ctx, os.Args[2:])
+	case "wakeburst":
+		err = runWakeBurst(ctx, os.Args[2:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst [flags]")
 		os.Exit(2)
 	}
 	if err != nil {

@@ -53,55 +53,12 @@ func runWakeLatency(ctx context.Context, args []string) error {
 	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
 	fs.Parse(args)
 
-	// The APNs sender trusts the system roots; point them at the fake's CA before anything
-	// loads them.
-	dir, err := os.MkdirTemp("", "pushproxy-bench-wake-")
+	env, cleanup, err := newWakeEnv(ctx, *dbURL)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	ca, err := fakeapns.NewCA()
-	if err != nil {
-		return err
-	}
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := ca.WriteCertFile(caFile); err != nil {
-		return err
-	}
-	os.Setenv("SSL_CERT_FILE", caFile)
-	if _, err := x509.SystemCertPool(); err != nil {
-		return err
-	}
-	keyFile := filepath.Join(dir, "key.p8")
-	pub, err := fakeapns.GenerateAuthKey(keyFile)
-	if err != nil {
-		return err
-	}
-	fake := fakeapns.New(fakeapns.Options{CA: ca, Keys: map[string]*ecdsa.PublicKey{"KEY1234567": pub}, TeamID: "TEAM123456"})
-	if err := fake.Start(); err != nil {
-		return err
-	}
-	defer fake.Close()
-	apns, err := wakeup.NewAPNs(wakeup.APNsOptions{KeyFile: keyFile, KeyID: "KEY1234567", TeamID: "TEAM123456", Topic: "com.example.bench", URL: fake.URL()})
-	if err != nil {
-		return err
-	}
-	defer apns.Close()
-
-	url, stopPG, err := startPostgres(ctx, *dbURL)
-	if err != nil {
-		return err
-	}
-	defer stopPG()
-	if err := store.Migrate(ctx, url, nil); err != nil {
-		return err
-	}
-	st, err := store.Open(ctx, url, nil)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-
+	defer cleanup()
+	st, apns, fake := env.st, env.apns, env.fake
 	const owner = "bench"
 	type dev struct {
 		stream, device, token string
@@ -194,5 +151,138 @@ func runWakeLatency(ctx context.Context, args []string) error {
 	fmt.Printf("result: %d wake-ups, commit to push leaving: p50 %s p90 %s p99 %s max %s; %d not sent within 5s; fake APNs received %d\n",
 		len(lat), pct(0.5).Round(10*time.Microsecond), pct(0.9).Round(10*time.Microsecond), pct(0.99).Round(10*time.Microsecond),
 		lat[len(lat)-1].Round(10*time.Microsecond), missed, len(fake.Pushes()))
+	return nil
+}
+
+// wakeEnv is a store on a durable Postgres and an APNs sender pointed at a fake APNs.
+type wakeEnv struct {
+	st   *store.Store
+	apns *wakeup.APNs
+	fake *fakeapns.Server
+}
+
+func newWakeEnv(ctx context.Context, dbURL string) (env *wakeEnv, cleanup func(), err error) {
+	var undo []func()
+	cleanup = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			cleanup()
+		}
+	}()
+	dbURLFlag := &dbURL
+	// The APNs sender trusts the system roots; point them at the fake's CA before anything
+	// loads them.
+	dir, err := os.MkdirTemp("", "pushproxy-bench-wake-")
+	if err != nil {
+		return nil, nil, err
+	}
+	undo = append(undo, func() { os.RemoveAll(dir) })
+	ca, err := fakeapns.NewCA()
+	if err != nil {
+		return nil, nil, err
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := ca.WriteCertFile(caFile); err != nil {
+		return nil, nil, err
+	}
+	os.Setenv("SSL_CERT_FILE", caFile)
+	if _, err := x509.SystemCertPool(); err != nil {
+		return nil, nil, err
+	}
+	keyFile := filepath.Join(dir, "key.p8")
+	pub, err := fakeapns.GenerateAuthKey(keyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	fake := fakeapns.New(fakeapns.Options{CA: ca, Keys: map[string]*ecdsa.PublicKey{"KEY1234567": pub}, TeamID: "TEAM123456"})
+	if err := fake.Start(); err != nil {
+		return nil, nil, err
+	}
+	undo = append(undo, fake.Close)
+	apns, err := wakeup.NewAPNs(wakeup.APNsOptions{KeyFile: keyFile, KeyID: "KEY1234567", TeamID: "TEAM123456", Topic: "com.example.bench", URL: fake.URL()})
+	if err != nil {
+		return nil, nil, err
+	}
+	undo = append(undo, apns.Close)
+
+	url, stopPG, err := startPostgres(ctx, *dbURLFlag)
+	if err != nil {
+		return nil, nil, err
+	}
+	undo = append(undo, stopPG)
+	if err := store.Migrate(ctx, url, nil); err != nil {
+		return nil, nil, err
+	}
+	st, err := store.Open(ctx, url, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	undo = append(undo, st.Close)
+
+	return &wakeEnv{st: st, apns: apns, fake: fake}, cleanup, nil
+}
+
+// runWakeBurst measures dispatch throughput: devices each have a wake-up due at once in the
+// outbox; one scheduler sends them all through the APNs sender to the fake APNs (which
+// advertises and enforces a limit of concurrent streams, like APNs).
+func runWakeBurst(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("wakeburst", flag.ExitOnError)
+	devices := fs.Int("devices", 20000, "devices with a wake-up due")
+	inFlight := fs.Int("max-in-flight", 1000, "the scheduler's --wake-max-in-flight")
+	batch := fs.Int("claim-batch", 1000, "the scheduler's --wake-claim-batch")
+	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
+	fs.Parse(args)
+	env, cleanup, err := newWakeEnv(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	const owner = "bench"
+	policy := &store.WakePolicy{}
+	var batchAppends []store.Append
+	flush := func() error {
+		if len(batchAppends) == 0 {
+			return nil
+		}
+		_, err := env.st.Commit(ctx, owner, batchAppends, store.CommitOptions{Wake: policy})
+		batchAppends = batchAppends[:0]
+		return err
+	}
+	for i := 0; i < *devices; i++ {
+		s, epoch, err := env.st.CreateStream(ctx, store.NewStream{URL: "http://origin.invalid/", TokenHash: []byte("x"),
+			Push:       &pushproxy.PushAddress{Platform: pushproxy.PlatformAPNs, Token: fmt.Sprintf("%064x", i+1), Environment: "production"},
+			LeaseOwner: owner})
+		if err != nil {
+			return err
+		}
+		batchAppends = append(batchAppends, store.Append{StreamID: s.ID, Epoch: epoch, RetryMS: -1, HeadSeq: 1, ResumeID: "1",
+			Events: []pushproxy.Event{{Seq: 1, LastEventID: "1", Data: "x"}}})
+		if len(batchAppends) == 1000 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	sched := wakeup.New(env.st, map[string]wakeup.Sender{pushproxy.PlatformAPNs: env.apns}, &wakeup.Options{
+		InstanceID: owner, BudgetAPNs: 1 << 30, Jitter: 1, MaxInFlight: *inFlight, ClaimBatch: *batch,
+	})
+	t0 := time.Now()
+	sched.Start(ctx)
+	defer sched.Stop()
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	if _, err := env.fake.WaitFor(wctx, *devices); err != nil {
+		return err
+	}
+	el := time.Since(t0)
+	fmt.Printf("result: %d wake-ups dispatched from the outbox to the fake APNs in %s: %.0f pushes/s; fake APNs stream limit %d, peak in flight %d, refused streams %d\n",
+		*devices, el.Round(time.Millisecond), float64(*devices)/el.Seconds(), env.fake.MaxConcurrentStreams(), env.fake.PeakInFlight(), env.fake.RefusedStreams())
 	return nil
 }

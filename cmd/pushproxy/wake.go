@@ -38,6 +38,7 @@ func (c *wakeConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.History, "wake-history", d.History, "how long finished wake-ups are kept as history")
 	fs.IntVar(&o.MaxInFlight, "wake-max-in-flight", d.MaxInFlight, "most pushes in flight at once")
 	fs.IntVar(&o.ClaimBatch, "wake-claim-batch", d.ClaimBatch, "most wake-ups taken from the queue at once")
+	fs.IntVar(&o.Dispatchers, "wake-dispatchers", d.Dispatchers, "claim-send-record loops run at once, so one batch's database round trips overlap another's sends")
 	fs.DurationVar(&o.LeaseTTL, "wake-lease-ttl", d.LeaseTTL, "a wake-up claimed by an instance that died is sent by another after this")
 	fs.StringVar(&o.AlertText, "wake-alert-text", "", "when set, urgent wake-ups to APNs are alert pushes with this text and mutable-content (background pushes cannot be high priority)")
 	a := &c.APNs
