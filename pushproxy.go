@@ -221,3 +221,25 @@ type WakeState struct {
 	DeadAt        time.Time
 	DeadReason    string
 }
+
+// IsUUID reports whether s has the textual 8-4-4-4-12 form of a UUID (stream, device and
+// wake-up ids; the APNs apns-id header).
+func IsUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := range len(s) {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -233,7 +233,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 // parseUUID turns the textual form into the 16 bytes COPY's binary format wants.
 func parseUUID(s string) ([16]byte, error) {
 	var u [16]byte
-	if !validUUID(s) {
+	if !pushproxy.IsUUID(s) {
 		return u, fmt.Errorf("invalid uuid %q", s)
 	}
 	j := 0

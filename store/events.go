@@ -28,7 +28,7 @@ type Cursor struct {
 // that matches nothing yields every queued event and Gap. provided=false (no Last-Event-ID
 // at all) yields every queued event, without acknowledging anything.
 func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provided bool) (Cursor, error) {
-	if !validUUID(streamID) {
+	if !pushproxy.IsUUID(streamID) {
 		return Cursor{}, errNoStream(streamID)
 	}
 	var cur Cursor

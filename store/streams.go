@@ -128,7 +128,7 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 
 // GetStream returns a stream, with NewestID filled in.
 func (s *Store) GetStream(ctx context.Context, id string) (pushproxy.Stream, error) {
-	if !validUUID(id) {
+	if !pushproxy.IsUUID(id) {
 		return pushproxy.Stream{}, errNoStream(id)
 	}
 	row := s.pool.QueryRow(ctx, `SELECT `+streamColumns+`,
@@ -167,28 +167,6 @@ func errNoStream(id string) error {
 	return pushproxy.Errorf(pushproxy.ENOTFOUND, "no stream %q", id)
 }
 
-// validUUID reports whether id has the textual form of a UUID, so a malformed id is "not
-// found" rather than a database error.
-func validUUID(id string) bool {
-	if len(id) != 36 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
-}
-
 // CloseResult is what closing a stream reports.
 type CloseResult struct {
 	Stream    pushproxy.Stream
@@ -199,7 +177,7 @@ type CloseResult struct {
 // lease is released and its backlog deleted. Closing a stream that is not held changes
 // nothing and reports it as it is.
 func (s *Store) CloseStream(ctx context.Context, id string) (CloseResult, error) {
-	if !validUUID(id) {
+	if !pushproxy.IsUUID(id) {
 		return CloseResult{}, errNoStream(id)
 	}
 	var res CloseResult

@@ -20,6 +20,8 @@ import (
 	"github.com/sideshow/apns2/certificate"
 	"github.com/sideshow/apns2/token"
 	"golang.org/x/net/http2"
+
+	"github.com/pushproxy/pushproxy"
 )
 
 // APNsOptions configure the APNs sender. Give either token auth (KeyFile, KeyID and TeamID)
@@ -208,7 +210,7 @@ func (a *APNs) Send(ctx context.Context, p Push) (string, error) {
 		// nanosecond after it is sent as 0, which asks APNs to try once.
 		Expiration: time.Unix(0, 1),
 	}
-	if isUUID(p.ID) {
+	if pushproxy.IsUUID(p.ID) {
 		n.ApnsID = p.ID
 	}
 	if apnsAlert(p) {

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
+
+	"github.com/pushproxy/pushproxy"
 )
 
 const (
@@ -137,7 +139,7 @@ func TestAPNsPushOptions(t *testing.T) {
 			}
 		}},
 		{"an id that is not a UUID is not sent", Push{ID: "wake-42"}, func(t *testing.T, id string, p fakeapns.Push) {
-			if p.ID == "wake-42" || !isUUID(id) || id != p.ID {
+			if p.ID == "wake-42" || !pushproxy.IsUUID(id) || id != p.ID {
 				t.Errorf("Send returned %q, the fake answered apns-id %q", id, p.ID)
 			}
 		}},

@@ -178,24 +178,3 @@ func truncatedJSONString(s string, limit int) []byte {
 		cut = max(0, cut-max(1, (len(b)-limit+5)/6))
 	}
 }
-
-// isUUID reports whether s is a UUID in the 8-4-4-4-12 form APNs wants for apns-id.
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := range len(s) {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
-}

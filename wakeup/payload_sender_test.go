@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/pushproxy/pushproxy"
 )
 
 type streamsDoc struct {
@@ -177,8 +179,8 @@ func TestCollapseIDAndExpiration(t *testing.T) {
 		"123e4567-e89b-12d3-a456-42661417400g": false,
 		"":                                     false,
 	} {
-		if isUUID(s) != want {
-			t.Errorf("isUUID(%q) = %v", s, !want)
+		if pushproxy.IsUUID(s) != want {
+			t.Errorf("pushproxy.IsUUID(%q) = %v", s, !want)
 		}
 	}
 }

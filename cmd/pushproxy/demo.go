@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -52,12 +51,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	fs.StringVar(&cfg.Log.Level, "log-level", "error", "debug, info, warn or error (the proxy's own log, on stderr)")
 	fs.StringVar(&cfg.Log.Format, "log-format", "text", "text or json")
 	fs.Usage = usage(fs, stderr, "Usage: pushproxy demo [flags]\n\nRuns the reference origin, the proxy on a throwaway Postgres, and a device that hands off\nits stream, sleeps, and fetches its backlog, and prints the timeline.")
-	if err := parseFlags(fs, args, getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "pushproxy demo:", err)
-		return 2
+	if code, ok := parseCommand(fs, "demo", args, getenv, stderr); !ok {
+		return code
 	}
 	log, err := cfg.Log.logger(stderr)
 	if err != nil {

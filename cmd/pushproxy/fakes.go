@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/ecdsa"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -44,12 +43,8 @@ func runFakes(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	var cfg fakesConfig
 	cfg.flags(fs)
 	fs.Usage = usage(fs, stderr, "Usage: pushproxy fakes [flags]\n\nRuns a fake APNs and a fake FCM that check every push the way Apple and Google do, and\nprints each one they receive. For integrating and testing apps without real credentials.")
-	if err := parseFlags(fs, args, getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "pushproxy fakes:", err)
-		return 2
+	if code, ok := parseCommand(fs, "fakes", args, getenv, stderr); !ok {
+		return code
 	}
 	if err := fakes(ctx, cfg, stdout); err != nil {
 		fmt.Fprintln(stderr, "pushproxy fakes:", err)

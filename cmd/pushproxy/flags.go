@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -89,4 +90,17 @@ func databaseURL(flagValue string, getenv func(string) string) string {
 		return flagValue
 	}
 	return getenv("DATABASE_URL")
+}
+
+// parseCommand parses a subcommand's flags. When it reports false, the command ends with the
+// code it returns: 0 after --help, 2 after a usage error (already reported on stderr).
+func parseCommand(fs *flag.FlagSet, name string, args []string, getenv func(string) string, stderr io.Writer) (int, bool) {
+	if err := parseFlags(fs, args, getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		fmt.Fprintf(stderr, "pushproxy %s: %v\n", name, err)
+		return 2, false
+	}
+	return 0, true
 }

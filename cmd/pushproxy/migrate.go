@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -28,12 +27,8 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	fs.StringVar(&dataDir, "data-dir", "pushproxy-data", "data directory of the local Postgres, when no database URL is given")
 	lc.flags(fs)
 	fs.Usage = usage(fs, stderr, "Usage: pushproxy migrate [up|status] [flags]\n\nApplies pending migrations (up, the default) or shows the schema version (status).")
-	if err := parseFlags(fs, args, getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "pushproxy migrate:", err)
-		return 2
+	if code, ok := parseCommand(fs, "migrate", args, getenv, stderr); !ok {
+		return code
 	}
 	log, err := lc.logger(stderr)
 	if err != nil {

@@ -252,12 +252,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	var cfg serveConfig
 	cfg.flags(fs)
 	fs.Usage = usage(fs, stderr, "Usage: pushproxy serve [flags]\n\nRuns the push proxy: the HTTP API and the holders of upstream streams.")
-	if err := parseFlags(fs, args, getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintln(stderr, "pushproxy serve:", err)
-		return 2
+	if code, ok := parseCommand(fs, "serve", args, getenv, stderr); !ok {
+		return code
 	}
 	log, err := cfg.Log.logger(stderr)
 	if err != nil {

@@ -20,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pushproxy/pushproxy"
 )
 
 // Limits Apple applies.
@@ -459,7 +461,7 @@ func (s *Server) record(p Push) {
 // as it goes, and returns nil when the push is acceptable.
 func (s *Server) check(r *http.Request, p *Push, readErr error) *answer {
 	if id := r.Header.Get("apns-id"); id != "" {
-		if !isUUID(id) {
+		if !pushproxy.IsUUID(id) {
 			return refuse(400, "BadMessageId", "apns-id %q is not a UUID (8-4-4-4-12 hex digits)", id)
 		}
 		p.ID = id
@@ -648,26 +650,6 @@ func isDeviceToken(t string) bool {
 	}
 	_, err := hex.DecodeString(t)
 	return err == nil
-}
-
-func isUUID(s string) bool {
-	if len(s) != 36 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 func newUUID() string {
