@@ -253,6 +253,26 @@ func TestEndToEndWakeups(t *testing.T) {
 	if n := len(fakes.apns.Pushes()); n != 2 {
 		t.Fatalf("%d pushes, want 2", n)
 	}
+	// The same story in the proxy's metrics.
+	waitFor(t, "the metrics", func() bool {
+		m := metricsText(t, api)
+		return strings.Contains(m, `pushproxy_wakeups_total{outcome="sent",platform="apns"} 2`+"\n") &&
+			strings.Contains(m, "pushproxy_events_committed_total 22\n")
+	})
+}
+
+func metricsText(t *testing.T, api string) string {
+	t.Helper()
+	resp, err := http.Get(api + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func waitForConnected(t *testing.T, api string, ss ...e2eStream) {
@@ -330,6 +350,19 @@ func TestEndToEndDeadTokensAndRetries(t *testing.T) {
 	}
 	if len(flaky) != 2 {
 		t.Fatalf("flaky FCM token saw %d messages, want the failure and the retry", len(flaky))
+	}
+	m := metricsText(t, api)
+	for _, want := range []string{
+		`pushproxy_wakeups_total{outcome="token-gone",platform="apns"} 1`,
+		`pushproxy_wakeups_total{outcome="token-gone",platform="fcm"} 1`,
+		`pushproxy_wakeups_total{outcome="throttled",platform="apns"} 1`,
+		`pushproxy_wakeups_total{outcome="retry",platform="fcm"} 1`,
+		`pushproxy_wakeups_total{outcome="sent",platform="apns"} 1`,
+		`pushproxy_wakeups_total{outcome="sent",platform="fcm"} 1`,
+	} {
+		if !strings.Contains(m, want+"\n") {
+			t.Errorf("metrics lack %s", want)
+		}
 	}
 }
 

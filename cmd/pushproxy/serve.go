@@ -13,7 +13,12 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/pushproxy/pushproxy/internal/pglocal"
+	"github.com/pushproxy/pushproxy/metrics"
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
 	"github.com/pushproxy/pushproxy/wakeup"
@@ -158,12 +163,19 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	}
 	po := cfg.Proxy
 	po.Upstream, po.APIKeys, po.Logger = allow, cfg.APIKeys.listFlag, log
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := metrics.New(reg)
+	if err != nil {
+		return nil, err
+	}
+	po.Metrics = m
 	senders, err := cfg.Wake.senders(ctx, log)
 	if err != nil {
 		return nil, err
 	}
 	so := cfg.Wake.Sched
-	so.InstanceID, so.Logger = po.InstanceID, log
+	so.InstanceID, so.Logger, so.Metrics = po.InstanceID, log, m
 	po.Wake = cfg.Wake.policy()
 	s.svc = proxy.New(s.st, url, &po)
 	so.InstanceID = s.svc.InstanceID()
@@ -178,7 +190,7 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 		return nil, err
 	}
 	s.http = &http.Server{
-		Handler:           s.svc.Handler(),
+		Handler:           withMetrics(s.svc.Handler(), reg),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
@@ -196,6 +208,14 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	}
 	log.InfoContext(ctx, "pushproxy serving", slog.String("addr", s.Addr()), slog.String("instance", s.svc.InstanceID()))
 	return s, nil
+}
+
+// withMetrics serves the Prometheus metrics of reg at /metrics, and everything else with h.
+func withMetrics(h http.Handler, reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.Handle("/", h)
+	return mux
 }
 
 // debugHandler serves the Go profiler.

@@ -1,0 +1,84 @@
+// Package metrics exposes what the proxy and the wake-up scheduler measure as Prometheus
+// metrics, registered on a registry the caller passes in (no global state). No label ever
+// carries a token, a URL or a device id.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pushproxy/pushproxy/proxy"
+	"github.com/pushproxy/pushproxy/wakeup"
+)
+
+// Metrics implements proxy.Metrics and wakeup.Metrics.
+type Metrics struct {
+	reconnects      *prometheus.CounterVec
+	eventsCommitted prometheus.Counter
+	commits         prometheus.Counter
+	commitSeconds   prometheus.Histogram
+	wakeups         *prometheus.CounterVec
+	pushSeconds     *prometheus.HistogramVec
+}
+
+var (
+	_ proxy.Metrics  = (*Metrics)(nil)
+	_ wakeup.Metrics = (*Metrics)(nil)
+)
+
+// New creates the metrics and registers them on reg.
+func New(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pushproxy_upstream_reconnects_total",
+			Help: "Upstream reconnects, by why the previous connection ended (connect, status, eof, read, idle).",
+		}, []string{"reason"}),
+		eventsCommitted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pushproxy_events_committed_total",
+			Help: "Upstream events committed to Postgres.",
+		}),
+		commits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pushproxy_commits_total",
+			Help: "Batch commits of upstream events and stream state.",
+		}),
+		commitSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pushproxy_commit_duration_seconds",
+			Help:    "Time one batch commit took.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		wakeups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pushproxy_wakeups_total",
+			Help: "Wake-ups handled, by platform and outcome (sent, token-gone, throttled, retry, credentials, invalid, awake, nothing-pending, dead, no-sender, budget).",
+		}, []string{"platform", "outcome"}),
+		pushSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pushproxy_push_latency_seconds",
+			Help:    "Time from a wake-up being due to the platform's answer, for pushes sent.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}, []string{"platform"}),
+	}
+	for _, c := range []prometheus.Collector{m.reconnects, m.eventsCommitted, m.commits, m.commitSeconds, m.wakeups, m.pushSeconds} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Reconnect counts an upstream reconnect.
+func (m *Metrics) Reconnect(kind string) { m.reconnects.WithLabelValues(kind).Inc() }
+
+// Committed records one batch commit.
+func (m *Metrics) Committed(events, _ int, took time.Duration) {
+	m.eventsCommitted.Add(float64(events))
+	m.commits.Inc()
+	m.commitSeconds.Observe(took.Seconds())
+}
+
+// Wakeup counts a wake-up's outcome, and the push latency of those the platform answered.
+func (m *Metrics) Wakeup(platform, outcome string, latency time.Duration) {
+	m.wakeups.WithLabelValues(platform, outcome).Inc()
+	if latency > 0 {
+		m.pushSeconds.WithLabelValues(platform).Observe(latency.Seconds())
+	}
+}
