@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
 	"github.com/pushproxy/pushproxy/wakeup/fakefcm"
 )
@@ -253,11 +254,55 @@ func TestEndToEndWakeups(t *testing.T) {
 	if n := len(fakes.apns.Pushes()); n != 2 {
 		t.Fatalf("%d pushes, want 2", n)
 	}
+	// While a reader is open the device is awake: events flow live and no push is sent.
+	fetchAll(t, s1)
+	fetchAll(t, s2)
+	rctx, rcancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, s1.EventsURL, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1 := sse.NewParser(resp.Body, nil)
+	emit(t, originURL, 3)
+	for i := 0; i < 3; i++ {
+		if _, err := p1.Next(); err != nil {
+			t.Fatalf("live event %d: %v", i, err)
+		}
+	}
+	// Wait until stream 2 has the events too (committed while the device was awake).
+	waitFor(t, "stream 2 to queue the events", func() bool { return streamInfo(t, api, s2).Backlog == 3 })
+	if n := len(fakes.apns.Pushes()); n != 2 {
+		t.Fatalf("%d pushes while a reader was open, want still 2", n)
+	}
+	// The reader closes with stream 2's events undelivered: the device is asleep again and
+	// gets one push for them.
+	rcancel()
+	resp.Body.Close()
+	if _, err := fakes.apns.WaitFor(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	var last struct {
+		PushProxy struct {
+			Streams map[string]int64 `json:"streams"`
+		} `json:"pushproxy"`
+	}
+	if err := json.Unmarshal(fakes.apns.Pushes()[2].Payload, &last); err != nil {
+		t.Fatal(err)
+	}
+	if last.PushProxy.Streams[s2.ID] != 3 || last.PushProxy.Streams[s1.ID] != 0 {
+		t.Fatalf("the push after the reader closed announces %v: want only stream 2's 3 events", last.PushProxy.Streams)
+	}
+	waitFor(t, "the third wake-up to be recorded", func() bool {
+		si := streamInfo(t, api, s1)
+		return si.Wake.LastOutcome == "sent" && si.Wake.NextPushAt == nil
+	})
+
 	// The same story in the proxy's metrics.
 	waitFor(t, "the metrics", func() bool {
 		m := metricsText(t, api)
-		return strings.Contains(m, `pushproxy_wakeups_total{outcome="sent",platform="apns"} 2`+"\n") &&
-			strings.Contains(m, "pushproxy_events_committed_total 22\n")
+		return strings.Contains(m, `pushproxy_wakeups_total{outcome="sent",platform="apns"} 3`+"\n") &&
+			strings.Contains(m, "pushproxy_events_committed_total 28\n")
 	})
 }
 
