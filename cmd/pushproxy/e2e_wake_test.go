@@ -236,7 +236,11 @@ func TestEndToEndWakeups(t *testing.T) {
 		t.Fatalf("the payload leaks event data or URLs: %s", p.Payload)
 	}
 
-	// The device reads both streams; then one event brings exactly one more push.
+	// The device reads both streams (once all 20 events are queued: the push may come before
+	// the last of them when the machine is slow); then one event brings exactly one more push.
+	waitFor(t, "the burst to be queued", func() bool {
+		return streamInfo(t, api, s1).Backlog == 10 && streamInfo(t, api, s2).Backlog == 10
+	})
 	if fetchAll(t, s1)+fetchAll(t, s2) != 20 {
 		t.Fatal("the device did not read the 20 queued events")
 	}
