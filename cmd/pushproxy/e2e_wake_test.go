@@ -202,7 +202,7 @@ func TestEndToEndWakeups(t *testing.T) {
 	}
 	fakes := startPushFakes(t)
 	originURL, _ := startOrigin(t, "--rate", "0", "--allow-emit", "--retry", "10ms")
-	api, _ := startProxyEnv(t, pgtest.NewDatabase(t), fakes.env, append(fakes.flags, "--wake-debounce", "500ms")...)
+	api, _ := startProxyEnv(t, pgtest.NewDatabase(t), fakes.env, append(fakes.flags, "--wake-debounce", "1s")...)
 	push := map[string]string{"platform": "apns", "token": apnsTokenA}
 	s1 := handoffPush(t, api, originURL+"/events?symbols=A", push)
 	s2 := handoffPush(t, api, originURL+"/events?symbols=B", push)
