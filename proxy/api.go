@@ -40,6 +40,7 @@ func (s *Service) Handler() http.Handler {
 		r.Delete("/{id}", s.handleCloseStream)
 		r.Get("/{id}/events", s.handleEvents)
 	})
+	r.Route("/v1/admin", s.adminRoutes)
 	return r
 }
 

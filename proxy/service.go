@@ -59,6 +59,8 @@ type Options struct {
 
 	// APIKeys, when not empty, are required (as Bearer tokens) to hand off streams.
 	APIKeys []string
+	// AdminToken is required (as a Bearer token) by the admin API; "" turns it off.
+	AdminToken string
 	// Heartbeat is the interval of comment heartbeats to event readers.
 	Heartbeat time.Duration
 	// ReaderTTL is how long a reader's presence outlives its instance's last refresh.

@@ -53,6 +53,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	c.Log.flags(fs)
 
 	fs.Var(&c.Allow, "upstream-allow", "upstreams the proxy may dial: comma-separated hosts, host:port, CIDRs, or * for any public host (empty: any public host; loopback and private addresses only when listed)")
+	fs.StringVar(&c.Proxy.AdminToken, "admin-token", "", "bearer token of the admin API (/v1/admin/...); empty: the admin API is off")
 	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
 	c.Wake.flags(fs)
 	p := &c.Proxy

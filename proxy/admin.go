@@ -1,0 +1,138 @@
+package proxy
+
+import (
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+const maxAdminPage = 500
+
+// adminRoutes mounts the operators' API, behind the admin token.
+func (s *Service) adminRoutes(r chi.Router) {
+	r.Use(s.requireAdmin)
+	r.Get("/streams", s.handleAdminStreams)
+	r.Get("/totals", s.handleAdminTotals)
+}
+
+// requireAdmin lets through requests bearing the admin token. With no token configured the
+// admin API is off.
+func (s *Service) requireAdmin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.opts.AdminToken == "" {
+			writeProblem(w, http.StatusForbidden, pushproxy.EFORBIDDEN, "the admin API is off: start the proxy with --admin-token (PUSHPROXY_ADMIN_TOKEN)")
+			return
+		}
+		tok, ok := bearer(r)
+		if !ok {
+			writeProblem(w, http.StatusUnauthorized, pushproxy.EUNAUTHORIZED, "the admin token is required: Authorization: Bearer <token>")
+			return
+		}
+		if subtle.ConstantTimeCompare([]byte(tok), []byte(s.opts.AdminToken)) != 1 {
+			writeProblem(w, http.StatusUnauthorized, pushproxy.EUNAUTHORIZED, "the admin token is not valid")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type adminStream struct {
+	ID            string     `json:"id"`
+	DeviceID      string     `json:"device_id,omitempty"`
+	Host          string     `json:"host"`
+	State         string     `json:"state"`
+	StateReason   string     `json:"state_reason,omitempty"`
+	Backlog       int64      `json:"backlog"`
+	OldestEventAt *time.Time `json:"oldest_event_at"`
+	Upstream      struct {
+		Status      int        `json:"status"`
+		Connected   bool       `json:"connected"`
+		LastError   string     `json:"last_error,omitempty"`
+		LastErrorAt *time.Time `json:"last_error_at,omitempty"`
+	} `json:"upstream"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+type adminStreamsPage struct {
+	Streams    []adminStream `json:"streams"`
+	NextCursor string        `json:"next_cursor,omitempty"`
+}
+
+func (s *Service) handleAdminStreams(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := store.StreamFilter{Sort: q.Get("sort"), State: q.Get("state"), Host: q.Get("host"), Limit: 50}
+	switch f.State {
+	case "", pushproxy.StateHeld, pushproxy.StateClosed, pushproxy.StateFailed:
+	default:
+		s.writeError(w, r, invalid("state: must be held, closed or failed"))
+		return
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxAdminPage {
+			s.writeError(w, r, invalid("limit: must be an integer from 1 to %d", maxAdminPage))
+			return
+		}
+		f.Limit = n
+	}
+	if c := q.Get("cursor"); c != "" {
+		var k store.StreamKey
+		b, err := base64.RawURLEncoding.DecodeString(c)
+		if err != nil || json.Unmarshal(b, &k) != nil {
+			s.writeError(w, r, invalid("cursor: not a cursor this API made"))
+			return
+		}
+		f.After = &k
+	}
+	rows, err := s.store.ListStreams(r.Context(), f)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	page := adminStreamsPage{Streams: make([]adminStream, 0, len(rows))}
+	for _, row := range rows {
+		a := adminStream{ID: row.ID, DeviceID: row.DeviceID, Host: row.Host, State: row.State, StateReason: row.StateReason,
+			Backlog: row.Backlog, OldestEventAt: timePtr(row.OldestEventAt), CreatedAt: row.CreatedAt}
+		a.Upstream.Status, a.Upstream.Connected, a.Upstream.LastError = row.Upstream.Status, row.Upstream.Connected, row.Upstream.LastError
+		a.Upstream.LastErrorAt = timePtr(row.Upstream.LastErrorAt)
+		page.Streams = append(page.Streams, a)
+	}
+	if len(rows) == f.Limit {
+		b, _ := json.Marshal(rows[len(rows)-1].Key)
+		page.NextCursor = base64.RawURLEncoding.EncodeToString(b)
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+type adminTotals struct {
+	Streams         map[string]int64 `json:"streams"`
+	Connected       int64            `json:"upstreams_connected"`
+	BacklogEvents   int64            `json:"backlog_events"`
+	OldestEventAt   *time.Time       `json:"oldest_event_at"`
+	Devices         int64            `json:"devices"`
+	DeadDevices     int64            `json:"dead_devices"`
+	PendingWakeups  int64            `json:"pending_wakeups"`
+	WakeupsLastHour map[string]int64 `json:"wakeups_last_hour"`
+	InstancesAlive  int64            `json:"instances_alive"`
+}
+
+func (s *Service) handleAdminTotals(w http.ResponseWriter, r *http.Request) {
+	t, err := s.store.GetTotals(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, adminTotals{
+		Streams: t.Streams, Connected: t.Connected, BacklogEvents: t.BacklogEvents, OldestEventAt: timePtr(t.OldestEventAt),
+		Devices: t.Devices, DeadDevices: t.DeadDevices, PendingWakeups: t.PendingWakeups, WakeupsLastHour: t.WakeupsLastHour,
+		InstancesAlive: t.InstancesAlive,
+	})
+}

@@ -1,0 +1,150 @@
+package proxy_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pushproxy/pushproxy/proxy"
+)
+
+type adminPage struct {
+	Streams []struct {
+		ID       string `json:"id"`
+		Host     string `json:"host"`
+		State    string `json:"state"`
+		Backlog  int64  `json:"backlog"`
+		Upstream struct {
+			Status    int    `json:"status"`
+			LastError string `json:"last_error"`
+		} `json:"upstream"`
+	} `json:"streams"`
+	NextCursor string `json:"next_cursor"`
+}
+
+func adminGet(t *testing.T, b *testBundle, path, token string, out any) int {
+	t.Helper()
+	h := http.Header{}
+	if token != "" {
+		h.Set("Authorization", "Bearer "+token)
+	}
+	resp, body := do(t, "GET", b.api.URL+path, "", h)
+	if out != nil && resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(body, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return resp.StatusCode
+}
+
+func TestAdminAPIListsSortsAndPages(t *testing.T) {
+	t.Parallel()
+	const admin = "admin-secret"
+	_, b := setup(t, &proxy.Options{AdminToken: admin})
+	o := newScriptOrigin(t, 0)
+	bad := newOrigin(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "gone", http.StatusNotFound) }))
+
+	// Three streams on the scripted origin: backlogs 5, 5, 5 once published; the reader of
+	// one acknowledges 3, of another 1. And a failed stream on the other origin.
+	hs := []handoffResult{
+		handoff(t, b, map[string]any{"url": o.srv.URL + "/a"}),
+		handoff(t, b, map[string]any{"url": o.srv.URL + "/b"}),
+		handoff(t, b, map[string]any{"url": o.srv.URL + "/c"}),
+	}
+	failed := handoff(t, b, map[string]any{"url": bad.URL + "/x?secret=1"})
+	o.publishN(5)
+	for _, h := range hs {
+		eventually(t, 20*time.Second, "the backlog", func() bool { return getStream(t, b, h).Backlog == 5 })
+	}
+	fetchJSON(t, b, hs[0], "&last_event_id=3")
+	fetchJSON(t, b, hs[1], "&last_event_id=1")
+	eventually(t, 20*time.Second, "the failure", func() bool { return getStream(t, b, failed).State == "failed" })
+
+	// Refused without the right token.
+	if code := adminGet(t, b, "/v1/admin/streams", "", nil); code != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", code)
+	}
+	if code := adminGet(t, b, "/v1/admin/totals", "wrong", nil); code != http.StatusUnauthorized {
+		t.Fatalf("wrong token: %d", code)
+	}
+
+	// By backlog, one per page: 5 (c), 4 (b), 2 (a), 0 (failed).
+	var got []int64
+	var ids []string
+	cursor := ""
+	for i := 0; i < 10; i++ {
+		var p adminPage
+		path := "/v1/admin/streams?sort=backlog&limit=1"
+		if cursor != "" {
+			path += "&cursor=" + url.QueryEscape(cursor)
+		}
+		if code := adminGet(t, b, path, admin, &p); code != http.StatusOK {
+			t.Fatalf("page %d: %d", i, code)
+		}
+		for _, s := range p.Streams {
+			got = append(got, s.Backlog)
+			ids = append(ids, s.ID)
+			if strings.Contains(s.Host, "secret") || strings.Contains(s.Host, "/") {
+				t.Fatalf("host %q shows more than the host", s.Host)
+			}
+		}
+		if p.NextCursor == "" {
+			break
+		}
+		cursor = p.NextCursor
+	}
+	if len(got) != 4 || got[0] != 5 || got[1] != 4 || got[2] != 2 || got[3] != 0 || ids[0] != hs[2].ID || ids[1] != hs[1].ID || ids[2] != hs[0].ID {
+		t.Fatalf("by backlog: %v %v", got, ids)
+	}
+
+	// Filters and the error sort.
+	var p adminPage
+	adminGet(t, b, "/v1/admin/streams?state=failed", admin, &p)
+	if len(p.Streams) != 1 || p.Streams[0].ID != failed.ID || p.Streams[0].Upstream.Status != 404 {
+		t.Fatalf("failed streams: %+v", p.Streams)
+	}
+	host, _ := url.Parse(bad.URL)
+	p = adminPage{}
+	adminGet(t, b, "/v1/admin/streams?host="+host.Hostname(), admin, &p)
+	if len(p.Streams) != 4 { // every origin here is on 127.0.0.1
+		t.Fatalf("host filter: %d streams", len(p.Streams))
+	}
+	p = adminPage{}
+	adminGet(t, b, "/v1/admin/streams?sort=errors&limit=1", admin, &p)
+	if len(p.Streams) != 1 || p.Streams[0].ID != failed.ID || p.Streams[0].Upstream.LastError == "" {
+		t.Fatalf("by errors: %+v", p.Streams)
+	}
+	p = adminPage{}
+	adminGet(t, b, "/v1/admin/streams?sort=age&limit=1", admin, &p)
+	if len(p.Streams) != 1 || p.Streams[0].ID != hs[2].ID {
+		t.Fatalf("by age: %+v (want the stream whose oldest unread event is oldest)", p.Streams)
+	}
+	for _, bad := range []string{"sort=size", "state=open", "limit=0", "limit=501", "cursor=bm9wZQ", "cursor=eyJ2IjoxLCJpZCI6Im5vIn0"} {
+		if code := adminGet(t, b, "/v1/admin/streams?"+bad, admin, nil); code != http.StatusBadRequest {
+			t.Errorf("%s: %d, want 400", bad, code)
+		}
+	}
+
+	var totals struct {
+		Streams       map[string]int64 `json:"streams"`
+		BacklogEvents int64            `json:"backlog_events"`
+		OldestEventAt *time.Time       `json:"oldest_event_at"`
+	}
+	if code := adminGet(t, b, "/v1/admin/totals", admin, &totals); code != http.StatusOK {
+		t.Fatalf("totals: %d", code)
+	}
+	if totals.Streams["held"] != 3 || totals.Streams["failed"] != 1 || totals.BacklogEvents != 11 || totals.OldestEventAt == nil {
+		t.Fatalf("totals %+v", totals)
+	}
+}
+
+func TestAdminAPIIsOffWithoutAToken(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t, nil)
+	if code := adminGet(t, b, "/v1/admin/totals", "anything", nil); code != http.StatusForbidden {
+		t.Fatalf("admin API without a configured token: %d, want 403", code)
+	}
+}
