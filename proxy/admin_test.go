@@ -117,10 +117,20 @@ func TestAdminAPIListsSortsAndPages(t *testing.T) {
 	if len(p.Streams) != 1 || p.Streams[0].ID != failed.ID || p.Streams[0].Upstream.LastError == "" {
 		t.Fatalf("by errors: %+v", p.Streams)
 	}
-	p = adminPage{}
-	adminGet(t, b, "/v1/admin/streams?sort=age&limit=1", admin, &p)
-	if len(p.Streams) != 1 || p.Streams[0].ID != hs[2].ID {
-		t.Fatalf("by age: %+v (want the stream whose oldest unread event is oldest)", p.Streams)
+	var byAge struct {
+		Streams []struct {
+			ID     string     `json:"id"`
+			Oldest *time.Time `json:"oldest_event_at"`
+		} `json:"streams"`
+	}
+	adminGet(t, b, "/v1/admin/streams?sort=age", admin, &byAge)
+	if len(byAge.Streams) != 4 || byAge.Streams[3].Oldest != nil {
+		t.Fatalf("by age: %+v (the stream with no backlog last)", byAge.Streams)
+	}
+	for i := 1; i < 3; i++ {
+		if byAge.Streams[i].Oldest.Before(*byAge.Streams[i-1].Oldest) {
+			t.Fatalf("by age: %+v is not oldest first", byAge.Streams)
+		}
 	}
 	for _, bad := range []string{"sort=size", "state=open", "limit=0", "limit=501", "cursor=bm9wZQ", "cursor=eyJ2IjoxLCJpZCI6Im5vIn0"} {
 		if code := adminGet(t, b, "/v1/admin/streams?"+bad, admin, nil); code != http.StatusBadRequest {

@@ -229,10 +229,17 @@ func (h *holder) connect(parent context.Context) outcome {
 		if ms, ok := p.Retry(); ok {
 			h.retryMS = ms
 		}
+		// The event must reach the committer even when this connection's context ends while
+		// the send waits (the idle timer keeps running during commit backpressure): the
+		// resume point moves past it, so dropping it would lose it for good. Only the
+		// holder's own end (parent) stops the send, and then the next holder resumes from
+		// what was committed.
+		prevHead, prevResume := h.head, h.resumeID
 		h.head++
 		h.resumeID = p.LastEventID()
 		a := h.item(store.Append{Events: []pushproxy.Event{{Seq: h.head, LastEventID: ev.LastEventID, Type: ev.Type, Data: ev.Data}}, Urgent: h.isUrgent(ev.Type)})
-		if !h.send(ctx, a, false) {
+		if !h.send(parent, a, false) {
+			h.head, h.resumeID = prevHead, prevResume
 			return out
 		}
 	}

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -277,4 +278,38 @@ func TestForwardedHeadersReachTheOrigin(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the origin was never called")
 	}
+}
+
+// TestHostileStatusTextDoesNotStopCommits: an origin's reason phrase is any bytes; the proxy
+// records it as the stream's last error without making Postgres refuse the whole batch.
+func TestHostileStatusTextDoesNotStopCommits(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				c.Read(buf)
+				c.Write([]byte("HTTP/1.1 503 \xff\xfe\x00 busy\r\nContent-Length: 0\r\nRetry-After: 0\r\n\r\n"))
+			}()
+		}
+	}()
+	hostile := handoff(t, b, map[string]any{"url": "http://" + ln.Addr().String() + "/"})
+	eventually(t, 20*time.Second, "the hostile status to be recorded", func() bool {
+		return strings.Contains(getStream(t, b, hostile).Upstream.LastError, "busy")
+	})
+	o := newScriptOrigin(t, 0)
+	o.publishN(3)
+	h := handoff(t, b, map[string]any{"url": o.srv.URL})
+	eventually(t, 20*time.Second, "a healthy stream's events", func() bool { return getStream(t, b, h).Backlog == 3 })
 }

@@ -185,6 +185,7 @@ type Service struct {
 	mu      sync.Mutex
 	holders map[string]*holder // by stream id
 	holdSeq uint64             // numbers holders in the order they started
+	holdWG  sync.WaitGroup     // every holder goroutine, replaced and unheld ones included
 	orphans map[string]bool    // streams leased to us without a holder at the last renewal
 	stopped bool
 
@@ -316,26 +317,31 @@ func (s *Service) Stop(ctx context.Context) error {
 
 func (s *Service) stop(ctx context.Context) error {
 	s.mu.Lock()
-	if s.cancel == nil {
+	if s.cancel == nil || s.comDone == nil {
+		// Never started, or Start failed before anything ran.
 		s.stopped = true
 		s.mu.Unlock()
+		if s.cancel != nil {
+			s.cancel()
+		}
 		return nil
 	}
-	s.stopped = true
-	hs := make([]*holder, 0, len(s.holders))
-	for _, h := range s.holders {
-		hs = append(hs, h)
-	}
+	s.stopped = true // no holder starts after this
 	s.mu.Unlock()
 
 	s.holdEnd()
+	// Every holder goroutine, also those already unheld or replaced, which may still be
+	// handing over their last items: the committer's input closes only after all of them.
+	holdersDone := make(chan struct{})
+	go func() {
+		s.holdWG.Wait()
+		close(holdersDone)
+	}()
 	allDone := true
-	for _, h := range hs {
-		select {
-		case <-h.done:
-		case <-ctx.Done():
-			allDone = false
-		}
+	select {
+	case <-holdersDone:
+	case <-ctx.Done():
+		allDone = false
 	}
 	s.hub.closeAll()
 	// With every holder gone nothing sends to the committer any more: closing its input
@@ -351,11 +357,14 @@ func (s *Service) stop(ctx context.Context) error {
 	s.cancel()
 	<-s.comDone
 	s.wg.Wait()
+	// The drain may have used up ctx; releasing the leases matters more than the deadline.
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer rcancel()
 	var errs []error
-	if err := s.store.ReleaseLeases(ctx, s.opts.InstanceID); err != nil {
+	if err := s.store.ReleaseLeases(rctx, s.opts.InstanceID); err != nil {
 		errs = append(errs, err)
 	}
-	if err := s.store.DropReaders(ctx, s.opts.InstanceID); err != nil {
+	if err := s.store.DropReaders(rctx, s.opts.InstanceID); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -492,11 +501,13 @@ func (s *Service) hold(c store.Claim) {
 		done:     make(chan struct{}),
 	}
 	s.holders[h.id] = h
+	s.holdWG.Add(1)
 	s.mu.Unlock()
 	if old != nil {
 		old.cancel()
 	}
 	go func() {
+		defer s.holdWG.Done()
 		h.run(ctx)
 		s.mu.Lock()
 		if s.holders[h.id] == h {

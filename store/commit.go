@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -106,8 +107,8 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 	for i, a := range appends {
 		ids[i], epochs[i], heads[i] = a.StreamID, a.Epoch, a.HeadSeq
 		resumes[i], retries[i] = []byte(a.ResumeID), a.RetryMS
-		states[i], reasons[i] = a.State, a.StateReason
-		statuses[i], connected[i], connects[i], errs[i] = int32(a.UpstreamStatus), connectedSQL[a.Connected], a.Connects, a.Error
+		states[i], reasons[i] = a.State, cleanText(a.StateReason)
+		statuses[i], connected[i], connects[i], errs[i] = int32(a.UpstreamStatus), connectedSQL[a.Connected], a.Connects, cleanText(a.Error)
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// The outer SELECT reads streams as of the statement's snapshot, before the UPDATE:
@@ -228,6 +229,18 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		return CommitResult{}, err
 	}
 	return res, nil
+}
+
+// cleanText makes a string safe for a text column: valid UTF-8 and no NUL. Reasons and
+// errors carry what origins and push services sent (an HTTP reason phrase is any bytes), and
+// one bad byte would make Postgres refuse the whole batch.
+func cleanText(s string) string {
+	const max = 1024
+	if len(s) > max {
+		s = s[:max]
+	}
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
 }
 
 // parseUUID turns the textual form into the 16 bytes COPY's binary format wants.

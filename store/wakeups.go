@@ -199,7 +199,7 @@ func (s *Store) FinishWakeups(ctx context.Context, owner string, now time.Time, 
 		retryAt, throttled           = make([]*time.Time, n), make([]*time.Time, n)
 	)
 	for i, r := range results {
-		ids[i], outcomes[i], errs[i], pushIDs[i], pending[i] = r.ID, r.Outcome, r.Error, r.PushID, r.Pending
+		ids[i], outcomes[i], errs[i], pushIDs[i], pending[i] = r.ID, cleanText(r.Outcome), cleanText(r.Error), cleanText(r.PushID), r.Pending
 		if !r.RetryAt.IsZero() {
 			t := r.RetryAt
 			retryAt[i] = &t
