@@ -19,6 +19,9 @@ import (
 // object with a "reason". Code listening with onmessage never sees it.
 const GapEventType = "pushproxy-gap"
 
+// gapReason is the data of the gap event.
+const gapReason = `{"reason":"events after the given Last-Event-ID may be missing: it is no longer queued, or the backlog overflowed"}`
+
 const (
 	defaultPageLimit = 100
 	maxPageLimit     = 1000
@@ -165,9 +168,12 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 	}
 	w.WriteHeader(http.StatusOK)
 	sw := sse.NewWriter(w)
+	lastSent := id // the reader's position, as an id
+	if !provided {
+		lastSent = st.AckedID
+	}
 	if cur.Gap {
-		reason := `{"reason":"events after the given Last-Event-ID may be missing: it is no longer queued, or the backlog overflowed"}`
-		if err := sw.WriteEvent(sse.Event{LastEventID: id, Type: GapEventType, Data: reason}); err != nil {
+		if err := sw.WriteEvent(sse.Event{LastEventID: id, Type: GapEventType, Data: gapReason}); err != nil {
 			return
 		}
 	}
@@ -185,8 +191,16 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 			}
 			return
 		}
+		if len(evs) > 0 && evs[0].Seq > after+1 {
+			// Events this reader had not been sent were trimmed (the backlog overflowed)
+			// while it was connected: tell it, as at connect.
+			if err := sw.WriteEvent(sse.Event{LastEventID: lastSent, Type: GapEventType, Data: gapReason}); err != nil {
+				return
+			}
+		}
 		for _, ev := range evs {
-			if err := sw.WriteEvent(sse.Event{LastEventID: pushproxy.ReplayID(ev.Seq, ev.LastEventID), Type: ev.Type, Data: ev.Data}); err != nil {
+			lastSent = pushproxy.ReplayID(ev.Seq, ev.LastEventID)
+			if err := sw.WriteEvent(sse.Event{LastEventID: lastSent, Type: ev.Type, Data: ev.Data}); err != nil {
 				return
 			}
 			after = ev.Seq
@@ -203,7 +217,8 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 		if len(evs) == 0 {
 			// Woken with nothing new: the stream may have ended.
 			cur, err := s.store.GetStream(ctx, st.ID)
-			if err != nil || (cur.State != pushproxy.StateHeld && after >= cur.HeadSeq) {
+			// (Events may have been dropped unread, by a close: the floor counts as read.)
+			if err != nil || (cur.State != pushproxy.StateHeld && max(after, cur.FloorSeq) >= cur.HeadSeq) {
 				return
 			}
 		}

@@ -80,6 +80,18 @@ type Options struct {
 // before Start.
 func (s *Service) SetWaker(w Waker) { s.opts.Waker = w }
 
+// wakeAfterReaders queues wake-ups for devices whose readers went away without closing (their
+// instance died): they are asleep, maybe with events those readers were never sent.
+func (s *Service) wakeAfterReaders(ctx context.Context, devices []string) {
+	if s.opts.Wake == nil || len(devices) == 0 {
+		return
+	}
+	if err := s.store.RearmWakeups(ctx, devices, s.opts.Wake); err != nil && ctx.Err() == nil {
+		s.log.ErrorContext(ctx, "queueing wake-ups after lost readers failed", slog.String("error", err.Error()))
+	}
+	s.kick()
+}
+
 // kick tells the waker, if any, that wake-ups may have been queued.
 func (s *Service) kick() {
 	if s.opts.Waker != nil {
@@ -280,10 +292,12 @@ func (s *Service) Start(ctx context.Context) error {
 		s.cancel()
 		return err
 	}
-	if err := s.store.DropReaders(ctx, s.opts.InstanceID); err != nil {
+	devices, err := s.store.DropReaders(ctx, s.opts.InstanceID)
+	if err != nil {
 		s.cancel()
 		return err
 	}
+	s.wakeAfterReaders(ctx, devices)
 	// The instance lease must be live before a handoff makes this instance a stream's owner.
 	if err := s.store.RenewInstance(ctx, s.opts.InstanceID, s.opts.LeaseTTL); err != nil {
 		s.cancel()
@@ -364,8 +378,10 @@ func (s *Service) stop(ctx context.Context) error {
 	if err := s.store.ReleaseLeases(rctx, s.opts.InstanceID); err != nil {
 		errs = append(errs, err)
 	}
-	if err := s.store.DropReaders(rctx, s.opts.InstanceID); err != nil {
+	if devices, err := s.store.DropReaders(rctx, s.opts.InstanceID); err != nil {
 		errs = append(errs, err)
+	} else {
+		s.wakeAfterReaders(rctx, devices)
 	}
 	return errors.Join(errs...)
 }
@@ -471,9 +487,11 @@ func (s *Service) renew(ctx context.Context) {
 			s.log.ErrorContext(ctx, "releasing orphaned leases failed", slog.String("error", err.Error()))
 		}
 	}
-	if err := s.store.RefreshReaders(ctx, s.opts.InstanceID, s.opts.ReaderTTL); err != nil && ctx.Err() == nil {
+	devices, err := s.store.RefreshReaders(ctx, s.opts.InstanceID, s.opts.ReaderTTL)
+	if err != nil && ctx.Err() == nil {
 		s.log.ErrorContext(ctx, "refreshing readers failed", slog.String("error", err.Error()))
 	}
+	s.wakeAfterReaders(ctx, devices)
 }
 
 // hold starts a holder for a claimed stream, replacing any older one.

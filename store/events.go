@@ -53,6 +53,9 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 		switch {
 		case lastEventID == string(ackedID):
 			seq, found = ackedSeq, true
+		case lastEventID == "":
+			// Events without an origin id are replayed under proxy ids: an empty id names
+			// none of them.
 		default:
 			err := tx.QueryRow(ctx, `
 				SELECT seq FROM events WHERE stream_id = $1 AND seq > $2 AND last_event_id = $3
@@ -69,8 +72,10 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 			}
 		}
 		if !found {
+			// Signal the gap once: the reader's id becomes the acknowledged position, so
+			// coming back with it again resumes without a new gap signal.
 			cur = Cursor{After: floor, Gap: true}
-			return nil
+			return ack(ctx, tx, streamID, floor, lastEventID)
 		}
 		if seq < floor {
 			// Acknowledged (or trimmed) already; trimmed events past it are missing.

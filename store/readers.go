@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // OpenReader records an open events reader of a stream (and so of its device, which counts
@@ -33,24 +35,40 @@ func (s *Store) CloseReader(ctx context.Context, readerID string) error {
 }
 
 // RefreshReaders extends the expiry of every reader instance has open, and removes readers
-// of any instance that expired (a crashed instance's).
-func (s *Store) RefreshReaders(ctx context.Context, instance string, ttl time.Duration) error {
+// of any instance that expired (a crashed instance's). It returns the devices of the removed
+// readers: they may be asleep now, with events their reader was never sent.
+func (s *Store) RefreshReaders(ctx context.Context, instance string, ttl time.Duration) ([]string, error) {
 	_, err := s.pool.Exec(ctx, `UPDATE readers SET expires_at = now() + $2::interval WHERE instance_id = $1`, instance, ttl)
 	if err != nil {
-		return fmt.Errorf("refresh readers: %w", err)
+		return nil, fmt.Errorf("refresh readers: %w", err)
 	}
-	if _, err := s.pool.Exec(ctx, `DELETE FROM readers WHERE expires_at < now()`); err != nil {
-		return fmt.Errorf("expire readers: %w", err)
-	}
-	return nil
+	return s.dropReaders(ctx, `DELETE FROM readers WHERE expires_at < now() RETURNING device_id::text`)
 }
 
-// DropReaders removes every reader of instance (on shutdown).
-func (s *Store) DropReaders(ctx context.Context, instance string) error {
-	if _, err := s.pool.Exec(ctx, `DELETE FROM readers WHERE instance_id = $1`, instance); err != nil {
-		return fmt.Errorf("drop readers: %w", err)
+// DropReaders removes every reader of instance (on shutdown, or at start after a crash) and
+// returns their devices.
+func (s *Store) DropReaders(ctx context.Context, instance string) ([]string, error) {
+	return s.dropReaders(ctx, `DELETE FROM readers WHERE instance_id = $1 RETURNING device_id::text`, instance)
+}
+
+func (s *Store) dropReaders(ctx context.Context, q string, args ...any) ([]string, error) {
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("drop readers: %w", err)
 	}
-	return nil
+	devices, err := pgx.CollectRows(rows, pgx.RowTo[*string])
+	if err != nil {
+		return nil, fmt.Errorf("drop readers: %w", err)
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, d := range devices {
+		if d != nil && !seen[*d] {
+			seen[*d] = true
+			out = append(out, *d)
+		}
+	}
+	return out, nil
 }
 
 // DeviceAwake reports whether a device has an unexpired reader open on any of its streams.

@@ -87,6 +87,18 @@ func (s *Store) ScheduleWakeup(ctx context.Context, deviceID string, p *WakePoli
 	return n > 0, nil
 }
 
+// RearmWakeups queues a wake-up for each of devices that is asleep and has events not yet
+// delivered. The scheduler calls it for wake-ups it skipped (the device was awake, or had
+// read everything) whose claim may have hidden events committed meanwhile.
+func (s *Store) RearmWakeups(ctx context.Context, devices []string, p *WakePolicy) error {
+	for _, d := range devices {
+		if _, err := s.ScheduleWakeup(ctx, d, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // CloseReaderDelivered removes an open reader, records the newest event it was sent (so that
 // event needs no wake-up), and, when that left the device asleep with events not delivered,
 // queues a wake-up.
@@ -122,9 +134,12 @@ func (s *Store) MarkRead(ctx context.Context, deviceID string, p *WakePolicy) er
 		if p == nil {
 			return nil
 		}
+		// Not before a throttle the platform asked for.
 		_, err := tx.Exec(ctx, `
-			UPDATE wakeups SET due_at = $2::timestamptz + $3::interval
-			WHERE device_id = $1 AND state = 'pending' AND due_at > $2::timestamptz + $3::interval`,
+			UPDATE wakeups w SET due_at = greatest($2::timestamptz + $3::interval, d.throttled_until)
+			FROM devices d
+			WHERE d.id = w.device_id AND w.device_id = $1 AND w.state = 'pending'
+				AND w.due_at > greatest($2::timestamptz + $3::interval, d.throttled_until)`,
 			deviceID, p.now(), p.Debounce)
 		return err
 	})

@@ -64,6 +64,10 @@ type Options struct {
 	// AlertText, when set, makes urgent APNs wake-ups alert pushes with this text and
 	// mutable-content (APNs background pushes cannot be high priority).
 	AlertText string
+	// Rearm queues wake-ups again for devices whose wake-up was skipped (awake, nothing
+	// pending) when events may have been committed after it was claimed (store.RearmWakeups
+	// with the commit path's policy). nil: not done.
+	Rearm func(ctx context.Context, devices []string) error
 	// Now is the clock (tests inject one); nil means time.Now.
 	Now     func() time.Time
 	Logger  *slog.Logger
@@ -76,7 +80,7 @@ var DefaultOptions = Options{
 	BudgetFCM:    12,
 	BudgetWindow: time.Hour,
 	Jitter:       time.Second,
-	LeaseTTL:     30 * time.Second,
+	LeaseTTL:     2 * time.Minute, // well beyond a send's timeout and its wait for a slot
 	ClaimBatch:   1000,
 	MaxInFlight:  1000,
 	Dispatchers:  2,
@@ -266,6 +270,20 @@ func (s *Scheduler) RunOnce(ctx context.Context) (int, error) {
 	defer cancel()
 	if err := s.q.FinishWakeups(fctx, s.opts.InstanceID, s.opts.Now(), results); err != nil {
 		return len(ws), err
+	}
+	// Events committed while a skipped wake-up was claimed found it outstanding and queued
+	// nothing: look again for those devices.
+	var rearm []string
+	for _, r := range results {
+		if r.RetryAt.IsZero() && (r.Outcome == pushproxy.OutcomeAwake || r.Outcome == pushproxy.OutcomeNothingPending) {
+			rearm = append(rearm, r.DeviceID)
+		}
+	}
+	if len(rearm) > 0 && s.opts.Rearm != nil {
+		if err := s.opts.Rearm(fctx, rearm); err != nil {
+			return len(ws), err
+		}
+		s.Kick()
 	}
 	return len(ws), nil
 }

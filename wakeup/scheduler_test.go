@@ -111,6 +111,7 @@ func setup(t *testing.T, opts *wakeup.Options) *bundle {
 		o = *opts
 	}
 	o.InstanceID, o.Now, o.Jitter = owner, b.clock.Now, time.Nanosecond
+	o.Rearm = func(ctx context.Context, devices []string) error { return st.RearmWakeups(ctx, devices, b.policy) }
 	b.sched = wakeup.New(st, map[string]wakeup.Sender{pushproxy.PlatformAPNs: b.sender, pushproxy.PlatformFCM: b.sender}, &o)
 	return b
 }
@@ -487,5 +488,36 @@ func TestWakeupOfADeadSchedulerIsTakenOverOnce(t *testing.T) {
 	b.clock.Advance(time.Minute)
 	if n := b.run(t); n != 0 {
 		t.Fatal("a stale report put the wake-up back")
+	}
+}
+
+func TestEventsCommittedWhileAWakeupIsClaimedAreNotLost(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	s := b.stream(t, tokenA)
+	dev := b.device(t, s)
+	ctx := context.Background()
+	b.events(t, s, 1, false)
+	b.read(t, s, dev) // the device read it: the queued wake-up has nothing pending
+	b.clock.Advance(3 * time.Second)
+	// Another dispatcher claims it; an event is committed while it is claimed (the commit
+	// finds it outstanding and queues nothing); it finishes as nothing-pending.
+	ws, err := b.st.ClaimWakeups(ctx, owner, b.clock.Now(), time.Minute, 10, time.Hour)
+	if err != nil || len(ws) != 1 {
+		t.Fatalf("claim: %v %v", ws, err)
+	}
+	b.events(t, s, 1, false)
+	err = b.st.FinishWakeups(ctx, owner, b.clock.Now(), []pushproxy.WakeupResult{{ID: ws[0].ID, DeviceID: dev, Outcome: pushproxy.OutcomeNothingPending}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The scheduler's own path re-arms; here, as the scheduler would.
+	if err := b.st.RearmWakeups(ctx, []string{dev}, b.policy); err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(3 * time.Second)
+	b.run(t)
+	if b.sender.count() != 1 || b.sender.last().Pending[s] != 1 {
+		t.Fatalf("%d pushes for the event committed during the claim, want 1", b.sender.count())
 	}
 }

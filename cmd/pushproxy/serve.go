@@ -180,6 +180,7 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	po.Wake = cfg.Wake.policy()
 	s.svc = proxy.New(s.st, url, &po)
 	so.InstanceID = s.svc.InstanceID()
+	so.Rearm = func(ctx context.Context, devices []string) error { return s.st.RearmWakeups(ctx, devices, po.Wake) }
 	s.wake = wakeup.New(s.st, senders, &so)
 	s.svc.SetWaker(s.wake)
 	if err := s.svc.Start(ctx); err != nil {
