@@ -41,6 +41,9 @@ func setup(t *testing.T) (*store.Store, *testBundle) {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
+	if err := st.RenewInstance(ctx, owner, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	return st, &testBundle{url: url}
 }
 

@@ -21,7 +21,8 @@ type NewStream struct {
 	// MaxPerDevice bounds the streams a device may have held at once (0: no bound).
 	MaxPerDevice int
 	// LeaseOwner, when set, takes the lease at once: the instance that accepted the handoff
-	// starts holding it. It must be an instance that renews itself (RenewInstance).
+	// starts holding it. It must be an instance that renews itself (RenewInstance): a stream
+	// whose owner has no instance row is never claimed by another.
 	LeaseOwner string
 	// UrgentEvents are event types that wake the device at once.
 	UrgentEvents []string
@@ -235,9 +236,11 @@ func (s *Store) ClaimStreams(ctx context.Context, owner string, ttl time.Duratio
 	rows, err := s.pool.Query(ctx, `
 		UPDATE streams s SET lease_owner = $1, lease_epoch = s.lease_epoch + 1, connected = false
 		WHERE s.id IN (
+			-- Both arms use the partial index on lease_owner: no scan of every held stream.
+			-- An owner's row exists as long as it holds streams (ReleaseLeases drops both).
 			SELECT c.id FROM streams c
-			WHERE c.state = 'held' AND (c.lease_owner IS NULL OR NOT EXISTS (
-				SELECT 1 FROM instances i WHERE i.id = c.lease_owner AND i.expires_at > now()))
+			WHERE c.state = 'held' AND (c.lease_owner IS NULL OR c.lease_owner = ANY (ARRAY(
+				SELECT i.id FROM instances i WHERE i.expires_at <= now())))
 			ORDER BY c.created_at
 			LIMIT $2
 			FOR UPDATE SKIP LOCKED)
