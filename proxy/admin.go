@@ -20,7 +20,92 @@ const maxAdminPage = 500
 func (s *Service) adminRoutes(r chi.Router) {
 	r.Use(s.requireAdmin)
 	r.Get("/streams", s.handleAdminStreams)
+	r.Post("/streams/{id}/close", s.handleAdminCloseStream)
 	r.Get("/totals", s.handleAdminTotals)
+	r.Get("/devices/{id}", s.handleAdminDevice)
+	r.Post("/devices/{id}/wake", s.handleAdminWake)
+	r.Delete("/devices/{id}", s.handleAdminForget)
+}
+
+func (s *Service) handleAdminCloseStream(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "id")
+	if _, err := s.store.GetStream(r.Context(), id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	res, err := s.store.CloseStream(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.mu.Lock()
+	h := s.holders[id]
+	s.mu.Unlock()
+	if h != nil {
+		s.unhold(h)
+	}
+	writeJSON(w, http.StatusOK, closeResponse{
+		ID: res.Stream.ID, State: res.Stream.State, LastEventID: res.Stream.AckedID,
+		UpstreamLastEventID: res.Stream.ResumeID, Discarded: res.Discarded,
+	})
+}
+
+type adminWakeup struct {
+	ID         string     `json:"id"`
+	State      string     `json:"state"`
+	Urgent     bool       `json:"urgent"`
+	CreatedAt  time.Time  `json:"created_at"`
+	DueAt      time.Time  `json:"due_at"`
+	SentAt     *time.Time `json:"sent_at"`
+	FinishedAt *time.Time `json:"finished_at"`
+	Attempts   int        `json:"attempts"`
+	Outcome    string     `json:"outcome"`
+	Error      string     `json:"error,omitempty"`
+	Pending    int64      `json:"pending_events"`
+}
+
+type adminDevice struct {
+	ID          string        `json:"id"`
+	Platform    string        `json:"platform"`
+	Topic       string        `json:"topic,omitempty"`
+	Environment string        `json:"environment,omitempty"`
+	CreatedAt   time.Time     `json:"created_at"`
+	Wake        *wakeResponse `json:"wake"`
+	Streams     []string      `json:"streams"`
+	Wakeups     []adminWakeup `json:"wakeups"`
+}
+
+func (s *Service) handleAdminDevice(w http.ResponseWriter, r *http.Request) {
+	d, err := s.store.GetDevice(r.Context(), chi.URLParam(r, "id"), 50)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out := adminDevice{ID: d.ID, Platform: d.Platform, Topic: d.Topic, Environment: d.Environment, CreatedAt: d.CreatedAt,
+		Wake: toWakeResponse(d.Wake), Streams: d.Streams, Wakeups: []adminWakeup{}}
+	for _, h := range d.History {
+		out.Wakeups = append(out.Wakeups, adminWakeup{ID: h.ID, State: h.State, Urgent: h.Urgent, CreatedAt: h.CreatedAt, DueAt: h.DueAt,
+			SentAt: timePtr(h.SentAt), FinishedAt: timePtr(h.FinishedAt), Attempts: h.Attempts, Outcome: h.Outcome, Error: h.Error, Pending: h.Pending})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Service) handleAdminWake(w http.ResponseWriter, r *http.Request) {
+	due, err := s.store.WakeNow(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.kick()
+	writeJSON(w, http.StatusAccepted, map[string]bool{"wakeup_due": due})
+}
+
+func (s *Service) handleAdminForget(w http.ResponseWriter, r *http.Request) {
+	if err := s.store.ForgetDevice(r.Context(), chi.URLParam(r, "id")); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // requireAdmin lets through requests bearing the admin token. With no token configured the

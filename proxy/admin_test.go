@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -156,5 +157,78 @@ func TestAdminAPIIsOffWithoutAToken(t *testing.T) {
 	_, b := setup(t, nil)
 	if code := adminGet(t, b, "/v1/admin/totals", "anything", nil); code != http.StatusForbidden {
 		t.Fatalf("admin API without a configured token: %d, want 403", code)
+	}
+}
+
+func TestAdminDeviceViewAndActions(t *testing.T) {
+	t.Parallel()
+	const admin = "admin-secret"
+	_, b := setup(t, &proxy.Options{AdminToken: admin})
+	o := newScriptOrigin(t, 0)
+	push := map[string]any{"platform": "apns", "token": strings.Repeat("ab", 32)}
+	h1 := handoff(t, b, map[string]any{"url": o.srv.URL + "/1", "push": push})
+	h2 := handoff(t, b, map[string]any{"url": o.srv.URL + "/2", "push": push})
+	o.publishN(2)
+	eventually(t, 20*time.Second, "the backlog", func() bool { return getStream(t, b, h1).Backlog == 2 })
+
+	var list struct {
+		Streams []struct {
+			ID       string `json:"id"`
+			DeviceID string `json:"device_id"`
+		} `json:"streams"`
+	}
+	adminGet(t, b, "/v1/admin/streams", admin, &list)
+	dev := ""
+	for _, s := range list.Streams {
+		if s.ID == h1.ID {
+			dev = s.DeviceID
+		}
+	}
+	if dev == "" {
+		t.Fatal("the listing does not name the stream's device")
+	}
+	post := func(method, path string) (int, []byte) {
+		resp, body := do(t, method, b.api.URL+path, "", http.Header{"Authorization": {"Bearer " + admin}})
+		return resp.StatusCode, body
+	}
+	if code, body := post("POST", "/v1/admin/devices/"+dev+"/wake"); code != http.StatusAccepted || !strings.Contains(string(body), `"wakeup_due":true`) {
+		t.Fatalf("wake: %d %s", code, body)
+	}
+	var d struct {
+		Platform string   `json:"platform"`
+		Streams  []string `json:"streams"`
+		Wakeups  []struct {
+			State string `json:"state"`
+		} `json:"wakeups"`
+	}
+	if code := adminGet(t, b, "/v1/admin/devices/"+dev, admin, &d); code != http.StatusOK {
+		t.Fatalf("device: %d", code)
+	}
+	raw, _ := json.Marshal(d)
+	if d.Platform != "apns" || len(d.Streams) != 2 || len(d.Wakeups) != 1 || d.Wakeups[0].State != "pending" || strings.Contains(string(raw), "abab") {
+		t.Fatalf("device view %s", raw)
+	}
+	// A live device is not forgotten; a dead one is, and its held streams fail.
+	if code, _ := post("DELETE", "/v1/admin/devices/"+dev); code != http.StatusConflict {
+		t.Fatalf("forget a live device: %d, want 409", code)
+	}
+	if _, err := b.store.Pool().Exec(context.Background(), `UPDATE devices SET dead_at = now(), dead_reason = 'Unregistered' WHERE id = $1`, dev); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := post("DELETE", "/v1/admin/devices/"+dev); code != http.StatusNoContent {
+		t.Fatalf("forget a dead device: %d %s", code, body)
+	}
+	eventually(t, 20*time.Second, "the streams to fail", func() bool { return getStream(t, b, h2).State == "failed" })
+	if code := adminGet(t, b, "/v1/admin/devices/"+dev, admin, nil); code != http.StatusNotFound {
+		t.Fatalf("a forgotten device: %d", code)
+	}
+
+	// Closing a stream.
+	h3 := handoff(t, b, map[string]any{"url": o.srv.URL + "/3"})
+	if code, body := post("POST", "/v1/admin/streams/"+h3.ID+"/close"); code != http.StatusOK || !strings.Contains(string(body), `"state":"closed"`) {
+		t.Fatalf("close: %d %s", code, body)
+	}
+	if code, _ := post("POST", "/v1/admin/streams/00000000-0000-0000-0000-000000000000/close"); code != http.StatusNotFound {
+		t.Fatalf("close an unknown stream: %d", code)
 	}
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"time"
@@ -183,4 +184,137 @@ func (s *Store) GetTotals(ctx context.Context) (Totals, error) {
 		t.OldestEventAt = *oldest
 	}
 	return t, nil
+}
+
+// WakeupRecord is one wake-up in a device's history.
+type WakeupRecord struct {
+	ID         string
+	State      string
+	Urgent     bool
+	CreatedAt  time.Time
+	DueAt      time.Time
+	SentAt     time.Time
+	FinishedAt time.Time
+	Attempts   int
+	Outcome    string
+	Error      string
+	Pending    int64
+}
+
+// DeviceView is a device as operators see it: never its token.
+type DeviceView struct {
+	ID          string
+	Platform    string
+	Topic       string
+	Environment string
+	CreatedAt   time.Time
+	Wake        pushproxy.WakeState
+	Streams     []string
+	History     []WakeupRecord // newest first
+}
+
+// GetDevice returns a device with its streams and its last wake-ups.
+func (s *Store) GetDevice(ctx context.Context, id string, history int) (DeviceView, error) {
+	var d DeviceView
+	if !pushproxy.IsUUID(id) {
+		return d, pushproxy.Errorf(pushproxy.ENOTFOUND, "no device %q", id)
+	}
+	ws, err := s.DeviceWakeState(ctx, id)
+	if err != nil {
+		return d, err
+	}
+	d.Wake = ws
+	err = s.pool.QueryRow(ctx, `
+		SELECT id::text, platform, topic, environment, created_at,
+			coalesce((SELECT array_agg(s.id::text ORDER BY s.created_at) FROM streams s WHERE s.device_id = d.id), '{}')
+		FROM devices d WHERE id = $1`, id).Scan(&d.ID, &d.Platform, &d.Topic, &d.Environment, &d.CreatedAt, &d.Streams)
+	if err != nil {
+		return d, fmt.Errorf("get device: %w", err)
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT id::text, state, urgent, created_at, due_at, sent_at, finished_at, attempts, outcome, error, pending_events
+		FROM wakeups WHERE device_id = $1 ORDER BY created_at DESC LIMIT $2`, id, history)
+	if err != nil {
+		return d, fmt.Errorf("device wake-ups: %w", err)
+	}
+	d.History, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (WakeupRecord, error) {
+		var (
+			w            WakeupRecord
+			sent, finish *time.Time
+		)
+		err := row.Scan(&w.ID, &w.State, &w.Urgent, &w.CreatedAt, &w.DueAt, &sent, &finish, &w.Attempts, &w.Outcome, &w.Error, &w.Pending)
+		if sent != nil {
+			w.SentAt = *sent
+		}
+		if finish != nil {
+			w.FinishedAt = *finish
+		}
+		return w, err
+	})
+	if err != nil {
+		return d, fmt.Errorf("device wake-ups: %w", err)
+	}
+	return d, nil
+}
+
+// ForgetDevice deletes a device whose token was reported dead, with its wake-up history; its
+// streams still held are failed. A live device is a conflict: forgetting it would silently
+// stop its wake-ups.
+func (s *Store) ForgetDevice(ctx context.Context, id string) error {
+	if !pushproxy.IsUUID(id) {
+		return pushproxy.Errorf(pushproxy.ENOTFOUND, "no device %q", id)
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var dead bool
+		err := tx.QueryRow(ctx, `SELECT dead_at IS NOT NULL FROM devices WHERE id = $1 FOR UPDATE`, id).Scan(&dead)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return pushproxy.Errorf(pushproxy.ENOTFOUND, "no device %q", id)
+		}
+		if err != nil {
+			return fmt.Errorf("forget device: %w", err)
+		}
+		if !dead {
+			return pushproxy.Errorf(pushproxy.ECONFLICT, "the device's push token is not dead: only dead devices are forgotten")
+		}
+		_, err = tx.Exec(ctx, `
+			WITH f AS (
+				UPDATE streams SET state = 'failed', state_reason = 'the device was forgotten by an operator',
+					lease_owner = NULL, connected = false, closed_at = now(), updated_at = now()
+				WHERE device_id = $1 AND state = 'held' RETURNING id::text
+			)
+			SELECT pg_notify($2, id) FROM f`, id, EventsChannel)
+		if err != nil {
+			return fmt.Errorf("forget device: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM devices WHERE id = $1`, id); err != nil {
+			return fmt.Errorf("forget device: %w", err)
+		}
+		return nil
+	})
+}
+
+// WakeNow makes a device's wake-up due at once: an outstanding one is pulled in; otherwise
+// one is queued if the device is asleep, alive, and has events not delivered (ignoring the
+// debounce and the wait for a read; the platform budget still applies). It reports whether
+// a wake-up is due now.
+func (s *Store) WakeNow(ctx context.Context, deviceID string) (bool, error) {
+	if !pushproxy.IsUUID(deviceID) {
+		return false, pushproxy.Errorf(pushproxy.ENOTFOUND, "no device %q", deviceID)
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE wakeups SET due_at = least(due_at, now()) WHERE device_id = $1 AND state = 'pending'`, deviceID)
+	if err != nil {
+		return false, fmt.Errorf("wake now: %w", err)
+	}
+	if tag.RowsAffected() > 0 {
+		return true, nil
+	}
+	var exists bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM devices WHERE id = $1)`, deviceID).Scan(&exists); err != nil {
+		return false, fmt.Errorf("wake now: %w", err)
+	}
+	if !exists {
+		return false, pushproxy.Errorf(pushproxy.ENOTFOUND, "no device %q", deviceID)
+	}
+	// No debounce, no jitter, and no wait for a read (awaiting_since + 0 is in the past).
+	return s.ScheduleWakeup(ctx, deviceID, &WakePolicy{})
 }
