@@ -172,6 +172,12 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 	if !provided {
 		lastSent = st.AckedID
 	}
+	// A first line right away: intermediaries (nginx over HTTP/2, among others) hold the
+	// response headers back until the body has a byte, and an idle stream may have none for
+	// a long time. EventSource ignores comments.
+	if err := sw.WriteComment("ok"); err != nil {
+		return
+	}
 	if cur.Gap {
 		if err := sw.WriteEvent(sse.Event{LastEventID: id, Type: GapEventType, Data: gapReason}); err != nil {
 			return
