@@ -618,7 +618,10 @@ func TestH2CManyStreamsOneConnection(t *testing.T) {
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	var conns atomic.Int32
-	f := newFixtureWith(t, o, &http.Transport{Protocols: &protos}, func(s *http.Server) {
+	// Strict: the client waits for a stream slot rather than dialling another connection
+	// while a busy machine is still processing the server's SETTINGS (seen in CI: 84
+	// connections for 200 concurrent first requests), so the count below measures the server.
+	f := newFixtureWith(t, o, &http.Transport{Protocols: &protos, HTTP2: &http.HTTP2Config{StrictMaxConcurrentStreams: true}}, func(s *http.Server) {
 		s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.ProtoMajor == 2 {
 				h2Streams.Add(1)
