@@ -2,9 +2,13 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pushproxy/pushproxy"
 	"github.com/pushproxy/pushproxy/store"
@@ -75,32 +79,44 @@ func (c *committer) run(ctx context.Context) {
 func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 	appends, stale := merge(items)
 	backoff := 50 * time.Millisecond
-	for {
+	var (
+		total    store.CommitResult
+		oneByOne bool // after Postgres refused the batch for its data: find the culprit
+	)
+	for len(appends) > 0 {
 		start := time.Now()
-		res, err := c.store.Commit(ctx, c.owner, appends, c.opts)
-		if err == nil {
-			if c.metrics != nil {
-				c.metrics(res.Events, len(appends), time.Since(start))
-			}
-			lost := make(map[store.Lease]bool, len(res.Lost))
-			for _, l := range res.Lost {
-				lost[l] = true
-			}
-			for k, it := range items {
-				if it.done != nil {
-					it.done <- !lost[store.Lease{StreamID: it.StreamID, Epoch: it.Epoch}] && !stale[k]
-				}
-			}
-			if res.Wakeups > 0 && c.onWake != nil {
-				c.onWake()
-			}
-			if len(res.Lost) > 0 && c.onLost != nil {
-				c.onLost(res.Lost)
-			}
-			return true
+		batch := appends
+		if oneByOne {
+			batch = appends[:1]
 		}
-		if ctx.Err() != nil {
+		res, err := c.store.Commit(ctx, c.owner, batch, c.opts)
+		switch {
+		case err == nil:
+			if c.metrics != nil {
+				c.metrics(res.Events, len(batch), time.Since(start))
+			}
+			total.Events += res.Events
+			total.Wakeups += res.Wakeups
+			total.Lost = append(total.Lost, res.Lost...)
+			appends = appends[len(batch):]
+			backoff = 50 * time.Millisecond
+			continue
+		case ctx.Err() != nil:
 			return false
+		case isDataError(err) && !oneByOne:
+			// One stream's data must not stop every stream of the instance: commit them
+			// one by one to find it.
+			c.log.ErrorContext(ctx, "commit refused for its data; committing stream by stream", slog.String("error", err.Error()))
+			oneByOne = true
+			continue
+		case isDataError(err):
+			// This stream's append is refused for good: its holder stops, and the stream
+			// is claimed again from its last committed point.
+			c.log.ErrorContext(ctx, "commit of one stream refused for its data; dropping its holder",
+				slog.String("stream", batch[0].StreamID), slog.String("error", err.Error()))
+			total.Lost = append(total.Lost, store.Lease{StreamID: batch[0].StreamID, Epoch: batch[0].Epoch})
+			appends = appends[1:]
+			continue
 		}
 		c.log.ErrorContext(ctx, "commit failed; retrying", slog.String("error", err.Error()), slog.Duration("backoff", backoff))
 		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
@@ -112,6 +128,30 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+	lost := make(map[store.Lease]bool, len(total.Lost))
+	for _, l := range total.Lost {
+		lost[l] = true
+	}
+	for k, it := range items {
+		if it.done != nil {
+			it.done <- !lost[store.Lease{StreamID: it.StreamID, Epoch: it.Epoch}] && !stale[k]
+		}
+	}
+	if total.Wakeups > 0 && c.onWake != nil {
+		c.onWake()
+	}
+	if len(total.Lost) > 0 && c.onLost != nil {
+		c.onLost(total.Lost)
+	}
+	return true
+}
+
+// isDataError reports whether Postgres refused a statement for the data it was given (SQLSTATE
+// classes 22, data exception, and 23, integrity constraint violation): retrying the same data
+// fails the same way.
+func isDataError(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23"))
 }
 
 // merge folds the items of one batch into one Append per stream, in order. Items of an older
