@@ -3,6 +3,8 @@ package main
 import (
 	"flag"
 	"os"
+	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -41,5 +43,25 @@ func TestEnvironmentSetsFlagsAndCommandLineWins(t *testing.T) {
 	sc.flags(fs)
 	if err := parseFlags(fs, nil, func(k string) string { return map[string]string{"PUSHPROXY_LEASE_TTL": "soon"}[k] }); err == nil || !strings.Contains(err.Error(), "PUSHPROXY_LEASE_TTL") {
 		t.Fatalf("a bad environment value must be reported with its name, got %v", err)
+	}
+}
+
+// TestOriginFlagsAreDocumented checks that the README lists every environment variable the
+// reference origin reads.
+func TestOriginFlagsAreDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, originBin := binaries(t)
+	help, _ := exec.Command(originBin, "--help").CombinedOutput()
+	names := regexp.MustCompile(`ORIGIN_[A-Z_]+`).FindAllString(string(help), -1)
+	if len(names) < 10 {
+		t.Fatalf("origin --help lists only %v", names)
+	}
+	for _, n := range names {
+		if !strings.Contains(string(readme), "`"+n+"`") {
+			t.Errorf("README does not document %s", n)
+		}
 	}
 }
