@@ -4,6 +4,7 @@
 package metrics
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +21,8 @@ type Metrics struct {
 	commitSeconds   prometheus.Histogram
 	wakeups         *prometheus.CounterVec
 	pushSeconds     *prometheus.HistogramVec
+	requests        *prometheus.CounterVec
+	requestSeconds  *prometheus.HistogramVec
 }
 
 var (
@@ -57,7 +60,16 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}, []string{"platform"}),
 	}
-	for _, c := range []prometheus.Collector{m.reconnects, m.eventsCommitted, m.commits, m.commitSeconds, m.wakeups, m.pushSeconds} {
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pushproxy_http_requests_total",
+		Help: "API requests, by route pattern, method and status.",
+	}, []string{"route", "method", "status"})
+	m.requestSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "pushproxy_http_request_duration_seconds",
+		Help:    "API request duration by route pattern (event streams last as long as the reader stays).",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+	}, []string{"route"})
+	for _, c := range []prometheus.Collector{m.reconnects, m.eventsCommitted, m.commits, m.commitSeconds, m.wakeups, m.pushSeconds, m.requests, m.requestSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -73,6 +85,12 @@ func (m *Metrics) Committed(events, _ int, took time.Duration) {
 	m.eventsCommitted.Add(float64(events))
 	m.commits.Inc()
 	m.commitSeconds.Observe(took.Seconds())
+}
+
+// Request counts an API request.
+func (m *Metrics) Request(route, method string, status int, took time.Duration) {
+	m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
+	m.requestSeconds.WithLabelValues(route).Observe(took.Seconds())
 }
 
 // Wakeup counts a wake-up's outcome, and the push latency of those the platform answered.

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"log/slog"
 	"mime"
 	"net/http"
 	"net/url"
@@ -23,6 +24,7 @@ import (
 func (s *Service) Handler() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID)
+	r.Use(s.logRequests)
 	r.Use(s.recoverer)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, pushproxy.ENOTFOUND, "no such route: "+r.Method+" "+r.URL.Path)
@@ -49,6 +51,33 @@ func routePattern(r *http.Request) string {
 		return rc.RoutePattern()
 	}
 	return "unmatched"
+}
+
+// logRequests logs every request with its request id, route pattern, status and duration,
+// and counts it in the metrics. It never logs the path or the query: they carry stream ids
+// and tokens (events_url has ?token=).
+func (s *Service) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		defer func() {
+			status := ww.Status()
+			if status == 0 {
+				status = http.StatusOK
+			}
+			route, took := routePattern(r), time.Since(start)
+			s.opts.Metrics.Request(route, r.Method, status, took)
+			lvl := slog.LevelDebug
+			if status >= 500 {
+				lvl = slog.LevelError
+			}
+			s.log.Log(r.Context(), lvl, "request",
+				slog.String("request_id", middleware.GetReqID(r.Context())),
+				slog.String("method", r.Method), slog.String("route", route),
+				slog.Int("status", status), slog.Duration("took", took), slog.Int("bytes", ww.BytesWritten()))
+		}()
+		next.ServeHTTP(ww, r)
+	})
 }
 
 // recoverer turns a panic into a 500 problem and a log line (never the process).

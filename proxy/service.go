@@ -173,12 +173,16 @@ type Metrics interface {
 	Reconnect(kind string)
 	// Committed records one batch commit.
 	Committed(events, streams int, took time.Duration)
+	// Request records one API request by route pattern (never the path: it holds ids) and
+	// status.
+	Request(route, method string, status int, took time.Duration)
 }
 
 type noopMetrics struct{}
 
-func (noopMetrics) Reconnect(string)                  {}
-func (noopMetrics) Committed(int, int, time.Duration) {}
+func (noopMetrics) Reconnect(string)                           {}
+func (noopMetrics) Committed(int, int, time.Duration)          {}
+func (noopMetrics) Request(string, string, int, time.Duration) {}
 
 // Service is the proxy's core: the HTTP API, the holders of upstream streams, the committer
 // that batches their events into Postgres, and the hub that wakes event readers.

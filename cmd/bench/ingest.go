@@ -30,7 +30,8 @@ type counter struct {
 	lat                      []time.Duration
 }
 
-func (c *counter) Reconnect(string) {}
+func (c *counter) Reconnect(string)                           {}
+func (c *counter) Request(string, string, int, time.Duration) {}
 func (c *counter) Committed(events, streams int, took time.Duration) {
 	c.events.Add(int64(events))
 	c.commits.Add(1)

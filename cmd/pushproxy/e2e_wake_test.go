@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -202,7 +203,7 @@ func TestEndToEndWakeups(t *testing.T) {
 	}
 	fakes := startPushFakes(t)
 	originURL, _ := startOrigin(t, "--rate", "0", "--allow-emit", "--retry", "10ms")
-	api, _ := startProxyEnv(t, pgtest.NewDatabase(t), fakes.env, append(fakes.flags, "--wake-debounce", "1s")...)
+	api, px := startProxyEnv(t, pgtest.NewDatabase(t), fakes.env, append(fakes.flags, "--wake-debounce", "1s")...)
 	push := map[string]string{"platform": "apns", "token": apnsTokenA}
 	s1 := handoffPush(t, api, originURL+"/events?symbols=A", push)
 	s2 := handoffPush(t, api, originURL+"/events?symbols=B", push)
@@ -306,8 +307,19 @@ func TestEndToEndWakeups(t *testing.T) {
 	waitFor(t, "the metrics", func() bool {
 		m := metricsText(t, api)
 		return strings.Contains(m, `pushproxy_wakeups_total{outcome="sent",platform="apns"} 3`+"\n") &&
-			strings.Contains(m, "pushproxy_events_committed_total 28\n")
+			strings.Contains(m, "pushproxy_events_committed_total 28\n") &&
+			strings.Contains(m, `pushproxy_http_requests_total{method="POST",route="/v1/streams",status="201"} 2`+"\n")
 	})
+	// Every request is logged with its request id; no token or query ever is.
+	out := px.output()
+	if !regexp.MustCompile(`msg=request request_id=\S+ method=GET route=/v1/streams/\{id\}/events status=200`).MatchString(out) {
+		t.Error("no request line with its request id for the events reader")
+	}
+	for _, secret := range []string{s1.Token, s2.Token, "token=", apnsTokenA} {
+		if strings.Contains(out, secret) {
+			t.Errorf("the proxy's log holds a secret (%.12s...)", secret)
+		}
+	}
 }
 
 func metricsText(t *testing.T, api string) string {
