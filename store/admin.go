@@ -318,3 +318,53 @@ func (s *Store) WakeNow(ctx context.Context, deviceID string) (bool, error) {
 	// No debounce, no jitter, and no wait for a read (awaiting_since + 0 is in the past).
 	return s.ScheduleWakeup(ctx, deviceID, &WakePolicy{})
 }
+
+// BacklogStats are the database-wide numbers behind the backlog gauges.
+type BacklogStats struct {
+	Streams   map[string]int64 // by state
+	Connected int64
+	Events    int64
+	// OldestAges are, for each stream with a backlog, the age of its oldest unread event.
+	OldestAges []time.Duration
+}
+
+// GetBacklogStats computes the backlog gauges.
+func (s *Store) GetBacklogStats(ctx context.Context) (BacklogStats, error) {
+	b := BacklogStats{Streams: map[string]int64{pushproxy.StateHeld: 0, pushproxy.StateClosed: 0, pushproxy.StateFailed: 0}}
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT state, count(*), count(*) FILTER (WHERE connected), coalesce(sum(head_seq - floor_seq), 0) FROM streams GROUP BY state`)
+		if err != nil {
+			return err
+		}
+		var (
+			state             string
+			n, conn, backlogN int64
+		)
+		_, err = pgx.ForEachRow(rows, []any{&state, &n, &conn, &backlogN}, func() error {
+			b.Streams[state] = n
+			b.Connected += conn
+			b.Events += backlogN
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `
+			SELECT extract(epoch FROM now() - e.created_at)
+			FROM streams s JOIN events e ON e.stream_id = s.id AND e.seq = s.floor_seq + 1
+			WHERE s.head_seq > s.floor_seq`)
+		if err != nil {
+			return err
+		}
+		var age float64
+		_, err = pgx.ForEachRow(rows, []any{&age}, func() error {
+			b.OldestAges = append(b.OldestAges, time.Duration(age*float64(time.Second)))
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return b, fmt.Errorf("backlog stats: %w", err)
+	}
+	return b, nil
+}

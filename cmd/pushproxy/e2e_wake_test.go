@@ -308,7 +308,10 @@ func TestEndToEndWakeups(t *testing.T) {
 		m := metricsText(t, api)
 		return strings.Contains(m, `pushproxy_wakeups_total{outcome="sent",platform="apns"} 3`+"\n") &&
 			strings.Contains(m, "pushproxy_events_committed_total 28\n") &&
-			strings.Contains(m, `pushproxy_http_requests_total{method="POST",route="/v1/streams",status="201"} 2`+"\n")
+			strings.Contains(m, `pushproxy_http_requests_total{method="POST",route="/v1/streams",status="201"} 2`+"\n") &&
+			strings.Contains(m, `pushproxy_streams{state="held"} 2`+"\n") &&
+			strings.Contains(m, "pushproxy_upstreams_connected 2\n") &&
+			strings.Contains(m, "pushproxy_stream_oldest_unread_event_age_seconds_count")
 	})
 	// Every request is logged with its request id; no token or query ever is.
 	out := px.output()

@@ -170,6 +170,9 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	if err != nil {
 		return nil, err
 	}
+	if err := reg.Register(metrics.NewBacklogCollector(s.st, log)); err != nil {
+		return nil, err
+	}
 	po.Metrics = m
 	senders, err := cfg.Wake.senders(ctx, log)
 	if err != nil {
