@@ -20,11 +20,22 @@ const maxAdminPage = 500
 func (s *Service) adminRoutes(r chi.Router) {
 	r.Use(s.requireAdmin)
 	r.Get("/streams", s.handleAdminStreams)
+	r.Get("/streams/{id}", s.handleAdminStream)
 	r.Post("/streams/{id}/close", s.handleAdminCloseStream)
 	r.Get("/totals", s.handleAdminTotals)
 	r.Get("/devices/{id}", s.handleAdminDevice)
 	r.Post("/devices/{id}/wake", s.handleAdminWake)
 	r.Delete("/devices/{id}", s.handleAdminForget)
+}
+
+// handleAdminStream is GET /v1/streams/{id} without the stream token.
+func (s *Service) handleAdminStream(w http.ResponseWriter, r *http.Request) {
+	st, err := s.store.GetStream(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeStream(w, r, st)
 }
 
 func (s *Service) handleAdminCloseStream(w http.ResponseWriter, r *http.Request) {

@@ -323,6 +323,11 @@ func (s *Service) handleGetStream(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	s.writeStream(w, r, st)
+}
+
+// writeStream answers a stream with its device's wake-up state.
+func (s *Service) writeStream(w http.ResponseWriter, r *http.Request, st pushproxy.Stream) {
 	resp := toStreamResponse(st)
 	if st.DeviceID != "" {
 		ws, err := s.store.DeviceWakeState(r.Context(), st.DeviceID)

@@ -47,6 +47,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runDemo(ctx, args[1:], stdout, stderr, getenv)
 	case "fakes":
 		return runFakes(ctx, args[1:], stdout, stderr, getenv)
+	case "streams", "backlog", "devices":
+		return runCLI(ctx, args, stdout, stderr, getenv)
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, topUsage)
 		return 0
