@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/wakeup/internal/fakeutil"
 )
 
 // Limits Apple applies.
@@ -105,39 +106,33 @@ type Server struct {
 	latency atomic.Int64
 	refused atomic.Int64
 
-	actMu   sync.Mutex
-	active  int
-	peak    int
-	drained chan struct{}
+	inFlight fakeutil.InFlight
 
 	jwtMu    sync.Mutex
 	verified map[string]providerToken
 
-	mu         sync.Mutex
-	pushes     []Push
-	changed    chan struct{}
-	gone       map[string]time.Time
-	tokenRules map[string]*rule
-	next       []*rule
+	pushes fakeutil.Log[Push]
+	faults fakeutil.Faults[rule]
+
+	mu   sync.Mutex
+	gone map[string]time.Time
 }
 
+// rule is an injected failure.
 type rule struct {
 	status     int
 	reason     string
 	retryAfter time.Duration
-	remaining  int // < 0: forever
 }
 
 // New returns a Server that is not started yet.
 func New(opts Options) *Server {
 	s := &Server{
-		opts:       opts,
-		streams:    opts.MaxConcurrentStreams,
-		clock:      opts.Clock,
-		verified:   make(map[string]providerToken),
-		changed:    make(chan struct{}),
-		gone:       make(map[string]time.Time),
-		tokenRules: make(map[string]*rule),
+		opts:     opts,
+		streams:  opts.MaxConcurrentStreams,
+		clock:    opts.Clock,
+		verified: make(map[string]providerToken),
+		gone:     make(map[string]time.Time),
 	}
 	if s.streams == 0 {
 		s.streams = DefaultMaxConcurrentStreams
@@ -251,26 +246,14 @@ func (s *Server) Close() {
 	}
 	s.srv.Close()
 	<-s.served
-	s.actMu.Lock()
-	if s.active > 0 {
-		ch := make(chan struct{})
-		s.drained = ch
-		s.actMu.Unlock()
-		<-ch
-		return
-	}
-	s.actMu.Unlock()
+	s.inFlight.Wait()
 }
 
 // SetLatency sets the time added to every answer from now on.
 func (s *Server) SetLatency(d time.Duration) { s.latency.Store(int64(d)) }
 
 // PeakInFlight is the largest number of requests the server was handling at once.
-func (s *Server) PeakInFlight() int {
-	s.actMu.Lock()
-	defer s.actMu.Unlock()
-	return s.peak
-}
+func (s *Server) PeakInFlight() int { return s.inFlight.Peak() }
 
 // RefusedStreams is the number of streams the server refused because the client opened more
 // than MaxConcurrentStreams at once.
@@ -279,9 +262,7 @@ func (s *Server) RefusedStreams() int { return int(s.refused.Load()) }
 // FailToken makes the pushes to token fail with status and Apple's reason, the next times
 // pushes, or every push from now on when times <= 0.
 func (s *Server) FailToken(token string, status int, reason string, times int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.tokenRules[token] = &rule{status: status, reason: reason, remaining: forever(times)}
+	s.faults.SetToken(token, rule{status: status, reason: reason}, times)
 }
 
 // Unregister makes token unregistered, as when the app was removed: its pushes get 410
@@ -295,67 +276,38 @@ func (s *Server) Unregister(token string) {
 // ClearToken forgets the failures set for token by FailToken and Unregister.
 func (s *Server) ClearToken(token string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	delete(s.gone, token)
-	delete(s.tokenRules, token)
+	s.mu.Unlock()
+	s.faults.ClearToken(token)
 }
 
 // FailNext makes the next n valid pushes, whatever their token, fail with status and reason,
 // with a Retry-After header when retryAfter > 0 (rounded up to whole seconds). Calls queue:
 // the failures of a second call come after those of the first.
 func (s *Server) FailNext(n int, status int, reason string, retryAfter time.Duration) {
-	if n <= 0 {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.next = append(s.next, &rule{status: status, reason: reason, retryAfter: retryAfter, remaining: n})
+	s.faults.AddNext(n, rule{status: status, reason: reason, retryAfter: retryAfter})
 }
 
 // Pushes returns the pushes received so far, in order.
-func (s *Server) Pushes() []Push {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Push(nil), s.pushes...)
-}
+func (s *Server) Pushes() []Push { return s.pushes.All() }
 
 // WaitFor waits until n pushes have been received in all and returns them all.
 func (s *Server) WaitFor(ctx context.Context, n int) ([]Push, error) {
-	for {
-		s.mu.Lock()
-		if len(s.pushes) >= n {
-			out := append([]Push(nil), s.pushes...)
-			s.mu.Unlock()
-			return out, nil
-		}
-		ch := s.changed
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("fakeapns: waiting for %d pushes: %w", n, ctx.Err())
-		}
+	ps, err := s.pushes.WaitFor(ctx, n)
+	if err != nil {
+		return nil, fmt.Errorf("fakeapns: waiting for %d pushes: %w", n, err)
 	}
+	return ps, nil
 }
 
 // Reset forgets the pushes received, the failures set and the peak of requests in flight.
 func (s *Server) Reset() {
+	s.pushes.Reset()
+	s.faults.Reset()
 	s.mu.Lock()
-	s.pushes = nil
 	s.gone = make(map[string]time.Time)
-	s.tokenRules = make(map[string]*rule)
-	s.next = nil
 	s.mu.Unlock()
-	s.actMu.Lock()
-	s.peak = s.active
-	s.actMu.Unlock()
-}
-
-func forever(times int) int {
-	if times <= 0 {
-		return -1
-	}
-	return times
+	s.inFlight.ResetPeak()
 }
 
 // answer is the server's reply to one push.
@@ -371,29 +323,10 @@ func refuse(status int, reason, detail string, args ...any) *answer {
 	return &answer{status: status, reason: reason, detail: fmt.Sprintf(detail, args...)}
 }
 
-func (s *Server) enter() {
-	s.actMu.Lock()
-	s.active++
-	if s.active > s.peak {
-		s.peak = s.active
-	}
-	s.actMu.Unlock()
-}
-
-func (s *Server) leave() {
-	s.actMu.Lock()
-	s.active--
-	if s.active == 0 && s.drained != nil {
-		close(s.drained)
-		s.drained = nil
-	}
-	s.actMu.Unlock()
-}
-
 // ServeHTTP answers one request of the APNs provider API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.enter()
-	defer s.leave()
+	s.inFlight.Enter()
+	defer s.inFlight.Leave()
 
 	p := Push{
 		Time:       s.clock(),
@@ -424,12 +357,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("apns-id", p.ID)
 	if a == nil {
 		p.Status = http.StatusOK
-		s.record(p)
+		s.pushes.Add(p)
 		w.WriteHeader(http.StatusOK)
 		return
 	}
 	p.Status, p.Reason, p.Detail = a.status, a.reason, a.detail
-	s.record(p)
+	s.pushes.Add(p)
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	if a.detail != "" {
@@ -447,14 +380,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		resp.Timestamp = a.timestamp.UnixMilli()
 	}
 	_ = json.NewEncoder(w).Encode(resp)
-}
-
-func (s *Server) record(p Push) {
-	s.mu.Lock()
-	s.pushes = append(s.pushes, p)
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
 }
 
 // check applies Apple's rules to a request. It fills p.Token, p.ID, p.KeyID and p.CertTopic
@@ -620,28 +545,20 @@ func checkPayload(body []byte, pushType string, readErr error) *answer {
 // injected is the failure set for this push, if any.
 func (s *Server) injected(token string) *answer {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if at, ok := s.gone[token]; ok {
+	at, gone := s.gone[token]
+	s.mu.Unlock()
+	if gone {
 		return &answer{status: 410, reason: "Unregistered", timestamp: at, detail: "the device token is unregistered"}
 	}
-	if r := s.tokenRules[token]; r != nil {
-		if r.remaining > 0 {
-			r.remaining--
-			if r.remaining == 0 {
-				delete(s.tokenRules, token)
-			}
-		}
-		return &answer{status: r.status, reason: r.reason, retryAfter: r.retryAfter, detail: "failure injected for this token"}
+	r, forToken, ok := s.faults.Take(token)
+	if !ok {
+		return nil
 	}
-	if len(s.next) > 0 {
-		r := s.next[0]
-		r.remaining--
-		if r.remaining == 0 {
-			s.next = s.next[1:]
-		}
-		return &answer{status: r.status, reason: r.reason, retryAfter: r.retryAfter, detail: "failure injected for the next pushes"}
+	detail := "failure injected for the next pushes"
+	if forToken {
+		detail = "failure injected for this token"
 	}
-	return nil
+	return &answer{status: r.status, reason: r.reason, retryAfter: r.retryAfter, detail: detail}
 }
 
 func isDeviceToken(t string) bool {

@@ -20,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pushproxy/pushproxy/wakeup/internal/fakeutil"
 )
 
 // FCM error codes (the errorCode of the FcmError detail).
@@ -107,24 +109,20 @@ type Server struct {
 	url    string
 	served chan struct{}
 
-	actMu   sync.Mutex
-	active  int
-	drained chan struct{}
+	inFlight fakeutil.InFlight
+	messages fakeutil.Log[Message]
+	faults   fakeutil.Faults[rule]
 
-	mu         sync.Mutex
-	messages   []Message
-	changed    chan struct{}
-	tokens     map[string]time.Time // access token -> expiry
-	issued     int
-	gone       map[string]bool
-	tokenRules map[string]*rule
-	next       []*rule
+	mu     sync.Mutex
+	tokens map[string]time.Time // access token -> expiry
+	issued int
+	gone   map[string]bool
 }
 
+// rule is an injected failure.
 type rule struct {
 	code       string
 	retryAfter time.Duration
-	remaining  int // < 0: forever
 }
 
 // New returns a Server that is not started yet.
@@ -136,12 +134,10 @@ func New(opts Options) *Server {
 		opts.ClientEmail = "pushproxy@" + opts.ProjectID + ".iam.gserviceaccount.com"
 	}
 	s := &Server{
-		opts:       opts,
-		clock:      opts.Clock,
-		changed:    make(chan struct{}),
-		tokens:     make(map[string]time.Time),
-		gone:       make(map[string]bool),
-		tokenRules: make(map[string]*rule),
+		opts:   opts,
+		clock:  opts.Clock,
+		tokens: make(map[string]time.Time),
+		gone:   make(map[string]bool),
 	}
 	if s.clock == nil {
 		s.clock = time.Now
@@ -203,15 +199,7 @@ func (s *Server) Close() {
 	}
 	s.srv.Close()
 	<-s.served
-	s.actMu.Lock()
-	if s.active > 0 {
-		ch := make(chan struct{})
-		s.drained = ch
-		s.actMu.Unlock()
-		<-ch
-		return
-	}
-	s.actMu.Unlock()
+	s.inFlight.Wait()
 }
 
 // CredentialsJSON is a service account key file for the fake (after Start): type
@@ -271,28 +259,21 @@ func (s *Server) Unregister(token string) {
 // FailToken makes the messages to token fail with an FCM error code (UNREGISTERED,
 // QUOTA_EXCEEDED...), the next times messages, or every message when times <= 0.
 func (s *Server) FailToken(token, code string, times int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.tokenRules[token] = &rule{code: code, remaining: forever(times)}
+	s.faults.SetToken(token, rule{code: code}, times)
 }
 
 // ClearToken forgets the failures set for token.
 func (s *Server) ClearToken(token string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	delete(s.gone, token)
-	delete(s.tokenRules, token)
+	s.mu.Unlock()
+	s.faults.ClearToken(token)
 }
 
 // FailNext makes the next n valid messages, whatever their token, fail with an FCM error
 // code, with a Retry-After header when retryAfter > 0 (rounded up to whole seconds).
 func (s *Server) FailNext(n int, code string, retryAfter time.Duration) {
-	if n <= 0 {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.next = append(s.next, &rule{code: code, retryAfter: retryAfter, remaining: n})
+	s.faults.AddNext(n, rule{code: code, retryAfter: retryAfter})
 }
 
 // RevokeTokens invalidates every access token issued so far: requests bearing them get 401
@@ -311,68 +292,30 @@ func (s *Server) TokensIssued() int {
 }
 
 // Messages returns the send requests received so far, in order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
+func (s *Server) Messages() []Message { return s.messages.All() }
 
 // WaitFor waits until n send requests have been received in all and returns them all.
 func (s *Server) WaitFor(ctx context.Context, n int) ([]Message, error) {
-	for {
-		s.mu.Lock()
-		if len(s.messages) >= n {
-			out := append([]Message(nil), s.messages...)
-			s.mu.Unlock()
-			return out, nil
-		}
-		ch := s.changed
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("fakefcm: waiting for %d messages: %w", n, ctx.Err())
-		}
+	ms, err := s.messages.WaitFor(ctx, n)
+	if err != nil {
+		return nil, fmt.Errorf("fakefcm: waiting for %d messages: %w", n, err)
 	}
+	return ms, nil
 }
 
 // Reset forgets the messages received and the failures set (not the access tokens).
 func (s *Server) Reset() {
+	s.messages.Reset()
+	s.faults.Reset()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.messages = nil
 	s.gone = make(map[string]bool)
-	s.tokenRules = make(map[string]*rule)
-	s.next = nil
-}
-
-func forever(times int) int {
-	if times <= 0 {
-		return -1
-	}
-	return times
-}
-
-func (s *Server) enter() {
-	s.actMu.Lock()
-	s.active++
-	s.actMu.Unlock()
-}
-
-func (s *Server) leave() {
-	s.actMu.Lock()
-	s.active--
-	if s.active == 0 && s.drained != nil {
-		close(s.drained)
-		s.drained = nil
-	}
-	s.actMu.Unlock()
+	s.mu.Unlock()
 }
 
 // ServeHTTP routes the token endpoint and the send endpoint.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.enter()
-	defer s.leave()
+	s.inFlight.Enter()
+	defer s.inFlight.Leave()
 	switch {
 	case r.URL.Path == "/token":
 		s.serveToken(w, r)
@@ -458,7 +401,7 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 	}
 	if e != nil {
 		m.Status, m.ErrorStatus, m.ErrorCode, m.ErrorMessage = e.code, e.status, e.fcmCode, e.message
-		s.record(m)
+		s.messages.Add(m)
 		writeError(w, e)
 		return
 	}
@@ -467,16 +410,8 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 	if m.ValidateOnly {
 		m.Name = "projects/" + m.Project + "/messages/fake_message_id"
 	}
-	s.record(m)
+	s.messages.Add(m)
 	writeJSON(w, http.StatusOK, map[string]string{"name": m.Name})
-}
-
-func (s *Server) record(m Message) {
-	s.mu.Lock()
-	s.messages = append(s.messages, m)
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
 }
 
 func (s *Server) checkSend(r *http.Request, m *Message, body []byte, readErr error) *apiError {
@@ -505,32 +440,18 @@ func (s *Server) checkSend(r *http.Request, m *Message, body []byte, readErr err
 // injected is the failure set for this message, if any.
 func (s *Server) injected(token string) *apiError {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.gone[token] {
+	gone := s.gone[token]
+	s.mu.Unlock()
+	if gone {
 		return fcmError(Unregistered, "")
 	}
-	if r := s.tokenRules[token]; r != nil {
-		if r.remaining > 0 {
-			r.remaining--
-			if r.remaining == 0 {
-				delete(s.tokenRules, token)
-			}
-		}
-		e := fcmError(r.code, "")
-		e.retryAfter = r.retryAfter
-		return e
+	r, _, ok := s.faults.Take(token)
+	if !ok {
+		return nil
 	}
-	if len(s.next) > 0 {
-		r := s.next[0]
-		r.remaining--
-		if r.remaining == 0 {
-			s.next = s.next[1:]
-		}
-		e := fcmError(r.code, "")
-		e.retryAfter = r.retryAfter
-		return e
-	}
-	return nil
+	e := fcmError(r.code, "")
+	e.retryAfter = r.retryAfter
+	return e
 }
 
 func randomHex(n int) string {
