@@ -23,11 +23,10 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"sort"
-	"strings"
 	"syscall"
 	"time"
 
+	"github.com/pushproxy/pushproxy/internal/envflag"
 	"github.com/pushproxy/pushproxy/origin"
 )
 
@@ -39,23 +38,20 @@ func main() {
 
 // config is the parsed command line.
 type config struct {
-	listen          listFlag
+	listen          envflag.List
 	opts            origin.Options
 	tlsCert, tlsKey string
 	logLevel        string
 	shutdownTimeout time.Duration
 }
 
-// envName is the environment twin of a flag: ORIGIN_ and the name in upper snake case.
-func envName(flagName string) string {
-	return "ORIGIN_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
+const envPrefix = "ORIGIN_"
 
 // parseConfig parses args, taking each flag not given on the command line from its
 // environment twin. flag.ErrHelp means --help was asked for (the usage went to stderr).
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
 	d := origin.DefaultOptions()
-	c := &config{listen: listFlag{"127.0.0.1:9090"}}
+	c := &config{listen: envflag.List{"127.0.0.1:9090"}}
 	fs := flag.NewFlagSet("origin", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Var(&c.listen, "listen", "comma-separated addresses to listen on, all serving the same origin (port 0: any free port)")
@@ -73,40 +69,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.tlsKey, "tls-key", "", "TLS private key file (PEM)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 5*time.Second, "longest graceful shutdown on SIGINT/SIGTERM")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: origin [flags]\n\nThe reference Server-Sent Events origin of pushproxy: a stock ticker on GET /events.\n\nFlags (each also read from its environment variable):\n")
-		var lines [][3]string
-		fs.VisitAll(func(f *flag.Flag) {
-			def := ""
-			if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "0s" && f.DefValue != "false" {
-				def = " (default " + f.DefValue + ")"
-			}
-			lines = append(lines, [3]string{"--" + f.Name, envName(f.Name), f.Usage + def})
-		})
-		sort.Slice(lines, func(i, j int) bool { return lines[i][0] < lines[j][0] })
-		for _, l := range lines {
-			fmt.Fprintf(stderr, "  %-20s %s\n  %-20s   %s\n", l[0], l[1], "", l[2])
-		}
-	}
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] || err != nil {
-			return
-		}
-		if v := getenv(envName(f.Name)); v != "" {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, e)
-			}
-		}
-	})
+	fs.Usage = envflag.Usage(fs, envPrefix, stderr, "Usage: origin [flags]\n\nThe reference Server-Sent Events origin of pushproxy: a stock ticker on GET /events.")
+	err := envflag.Parse(fs, envPrefix, args, getenv)
 	if err != nil {
 		return nil, err
 	}
@@ -214,19 +178,4 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("origin stopped")
 	return code
-}
-
-// listFlag is a comma-separated list.
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-
-func (l *listFlag) Set(v string) error {
-	*l = nil
-	for p := range strings.SplitSeq(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*l = append(*l, p)
-		}
-	}
-	return nil
 }

@@ -5,73 +5,27 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sort"
-	"strings"
+
+	"github.com/pushproxy/pushproxy/internal/envflag"
 )
 
-// envName is the environment twin of a flag: PUSHPROXY_ and the name in upper snake case
-// (--upstream-allow → PUSHPROXY_UPSTREAM_ALLOW).
-func envName(flagName string) string {
-	return "PUSHPROXY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
+const envPrefix = "PUSHPROXY_"
 
-// parseFlags parses args into fs, after taking each flag not given on the command line from
-// its environment twin. The command line wins over the environment.
+// envName is the environment twin of a flag (--upstream-allow → PUSHPROXY_UPSTREAM_ALLOW).
+func envName(flagName string) string { return envflag.Name(envPrefix, flagName) }
+
+// parseFlags parses args into fs, then each flag not given from its environment twin.
 func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] || err != nil {
-			return
-		}
-		if v := getenv(envName(f.Name)); v != "" {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, e)
-			}
-		}
-	})
-	return err
+	return envflag.Parse(fs, envPrefix, args, getenv)
 }
 
 // usage prints a subcommand's flags with their environment twins and defaults.
 func usage(fs *flag.FlagSet, w io.Writer, synopsis string) func() {
-	return func() {
-		fmt.Fprintf(w, "%s\n\nFlags (each also read from its environment variable):\n", synopsis)
-		var lines [][3]string
-		fs.VisitAll(func(f *flag.Flag) {
-			def := ""
-			if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "0s" && f.DefValue != "false" {
-				def = " (default " + f.DefValue + ")"
-			}
-			lines = append(lines, [3]string{"--" + f.Name, envName(f.Name), f.Usage + def})
-		})
-		sort.Slice(lines, func(i, j int) bool { return lines[i][0] < lines[j][0] })
-		for _, l := range lines {
-			fmt.Fprintf(w, "  %-28s %s\n  %-28s   %s\n", l[0], l[1], "", l[2])
-		}
-	}
+	return envflag.Usage(fs, envPrefix, w, synopsis)
 }
 
 // listFlag is a comma-separated list.
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error {
-	*l = nil
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*l = append(*l, p)
-		}
-	}
-	return nil
-}
+type listFlag = envflag.List
 
 // secretListFlag is a list whose values never print (API keys).
 type secretListFlag struct{ listFlag }
