@@ -39,26 +39,7 @@ func (s *Service) handleAdminStream(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) handleAdminCloseStream(w http.ResponseWriter, r *http.Request) {
-	id := chi.URLParam(r, "id")
-	if _, err := s.store.GetStream(r.Context(), id); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	res, err := s.store.CloseStream(r.Context(), id)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	s.mu.Lock()
-	h := s.holders[id]
-	s.mu.Unlock()
-	if h != nil {
-		s.unhold(h)
-	}
-	writeJSON(w, http.StatusOK, closeResponse{
-		ID: res.Stream.ID, State: res.Stream.State, LastEventID: res.Stream.AckedID,
-		UpstreamLastEventID: res.Stream.ResumeID, Discarded: res.Discarded,
-	})
+	s.closeStream(w, r, chi.URLParam(r, "id"))
 }
 
 type adminWakeup struct {

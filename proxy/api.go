@@ -366,13 +366,19 @@ func (s *Service) handleCloseStream(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	res, err := s.store.CloseStream(r.Context(), st.ID)
+	s.closeStream(w, r, st.ID)
+}
+
+// closeStream stops holding a stream, drops its backlog, and answers where to resume the
+// origin.
+func (s *Service) closeStream(w http.ResponseWriter, r *http.Request, id string) {
+	res, err := s.store.CloseStream(r.Context(), id)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	s.mu.Lock()
-	h := s.holders[st.ID]
+	h := s.holders[id]
 	s.mu.Unlock()
 	if h != nil {
 		s.unhold(h)

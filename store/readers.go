@@ -26,14 +26,6 @@ func (s *Store) OpenReader(ctx context.Context, streamID, deviceID, instance str
 	return id, nil
 }
 
-// CloseReader removes an open reader.
-func (s *Store) CloseReader(ctx context.Context, readerID string) error {
-	if _, err := s.pool.Exec(ctx, `DELETE FROM readers WHERE id = $1`, readerID); err != nil {
-		return fmt.Errorf("close reader: %w", err)
-	}
-	return nil
-}
-
 // RefreshReaders extends the expiry of every reader instance has open, and removes readers
 // of any instance that expired (a crashed instance's). It returns the devices of the removed
 // readers: they may be asleep now, with events their reader was never sent.

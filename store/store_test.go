@@ -373,7 +373,7 @@ func TestReadersMakeADeviceAwake(t *testing.T) {
 	if !awake() {
 		t.Fatal("asleep with a reader open")
 	}
-	if err := st.CloseReader(ctx, r); err != nil {
+	if err := st.CloseReaderDelivered(ctx, r, s.ID, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	if awake() {
