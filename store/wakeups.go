@@ -168,13 +168,16 @@ func (s *Store) ClaimWakeups(ctx context.Context, owner string, now time.Time, t
 		SELECT c.id::text, c.device_id::text, d.platform, d.token, d.topic, d.environment, c.urgent, c.attempts,
 			c.created_at, c.due_at, d.dead_at IS NOT NULL,
 			EXISTS (SELECT 1 FROM readers r WHERE r.device_id = d.id AND r.expires_at > now()),
-			coalesce((SELECT array_agg(s.id::text ORDER BY s.id) FROM streams s
-				WHERE s.device_id = d.id AND s.head_seq > greatest(s.floor_seq, s.delivered_seq)), '{}'),
-			coalesce((SELECT array_agg(s.head_seq - greatest(s.floor_seq, s.delivered_seq) ORDER BY s.id) FROM streams s
-				WHERE s.device_id = d.id AND s.head_seq > greatest(s.floor_seq, s.delivered_seq)), '{}'),
+			coalesce(p.ids, '{}'), coalesce(p.counts, '{}'),
 			coalesce((SELECT array_agg(x.sent_at ORDER BY x.sent_at) FROM wakeups x
 				WHERE x.device_id = d.id AND x.state = 'sent' AND x.sent_at > $2::timestamptz - $5::interval), '{}')
-		FROM claimed c JOIN devices d ON d.id = c.device_id`,
+		FROM claimed c JOIN devices d ON d.id = c.device_id
+		-- The device's streams with events not delivered, and how many, in one pass.
+		LEFT JOIN LATERAL (
+			SELECT array_agg(s.id::text ORDER BY s.id) AS ids,
+				array_agg(s.head_seq - greatest(s.floor_seq, s.delivered_seq) ORDER BY s.id) AS counts
+			FROM streams s
+			WHERE s.device_id = d.id AND s.head_seq > greatest(s.floor_seq, s.delivered_seq)) p ON true`,
 		owner, now, ttl, limit, window)
 	if err != nil {
 		return nil, fmt.Errorf("claim wake-ups: %w", err)
