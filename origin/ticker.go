@@ -90,29 +90,29 @@ func (o *Origin) TickN(n int) []Event {
 	return evs
 }
 
+// moveRandomLocked moves a random symbol index from one list to the other and returns it.
+func (o *Origin) moveRandomLocked(from, to *[]int) int {
+	k := o.rng.IntN(len(*from))
+	i := (*from)[k]
+	(*from)[k] = (*from)[len(*from)-1]
+	*from = (*from)[:len(*from)-1]
+	*to = append(*to, i)
+	return i
+}
+
 // stepLocked makes one change to the universe and appends its event.
 func (o *Origin) stepLocked(ms int64) *entry {
 	r := o.rng.IntN(100)
 	switch {
 	case r == 0 && len(o.listed) > 1:
-		k := o.rng.IntN(len(o.listed))
-		i := o.listed[k]
-		o.listed[k] = o.listed[len(o.listed)-1]
-		o.listed = o.listed[:len(o.listed)-1]
-		o.unlisted = append(o.unlisted, i)
-		s := &o.syms[i]
+		s := &o.syms[o.moveRandomLocked(&o.listed, &o.unlisted)]
 		s.listed = false
 		return o.appendLocked(TypeRemove, s.name, func(b []byte) []byte {
 			b = appendSymbol(b, s.name)
 			return appendTime(b, ms)
 		}, "")
 	case r == 1 && len(o.unlisted) > 0:
-		k := o.rng.IntN(len(o.unlisted))
-		i := o.unlisted[k]
-		o.unlisted[k] = o.unlisted[len(o.unlisted)-1]
-		o.unlisted = o.unlisted[:len(o.unlisted)-1]
-		o.listed = append(o.listed, i)
-		s := &o.syms[i]
+		s := &o.syms[o.moveRandomLocked(&o.unlisted, &o.listed)]
 		s.listed = true
 		return o.appendLocked(TypeAdd, s.name, func(b []byte) []byte {
 			b = appendSymbol(b, s.name)
