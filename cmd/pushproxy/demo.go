@@ -47,9 +47,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	fs.DurationVar(&cfg.Sleep, "sleep", 5*time.Second, "how long the device sleeps: the proxy waits this long after the first event (the wake-up debounce) before it wakes the device")
 	fs.Float64Var(&cfg.Rate, "rate", 4, "events per second the reference origin publishes")
 	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "Postgres database to run on (empty: a throwaway local cluster)")
-	cfg.Log.Level = "warn"
-	fs.StringVar(&cfg.Log.Level, "log-level", "error", "debug, info, warn or error (the proxy's own log, on stderr)")
-	fs.StringVar(&cfg.Log.Format, "log-format", "text", "text or json")
+	cfg.Log.flags(fs, "error") // the proxy's own log, on stderr; the timeline goes to stdout
 	fs.Usage = usage(fs, stderr, "Usage: pushproxy demo [flags]\n\nRuns the reference origin, the proxy on a throwaway Postgres, and a device that hands off\nits stream, sleeps, and fetches its backlog, and prints the timeline.")
 	if code, ok := parseCommand(fs, "demo", args, getenv, stderr); !ok {
 		return code

@@ -25,7 +25,7 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	)
 	fs.StringVar(&dbURL, "database-url", "", "Postgres URL (DATABASE_URL is read too); empty: the local Postgres in --data-dir")
 	fs.StringVar(&dataDir, "data-dir", "pushproxy-data", "data directory of the local Postgres, when no database URL is given")
-	lc.flags(fs)
+	lc.flags(fs, "info")
 	fs.Usage = usage(fs, stderr, "Usage: pushproxy migrate [up|status] [flags]\n\nApplies pending migrations (up, the default) or shows the schema version (status).")
 	if code, ok := parseCommand(fs, "migrate", args, getenv, stderr); !ok {
 		return code

@@ -50,7 +50,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long a graceful shutdown may take")
 	fs.IntVar(&c.DBMaxConns, "db-max-conns", 20, "size of the Postgres connection pool")
 	fs.StringVar(&c.DebugListen, "debug-listen", "", "address of the Go profiler (/debug/pprof/); keep it private (empty: off)")
-	c.Log.flags(fs)
+	c.Log.flags(fs, "info")
 
 	fs.Var(&c.Allow, "upstream-allow", "upstreams the proxy may dial: comma-separated hosts, host:port, CIDRs, or * for any public host (empty: any public host; loopback and private addresses only when listed)")
 	fs.StringVar(&c.Proxy.AdminToken, "admin-token", "", "bearer token of the admin API (/v1/admin/...); empty: the admin API is off")
@@ -84,8 +84,9 @@ type logConfig struct {
 	Format string
 }
 
-func (c *logConfig) flags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Level, "log-level", "info", "debug, info, warn or error")
+// flags declares --log-level (defaulting to level) and --log-format.
+func (c *logConfig) flags(fs *flag.FlagSet, level string) {
+	fs.StringVar(&c.Level, "log-level", level, "debug, info, warn or error")
 	fs.StringVar(&c.Format, "log-format", "text", "text or json")
 }
 
