@@ -17,7 +17,7 @@ type BacklogCollector struct {
 	log     *slog.Logger
 	timeout time.Duration
 
-	streams, connected, events, oldest *prometheus.Desc
+	streams, connected, events, bytes, oldest *prometheus.Desc
 	ages                               *prometheus.Desc
 }
 
@@ -33,6 +33,7 @@ func NewBacklogCollector(st *store.Store, log *slog.Logger) *BacklogCollector {
 		streams:   prometheus.NewDesc("pushproxy_streams", "Streams by state (database-wide).", []string{"state"}, nil),
 		connected: prometheus.NewDesc("pushproxy_upstreams_connected", "Held streams whose upstream is connected (database-wide).", nil, nil),
 		events:    prometheus.NewDesc("pushproxy_backlog_events", "Events queued and not yet read, in total (database-wide).", nil, nil),
+		bytes:     prometheus.NewDesc("pushproxy_backlog_bytes", "Stored bytes (effective id + type + data) of the events queued and not yet read, in total (database-wide).", nil, nil),
 		oldest:    prometheus.NewDesc("pushproxy_oldest_unread_event_age_seconds", "Age of the oldest unread event of any stream (database-wide; 0 when none).", nil, nil),
 		ages:      prometheus.NewDesc("pushproxy_stream_oldest_unread_event_age_seconds", "Over streams with a backlog: the age of each one's oldest unread event (database-wide).", nil, nil),
 	}
@@ -40,7 +41,7 @@ func NewBacklogCollector(st *store.Store, log *slog.Logger) *BacklogCollector {
 
 // Describe implements prometheus.Collector.
 func (c *BacklogCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.streams, c.connected, c.events, c.oldest, c.ages} {
+	for _, d := range []*prometheus.Desc{c.streams, c.connected, c.events, c.bytes, c.oldest, c.ages} {
 		ch <- d
 	}
 }
@@ -60,6 +61,7 @@ func (c *BacklogCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(b.Connected))
 	ch <- prometheus.MustNewConstMetric(c.events, prometheus.GaugeValue, float64(b.Events))
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(b.Bytes))
 	var oldest, sum float64
 	counts := make(map[float64]uint64, len(ageBuckets))
 	for _, a := range b.OldestAges {

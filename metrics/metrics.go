@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pushproxy/pushproxy/proxy"
+	"github.com/pushproxy/pushproxy/store"
 	"github.com/pushproxy/pushproxy/wakeup"
 )
 
@@ -17,6 +18,7 @@ import (
 type Metrics struct {
 	reconnects      *prometheus.CounterVec
 	eventsCommitted prometheus.Counter
+	bytesCommitted  prometheus.Counter
 	commits         prometheus.Counter
 	commitSeconds   prometheus.Histogram
 	wakeups         *prometheus.CounterVec
@@ -40,6 +42,10 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		eventsCommitted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pushproxy_events_committed_total",
 			Help: "Upstream events committed to Postgres.",
+		}),
+		bytesCommitted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pushproxy_event_bytes_committed_total",
+			Help: "Stored bytes (effective id + type + data) of the upstream events committed to Postgres.",
 		}),
 		commits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pushproxy_commits_total",
@@ -69,7 +75,7 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		Help:    "API request duration by route pattern (event streams last as long as the reader stays).",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 	}, []string{"route"})
-	for _, c := range []prometheus.Collector{m.reconnects, m.eventsCommitted, m.commits, m.commitSeconds, m.wakeups, m.pushSeconds, m.requests, m.requestSeconds} {
+	for _, c := range []prometheus.Collector{m.reconnects, m.eventsCommitted, m.bytesCommitted, m.commits, m.commitSeconds, m.wakeups, m.pushSeconds, m.requests, m.requestSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -81,8 +87,9 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 func (m *Metrics) Reconnect(kind string) { m.reconnects.WithLabelValues(kind).Inc() }
 
 // Committed records one batch commit.
-func (m *Metrics) Committed(events, _ int, took time.Duration) {
-	m.eventsCommitted.Add(float64(events))
+func (m *Metrics) Committed(res store.CommitResult, _ int, took time.Duration) {
+	m.eventsCommitted.Add(float64(res.Events))
+	m.bytesCommitted.Add(float64(res.Bytes))
 	m.commits.Inc()
 	m.commitSeconds.Observe(took.Seconds())
 }

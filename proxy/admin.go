@@ -128,6 +128,7 @@ type adminStream struct {
 	State         string     `json:"state"`
 	StateReason   string     `json:"state_reason,omitempty"`
 	Backlog       int64      `json:"backlog"`
+	BacklogBytes  int64      `json:"backlog_bytes"`
 	OldestEventAt *time.Time `json:"oldest_event_at"`
 	Upstream      struct {
 		Status      int        `json:"status"`
@@ -177,7 +178,7 @@ func (s *Service) handleAdminStreams(w http.ResponseWriter, r *http.Request) {
 	page := adminStreamsPage{Streams: make([]adminStream, 0, len(rows))}
 	for _, row := range rows {
 		a := adminStream{ID: row.ID, DeviceID: row.DeviceID, Host: row.Host, State: row.State, StateReason: row.StateReason,
-			Backlog: row.Backlog, OldestEventAt: timePtr(row.OldestEventAt), CreatedAt: row.CreatedAt}
+			Backlog: row.Backlog, BacklogBytes: row.BacklogBytes, OldestEventAt: timePtr(row.OldestEventAt), CreatedAt: row.CreatedAt}
 		a.Upstream.Status, a.Upstream.Connected, a.Upstream.LastError = row.Upstream.Status, row.Upstream.Connected, row.Upstream.LastError
 		a.Upstream.LastErrorAt = timePtr(row.Upstream.LastErrorAt)
 		page.Streams = append(page.Streams, a)
@@ -193,6 +194,7 @@ type adminTotals struct {
 	Streams         map[string]int64 `json:"streams"`
 	Connected       int64            `json:"upstreams_connected"`
 	BacklogEvents   int64            `json:"backlog_events"`
+	BacklogBytes    int64            `json:"backlog_bytes"`
 	OldestEventAt   *time.Time       `json:"oldest_event_at"`
 	Devices         int64            `json:"devices"`
 	DeadDevices     int64            `json:"dead_devices"`
@@ -208,7 +210,7 @@ func (s *Service) handleAdminTotals(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, adminTotals{
-		Streams: t.Streams, Connected: t.Connected, BacklogEvents: t.BacklogEvents, OldestEventAt: timePtr(t.OldestEventAt),
+		Streams: t.Streams, Connected: t.Connected, BacklogEvents: t.BacklogEvents, BacklogBytes: t.BacklogBytes, OldestEventAt: timePtr(t.OldestEventAt),
 		Devices: t.Devices, DeadDevices: t.DeadDevices, PendingWakeups: t.PendingWakeups, WakeupsLastHour: t.WakeupsLastHour,
 		InstancesAlive: t.InstancesAlive,
 	})

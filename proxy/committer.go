@@ -34,7 +34,7 @@ type committer struct {
 	maxBatch int
 	log      *slog.Logger
 	onLost   func([]store.Lease)
-	metrics  func(events, streams int, took time.Duration)
+	metrics  func(res store.CommitResult, streams int, took time.Duration)
 	onWake   func() // after a commit that queued wake-ups
 }
 
@@ -93,7 +93,7 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 		switch {
 		case err == nil:
 			if c.metrics != nil {
-				c.metrics(res.Events, len(batch), time.Since(start))
+				c.metrics(res, len(batch), time.Since(start))
 			}
 			total.Events += res.Events
 			total.Wakeups += res.Wakeups

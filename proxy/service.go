@@ -172,7 +172,7 @@ type Metrics interface {
 	// Reconnect counts an upstream reconnect by kind: connect, status, eof, read, idle.
 	Reconnect(kind string)
 	// Committed records one batch commit.
-	Committed(events, streams int, took time.Duration)
+	Committed(res store.CommitResult, streams int, took time.Duration)
 	// Request records one API request by route pattern (never the path: it holds ids) and
 	// status.
 	Request(route, method string, status int, took time.Duration)
@@ -180,9 +180,9 @@ type Metrics interface {
 
 type noopMetrics struct{}
 
-func (noopMetrics) Reconnect(string)                           {}
-func (noopMetrics) Committed(int, int, time.Duration)          {}
-func (noopMetrics) Request(string, string, int, time.Duration) {}
+func (noopMetrics) Reconnect(string)                                 {}
+func (noopMetrics) Committed(store.CommitResult, int, time.Duration) {}
+func (noopMetrics) Request(string, string, int, time.Duration)       {}
 
 // Service is the proxy's core: the HTTP API, the holders of upstream streams, the committer
 // that batches their events into Postgres, and the hub that wakes event readers.

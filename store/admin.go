@@ -43,6 +43,7 @@ type StreamSummary struct {
 	State         string
 	StateReason   string
 	Backlog       int64
+	BacklogBytes  int64
 	OldestEventAt time.Time // zero when the backlog is empty
 	Upstream      struct {
 		Status      int
@@ -83,7 +84,7 @@ func (s *Store) ListStreams(ctx context.Context, f StreamFilter) ([]StreamSummar
 	q := `
 		SELECT * FROM (
 			SELECT s.id::text, coalesce(s.device_id::text, ''), s.url, s.state, s.state_reason,
-				s.head_seq - s.floor_seq, o.created_at, s.upstream_status, s.connected, s.last_error,
+				s.head_seq - s.floor_seq, s.backlog_bytes, o.created_at, s.upstream_status, s.connected, s.last_error,
 				s.last_error_at, s.created_at, ` + expr + ` AS k
 			FROM streams s
 			LEFT JOIN LATERAL (SELECT e.created_at FROM events e WHERE e.stream_id = s.id AND e.seq > s.floor_seq
@@ -104,7 +105,7 @@ func (s *Store) ListStreams(ctx context.Context, f StreamFilter) ([]StreamSummar
 			rawURL      string
 			oldest, lea *time.Time
 		)
-		err := row.Scan(&r.ID, &r.DeviceID, &rawURL, &r.State, &r.StateReason, &r.Backlog, &oldest,
+		err := row.Scan(&r.ID, &r.DeviceID, &rawURL, &r.State, &r.StateReason, &r.Backlog, &r.BacklogBytes, &oldest,
 			&r.Upstream.Status, &r.Upstream.Connected, &r.Upstream.LastError, &lea, &r.CreatedAt, &r.Key.Value)
 		if u, perr := url.Parse(rawURL); perr == nil {
 			r.Host = u.Host
@@ -129,6 +130,7 @@ type Totals struct {
 	Streams         map[string]int64 // by state
 	Connected       int64            // held streams whose upstream is connected
 	BacklogEvents   int64
+	BacklogBytes    int64
 	OldestEventAt   time.Time // of all unread events; zero when none
 	Devices         int64
 	DeadDevices     int64
@@ -160,13 +162,14 @@ func (s *Store) GetTotals(ctx context.Context) (Totals, error) {
 			SELECT
 				(SELECT count(*) FROM streams WHERE state = 'held' AND connected),
 				(SELECT coalesce(sum(head_seq - floor_seq), 0) FROM streams),
+				(SELECT coalesce(sum(backlog_bytes), 0) FROM streams),
 				(SELECT min(e.created_at) FROM streams s JOIN events e ON e.stream_id = s.id AND e.seq = s.floor_seq + 1
 					WHERE s.head_seq > s.floor_seq),
 				(SELECT count(*) FROM devices),
 				(SELECT count(*) FROM devices WHERE dead_at IS NOT NULL),
 				(SELECT count(*) FROM wakeups WHERE state IN ('pending', 'sending')),
 				(SELECT count(*) FROM instances WHERE expires_at > now())`).Scan(
-			&t.Connected, &t.BacklogEvents, &oldest, &t.Devices, &t.DeadDevices, &t.PendingWakeups, &t.InstancesAlive)
+			&t.Connected, &t.BacklogEvents, &t.BacklogBytes, &oldest, &t.Devices, &t.DeadDevices, &t.PendingWakeups, &t.InstancesAlive)
 		if err != nil {
 			return err
 		}
@@ -324,6 +327,7 @@ type BacklogStats struct {
 	Streams   map[string]int64 // by state
 	Connected int64
 	Events    int64
+	Bytes     int64 // stored size of the events (EventSize)
 	// OldestAges are, for each stream with a backlog, the age of its oldest unread event.
 	OldestAges []time.Duration
 }
@@ -332,18 +336,20 @@ type BacklogStats struct {
 func (s *Store) GetBacklogStats(ctx context.Context) (BacklogStats, error) {
 	b := BacklogStats{Streams: map[string]int64{pushproxy.StateHeld: 0, pushproxy.StateClosed: 0, pushproxy.StateFailed: 0}}
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT state, count(*), count(*) FILTER (WHERE connected), coalesce(sum(head_seq - floor_seq), 0) FROM streams GROUP BY state`)
+		rows, err := tx.Query(ctx, `SELECT state, count(*), count(*) FILTER (WHERE connected), coalesce(sum(head_seq - floor_seq), 0),
+			coalesce(sum(backlog_bytes), 0) FROM streams GROUP BY state`)
 		if err != nil {
 			return err
 		}
 		var (
-			state             string
-			n, conn, backlogN int64
+			state                     string
+			n, conn, backlogN, bytesN int64
 		)
-		_, err = pgx.ForEachRow(rows, []any{&state, &n, &conn, &backlogN}, func() error {
+		_, err = pgx.ForEachRow(rows, []any{&state, &n, &conn, &backlogN, &bytesN}, func() error {
 			b.Streams[state] = n
 			b.Connected += conn
 			b.Events += backlogN
+			b.Bytes += bytesN
 			return nil
 		})
 		if err != nil {

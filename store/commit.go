@@ -55,8 +55,9 @@ type CommitResult struct {
 	// Lost lists the appends that were discarded: the stream's lease has a newer epoch or
 	// another owner, or the stream is no longer held. Their holders must stop.
 	Lost []Lease
-	// Events is the number of events inserted.
+	// Events is the number of events inserted, and Bytes their size (EventSize).
 	Events int
+	Bytes  int64
 	// Wakeups is the number of wake-ups queued or made urgent.
 	Wakeups int64
 }
@@ -103,12 +104,19 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		connected = make([]int32, n)
 		connects  = make([]int64, n)
 		errs      = make([]string, n)
+		sizes     = make([]int64, n)
 	)
 	for i, a := range appends {
 		ids[i], epochs[i], heads[i] = a.StreamID, a.Epoch, a.HeadSeq
 		resumes[i], retries[i] = []byte(a.ResumeID), a.RetryMS
 		states[i], reasons[i] = a.State, cleanText(a.StateReason)
 		statuses[i], connected[i], connects[i], errs[i] = int32(a.UpstreamStatus), connectedSQL[a.Connected], a.Connects, cleanText(a.Error)
+		// The events that will be stored are those the trim below keeps: seq > head-maxBacklog.
+		for _, ev := range a.Events {
+			if ev.Seq > a.HeadSeq-maxBacklog {
+				sizes[i] += EventSize(ev)
+			}
+		}
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// The outer SELECT reads streams as of the statement's snapshot, before the UPDATE:
@@ -116,14 +124,15 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		rows, err := tx.Query(ctx, `
 			WITH u AS (
 				SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[],
-					$6::text[], $7::text[], $8::int[], $9::int[], $10::bigint[], $11::text[])
-				AS u(id, epoch, head, resume, retry, state, reason, status, connected, connects, err)
+					$6::text[], $7::text[], $8::int[], $9::int[], $10::bigint[], $11::text[], $14::bigint[])
+				AS u(id, epoch, head, resume, retry, state, reason, status, connected, connects, err, size)
 			), upd AS (
 				UPDATE streams s SET
 					head_seq = u.head,
 					resume_id = u.resume,
 					retry_ms = CASE WHEN u.retry >= 0 THEN u.retry ELSE s.retry_ms END,
 					floor_seq = GREATEST(s.floor_seq, u.head - $12::bigint),
+					backlog_bytes = s.backlog_bytes + u.size,
 					state = CASE WHEN u.state <> '' THEN u.state ELSE s.state END,
 					state_reason = CASE WHEN u.state <> '' THEN u.reason ELSE s.state_reason END,
 					closed_at = CASE WHEN u.state <> '' THEN now() ELSE s.closed_at END,
@@ -140,7 +149,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 			)
 			SELECT upd.id::text, upd.floor_seq, old.floor_seq FROM upd JOIN streams old ON old.id = upd.id`,
 			ids, epochs, heads, resumes, retries, states, reasons, statuses, connected, connects, errs,
-			maxBacklog, owner)
+			maxBacklog, owner, sizes)
 		if err != nil {
 			return fmt.Errorf("update streams: %w", err)
 		}
@@ -184,6 +193,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 				}
 				copyRows = append(copyRows, []any{sid, ev.Seq, []byte(ev.LastEventID), []byte(ev.Type), []byte(ev.Data)})
 				added++
+				res.Bytes += EventSize(ev)
 			}
 			if added > 0 || a.State != "" {
 				notify = append(notify, a.StreamID)
@@ -206,8 +216,14 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		}
 		if len(trimIDs) > 0 {
 			_, err := tx.Exec(ctx, `
-				DELETE FROM events e USING unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS t(id, lo, hi)
-				WHERE e.stream_id = t.id AND e.seq > t.lo AND e.seq <= t.hi`, trimIDs, trimLo, trimHi)
+				WITH d AS (
+					DELETE FROM events e USING unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS t(id, lo, hi)
+					WHERE e.stream_id = t.id AND e.seq > t.lo AND e.seq <= t.hi
+					RETURNING e.stream_id, `+sizeExpr+` AS n
+				)
+				UPDATE streams s SET backlog_bytes = s.backlog_bytes - d.n
+				FROM (SELECT stream_id, sum(n) AS n FROM d GROUP BY stream_id) d
+				WHERE s.id = d.stream_id`, trimIDs, trimLo, trimHi)
 			if err != nil {
 				return fmt.Errorf("trim backlogs: %w", err)
 			}
@@ -230,6 +246,15 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 	}
 	return res, nil
 }
+
+// EventSize is what an event counts for in a backlog's size: the stored bytes of its
+// effective id, its type and its data.
+func EventSize(ev pushproxy.Event) int64 {
+	return int64(len(ev.LastEventID) + len(ev.Type) + len(ev.Data))
+}
+
+// sizeExpr is EventSize in SQL, over a row of events.
+const sizeExpr = `octet_length(e.last_event_id) + octet_length(e.type) + octet_length(e.data)`
 
 // cleanText makes a string safe for a text column: valid UTF-8 and no NUL. Reasons and
 // errors carry what origins and push services sent (an HTTP reason phrase is any bytes), and

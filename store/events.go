@@ -99,7 +99,13 @@ func ack(ctx context.Context, tx pgx.Tx, streamID string, seq int64, lastEventID
 	if err != nil {
 		return fmt.Errorf("acknowledge: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM events WHERE stream_id = $1 AND seq <= $2`, streamID, seq); err != nil {
+	// The UPDATE above locked the stream's row first, as Commit does, so the two never
+	// deadlock over its events.
+	_, err = tx.Exec(ctx, `
+		WITH d AS (DELETE FROM events e WHERE e.stream_id = $1 AND e.seq <= $2 RETURNING `+sizeExpr+` AS n)
+		UPDATE streams SET backlog_bytes = backlog_bytes - (SELECT coalesce(sum(n), 0) FROM d)
+		WHERE id = $1`, streamID, seq)
+	if err != nil {
 		return fmt.Errorf("delete acknowledged events: %w", err)
 	}
 	return nil

@@ -3,9 +3,11 @@ package store_test
 import (
 	"context"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
 
 	"github.com/pushproxy/pushproxy"
@@ -409,4 +411,90 @@ func TestCommitNotifiesListeners(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no notification within 10s")
 	}
+}
+
+// TestBacklogBytesFollowEveryChange checks the maintained backlog size against the events
+// actually stored, through every statement that adds or deletes them: commits, trims,
+// acknowledgements and closes.
+func TestBacklogBytesFollowEveryChange(t *testing.T) {
+	t.Parallel()
+	st, b := setup(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	sized := func(from, to int64) []pushproxy.Event {
+		var evs []pushproxy.Event
+		for i := from; i <= to; i++ {
+			evs = append(evs, pushproxy.Event{Seq: i, LastEventID: seqID(i), Type: strings.Repeat("t", int(i%3)), Data: strings.Repeat("d\x00", int(i))})
+		}
+		return evs
+	}
+	check := func(step string, want int64) {
+		t.Helper()
+		rows, err := conn.Query(ctx, `
+			SELECT s.id::text, s.backlog_bytes, coalesce(sum(octet_length(e.last_event_id) + octet_length(e.type) + octet_length(e.data)), 0)
+			FROM streams s LEFT JOIN events e ON e.stream_id = s.id GROUP BY s.id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var (
+			id          string
+			kept, truth int64
+		)
+		_, err = pgx.ForEachRow(rows, []any{&id, &kept, &truth}, func() error {
+			if kept != truth {
+				t.Errorf("%s: stream %s keeps backlog_bytes %d, its events take %d", step, id, kept, truth)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stats, err := st.GetBacklogStats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stats.Bytes != want {
+			t.Errorf("%s: backlog bytes %d, want %d", step, stats.Bytes, want)
+		}
+	}
+	size := func(evs []pushproxy.Event) (n int64) {
+		for _, ev := range evs {
+			n += store.EventSize(ev)
+		}
+		return n
+	}
+	a, ea := newStream(t, st, nil)
+	c, ec := newStream(t, st, nil)
+	opts := store.CommitOptions{MaxBacklog: 4}
+	res, err := st.Commit(ctx, owner, []store.Append{
+		{StreamID: a.ID, Epoch: ea, Events: sized(1, 3), HeadSeq: 3, RetryMS: -1},
+		{StreamID: c.ID, Epoch: ec, Events: sized(1, 2), HeadSeq: 2, RetryMS: -1},
+	}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := size(sized(1, 3)) + size(sized(1, 2)); res.Bytes != want {
+		t.Errorf("commit reports %d bytes, want %d", res.Bytes, want)
+	}
+	check("first commit", size(sized(1, 3))+size(sized(1, 2)))
+
+	// a overflows: 1-3 stored, 4-9 arrive, so 1-5 go (1-3 trimmed, 4-5 never stored).
+	if _, err := st.Commit(ctx, owner, []store.Append{{StreamID: a.ID, Epoch: ea, Events: sized(4, 9), HeadSeq: 9, RetryMS: -1}}, opts); err != nil {
+		t.Fatal(err)
+	}
+	check("trim", size(sized(6, 9))+size(sized(1, 2)))
+
+	if _, err := st.Resume(ctx, a.ID, seqID(7), true); err != nil {
+		t.Fatal(err)
+	}
+	check("acknowledge", size(sized(8, 9))+size(sized(1, 2)))
+
+	if _, err := st.CloseStream(ctx, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	check("close", size(sized(8, 9)))
 }

@@ -186,7 +186,7 @@ func (s *Store) CloseStream(ctx context.Context, id string) (CloseResult, error)
 		row := tx.QueryRow(ctx, `
 			UPDATE streams s SET state = 'closed', state_reason = 'closed by the device',
 				closed_at = now(), updated_at = now(), lease_owner = NULL,
-				connected = false, floor_seq = head_seq
+				connected = false, floor_seq = head_seq, backlog_bytes = 0
 			WHERE s.id = $1 AND s.state = 'held'
 			RETURNING `+streamColumns, id)
 		st, _, err := scanStream(row)

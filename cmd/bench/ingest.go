@@ -32,8 +32,8 @@ type counter struct {
 
 func (c *counter) Reconnect(string)                           {}
 func (c *counter) Request(string, string, int, time.Duration) {}
-func (c *counter) Committed(events, streams int, took time.Duration) {
-	c.events.Add(int64(events))
+func (c *counter) Committed(res store.CommitResult, streams int, took time.Duration) {
+	c.events.Add(int64(res.Events))
 	c.commits.Add(1)
 	c.streams.Add(int64(streams))
 	c.mu.Lock()
