@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
@@ -23,6 +24,10 @@ func (s *Service) adminRoutes(r chi.Router) {
 	r.Get("/streams/{id}", s.handleAdminStream)
 	r.Post("/streams/{id}/close", s.handleAdminCloseStream)
 	r.Get("/totals", s.handleAdminTotals)
+	r.Get("/origins", s.handleAdminOrigins)
+	r.Get("/devices", s.handleAdminDevices)
+	r.Get("/wakeups", s.handleAdminWakeups)
+	r.Get("/overview", s.handleAdminOverview)
 	r.Get("/devices/{id}", s.handleAdminDevice)
 	r.Post("/devices/{id}/wake", s.handleAdminWake)
 	r.Delete("/devices/{id}", s.handleAdminForget)
@@ -76,8 +81,7 @@ func (s *Service) handleAdminDevice(w http.ResponseWriter, r *http.Request) {
 	out := adminDevice{ID: d.ID, Platform: d.Platform, Topic: d.Topic, Environment: d.Environment, CreatedAt: d.CreatedAt,
 		Wake: toWakeResponse(d.Wake), Streams: d.Streams, Wakeups: []adminWakeup{}}
 	for _, h := range d.History {
-		out.Wakeups = append(out.Wakeups, adminWakeup{ID: h.ID, State: h.State, Urgent: h.Urgent, CreatedAt: h.CreatedAt, DueAt: h.DueAt,
-			SentAt: timePtr(h.SentAt), FinishedAt: timePtr(h.FinishedAt), Attempts: h.Attempts, Outcome: h.Outcome, Error: h.Error, Pending: h.Pending})
+		out.Wakeups = append(out.Wakeups, toAdminWakeup(h))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -153,13 +157,10 @@ func (s *Service) handleAdminStreams(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, invalid("state: must be held, closed or failed"))
 		return
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxAdminPage {
-			s.writeError(w, r, invalid("limit: must be an integer from 1 to %d", maxAdminPage))
-			return
-		}
-		f.Limit = n
+	var err error
+	if f.Limit, err = limitParam(r, 50); err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	if c := q.Get("cursor"); c != "" {
 		var k store.StreamKey
@@ -177,11 +178,7 @@ func (s *Service) handleAdminStreams(w http.ResponseWriter, r *http.Request) {
 	}
 	page := adminStreamsPage{Streams: make([]adminStream, 0, len(rows))}
 	for _, row := range rows {
-		a := adminStream{ID: row.ID, DeviceID: row.DeviceID, Host: row.Host, State: row.State, StateReason: row.StateReason,
-			Backlog: row.Backlog, BacklogBytes: row.BacklogBytes, OldestEventAt: timePtr(row.OldestEventAt), CreatedAt: row.CreatedAt}
-		a.Upstream.Status, a.Upstream.Connected, a.Upstream.LastError = row.Upstream.Status, row.Upstream.Connected, row.Upstream.LastError
-		a.Upstream.LastErrorAt = timePtr(row.Upstream.LastErrorAt)
-		page.Streams = append(page.Streams, a)
+		page.Streams = append(page.Streams, toAdminStream(row))
 	}
 	if len(rows) == f.Limit {
 		b, _ := json.Marshal(rows[len(rows)-1].Key)
@@ -209,9 +206,187 @@ func (s *Service) handleAdminTotals(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, adminTotals{
+	writeJSON(w, http.StatusOK, toAdminTotals(t))
+}
+
+func toAdminTotals(t store.Totals) adminTotals {
+	return adminTotals{
 		Streams: t.Streams, Connected: t.Connected, BacklogEvents: t.BacklogEvents, BacklogBytes: t.BacklogBytes, OldestEventAt: timePtr(t.OldestEventAt),
 		Devices: t.Devices, DeadDevices: t.DeadDevices, PendingWakeups: t.PendingWakeups, WakeupsLastHour: t.WakeupsLastHour,
 		InstancesAlive: t.InstancesAlive,
-	})
+	}
+}
+
+func toAdminStream(row store.StreamSummary) adminStream {
+	a := adminStream{ID: row.ID, DeviceID: row.DeviceID, Host: row.Host, State: row.State, StateReason: row.StateReason,
+		Backlog: row.Backlog, BacklogBytes: row.BacklogBytes, OldestEventAt: timePtr(row.OldestEventAt), CreatedAt: row.CreatedAt}
+	a.Upstream.Status, a.Upstream.Connected, a.Upstream.LastError = row.Upstream.Status, row.Upstream.Connected, row.Upstream.LastError
+	a.Upstream.LastErrorAt = timePtr(row.Upstream.LastErrorAt)
+	return a
+}
+
+func toAdminWakeup(h store.WakeupRecord) adminWakeup {
+	return adminWakeup{ID: h.ID, State: h.State, Urgent: h.Urgent, CreatedAt: h.CreatedAt, DueAt: h.DueAt,
+		SentAt: timePtr(h.SentAt), FinishedAt: timePtr(h.FinishedAt), Attempts: h.Attempts, Outcome: h.Outcome, Error: h.Error, Pending: h.Pending}
+}
+
+// limitParam reads ?limit=, from 1 to maxAdminPage, def when absent.
+func limitParam(r *http.Request, def int) (int, error) {
+	v := r.URL.Query().Get("limit")
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > maxAdminPage {
+		return 0, invalid("limit: must be an integer from 1 to %d", maxAdminPage)
+	}
+	return n, nil
+}
+
+type adminOrigin struct {
+	Host         string     `json:"host"`
+	Held         int64      `json:"held"`
+	Disconnected int64      `json:"disconnected"`
+	Failed       int64      `json:"failed"`
+	LastError    string     `json:"last_error,omitempty"`
+	LastErrorAt  *time.Time `json:"last_error_at"`
+}
+
+type adminDeviceSummary struct {
+	ID         string     `json:"id"`
+	Platform   string     `json:"platform"`
+	CreatedAt  time.Time  `json:"created_at"`
+	DeadAt     *time.Time `json:"dead_at"`
+	DeadReason string     `json:"dead_reason,omitempty"`
+	Streams    int64      `json:"held_streams"`
+	Backlog    int64      `json:"backlog"`
+}
+
+type adminRecentWakeup struct {
+	adminWakeup
+	DeviceID string `json:"device_id"`
+	Platform string `json:"platform"`
+}
+
+// overview is everything the dashboard shows, in one document.
+type overview struct {
+	Totals          adminTotals          `json:"totals"`
+	LargestBacklogs []adminStream        `json:"largest_backlogs"`
+	OldestBacklogs  []adminStream        `json:"oldest_backlogs"`
+	FailingOrigins  []adminOrigin        `json:"failing_origins"`
+	DeadDevices     []adminDeviceSummary `json:"dead_devices"`
+	RecentWakeups   []adminRecentWakeup  `json:"recent_wakeups"`
+}
+
+// overviewRows bounds each list of the overview.
+const overviewRows = 10
+
+func (s *Service) failingOrigins(ctx context.Context, limit int) ([]adminOrigin, error) {
+	rows, err := s.store.FailingOrigins(ctx, limit)
+	out := make([]adminOrigin, 0, len(rows))
+	for _, o := range rows {
+		out = append(out, adminOrigin{Host: o.Host, Held: o.Held, Disconnected: o.Disconnected, Failed: o.Failed,
+			LastError: o.LastError, LastErrorAt: timePtr(o.LastErrorAt)})
+	}
+	return out, err
+}
+
+func (s *Service) deadDevices(ctx context.Context, limit int) ([]adminDeviceSummary, error) {
+	rows, err := s.store.DeadDevices(ctx, limit)
+	out := make([]adminDeviceSummary, 0, len(rows))
+	for _, d := range rows {
+		out = append(out, adminDeviceSummary{ID: d.ID, Platform: d.Platform, CreatedAt: d.CreatedAt, DeadAt: timePtr(d.DeadAt),
+			DeadReason: d.DeadReason, Streams: d.Streams, Backlog: d.Backlog})
+	}
+	return out, err
+}
+
+func (s *Service) recentWakeups(ctx context.Context, limit int) ([]adminRecentWakeup, error) {
+	rows, err := s.store.RecentWakeups(ctx, limit)
+	out := make([]adminRecentWakeup, 0, len(rows))
+	for _, w := range rows {
+		out = append(out, adminRecentWakeup{adminWakeup: toAdminWakeup(w.WakeupRecord), DeviceID: w.DeviceID, Platform: w.Platform})
+	}
+	return out, err
+}
+
+// topStreams lists up to overviewRows streams in sort order that have a backlog.
+func (s *Service) topStreams(ctx context.Context, sort string) ([]adminStream, error) {
+	rows, err := s.store.ListStreams(ctx, store.StreamFilter{Sort: sort, Limit: overviewRows})
+	out := make([]adminStream, 0, len(rows))
+	for _, row := range rows {
+		if row.Backlog > 0 {
+			out = append(out, toAdminStream(row))
+		}
+	}
+	return out, err
+}
+
+func (s *Service) overview(ctx context.Context) (overview, error) {
+	var (
+		o   overview
+		err error
+	)
+	t, err := s.store.GetTotals(ctx)
+	if err != nil {
+		return o, err
+	}
+	o.Totals = toAdminTotals(t)
+	if o.LargestBacklogs, err = s.topStreams(ctx, store.SortBacklog); err != nil {
+		return o, err
+	}
+	if o.OldestBacklogs, err = s.topStreams(ctx, store.SortAge); err != nil {
+		return o, err
+	}
+	if o.FailingOrigins, err = s.failingOrigins(ctx, overviewRows); err != nil {
+		return o, err
+	}
+	if o.DeadDevices, err = s.deadDevices(ctx, overviewRows); err != nil {
+		return o, err
+	}
+	o.RecentWakeups, err = s.recentWakeups(ctx, overviewRows)
+	return o, err
+}
+
+// listHandler serves a list from one of the functions above as {"<key>": [...]}.
+func listHandler[T any](s *Service, key string, list func(context.Context, int) ([]T, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		limit, err := limitParam(r, 50)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		rows, err := list(r.Context(), limit)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string][]T{key: rows})
+	}
+}
+
+func (s *Service) handleAdminOrigins(w http.ResponseWriter, r *http.Request) {
+	listHandler(s, "origins", s.failingOrigins)(w, r)
+}
+
+// handleAdminDevices lists devices; only the dead ones (?state=dead) so far.
+func (s *Service) handleAdminDevices(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("state") != "dead" {
+		s.writeError(w, r, invalid("state: must be dead (only dead devices are listed)"))
+		return
+	}
+	listHandler(s, "devices", s.deadDevices)(w, r)
+}
+
+func (s *Service) handleAdminWakeups(w http.ResponseWriter, r *http.Request) {
+	listHandler(s, "wakeups", s.recentWakeups)(w, r)
+}
+
+func (s *Service) handleAdminOverview(w http.ResponseWriter, r *http.Request) {
+	o, err := s.overview(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, o)
 }

@@ -133,6 +133,27 @@ func TestAdminAPIListsSortsAndPages(t *testing.T) {
 			t.Fatalf("by age: %+v is not oldest first", byAge.Streams)
 		}
 	}
+
+	// The failing origins: one host here, with three held streams (connected) and a failure.
+	var origins struct {
+		Origins []struct {
+			Host                       string
+			Held, Disconnected, Failed int64
+			LastError                  string `json:"last_error"`
+		} `json:"origins"`
+	}
+	if code := adminGet(t, b, "/v1/admin/origins", admin, &origins); code != http.StatusOK {
+		t.Fatalf("origins: %d", code)
+	}
+	if len(origins.Origins) != 1 || origins.Origins[0].Host != "127.0.0.1" || origins.Origins[0].Held != 3 ||
+		origins.Origins[0].Disconnected != 0 || origins.Origins[0].Failed != 1 || origins.Origins[0].LastError == "" {
+		t.Fatalf("origins: %+v", origins.Origins)
+	}
+	for _, bad := range []string{"/v1/admin/origins?limit=x", "/v1/admin/devices", "/v1/admin/devices?state=alive", "/v1/admin/wakeups?limit=1000"} {
+		if code := adminGet(t, b, bad, admin, nil); code != http.StatusBadRequest {
+			t.Errorf("%s: %d, want 400", bad, code)
+		}
+	}
 	for _, bad := range []string{"sort=size", "state=open", "limit=0", "limit=501", "cursor=bm9wZQ", "cursor=eyJ2IjoxLCJpZCI6Im5vIn0"} {
 		if code := adminGet(t, b, "/v1/admin/streams?"+bad, admin, nil); code != http.StatusBadRequest {
 			t.Errorf("%s: %d, want 400", bad, code)

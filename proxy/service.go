@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -63,6 +65,9 @@ type Options struct {
 	AdminToken string
 	// Heartbeat is the interval of comment heartbeats to event readers.
 	Heartbeat time.Duration
+	// DashboardRefresh is how often the dashboard's numbers are recomputed while someone
+	// watches.
+	DashboardRefresh time.Duration
 	// ReaderTTL is how long a reader's presence outlives its instance's last refresh.
 	ReaderTTL time.Duration
 
@@ -121,6 +126,7 @@ var DefaultOptions = Options{
 	UpstreamConnectTimeout: 30 * time.Second,
 	UpstreamIdleTimeout:    10 * time.Minute,
 	Heartbeat:              15 * time.Second,
+	DashboardRefresh:       2 * time.Second,
 	ReaderTTL:              60 * time.Second,
 }
 
@@ -141,6 +147,7 @@ func (o *Options) withDefaults() Options {
 	setDefault(&r.UpstreamMaxRedirects, d.UpstreamMaxRedirects)
 	setDefault(&r.UpstreamConnectTimeout, d.UpstreamConnectTimeout)
 	setDefault(&r.Heartbeat, d.Heartbeat)
+	setDefault(&r.DashboardRefresh, d.DashboardRefresh)
 	setDefault(&r.ReaderTTL, d.ReaderTTL)
 	if r.InstanceID == "" {
 		host, _ := os.Hostname()
@@ -197,6 +204,8 @@ type Service struct {
 	commits chan commitItem
 	com     *committer
 	hub     *hub
+	dash       *feed        // the dashboard's overview
+	loginLimit *rate.Limiter // dashboard logins
 
 	mu      sync.Mutex
 	holders map[string]*holder // by stream id
@@ -232,6 +241,8 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		hub:     newHub(),
 	}
 	s.client = newUpstreamClient(&o)
+	s.dash = newFeed(o.DashboardRefresh, s.computeOverview, s.overviewFailed)
+	s.loginLimit = rate.NewLimiter(loginRate, loginBurst)
 	s.commits = make(chan commitItem, o.CommitQueue)
 	s.com = &committer{
 		in:       s.commits,
@@ -362,6 +373,7 @@ func (s *Service) stop(ctx context.Context) error {
 		allDone = false
 	}
 	s.hub.closeAll()
+	s.dash.shutdown(ctx)
 	// With every holder gone nothing sends to the committer any more: closing its input
 	// lets it commit what is queued and stop. Past the deadline, it is cut off instead
 	// (what it had not committed is fetched again from the origin by the next holder).

@@ -90,7 +90,7 @@ func (s *Store) ListStreams(ctx context.Context, f StreamFilter) ([]StreamSummar
 			LEFT JOIN LATERAL (SELECT e.created_at FROM events e WHERE e.stream_id = s.id AND e.seq > s.floor_seq
 				ORDER BY e.seq LIMIT 1) o ON true
 			WHERE ($1 = '' OR s.state = $1)
-				AND ($2 = '' OR lower(substring(s.url FROM '^[a-z]+://([^/:?#]+)')) = lower($2))
+				AND ($2 = '' OR `+hostExpr+` = lower($2))
 		) x
 		WHERE $3::text = '' OR (x.k, x.id) < ($4::bigint, $3::text)
 		ORDER BY x.k DESC, x.id DESC
@@ -235,23 +235,13 @@ func (s *Store) GetDevice(ctx context.Context, id string, history int) (DeviceVi
 		return d, fmt.Errorf("get device: %w", err)
 	}
 	rows, err := s.pool.Query(ctx, `
-		SELECT id::text, state, urgent, created_at, due_at, sent_at, finished_at, attempts, outcome, error, pending_events
-		FROM wakeups WHERE device_id = $1 ORDER BY created_at DESC LIMIT $2`, id, history)
+		SELECT `+wakeupColumns+` FROM wakeups w WHERE w.device_id = $1 ORDER BY w.created_at DESC LIMIT $2`, id, history)
 	if err != nil {
 		return d, fmt.Errorf("device wake-ups: %w", err)
 	}
 	d.History, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (WakeupRecord, error) {
-		var (
-			w            WakeupRecord
-			sent, finish *time.Time
-		)
-		err := row.Scan(&w.ID, &w.State, &w.Urgent, &w.CreatedAt, &w.DueAt, &sent, &finish, &w.Attempts, &w.Outcome, &w.Error, &w.Pending)
-		if sent != nil {
-			w.SentAt = *sent
-		}
-		if finish != nil {
-			w.FinishedAt = *finish
-		}
+		var w WakeupRecord
+		err := scanWakeup(row, &w)
 		return w, err
 	})
 	if err != nil {

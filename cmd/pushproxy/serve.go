@@ -53,7 +53,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	c.Log.flags(fs, "info")
 
 	fs.Var(&c.Allow, "upstream-allow", "upstreams the proxy may dial: comma-separated hosts, host:port, CIDRs, or * for any public host (empty: any public host; loopback and private addresses only when listed)")
-	fs.StringVar(&c.Proxy.AdminToken, "admin-token", "", "bearer token of the admin API (/v1/admin/...); empty: the admin API is off")
+	fs.StringVar(&c.Proxy.AdminToken, "admin-token", "", "bearer token of the admin API (/v1/admin/...) and the dashboard (/admin/); empty: both are off")
 	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
 	c.Wake.flags(fs)
 	p := &c.Proxy
@@ -75,6 +75,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&p.UpstreamConnectTimeout, "upstream-connect-timeout", d.UpstreamConnectTimeout, "longest wait for an origin's response headers")
 	fs.DurationVar(&p.UpstreamIdleTimeout, "upstream-idle-timeout", d.UpstreamIdleTimeout, "reconnect an upstream silent for this long (0: never)")
 	fs.DurationVar(&p.Heartbeat, "heartbeat", d.Heartbeat, "interval of comment heartbeats to event readers")
+	fs.DurationVar(&p.DashboardRefresh, "dashboard-refresh", d.DashboardRefresh, "how often the dashboard's numbers are recomputed while a dashboard is open")
 	fs.DurationVar(&p.ReaderTTL, "reader-ttl", d.ReaderTTL, "how long a reader counts as open after its instance stops refreshing it")
 }
 
