@@ -18,7 +18,7 @@ type BacklogCollector struct {
 	timeout time.Duration
 
 	streams, connected, events, bytes, oldest *prometheus.Desc
-	ages                               *prometheus.Desc
+	ages                                      *prometheus.Desc
 }
 
 var ageBuckets = []float64{1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600}

@@ -43,7 +43,9 @@ func (s *Service) Handler() http.Handler {
 		r.Get("/{id}/events", s.handleEvents)
 	})
 	r.Route("/v1/admin", s.adminRoutes)
-	r.Get("/admin", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/admin/", http.StatusMovedPermanently) })
+	r.Get("/admin", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/admin/", http.StatusMovedPermanently)
+	})
 	r.Route("/admin", s.dashboardRoutes)
 	return r
 }

@@ -201,10 +201,10 @@ type Service struct {
 	metrics Metrics
 	client  *http.Client
 
-	commits chan commitItem
-	com     *committer
-	hub     *hub
-	dash       *feed        // the dashboard's overview
+	commits    chan commitItem
+	com        *committer
+	hub        *hub
+	dash       *feed         // the dashboard's overview
 	loginLimit *rate.Limiter // dashboard logins
 
 	mu      sync.Mutex

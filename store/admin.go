@@ -90,7 +90,7 @@ func (s *Store) ListStreams(ctx context.Context, f StreamFilter) ([]StreamSummar
 			LEFT JOIN LATERAL (SELECT e.created_at FROM events e WHERE e.stream_id = s.id AND e.seq > s.floor_seq
 				ORDER BY e.seq LIMIT 1) o ON true
 			WHERE ($1 = '' OR s.state = $1)
-				AND ($2 = '' OR `+hostExpr+` = lower($2))
+				AND ($2 = '' OR ` + hostExpr + ` = lower($2))
 		) x
 		WHERE $3::text = '' OR (x.k, x.id) < ($4::bigint, $3::text)
 		ORDER BY x.k DESC, x.id DESC
