@@ -5,30 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
-)
 
-// chromium returns the path of a Chromium to drive, or skips the test. CI sets
-// PUSHPROXY_REQUIRE_BROWSER=1 so that a missing browser fails instead.
-func chromium(t *testing.T) string {
-	for _, p := range []string{os.Getenv("PUSHPROXY_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"} {
-		if p == "" {
-			continue
-		}
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("PUSHPROXY_REQUIRE_BROWSER") != "" {
-		t.Fatal("no Chromium found and PUSHPROXY_REQUIRE_BROWSER is set: apt-get install chromium")
-	}
-	t.Skip("no Chromium: apt-get install chromium to run the browser test")
-	return ""
-}
+	"github.com/pushproxy/pushproxy/internal/browsertest"
+)
 
 type browserEvent struct {
 	Type string `json:"type"`
@@ -40,7 +23,7 @@ type browserEvent struct {
 // and checks that it reports exactly the ids, types and data the origin sent.
 func TestBrowserEventSourceReadsBacklog(t *testing.T) {
 	t.Parallel()
-	bin := chromium(t)
+	bin := browsertest.Chromium(t)
 	svc, b := setup(t, nil)
 	o := newScriptOrigin(t, 0)
 	// Tricky but legal events, each with what a browser connected to the origin reports.
