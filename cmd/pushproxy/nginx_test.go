@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -246,5 +247,55 @@ func TestNginxHTTP2Unbuffered(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatal("the event did not arrive through nginx: something buffers")
 		}
+	}
+}
+
+// TestNginxConfigDoesNotBuffer puts the repo's nginx configuration in front of a bare SSE
+// server that, unlike the proxy, sends no X-Accel-Buffering header: the configuration alone
+// must pass one small event through at once.
+func TestNginxConfigDoesNotBuffer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs processes")
+	}
+	nginxBinary(t)
+	ca, err := fakeapns.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	defer close(release)
+	bare := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		fmt.Fprint(w, "id: 1\ndata: one\n\n")
+		w.(http.Flusher).Flush()
+		select { // nothing more until the test is over
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer bare.Close()
+	defer bare.CloseClientConnections()
+	edge := startNginx(t, []string{strings.TrimPrefix(bare.URL, "http://")}, ca)
+
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, edge+"/events", nil)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatalf("no response headers through nginx: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("nginx answered over %s, want HTTP/2", resp.Proto)
+	}
+	ev, err := sse.NewParser(resp.Body, nil).Next()
+	if err != nil {
+		t.Fatalf("the event did not come through nginx (it buffers): %v", err)
+	}
+	if ev.LastEventID != "1" || ev.Data != "one" {
+		t.Fatalf("got %+v", ev)
 	}
 }
