@@ -153,10 +153,10 @@ http {
 	return "https://" + addr
 }
 
-// TestNginxHTTP2Unbuffered runs the repo's nginx configuration in front of two real proxy
-// instances and reads several event streams over one HTTP/2 connection: an event leaves the
-// origin and reaches the client through nginx and the proxy without waiting for more data.
-func TestNginxHTTP2Unbuffered(t *testing.T) {
+// nginxTestCA skips a short run, checks that nginx is there, and returns a CA for its
+// certificate.
+func nginxTestCA(t *testing.T) *fakeapns.CA {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs processes")
 	}
@@ -165,6 +165,14 @@ func TestNginxHTTP2Unbuffered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ca
+}
+
+// TestNginxHTTP2Unbuffered runs the repo's nginx configuration in front of two real proxy
+// instances and reads several event streams over one HTTP/2 connection: an event leaves the
+// origin and reaches the client through nginx and the proxy without waiting for more data.
+func TestNginxHTTP2Unbuffered(t *testing.T) {
+	ca := nginxTestCA(t)
 	db := pgtest.NewDatabase(t)
 	originURL, _ := startOrigin(t, "--rate", "0", "--allow-emit", "--retry", "10ms")
 	apiA, _ := startProxy(t, db, "--instance-id", "nginx-a")
@@ -254,14 +262,7 @@ func TestNginxHTTP2Unbuffered(t *testing.T) {
 // server that, unlike the proxy, sends no X-Accel-Buffering header: the configuration alone
 // must pass one small event through at once.
 func TestNginxConfigDoesNotBuffer(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs processes")
-	}
-	nginxBinary(t)
-	ca, err := fakeapns.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := nginxTestCA(t)
 	release := make(chan struct{})
 	defer close(release)
 	bare := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -79,6 +79,20 @@ function fill(tableID, rows, build) {
   table.closest("section").classList.toggle("is-empty", rows.length === 0);
 }
 
+// The header of the stream tables (largest and oldest backlogs), which share their columns.
+const streamColumns = ["Stream", "Origin", "State", "Events|n", "Bytes|n", "Oldest unread|n"];
+for (const thead of document.querySelectorAll('thead[data-columns="streams"]')) {
+  const tr = document.createElement("tr");
+  for (const col of streamColumns) {
+    const [name, cls] = col.split("|");
+    const th = document.createElement("th");
+    th.textContent = name;
+    if (cls) th.className = cls;
+    tr.append(th);
+  }
+  thead.append(tr);
+}
+
 const streamRow = (s) =>
   row(s.id, [
     td(shortID(s.id), { col: "id", title: s.id }),
