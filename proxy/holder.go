@@ -147,22 +147,24 @@ var errTooManyRedirects = errors.New("too many redirects")
 func (h *holder) connect(parent context.Context) outcome {
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.url, nil)
-	if err != nil {
-		return outcome{state: pushproxy.StateFailed, reason: "invalid url: " + err.Error()}
-	}
+	header := make(http.Header, len(h.headers)+3)
 	for k, v := range h.headers {
-		req.Header.Set(k, v)
+		header.Set(k, v)
 	}
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Cache-Control", "no-cache")
+	header.Set("Accept", "text/event-stream")
+	header.Set("Cache-Control", "no-cache")
 	if h.resumeID != "" {
-		req.Header.Set("Last-Event-ID", h.resumeID)
+		header.Set("Last-Event-ID", h.resumeID)
 	}
-	resp, err := h.s.client.Do(req)
+	resp, err := h.s.openUpstream(ctx, h.url, header)
 	if err != nil {
-		var blocked *BlockedError
+		var (
+			blocked *BlockedError
+			badURL  *url.Error
+		)
 		switch {
+		case errors.As(err, &badURL) && badURL.Op == "parse":
+			return outcome{state: pushproxy.StateFailed, reason: "invalid url: " + err.Error()}
 		case errors.As(err, &blocked):
 			return outcome{state: pushproxy.StateFailed, reason: blocked.Error()}
 		case errors.Is(err, errTooManyRedirects):
@@ -170,22 +172,22 @@ func (h *holder) connect(parent context.Context) outcome {
 		}
 		return outcome{reason: "connect: " + scrubURLError(err), kind: "connect"}
 	}
-	defer resp.Body.Close()
-	out := outcome{status: resp.StatusCode}
+	defer resp.body.Close()
+	out := outcome{status: resp.status}
 	switch {
-	case resp.StatusCode == http.StatusNoContent:
+	case resp.status == http.StatusNoContent:
 		out.state, out.reason = pushproxy.StateClosed, "the origin ended the stream (204 No Content)"
 		return out
-	case resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
-		out.reason, out.kind = "origin answered "+resp.Status, "status"
-		out.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), h.s.opts.UpstreamBackoffMax)
-		h.send(ctx, h.item(store.Append{UpstreamStatus: resp.StatusCode, Connected: store.ConnDown, Error: out.reason}), false)
+	case resp.status == http.StatusRequestTimeout || resp.status == http.StatusTooManyRequests || resp.status >= 500:
+		out.reason, out.kind = "origin answered "+resp.statusText(), "status"
+		out.retryAfter = parseRetryAfter(resp.header.Get("Retry-After"), h.s.opts.UpstreamBackoffMax)
+		h.send(ctx, h.item(store.Append{UpstreamStatus: resp.status, Connected: store.ConnDown, Error: out.reason}), false)
 		return out
-	case resp.StatusCode != http.StatusOK:
-		out.state, out.reason = pushproxy.StateFailed, "origin answered "+resp.Status
+	case resp.status != http.StatusOK:
+		out.state, out.reason = pushproxy.StateFailed, "origin answered "+resp.statusText()
 		return out
 	}
-	if ct := resp.Header.Get("Content-Type"); !sse.IsEventStream(ct) {
+	if ct := resp.header.Get("Content-Type"); !sse.IsEventStream(ct) {
 		out.state = pushproxy.StateFailed
 		out.reason = fmt.Sprintf("origin answered 200 with content type %.100q, not text/event-stream", ct)
 		return out
@@ -195,11 +197,11 @@ func (h *holder) connect(parent context.Context) outcome {
 		return out
 	}
 
-	var body io.Reader = resp.Body
+	var body io.Reader = resp.body
 	if d := h.s.opts.UpstreamIdleTimeout; d > 0 {
 		t := time.AfterFunc(d, func() { cancel(errIdle) })
 		defer t.Stop()
-		body = &idleReader{r: resp.Body, t: t, d: d}
+		body = &idleReader{r: resp.body, t: t, d: d}
 	}
 	p := sse.NewParser(body, &sse.ParserOptions{MaxEventSize: h.s.opts.MaxEventSize})
 	// The id a browser would still have: events without an id keep it.

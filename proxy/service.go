@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/pushproxy/pushproxy/internal/h2client"
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -199,7 +200,8 @@ type Service struct {
 	dbURL   string
 	log     *slog.Logger
 	metrics Metrics
-	client  *http.Client
+	client  *http.Client   // upstreams over HTTP/1.1
+	h2      *h2client.Pool // upstreams over HTTP/2
 
 	commits    chan commitItem
 	com        *committer
@@ -241,6 +243,12 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		hub:     newHub(),
 	}
 	s.client = newUpstreamClient(&o)
+	s.h2 = h2client.NewPool(h2client.Options{
+		Dial: o.Upstream.Dialer(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}),
+		H2C:  o.UpstreamH2C,
+		// As the net/http transport's HTTP2 settings below.
+		PingInterval: 30 * time.Second, PingTimeout: 15 * time.Second, IdleTimeout: 90 * time.Second,
+	})
 	s.dash = newFeed(o.DashboardRefresh, s.computeOverview, s.overviewFailed)
 	s.loginLimit = rate.NewLimiter(loginRate, loginBurst)
 	s.commits = make(chan commitItem, o.CommitQueue)
@@ -387,6 +395,7 @@ func (s *Service) stop(ctx context.Context) error {
 	s.cancel()
 	<-s.comDone
 	s.wg.Wait()
+	s.h2.Close()
 	// The drain may have used up ctx; releasing the leases matters more than the deadline.
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer rcancel()
