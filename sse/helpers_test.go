@@ -32,8 +32,13 @@ func parseAll(r io.Reader, initialID string, opts *sse.ParserOptions) result {
 		p.SetLastEventID(initialID)
 	}
 	var res result
-	for range 100000 {
+	for range 1000000 {
 		ev, err := p.Next()
+		if err == sse.ErrPending {
+			// The reader will have more: the parser waits without its buffer.
+			p.Release()
+			continue
+		}
 		if err != nil {
 			res.Err = err
 			break
@@ -69,6 +74,20 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// pendingReader answers sse.ErrPending before every read of r: a stream fed from a buffer
+// that is often empty.
+type pendingReader struct {
+	r       io.Reader
+	pending bool
+}
+
+func (p *pendingReader) Read(b []byte) (int, error) {
+	if p.pending = !p.pending; p.pending {
+		return 0, sse.ErrPending
+	}
+	return p.r.Read(b)
+}
+
 func chunks(s string, at ...int) io.Reader {
 	c := &chunkReader{}
 	prev := 0
@@ -89,6 +108,8 @@ func readers(s string) map[string]func() io.Reader {
 		"half":     func() io.Reader { return iotest.HalfReader(strings.NewReader(s)) },
 		"dataerr":  func() io.Reader { return iotest.DataErrReader(strings.NewReader(s)) },
 		"dataerr1": func() io.Reader { return iotest.DataErrReader(iotest.OneByteReader(strings.NewReader(s))) },
+		"pending":  func() io.Reader { return &pendingReader{r: iotest.HalfReader(strings.NewReader(s))} },
+		"pending1": func() io.Reader { return &pendingReader{r: iotest.OneByteReader(strings.NewReader(s))} },
 	}
 	step := 1
 	if len(s) > 512 {

@@ -26,6 +26,12 @@ type Event struct {
 	Data string
 }
 
+// ErrPending may be returned by a Parser's reader, with no data, when it has nothing now but
+// may have more later. Next then returns ErrPending too, without making it sticky: call Next
+// again once the reader has data. It lets one goroutine serve many parsers (each fed from a
+// buffer) instead of blocking a goroutine per stream in Read.
+var ErrPending = errors.New("sse: no data yet")
+
 // ErrEventTooLarge is returned by Parser.Next when a line plus the event's
 // accumulated buffers would exceed ParserOptions.MaxEventSize.
 var ErrEventTooLarge = errors.New("sse: event or line too large")
@@ -268,14 +274,28 @@ func (p *Parser) Next() (Event, error) {
 
 const bom = "\uFEFF"
 
-// fail records err as the sticky error and returns it.
+// fail records err as the sticky error and returns it; ErrPending is not sticky.
 func (p *Parser) fail(err error) error {
-	p.err = err
+	if err != ErrPending {
+		p.err = err
+	}
 	return err
 }
 
 // retained is the number of bytes held in the event's buffers.
 func (p *Parser) retained() int { return p.dlen + p.typ.n + p.id.n }
+
+// Release lets go of the read buffer if it holds nothing unconsumed, as when Next has just
+// returned ErrPending between events: a parser waiting for data then holds no buffer. The
+// next read allocates a small one again.
+func (p *Parser) Release() {
+	if p.r != p.w || p.lineSpill || p.buf == nil {
+		return
+	}
+	p.buf, p.r, p.w = nil, 0, 0
+	p.lf, p.cr, p.scan, p.valid, p.checked = -2, -2, 0, 0, 0
+	p.reads, p.peak, p.grow = 0, 0, false
+}
 
 // fill reads more data into buf, keeping buf[r:w] (at most a partial line).
 // It returns the reader's error once everything before it was consumed.
@@ -331,6 +351,12 @@ func (p *Parser) fill() error {
 		n, err := p.rd.Read(p.buf[p.w:])
 		if n < 0 || n > len(p.buf)-p.w {
 			return errors.New("sse: reader returned an invalid count")
+		}
+		if err == ErrPending {
+			if n == 0 {
+				return err
+			}
+			err = nil
 		}
 		p.w += n
 		if err != nil {
