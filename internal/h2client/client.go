@@ -712,6 +712,30 @@ type Stream struct {
 	unacked  uint32 // bytes read and not yet credited back
 	headDone bool
 	closed   bool
+	notify   func() // called, without locks held, when data or the end arrives
+}
+
+// ErrWouldBlock is returned by TryRead when the stream has no data yet.
+var ErrWouldBlock = errors.New("h2client: no data yet")
+
+// SetNotify sets a function that is called whenever data or the end arrives, or the stream
+// is closed. It runs on the connection's reading goroutine: it must not block (start work
+// elsewhere). With it, a stream needs no goroutine waiting in Read.
+func (s *Stream) SetNotify(f func()) {
+	s.mu.Lock()
+	s.notify = f
+	s.mu.Unlock()
+}
+
+// TryRead is Read without the wait: with no data, and the stream neither ended nor failed,
+// it returns ErrWouldBlock.
+func (s *Stream) TryRead(b []byte) (int, error) {
+	s.mu.Lock()
+	if s.off == len(s.buf) && s.err == nil && !s.closed {
+		s.mu.Unlock()
+		return 0, ErrWouldBlock
+	}
+	return s.readLocked(b)
 }
 
 func (s *Stream) awaitHead(ctx context.Context) (*Response, error) {
@@ -733,12 +757,10 @@ func (s *Stream) onHeaders(f *http2.MetaHeadersFrame) {
 	s.mu.Lock()
 	if s.headDone {
 		// Trailers: nothing to take from them but the end.
-		if f.StreamEnded() {
-			s.endLocked(io.EOF)
-		}
 		s.mu.Unlock()
 		if f.StreamEnded() {
 			s.c.remove(s)
+			s.fail(io.EOF)
 		}
 		return
 	}
@@ -759,12 +781,10 @@ func (s *Stream) onHeaders(f *http2.MetaHeadersFrame) {
 	}
 	s.resp, s.headDone = &Response{Status: status, Header: h}, true
 	close(s.head)
-	if f.StreamEnded() {
-		s.endLocked(io.EOF)
-	}
 	s.mu.Unlock()
 	if f.StreamEnded() {
 		s.c.remove(s)
+		s.fail(io.EOF)
 	}
 }
 
@@ -772,8 +792,8 @@ func (s *Stream) onHeaders(f *http2.MetaHeadersFrame) {
 // reports false when the server overran the window.
 func (s *Stream) onData(data []byte, n uint32, end bool) bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if n > s.window {
+		s.mu.Unlock()
 		return false
 	}
 	s.window -= n
@@ -790,6 +810,11 @@ func (s *Stream) onData(data []byte, n uint32, end bool) bool {
 		s.endLocked(io.EOF)
 	}
 	s.signalLocked()
+	notify := s.notify
+	s.mu.Unlock()
+	if notify != nil {
+		notify()
+	}
 	return true
 }
 
@@ -815,8 +840,12 @@ func (s *Stream) signalLocked() {
 
 func (s *Stream) fail(err error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.endLocked(err)
+	notify := s.notify
+	s.mu.Unlock()
+	if notify != nil {
+		notify()
+	}
 }
 
 // takeCredit returns the bytes to credit back to the server, once enough were read.
@@ -846,6 +875,11 @@ func (s *Stream) Read(b []byte) (int, error) {
 		<-ready
 		s.mu.Lock()
 	}
+	return s.readLocked(b)
+}
+
+// readLocked reads what is buffered, or reports the end; it unlocks s.mu.
+func (s *Stream) readLocked(b []byte) (int, error) {
 	if s.off < len(s.buf) {
 		n := copy(b, s.buf[s.off:])
 		s.off += n
@@ -882,7 +916,11 @@ func (s *Stream) Close() error {
 	ended := s.err != nil
 	s.buf, s.off = nil, 0
 	s.signalLocked()
+	notify := s.notify
 	s.mu.Unlock()
+	if notify != nil {
+		notify()
+	}
 	s.c.remove(s)
 	if !ended {
 		_ = s.c.write(func() error { return s.c.fr.WriteRSTStream(s.id, http2.ErrCodeCancel) })

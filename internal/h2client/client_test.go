@@ -387,3 +387,49 @@ func TestUnansweredPingClosesTheConnection(t *testing.T) {
 		t.Fatalf("open on a silent server: %v", err)
 	}
 }
+
+// TestNotifyAndTryRead reads a stream without a goroutine waiting in Read: the notify
+// function says when to try.
+func TestNotifyAndTryRead(t *testing.T) {
+	events := make(chan string)
+	srv := newServer(t, false, 0, eventSource(events, nil))
+	p := newPool(t, h2client.Options{H2C: true})
+	s, _, err := p.Open(context.Background(), mustURL(t, srv.URL), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	kick := make(chan struct{}, 1)
+	s.SetNotify(func() {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	})
+	buf := make([]byte, 64)
+	if n, err := s.TryRead(buf); n != 0 || err != h2client.ErrWouldBlock {
+		t.Fatalf("TryRead with nothing there: %d %v", n, err)
+	}
+	// Read everything that comes until the end, trying only when notified.
+	var got strings.Builder
+	events <- "a"
+	events <- "b"
+	close(events)
+	for {
+		<-kick
+		n, err := s.TryRead(buf)
+		for err == nil {
+			got.Write(buf[:n])
+			n, err = s.TryRead(buf)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != h2client.ErrWouldBlock {
+			t.Fatal(err)
+		}
+	}
+	if got.String() != "data: a\n\ndata: b\n\n" {
+		t.Fatalf("read %q", got.String())
+	}
+}
