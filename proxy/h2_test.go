@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -39,23 +40,7 @@ func TestHoldingOverH2C(t *testing.T) {
 		<-r.Context().Done()
 		canceled <- struct{}{}
 	})
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ProtoMajor != 2 {
-			http.Error(w, "h2 only", http.StatusHTTPVersionNotSupported)
-			return
-		}
-		mux.ServeHTTP(w, r)
-	}))
-	var protos http.Protocols
-	protos.SetUnencryptedHTTP2(true)
-	srv.Config.Protocols = &protos
-	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	srv.Start()
-	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
+	srv := newH2COrigin(t, mux, &conns)
 	script.srv = srv
 
 	_, b := setup(t, &proxy.Options{UpstreamH2C: true, UpstreamMaxRedirects: 3})
@@ -102,5 +87,77 @@ func TestHoldingOverH2C(t *testing.T) {
 	}
 	if n := conns.Load(); n != 1 {
 		t.Fatalf("%d connections to the origin, want every stream on one", n)
+	}
+}
+
+// newH2COrigin starts an origin that speaks only h2c, counting its connections in conns.
+func newH2COrigin(t *testing.T, h http.Handler, conns *atomic.Int32) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor != 2 {
+			http.Error(w, "h2 only", http.StatusHTTPVersionNotSupported)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = &protos
+	srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		if st == http.StateNew && conns != nil {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
+	return srv
+}
+
+// TestH2CDropsIdleAndOversize: over the proxy's HTTP/2 client, an origin that ends the
+// stream every few events loses nothing, a silent one is reconnected after the idle timeout,
+// and an oversized event fails its stream.
+func TestH2CDropsIdleAndOversize(t *testing.T) {
+	t.Parallel()
+	drops := &scriptOrigin{more: make(chan struct{}), dropEvery: 2}
+	mux := http.NewServeMux()
+	mux.Handle("/events", drops)
+	mux.HandleFunc("/silent", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	})
+	mux.HandleFunc("/huge", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		w.Write([]byte("data: " + strings.Repeat("x", 4096) + "\n\n"))
+	})
+	srv := newH2COrigin(t, mux, nil)
+	drops.srv = srv
+	_, b := setup(t, &proxy.Options{UpstreamH2C: true, UpstreamIdleTimeout: 200 * time.Millisecond, MaxEventSize: 1024})
+
+	drops.publishN(7)
+	h := handoff(t, b, map[string]any{"url": srv.URL + "/events"})
+	eventually(t, 20*time.Second, "every event", func() bool { return getStream(t, b, h).Backlog == 7 })
+	p := fetchJSON(t, b, h, "")
+	for i, ev := range p.Events {
+		if ev.ID != strconv.Itoa(i+1) {
+			t.Fatalf("event %d has id %q: %+v", i, ev.ID, p.Events)
+		}
+	}
+	if reqs := drops.requests(); len(reqs) < 4 || reqs[1] != "2" || reqs[2] != "4" {
+		t.Fatalf("reconnects resumed from %q", reqs)
+	}
+
+	silent := handoff(t, b, map[string]any{"url": srv.URL + "/silent"})
+	eventually(t, 20*time.Second, "an idle reconnect", func() bool {
+		si := getStream(t, b, silent)
+		return strings.Contains(si.Upstream.LastError, "no data from the origin") && si.Upstream.Connects >= 2
+	})
+
+	huge := handoff(t, b, map[string]any{"url": srv.URL + "/huge"})
+	eventually(t, 20*time.Second, "the oversized event to fail the stream", func() bool { return getStream(t, b, huge).State == "failed" })
+	if si := getStream(t, b, huge); !strings.Contains(si.StateReason, "larger than 1024 bytes") {
+		t.Fatalf("reason %q", si.StateReason)
 	}
 }

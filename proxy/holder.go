@@ -11,16 +11,21 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/internal/h2client"
 	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/store"
 )
 
 // holder holds one upstream stream: it connects, parses the event stream, hands every event
 // to the committer, and reconnects with backoff until the stream ends, fails, or the holder
-// is stopped. One goroutine per held stream; its state between connections is a few fields.
+// is stopped. Over HTTP/1.1 one goroutine per held stream reads it. Over HTTP/2 no goroutine
+// waits on an idle stream: the connection's reader notifies the holder, which starts one to
+// parse what came (see pump), so that a held stream costs only its few fields.
 type holder struct {
 	s       *Service
 	seq     uint64 // order of start, for lease renewal
@@ -34,8 +39,12 @@ type holder struct {
 	retryMS  int64  // the origin's retry: value, -1 if none
 	head     int64  // seq of the newest event handed to the committer
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	failures int // connects in a row that did not deliver
+
+	cancel   context.CancelFunc
+	done     chan struct{}
+	finished sync.Once
+	onFinish func() // run once the holder has ended
 }
 
 // outcome is how one connection ended.
@@ -48,35 +57,57 @@ type outcome struct {
 	kind       string        // why a reconnect is needed, for metrics: connect, status, eof, read, idle
 }
 
+// run connects and reconnects until the stream ends, or until a connection goes on without
+// a goroutine (pump), which calls after when it ends.
 func (h *holder) run(ctx context.Context) {
-	defer close(h.done)
-	failures := 0
 	for {
-		out := h.connect(ctx)
-		if ctx.Err() != nil {
+		out, detached := h.connect(ctx)
+		if detached || !h.after(ctx, out) {
 			return
-		}
-		if out.state != "" {
-			h.s.log.InfoContext(ctx, "upstream stream ended", slog.String("stream", h.id), slog.String("state", out.state), slog.String("reason", out.reason))
-			h.send(ctx, h.item(store.Append{State: out.state, StateReason: out.reason, UpstreamStatus: out.status, Connected: store.ConnDown, Error: errIf(out.state == pushproxy.StateFailed, out.reason)}), true)
-			return
-		}
-		if out.delivered {
-			failures = 0
-		} else {
-			failures++
-		}
-		delay := h.backoff(failures, out.retryAfter)
-		h.s.metrics.Reconnect(out.kind)
-		h.s.log.DebugContext(ctx, "upstream reconnecting", slog.String("stream", h.id), slog.String("reason", out.reason), slog.Duration("delay", delay))
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
 		}
 	}
+}
+
+// after handles the end of a connection: it records a final state, or waits out the
+// backoff. It reports whether to connect again; if not, the holder has finished.
+func (h *holder) after(ctx context.Context, out outcome) bool {
+	if ctx.Err() != nil {
+		h.finish()
+		return false
+	}
+	if out.state != "" {
+		h.s.log.InfoContext(ctx, "upstream stream ended", slog.String("stream", h.id), slog.String("state", out.state), slog.String("reason", out.reason))
+		h.send(ctx, h.item(store.Append{State: out.state, StateReason: out.reason, UpstreamStatus: out.status, Connected: store.ConnDown, Error: errIf(out.state == pushproxy.StateFailed, out.reason)}), true)
+		h.finish()
+		return false
+	}
+	if out.delivered {
+		h.failures = 0
+	} else {
+		h.failures++
+	}
+	delay := h.backoff(h.failures, out.retryAfter)
+	h.s.metrics.Reconnect(out.kind)
+	h.s.log.DebugContext(ctx, "upstream reconnecting", slog.String("stream", h.id), slog.String("reason", out.reason), slog.Duration("delay", delay))
+	t := time.NewTimer(delay)
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		h.finish()
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// finish marks the holder as ended.
+func (h *holder) finish() {
+	h.finished.Do(func() {
+		close(h.done)
+		if h.onFinish != nil {
+			h.onFinish()
+		}
+	})
 }
 
 func errIf(b bool, s string) string {
@@ -143,10 +174,42 @@ func (h *holder) send(ctx context.Context, a store.Append, wait bool) bool {
 
 var errTooManyRedirects = errors.New("too many redirects")
 
-// connect makes one connection to the origin and reads it until it ends.
-func (h *holder) connect(parent context.Context) outcome {
+// connect makes one connection to the origin and reads it until it ends; or, over HTTP/2,
+// hands it to a pump and reports detached.
+func (h *holder) connect(parent context.Context) (outcome, bool) {
 	ctx, cancel := context.WithCancelCause(parent)
+	resp, out, ok := h.open(ctx)
+	if !ok {
+		cancel(nil)
+		return out, false
+	}
+	if st, ok := resp.body.(*stopCloser); ok {
+		h.pump(parent, ctx, cancel, st, out)
+		return out, true
+	}
 	defer cancel(nil)
+	defer resp.body.Close()
+	var body io.Reader = resp.body
+	if d := h.s.opts.UpstreamIdleTimeout; d > 0 {
+		t := time.AfterFunc(d, func() { cancel(errIdle) })
+		defer t.Stop()
+		body = &idleReader{r: resp.body, t: t, d: d}
+	}
+	p := h.newParser(body)
+	h.consume(parent, ctx, p, &out)
+	return out, false
+}
+
+func (h *holder) newParser(body io.Reader) *sse.Parser {
+	p := sse.NewParser(body, &sse.ParserOptions{MaxEventSize: h.s.opts.MaxEventSize})
+	// The id a browser would still have: events without an id keep it.
+	p.SetLastEventID(h.resumeID)
+	return p
+}
+
+// open sends the request and checks the response's head. It reports ok with a response
+// whose events are to be read; otherwise out says how the connection ended.
+func (h *holder) open(ctx context.Context) (*originResponse, outcome, bool) {
 	header := make(http.Header, len(h.headers)+3)
 	for k, v := range h.headers {
 		header.Set(k, v)
@@ -164,50 +227,46 @@ func (h *holder) connect(parent context.Context) outcome {
 		)
 		switch {
 		case errors.As(err, &badURL) && badURL.Op == "parse":
-			return outcome{state: pushproxy.StateFailed, reason: "invalid url: " + err.Error()}
+			return nil, outcome{state: pushproxy.StateFailed, reason: "invalid url: " + err.Error()}, false
 		case errors.As(err, &blocked):
-			return outcome{state: pushproxy.StateFailed, reason: blocked.Error()}
+			return nil, outcome{state: pushproxy.StateFailed, reason: blocked.Error()}, false
 		case errors.Is(err, errTooManyRedirects):
-			return outcome{state: pushproxy.StateFailed, reason: fmt.Sprintf("more than %d redirects", h.s.opts.UpstreamMaxRedirects)}
+			return nil, outcome{state: pushproxy.StateFailed, reason: fmt.Sprintf("more than %d redirects", h.s.opts.UpstreamMaxRedirects)}, false
 		}
-		return outcome{reason: "connect: " + scrubURLError(err), kind: "connect"}
+		return nil, outcome{reason: "connect: " + scrubURLError(err), kind: "connect"}, false
 	}
-	defer resp.body.Close()
 	out := outcome{status: resp.status}
 	switch {
 	case resp.status == http.StatusNoContent:
 		out.state, out.reason = pushproxy.StateClosed, "the origin ended the stream (204 No Content)"
-		return out
 	case resp.status == http.StatusRequestTimeout || resp.status == http.StatusTooManyRequests || resp.status >= 500:
 		out.reason, out.kind = "origin answered "+resp.statusText(), "status"
 		out.retryAfter = parseRetryAfter(resp.header.Get("Retry-After"), h.s.opts.UpstreamBackoffMax)
 		h.send(ctx, h.item(store.Append{UpstreamStatus: resp.status, Connected: store.ConnDown, Error: out.reason}), false)
-		return out
 	case resp.status != http.StatusOK:
 		out.state, out.reason = pushproxy.StateFailed, "origin answered "+resp.statusText()
-		return out
-	}
-	if ct := resp.header.Get("Content-Type"); !sse.IsEventStream(ct) {
+	case !sse.IsEventStream(resp.header.Get("Content-Type")):
 		out.state = pushproxy.StateFailed
-		out.reason = fmt.Sprintf("origin answered 200 with content type %.100q, not text/event-stream", ct)
-		return out
+		out.reason = fmt.Sprintf("origin answered 200 with content type %.100q, not text/event-stream", resp.header.Get("Content-Type"))
+	default:
+		out.delivered = true
+		if h.send(ctx, h.item(store.Append{UpstreamStatus: http.StatusOK, Connected: store.ConnUp, Connects: 1}), false) {
+			resp.header = nil // not needed any more: an idle stream keeps as little as it can
+			return resp, out, true
+		}
 	}
-	out.delivered = true
-	if !h.send(ctx, h.item(store.Append{UpstreamStatus: http.StatusOK, Connected: store.ConnUp, Connects: 1}), false) {
-		return out
-	}
+	resp.body.Close()
+	return nil, out, false
+}
 
-	var body io.Reader = resp.body
-	if d := h.s.opts.UpstreamIdleTimeout; d > 0 {
-		t := time.AfterFunc(d, func() { cancel(errIdle) })
-		defer t.Stop()
-		body = &idleReader{r: resp.body, t: t, d: d}
-	}
-	p := sse.NewParser(body, &sse.ParserOptions{MaxEventSize: h.s.opts.MaxEventSize})
-	// The id a browser would still have: events without an id keep it.
-	p.SetLastEventID(h.resumeID)
+// consume hands the parser's events to the committer until the connection ends, which it
+// records in out and reports with true, or until the parser is pending (false).
+func (h *holder) consume(parent, ctx context.Context, p *sse.Parser, out *outcome) bool {
 	for {
 		ev, err := p.Next()
+		if err == sse.ErrPending {
+			return false
+		}
 		if err != nil {
 			if ms, ok := p.Retry(); ok {
 				h.retryMS = ms
@@ -219,14 +278,14 @@ func (h *holder) connect(parent context.Context) outcome {
 			case errors.Is(err, sse.ErrEventTooLarge):
 				out.state = pushproxy.StateFailed
 				out.reason = fmt.Sprintf("the origin sent an event or line larger than %d bytes", h.s.opts.MaxEventSize)
-				return out
+				return true
 			case err == io.EOF:
 				out.reason, out.kind = "the origin closed the stream", "eof"
 			default:
 				out.reason, out.kind = "read: "+scrubURLError(err), "read"
 			}
 			h.send(parent, h.item(store.Append{Connected: store.ConnDown, Error: out.reason}), false)
-			return out
+			return true
 		}
 		if ms, ok := p.Retry(); ok {
 			h.retryMS = ms
@@ -242,9 +301,82 @@ func (h *holder) connect(parent context.Context) outcome {
 		a := h.item(store.Append{Events: []pushproxy.Event{{Seq: h.head, LastEventID: ev.LastEventID, Type: ev.Type, Data: ev.Data}}, Urgent: h.isUrgent(ev.Type)})
 		if !h.send(parent, a, false) {
 			h.head, h.resumeID = prevHead, prevResume
-			return out
+			return true
 		}
 	}
+}
+
+// pump reads an HTTP/2 stream without a goroutine waiting on it: each time data or the end
+// arrives, one goroutine parses what is there and goes away (a second notification while it
+// runs makes it look again). When the connection ends, that goroutine carries on with the
+// holder: after, then run.
+func (h *holder) pump(parent, ctx context.Context, cancel context.CancelCauseFunc, st *stopCloser, out outcome) {
+	var idle *time.Timer
+	d := h.s.opts.UpstreamIdleTimeout
+	if d > 0 {
+		idle = time.AfterFunc(d, func() { cancel(errIdle) })
+	}
+	p := h.newParser(&pendingBody{s: st, idle: idle, d: d})
+	var state atomic.Int32 // 0: no goroutine; 1: one runs; 2: one runs and must look again
+	var work func()
+	work = func() {
+		for {
+			if h.consume(parent, ctx, p, &out) {
+				if idle != nil {
+					idle.Stop()
+				}
+				cancel(nil)
+				st.Close()
+				if h.after(parent, out) {
+					h.run(parent)
+				}
+				return
+			}
+			p.Release()
+			if state.CompareAndSwap(1, 0) {
+				return
+			}
+			state.Store(1)
+		}
+	}
+	kick := func() {
+		for {
+			switch state.Load() {
+			case 0:
+				if state.CompareAndSwap(0, 1) {
+					go work()
+					return
+				}
+			case 1:
+				if state.CompareAndSwap(1, 2) {
+					return
+				}
+			default:
+				return
+			}
+		}
+	}
+	st.SetNotify(kick)
+	kick() // what came with the head
+}
+
+// pendingBody reads an HTTP/2 stream for a parser that must not wait: no data is
+// sse.ErrPending. Data pushes the idle timer back.
+type pendingBody struct {
+	s    *stopCloser
+	idle *time.Timer
+	d    time.Duration
+}
+
+func (r *pendingBody) Read(b []byte) (int, error) {
+	n, err := r.s.TryRead(b)
+	if err == h2client.ErrWouldBlock {
+		return 0, sse.ErrPending
+	}
+	if n > 0 && r.idle != nil {
+		r.idle.Reset(r.d)
+	}
+	return n, err
 }
 
 // isUrgent reports whether events of type typ wake the device at once.

@@ -543,21 +543,21 @@ func (s *Service) hold(c store.Claim) {
 		cancel:   cancel,
 		done:     make(chan struct{}),
 	}
+	h.onFinish = func() {
+		s.mu.Lock()
+		if s.holders[h.id] == h {
+			delete(s.holders, h.id)
+		}
+		s.mu.Unlock()
+		s.holdWG.Done()
+	}
 	s.holders[h.id] = h
 	s.holdWG.Add(1)
 	s.mu.Unlock()
 	if old != nil {
 		old.cancel()
 	}
-	go func() {
-		defer s.holdWG.Done()
-		h.run(ctx)
-		s.mu.Lock()
-		if s.holders[h.id] == h {
-			delete(s.holders, h.id)
-		}
-		s.mu.Unlock()
-	}()
+	go h.run(ctx)
 }
 
 // unhold stops a holder.
