@@ -285,7 +285,8 @@ func (p *Parser) fail(err error) error {
 // retained is the number of bytes held in the event's buffers.
 func (p *Parser) retained() int { return p.dlen + p.typ.n + p.id.n }
 
-// Release lets go of the read buffer if it holds nothing unconsumed, as when Next has just
+// Release lets go of the read buffer if it holds nothing unconsumed (and of the slab of event
+// strings unless an event is being built in it), as when Next has just
 // returned ErrPending between events: a parser waiting for data then holds no buffer. The
 // next read allocates a small one again.
 func (p *Parser) Release() {
@@ -295,6 +296,9 @@ func (p *Parser) Release() {
 	p.buf, p.r, p.w = nil, 0, 0
 	p.lf, p.cr, p.scan, p.valid, p.checked = -2, -2, 0, 0, 0
 	p.reads, p.peak, p.grow = 0, 0, false
+	if !p.dataInSlab {
+		p.dropSlab()
+	}
 }
 
 // fill reads more data into buf, keeping buf[r:w] (at most a partial line).

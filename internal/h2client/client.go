@@ -746,10 +746,12 @@ func (s *Stream) awaitHead(ctx context.Context) (*Response, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.resp == nil {
+	resp := s.resp
+	if resp == nil {
 		return nil, s.err
 	}
-	return s.resp, nil
+	s.resp = nil // the caller has it: an idle stream keeps as little as it can
+	return resp, nil
 }
 
 func (s *Stream) onHeaders(f *http2.MetaHeadersFrame) {
