@@ -1,0 +1,517 @@
+// Package h1client is a small HTTP/1.1 client for long-lived GET responses, such as event
+// streams held by the ten thousand. Each response has its own connection and one goroutine
+// that reads it into the stream's buffer with a small read buffer and a shallow stack;
+// the stream's reader is notified instead of waiting (see Stream.SetNotify), so that an
+// idle stream costs a few kilobytes, where net/http keeps three goroutines and two bufio
+// buffers per connection.
+//
+// It sends only GET requests without a body, one per connection, and does not follow
+// redirects or retry.
+package h1client
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ErrWouldBlock is returned by TryRead when the stream has no data yet.
+var ErrWouldBlock = errors.New("h1client: no data yet")
+
+// Options configure a Client. Zero fields take defaults.
+type Options struct {
+	// Dial opens the connection (it may refuse addresses). Default: net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLSConfig is the base TLS configuration for https:// URLs.
+	TLSConfig *tls.Config
+	// MaxHeaderBytes bounds the response head (default 64 KiB).
+	MaxHeaderBytes int
+	// MaxBuffered is how much of a body the stream buffers before the connection's reader
+	// waits for the stream's reader to catch up (default 64 KiB).
+	MaxBuffered int
+}
+
+// Client makes requests.
+type Client struct{ o Options }
+
+// New returns a Client.
+func New(o Options) *Client {
+	if o.Dial == nil {
+		o.Dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
+	if o.MaxHeaderBytes == 0 {
+		o.MaxHeaderBytes = 64 << 10
+	}
+	if o.MaxBuffered == 0 {
+		o.MaxBuffered = 64 << 10
+	}
+	return &Client{o: o}
+}
+
+// Response is the head of a response. Line is the status line after the protocol
+// ("503 Service Unavailable"), as the server wrote it.
+type Response struct {
+	Status int
+	Line   string
+	Header http.Header
+}
+
+// Open connects, sends a GET for u with header, and reads the response head, as long as ctx
+// allows. The body is read from the returned Stream, which the caller must Close.
+func (c *Client) Open(ctx context.Context, u *url.URL, header http.Header) (*Stream, *Response, error) {
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	nc, err := c.o.Dial(ctx, "tcp", net.JoinHostPort(u.Hostname(), port))
+	if err != nil {
+		return nil, nil, err
+	}
+	// The context bounds everything up to the head.
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	s, resp, err := c.open(nc, u, header)
+	if !stop() || ctx.Err() != nil {
+		if err == nil {
+			err = ctx.Err()
+		}
+		s = nil
+	}
+	if err != nil {
+		nc.Close()
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		return nil, nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	go s.readLoop()
+	return s, resp, nil
+}
+
+func (c *Client) open(nc net.Conn, u *url.URL, header http.Header) (*Stream, *Response, error) {
+	if u.Scheme == "https" {
+		cfg := &tls.Config{}
+		if c.o.TLSConfig != nil {
+			cfg = c.o.TLSConfig.Clone()
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName = u.Hostname()
+		}
+		cfg.NextProtos = []string{"http/1.1"}
+		tc := tls.Client(nc, cfg)
+		if err := tc.Handshake(); err != nil {
+			return nil, nil, err
+		}
+		nc = tc
+	}
+	if _, err := io.WriteString(nc, requestHead(u, header)); err != nil {
+		return nil, nil, err
+	}
+	lr := &io.LimitedReader{R: nc, N: int64(c.o.MaxHeaderBytes)}
+	br := bufio.NewReaderSize(lr, 4096)
+	tp := textproto.NewReader(br)
+	var resp *Response
+	for {
+		line, err := tp.ReadLine()
+		if err != nil {
+			return nil, nil, headError(err, lr)
+		}
+		proto, status, ok := strings.Cut(line, " ")
+		if !ok || !strings.HasPrefix(proto, "HTTP/1.") {
+			return nil, nil, fmt.Errorf("malformed HTTP response %q", truncate(line))
+		}
+		code, _, _ := strings.Cut(status, " ")
+		n, err := strconv.Atoi(code)
+		if err != nil || len(code) != 3 || n < 100 {
+			return nil, nil, fmt.Errorf("malformed HTTP status code %q", truncate(code))
+		}
+		mh, err := tp.ReadMIMEHeader()
+		if err != nil {
+			return nil, nil, headError(err, lr)
+		}
+		if n >= 200 || n == http.StatusSwitchingProtocols {
+			resp = &Response{Status: n, Line: status, Header: http.Header(mh)}
+			break
+		}
+		// 1xx: another head follows.
+	}
+	s := &Stream{nc: nc, max: c.o.MaxBuffered}
+	switch {
+	case resp.Status == http.StatusNoContent || resp.Status == http.StatusNotModified || resp.Status < 200:
+		s.framing = framingNone
+	case chunked(resp.Header):
+		s.framing = framingChunked
+	case resp.Header.Get("Content-Length") != "":
+		n, err := strconv.ParseInt(strings.TrimSpace(resp.Header.Get("Content-Length")), 10, 64)
+		if err != nil || n < 0 {
+			return nil, nil, fmt.Errorf("bad Content-Length %q", truncate(resp.Header.Get("Content-Length")))
+		}
+		s.framing, s.remaining, s.done = framingLength, n, n == 0
+	default:
+		s.framing = framingClose
+	}
+	// What the head's buffer read past the head is the start of the body.
+	if n := br.Buffered(); n > 0 {
+		rest, _ := br.Peek(n)
+		if err := s.decode(rest); err != nil {
+			// The head was fine: the body's error is the stream's to report.
+			s.endLocked(err)
+			s.done = true
+		}
+	}
+	if s.framing == framingNone {
+		s.done = true
+	}
+	return s, resp, nil
+}
+
+func headError(err error, lr *io.LimitedReader) error {
+	if lr.N <= 0 {
+		return errors.New("the response head is too large")
+	}
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+func chunked(h http.Header) bool {
+	te := h.Values("Transfer-Encoding")
+	return len(te) > 0 && strings.EqualFold(strings.TrimSpace(te[len(te)-1]), "chunked")
+}
+
+// Headers that are about one connection, which the client sets itself.
+var hopHeaders = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Transfer-Encoding": true,
+	"Upgrade": true, "Host": true, "Te": true, "Content-Length": true,
+}
+
+func requestHead(u *url.URL, header http.Header) string {
+	var b strings.Builder
+	path := u.RequestURI()
+	b.WriteString("GET " + path + " HTTP/1.1\r\nHost: " + u.Host + "\r\n")
+	ua := false
+	for k, vs := range header {
+		ck := http.CanonicalHeaderKey(k)
+		if hopHeaders[ck] {
+			continue
+		}
+		ua = ua || ck == "User-Agent"
+		for _, v := range vs {
+			// Values were checked by the API (no CR or LF); drop any that are not.
+			if strings.ContainsAny(v, "\r\n") || strings.ContainsAny(ck, " \t\r\n:") {
+				continue
+			}
+			b.WriteString(ck + ": " + v + "\r\n")
+		}
+	}
+	if !ua {
+		b.WriteString("User-Agent: Go-http-client/1.1\r\n")
+	}
+	b.WriteString("\r\n")
+	return b.String()
+}
+
+// Body framings.
+const (
+	framingNone = iota
+	framingLength
+	framingChunked
+	framingClose
+)
+
+// Stream is one response's body.
+type Stream struct {
+	nc  net.Conn
+	max int
+
+	mu     sync.Mutex
+	room   *sync.Cond // signalled when the reader drains a full buffer
+	buf    []byte     // decoded body not yet read; nil when empty
+	off    int
+	err    error // io.EOF at the body's end, or why it failed
+	closed bool
+	notify func()
+
+	// Body framing state, touched only by the reading goroutine (and open before it).
+	framing   int
+	remaining int64 // framingLength: bytes left; framingChunked: of the current chunk
+	chunk     chunkState
+	line      []byte // a chunk-size line being assembled
+	done      bool   // the framing says the body ended
+}
+
+// SetNotify sets a function called, without locks held, whenever data or the end arrives,
+// or the stream is closed. It runs on the stream's reading goroutine and must not block.
+func (s *Stream) SetNotify(f func()) {
+	s.mu.Lock()
+	s.notify = f
+	ready := s.off < len(s.buf) || s.err != nil
+	s.mu.Unlock()
+	if ready && f != nil {
+		f()
+	}
+}
+
+// TryRead reads what is buffered; with nothing buffered and the body not ended, it returns
+// ErrWouldBlock.
+func (s *Stream) TryRead(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.off < len(s.buf) {
+		n := copy(b, s.buf[s.off:])
+		s.off += n
+		if s.off == len(s.buf) {
+			full := len(s.buf) >= s.max
+			s.buf, s.off = nil, 0 // an idle stream holds no buffer
+			if full && s.room != nil {
+				s.room.Signal()
+			}
+		}
+		return n, nil
+	}
+	if s.closed {
+		return 0, errors.New("h1client: stream closed")
+	}
+	if s.err != nil {
+		return 0, s.err
+	}
+	return 0, ErrWouldBlock
+}
+
+// Close closes the connection; the reading goroutine ends.
+func (s *Stream) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.buf, s.off = nil, 0
+	if s.room != nil {
+		s.room.Broadcast()
+	}
+	notify := s.notify
+	s.mu.Unlock()
+	err := s.nc.Close()
+	if notify != nil {
+		notify()
+	}
+	return err
+}
+
+// readLoop reads the connection until the body ends or fails. Its read buffer starts
+// small and grows while reads fill it.
+func (s *Stream) readLoop() {
+	defer s.nc.Close()
+	if s.err != nil {
+		s.end(s.err) // the start of the body, read with the head, was bad
+		return
+	}
+	var buf []byte
+	size := 512
+	for !s.done {
+		if len(buf) != size {
+			buf = make([]byte, size)
+		}
+		n, err := s.nc.Read(buf)
+		if n == size && size < 16<<10 {
+			size *= 2
+		} else if n < size/4 && size > 512 {
+			size /= 2
+		}
+		if n > 0 {
+			if derr := s.decode(buf[:n]); derr != nil {
+				s.end(derr)
+				return
+			}
+			if !s.wait() {
+				return
+			}
+		}
+		if err != nil {
+			if s.framing == framingClose && err == io.EOF {
+				s.done = true
+				break
+			}
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			s.end(err)
+			return
+		}
+	}
+	s.end(io.EOF)
+}
+
+// wait blocks while the stream's buffer is full, and reports false if the stream was
+// closed. It also notifies the reader of what came.
+func (s *Stream) wait() bool {
+	s.mu.Lock()
+	notify := s.notify
+	s.mu.Unlock()
+	if notify != nil {
+		notify()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.buf)-s.off >= s.max && !s.closed {
+		if s.room == nil {
+			s.room = sync.NewCond(&s.mu)
+		}
+		s.room.Wait()
+	}
+	return !s.closed
+}
+
+func (s *Stream) end(err error) {
+	s.mu.Lock()
+	s.endLocked(err)
+	notify := s.notify
+	s.mu.Unlock()
+	if notify != nil {
+		notify()
+	}
+}
+
+func (s *Stream) endLocked(err error) {
+	if s.err == nil {
+		s.err = err
+	}
+}
+
+// push appends decoded body bytes.
+func (s *Stream) push(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	s.mu.Lock()
+	if !s.closed {
+		if s.off == len(s.buf) {
+			s.buf, s.off = s.buf[:0], 0
+		}
+		s.buf = append(s.buf, b...)
+	}
+	s.mu.Unlock()
+}
+
+// Chunked decoding states (RFC 9112, section 7.1).
+type chunkState int
+
+const (
+	chunkSize     chunkState = iota // reading a chunk-size line
+	chunkData                       // reading chunk data
+	chunkDataEnd                    // reading the CRLF after chunk data
+	chunkTrailers                   // reading trailer lines until an empty one
+)
+
+const maxChunkLine = 4096
+
+// decode turns raw connection bytes into body bytes by the framing.
+func (s *Stream) decode(b []byte) error {
+	switch s.framing {
+	case framingNone:
+		return nil // bytes after a body-less response: ignored (the connection is not reused)
+	case framingClose:
+		s.push(b)
+		return nil
+	case framingLength:
+		n := int64(len(b))
+		if n > s.remaining {
+			n = s.remaining
+		}
+		s.push(b[:n])
+		s.remaining -= n
+		if s.remaining == 0 {
+			s.done = true
+		}
+		return nil
+	}
+	for len(b) > 0 && !s.done {
+		switch s.chunk {
+		case chunkSize, chunkTrailers, chunkDataEnd:
+			i := indexByte(b, '\n')
+			if i < 0 {
+				if len(s.line)+len(b) > maxChunkLine {
+					return errors.New("chunked encoding: line too long")
+				}
+				s.line = append(s.line, b...)
+				return nil
+			}
+			line := append(s.line, b[:i]...)
+			s.line = nil
+			b = b[i+1:]
+			line = trimCR(line)
+			switch s.chunk {
+			case chunkDataEnd:
+				if len(line) != 0 {
+					return errors.New("chunked encoding: data not followed by CRLF")
+				}
+				s.chunk = chunkSize
+			case chunkTrailers:
+				if len(line) == 0 {
+					s.done = true
+				}
+			case chunkSize:
+				if i := indexByte(line, ';'); i >= 0 {
+					line = line[:i] // chunk extensions are ignored
+				}
+				n, err := strconv.ParseUint(strings.TrimSpace(string(line)), 16, 62)
+				if err != nil {
+					return fmt.Errorf("chunked encoding: bad chunk size %q", truncate(string(line)))
+				}
+				if n == 0 {
+					s.chunk = chunkTrailers
+				} else {
+					s.chunk, s.remaining = chunkData, int64(n)
+				}
+			}
+		case chunkData:
+			n := int64(len(b))
+			if n > s.remaining {
+				n = s.remaining
+			}
+			s.push(b[:n])
+			b = b[n:]
+			s.remaining -= n
+			if s.remaining == 0 {
+				s.chunk = chunkDataEnd
+			}
+		}
+	}
+	return nil
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func trimCR(b []byte) []byte {
+	if len(b) > 0 && b[len(b)-1] == '\r' {
+		return b[:len(b)-1]
+	}
+	return b
+}
