@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/internal/h1client"
 	"github.com/pushproxy/pushproxy/internal/h2client"
 	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/store"
@@ -23,9 +24,9 @@ import (
 
 // holder holds one upstream stream: it connects, parses the event stream, hands every event
 // to the committer, and reconnects with backoff until the stream ends, fails, or the holder
-// is stopped. Over HTTP/1.1 one goroutine per held stream reads it. Over HTTP/2 no goroutine
-// waits on an idle stream: the connection's reader notifies the holder, which starts one to
-// parse what came (see pump), so that a held stream costs only its few fields.
+// is stopped. No goroutine of its own waits on an idle stream: the connection's reader (one
+// per HTTP/2 connection, or a small one per HTTP/1.1 connection) notifies the holder, which
+// starts one to parse what came (see pump), so that a held stream costs only its few fields.
 type holder struct {
 	s       *Service
 	seq     uint64 // order of start, for lease renewal
@@ -174,8 +175,8 @@ func (h *holder) send(ctx context.Context, a store.Append, wait bool) bool {
 
 var errTooManyRedirects = errors.New("too many redirects")
 
-// connect makes one connection to the origin and reads it until it ends; or, over HTTP/2,
-// hands it to a pump and reports detached.
+// connect makes one connection to the origin and, if it answers with an event stream, hands
+// it to a pump and reports detached; otherwise it reports how the connection ended.
 func (h *holder) connect(parent context.Context) (outcome, bool) {
 	ctx, cancel := context.WithCancelCause(parent)
 	resp, out, ok := h.open(ctx)
@@ -183,21 +184,8 @@ func (h *holder) connect(parent context.Context) (outcome, bool) {
 		cancel(nil)
 		return out, false
 	}
-	if st, ok := resp.body.(*stopCloser); ok {
-		h.pump(parent, ctx, cancel, st, out)
-		return out, true
-	}
-	defer cancel(nil)
-	defer resp.body.Close()
-	var body io.Reader = resp.body
-	if d := h.s.opts.UpstreamIdleTimeout; d > 0 {
-		t := time.AfterFunc(d, func() { cancel(errIdle) })
-		defer t.Stop()
-		body = &idleReader{r: resp.body, t: t, d: d}
-	}
-	p := h.newParser(body)
-	h.consume(parent, ctx, p, &out)
-	return out, false
+	h.pump(parent, ctx, cancel, resp.body, out)
+	return out, true
 }
 
 func (h *holder) newParser(body io.Reader) *sse.Parser {
@@ -306,7 +294,7 @@ func (h *holder) consume(parent, ctx context.Context, p *sse.Parser, out *outcom
 	}
 }
 
-// pump reads an HTTP/2 stream without a goroutine waiting on it: each time data or the end
+// pump reads a stream without a goroutine waiting on it: each time data or the end
 // arrives, one goroutine parses what is there and goes away (a second notification while it
 // runs makes it look again). When the connection ends, that goroutine carries on with the
 // holder: after, then run.
@@ -360,7 +348,7 @@ func (h *holder) pump(parent, ctx context.Context, cancel context.CancelCauseFun
 	kick() // what came with the head
 }
 
-// pendingBody reads an HTTP/2 stream for a parser that must not wait: no data is
+// pendingBody reads a stream for a parser that must not wait: no data is
 // sse.ErrPending. Data pushes the idle timer back.
 type pendingBody struct {
 	s    *stopCloser
@@ -370,7 +358,7 @@ type pendingBody struct {
 
 func (r *pendingBody) Read(b []byte) (int, error) {
 	n, err := r.s.TryRead(b)
-	if err == h2client.ErrWouldBlock {
+	if err == h2client.ErrWouldBlock || err == h1client.ErrWouldBlock {
 		return 0, sse.ErrPending
 	}
 	if n > 0 && r.idle != nil {
@@ -388,21 +376,6 @@ func (h *holder) isUrgent(typ string) bool {
 }
 
 var errIdle = errors.New("upstream idle timeout")
-
-// idleReader pushes back a timer on every read that returns data.
-type idleReader struct {
-	r io.Reader
-	t *time.Timer
-	d time.Duration
-}
-
-func (r *idleReader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	if n > 0 {
-		r.t.Reset(r.d)
-	}
-	return n, err
-}
 
 // parseRetryAfter reads a Retry-After header (seconds or an HTTP date), capped.
 func parseRetryAfter(v string, limit time.Duration) time.Duration {

@@ -8,13 +8,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 
+	"github.com/pushproxy/pushproxy/internal/h1client"
 	"github.com/pushproxy/pushproxy/internal/h2client"
 	"github.com/pushproxy/pushproxy/store"
 )
@@ -200,8 +200,8 @@ type Service struct {
 	dbURL   string
 	log     *slog.Logger
 	metrics Metrics
-	client  *http.Client   // upstreams over HTTP/1.1
-	h2      *h2client.Pool // upstreams over HTTP/2
+	h1      *h1client.Client // upstreams over HTTP/1.1
+	h2      *h2client.Pool   // upstreams over HTTP/2
 
 	commits    chan commitItem
 	com        *committer
@@ -242,11 +242,12 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		holders: map[string]*holder{},
 		hub:     newHub(),
 	}
-	s.client = newUpstreamClient(&o)
+	dial := o.Upstream.Dialer(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second})
+	s.h1 = h1client.New(h1client.Options{Dial: dial})
 	s.h2 = h2client.NewPool(h2client.Options{
-		Dial: o.Upstream.Dialer(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}),
+		Dial: dial,
 		H2C:  o.UpstreamH2C,
-		// As the net/http transport's HTTP2 settings below.
+		// Find dead connections under idle streams.
 		PingInterval: 30 * time.Second, PingTimeout: 15 * time.Second, IdleTimeout: 90 * time.Second,
 	})
 	s.dash = newFeed(o.DashboardRefresh, s.computeOverview, s.overviewFailed)
@@ -268,40 +269,6 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 
 // InstanceID returns the name this instance holds leases under.
 func (s *Service) InstanceID() string { return s.opts.InstanceID }
-
-func newUpstreamClient(o *Options) *http.Client {
-	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
-	tr := &http.Transport{
-		Proxy:                 nil, // never through an environment proxy: the allow list must see the real peer
-		DialContext:           o.Upstream.Dialer(d),
-		ForceAttemptHTTP2:     true,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: o.UpstreamConnectTimeout,
-		DisableCompression:    true, // a gzip reader per idle stream costs tens of KiB
-		MaxIdleConnsPerHost:   16,
-		IdleConnTimeout:       90 * time.Second,
-		ReadBufferSize:        2048,
-		WriteBufferSize:       1024,
-		HTTP2: &http.HTTP2Config{
-			SendPingTimeout: 30 * time.Second, // find dead connections under idle streams
-			PingTimeout:     15 * time.Second,
-		},
-	}
-	if o.UpstreamH2C {
-		tr.Protocols = new(http.Protocols)
-		tr.Protocols.SetHTTP2(true)
-		tr.Protocols.SetUnencryptedHTTP2(true)
-	}
-	return &http.Client{
-		Transport: tr,
-		CheckRedirect: func(req *http.Request, via []*http.Request) error {
-			if len(via) > o.UpstreamMaxRedirects {
-				return errTooManyRedirects
-			}
-			return nil
-		},
-	}
-}
 
 // Start starts the background work: the notification listener, the committer, the lease
 // loop (claims and renewals) and the reader presence loop. It connects to the database

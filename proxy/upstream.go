@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 
@@ -16,7 +15,15 @@ type originResponse struct {
 	status int
 	line   string // "503 Service Unavailable": HTTP/1.1's status line carries the origin's reason
 	header http.Header
-	body   io.ReadCloser
+	body   *stopCloser
+}
+
+// originStream is a response body read without a goroutine waiting on it: h2client's and
+// h1client's streams.
+type originStream interface {
+	TryRead([]byte) (int, error)
+	SetNotify(func())
+	Close() error
 }
 
 func (r *originResponse) statusText() string {
@@ -27,36 +34,27 @@ func (r *originResponse) statusText() string {
 }
 
 // openUpstream sends a holder's GET, following redirects up to the bound. Origins that speak
-// HTTP/2 (over TLS, or cleartext with --upstream-h2c) are reached through the h2 pool, which
-// costs no goroutine per stream; others through net/http. The body must be closed; ending
-// ctx closes it too.
+// HTTP/2 (over TLS, or cleartext with --upstream-h2c) are reached through the h2 pool, the
+// others over HTTP/1.1 with a connection each; neither keeps a goroutine waiting on an idle
+// stream. The body must be closed; ending ctx closes it too.
 func (s *Service) openUpstream(ctx context.Context, rawURL string, header http.Header) (*originResponse, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("invalid url: %w", err)
 	}
 	for hops := 0; ; hops++ {
-		if !s.h2.Usable(u) {
-			return s.openHTTP1(ctx, u, header, s.opts.UpstreamMaxRedirects-hops)
-		}
-		hctx, cancel := context.WithTimeout(ctx, s.opts.UpstreamConnectTimeout)
-		st, resp, err := s.h2.Open(hctx, u, header)
-		cancel()
-		if errors.Is(err, h2client.ErrNotHTTP2) {
-			return s.openHTTP1(ctx, u, header, s.opts.UpstreamMaxRedirects-hops)
-		}
+		resp, err := s.openOnce(ctx, u, header)
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 				err = errors.New("timeout awaiting response headers")
 			}
 			return nil, err
 		}
-		loc := resp.Header.Get("Location")
-		if !isRedirect(resp.Status) || loc == "" {
-			stop := context.AfterFunc(ctx, func() { st.Close() })
-			return &originResponse{status: resp.Status, header: resp.Header, body: &stopCloser{st, stop}}, nil
+		loc := resp.header.Get("Location")
+		if !isRedirect(resp.status) || loc == "" {
+			return resp, nil
 		}
-		st.Close()
+		resp.body.Close()
 		if hops >= s.opts.UpstreamMaxRedirects {
 			return nil, errTooManyRedirects
 		}
@@ -86,35 +84,47 @@ func isRedirect(status int) bool {
 	return false
 }
 
-// openHTTP1 sends the GET through net/http, with what is left of the redirect budget.
-func (s *Service) openHTTP1(ctx context.Context, u *url.URL, header http.Header, redirects int) (*originResponse, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return nil, fmt.Errorf("invalid url: %w", err)
-	}
-	req.Header = header
-	c := *s.client
-	c.CheckRedirect = func(_ *http.Request, via []*http.Request) error {
-		if len(via) > redirects {
-			return errTooManyRedirects
+// openOnce sends the GET to u, over HTTP/2 when the origin speaks it, and waits for the
+// response's head for at most --upstream-connect-timeout.
+func (s *Service) openOnce(ctx context.Context, u *url.URL, header http.Header) (*originResponse, error) {
+	hctx, cancel := context.WithTimeout(ctx, s.opts.UpstreamConnectTimeout)
+	defer cancel()
+	var (
+		resp originResponse
+		st   originStream
+	)
+	if s.h2.Usable(u) {
+		h2s, r, err := s.h2.Open(hctx, u, header)
+		switch {
+		case err == nil:
+			st, resp = h2s, originResponse{status: r.Status, header: r.Header}
+		case !errors.Is(err, h2client.ErrNotHTTP2):
+			return nil, err
 		}
-		return nil
 	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, err
+	if st == nil {
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return nil, &url.Error{Op: "parse", URL: u.Redacted(), Err: fmt.Errorf("unsupported scheme %q", u.Scheme)}
+		}
+		h1s, r, err := s.h1.Open(hctx, u, header)
+		if err != nil {
+			return nil, err
+		}
+		st, resp = h1s, originResponse{status: r.Status, line: r.Line, header: r.Header}
 	}
-	return &originResponse{status: resp.StatusCode, line: resp.Status, header: resp.Header, body: resp.Body}, nil
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	resp.body = &stopCloser{st, stop}
+	return &resp, nil
 }
 
-// stopCloser closes an h2 stream and drops the hook that would close it when the holder's
+// stopCloser closes a stream and drops the hook that would close it when the holder's
 // context ends.
 type stopCloser struct {
-	*h2client.Stream
+	originStream
 	stop func() bool
 }
 
 func (c *stopCloser) Close() error {
 	c.stop()
-	return c.Stream.Close()
+	return c.originStream.Close()
 }
