@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -177,14 +178,12 @@ var errTooManyRedirects = errors.New("too many redirects")
 
 // connect makes one connection to the origin and, if it answers with an event stream, hands
 // it to a pump and reports detached; otherwise it reports how the connection ended.
-func (h *holder) connect(parent context.Context) (outcome, bool) {
-	ctx, cancel := context.WithCancelCause(parent)
+func (h *holder) connect(ctx context.Context) (outcome, bool) {
 	resp, out, ok := h.open(ctx)
 	if !ok {
-		cancel(nil)
 		return out, false
 	}
-	h.pump(parent, ctx, cancel, resp.body, out)
+	h.pump(ctx, resp.body, out)
 	return out, true
 }
 
@@ -249,7 +248,7 @@ func (h *holder) open(ctx context.Context) (*originResponse, outcome, bool) {
 
 // consume hands the parser's events to the committer until the connection ends, which it
 // records in out and reports with true, or until the parser is pending (false).
-func (h *holder) consume(parent, ctx context.Context, p *sse.Parser, out *outcome) bool {
+func (h *holder) consume(ctx context.Context, body *pendingBody, p *sse.Parser, out *outcome) bool {
 	for {
 		ev, err := p.Next()
 		if err == sse.ErrPending {
@@ -261,7 +260,7 @@ func (h *holder) consume(parent, ctx context.Context, p *sse.Parser, out *outcom
 			}
 			h.resumeID = p.LastEventID()
 			switch {
-			case ctx.Err() != nil && context.Cause(ctx) == errIdle:
+			case body.idleFired.Load():
 				out.reason, out.kind = fmt.Sprintf("no data from the origin for %s", h.s.opts.UpstreamIdleTimeout), "idle"
 			case errors.Is(err, sse.ErrEventTooLarge):
 				out.state = pushproxy.StateFailed
@@ -272,22 +271,21 @@ func (h *holder) consume(parent, ctx context.Context, p *sse.Parser, out *outcom
 			default:
 				out.reason, out.kind = "read: "+scrubURLError(err), "read"
 			}
-			h.send(parent, h.item(store.Append{Connected: store.ConnDown, Error: out.reason}), false)
+			h.send(ctx, h.item(store.Append{Connected: store.ConnDown, Error: out.reason}), false)
 			return true
 		}
 		if ms, ok := p.Retry(); ok {
 			h.retryMS = ms
 		}
-		// The event must reach the committer even when this connection's context ends while
-		// the send waits (the idle timer keeps running during commit backpressure): the
-		// resume point moves past it, so dropping it would lose it for good. Only the
-		// holder's own end (parent) stops the send, and then the next holder resumes from
-		// what was committed.
+		// The event must reach the committer even when the idle timer fires while the send
+		// waits (it keeps running during commit backpressure): the resume point moves past
+		// it, so dropping it would lose it for good. Only the holder's own end (ctx) stops
+		// the send, and then the next holder resumes from what was committed.
 		prevHead, prevResume := h.head, h.resumeID
 		h.head++
 		h.resumeID = p.LastEventID()
 		a := h.item(store.Append{Events: []pushproxy.Event{{Seq: h.head, LastEventID: ev.LastEventID, Type: ev.Type, Data: ev.Data}}, Urgent: h.isUrgent(ev.Type)})
-		if !h.send(parent, a, false) {
+		if !h.send(ctx, a, false) {
 			h.head, h.resumeID = prevHead, prevResume
 			return true
 		}
@@ -298,29 +296,34 @@ func (h *holder) consume(parent, ctx context.Context, p *sse.Parser, out *outcom
 // arrives, one goroutine parses what is there and goes away (a second notification while it
 // runs makes it look again). When the connection ends, that goroutine carries on with the
 // holder: after, then run.
-func (h *holder) pump(parent, ctx context.Context, cancel context.CancelCauseFunc, st *stopCloser, out outcome) {
-	var idle *time.Timer
-	d := h.s.opts.UpstreamIdleTimeout
-	if d > 0 {
-		idle = time.AfterFunc(d, func() { cancel(errIdle) })
+func (h *holder) pump(ctx context.Context, st *stopCloser, out outcome) {
+	body := &pendingBody{s: st, d: h.s.opts.UpstreamIdleTimeout}
+	if body.d > 0 {
+		// Silence for that long closes the stream; consume then tells why.
+		body.idle = time.AfterFunc(body.d, func() {
+			body.idleFired.Store(true)
+			st.Close()
+		})
 	}
-	p := h.newParser(&pendingBody{s: st, idle: idle, d: d})
+	p := h.newParser(body)
 	var state atomic.Int32 // 0: no goroutine; 1: one runs; 2: one runs and must look again
 	var work func()
 	work = func() {
 		for {
-			if h.consume(parent, ctx, p, &out) {
-				if idle != nil {
-					idle.Stop()
+			if h.consume(ctx, body, p, &out) {
+				if body.idle != nil {
+					body.idle.Stop()
 				}
-				cancel(nil)
 				st.Close()
-				if h.after(parent, out) {
-					h.run(parent)
+				if h.after(ctx, out) {
+					h.run(ctx)
 				}
 				return
 			}
 			p.Release()
+			// The last event ID may point into the parser's slab of event strings: a copy
+			// lets the slab go while the stream is idle.
+			h.resumeID = strings.Clone(h.resumeID)
 			if state.CompareAndSwap(1, 0) {
 				return
 			}
@@ -351,9 +354,10 @@ func (h *holder) pump(parent, ctx context.Context, cancel context.CancelCauseFun
 // pendingBody reads a stream for a parser that must not wait: no data is
 // sse.ErrPending. Data pushes the idle timer back.
 type pendingBody struct {
-	s    *stopCloser
-	idle *time.Timer
-	d    time.Duration
+	s         *stopCloser
+	idle      *time.Timer
+	d         time.Duration
+	idleFired atomic.Bool
 }
 
 func (r *pendingBody) Read(b []byte) (int, error) {
@@ -374,8 +378,6 @@ func (h *holder) isUrgent(typ string) bool {
 	}
 	return slices.Contains(h.urgent, typ)
 }
-
-var errIdle = errors.New("upstream idle timeout")
 
 // parseRetryAfter reads a Retry-After header (seconds or an HTTP date), capped.
 func parseRetryAfter(v string, limit time.Duration) time.Duration {
