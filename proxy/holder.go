@@ -44,6 +44,9 @@ type holder struct {
 	failures int // connects in a row that did not deliver
 
 	cancel   context.CancelFunc
+	mu       sync.Mutex
+	cur      originStream // the stream being read, if any
+	stopped  bool
 	done     chan struct{}
 	finished sync.Once
 	onFinish func() // run once the holder has ended
@@ -237,10 +240,15 @@ func (h *holder) open(ctx context.Context) (*originResponse, outcome, bool) {
 		out.reason = fmt.Sprintf("origin answered 200 with content type %.100q, not text/event-stream", resp.header.Get("Content-Type"))
 	default:
 		out.delivered = true
+		if !h.attach(resp.body) {
+			return nil, out, false
+		}
 		if h.send(ctx, h.item(store.Append{UpstreamStatus: http.StatusOK, Connected: store.ConnUp, Connects: 1}), false) {
 			resp.header = nil // not needed any more: an idle stream keeps as little as it can
 			return resp, out, true
 		}
+		h.detach(resp.body)
+		return nil, out, false
 	}
 	resp.body.Close()
 	return nil, out, false
@@ -296,65 +304,117 @@ func (h *holder) consume(ctx context.Context, body *pendingBody, p *sse.Parser, 
 // arrives, one goroutine parses what is there and goes away (a second notification while it
 // runs makes it look again). When the connection ends, that goroutine carries on with the
 // holder: after, then run.
-func (h *holder) pump(ctx context.Context, st *stopCloser, out outcome) {
-	body := &pendingBody{s: st, d: h.s.opts.UpstreamIdleTimeout}
-	if body.d > 0 {
+func (h *holder) pump(ctx context.Context, st originStream, out outcome) {
+	ps := &pumpState{h: h, ctx: ctx, out: out}
+	ps.body = pendingBody{s: st, d: h.s.opts.UpstreamIdleTimeout}
+	if ps.body.d > 0 {
 		// Silence for that long closes the stream; consume then tells why.
-		body.idle = time.AfterFunc(body.d, func() {
-			body.idleFired.Store(true)
-			st.Close()
-		})
+		ps.body.idle = time.AfterFunc(ps.body.d, ps.idle)
 	}
-	p := h.newParser(body)
-	var state atomic.Int32 // 0: no goroutine; 1: one runs; 2: one runs and must look again
-	var work func()
-	work = func() {
-		for {
-			if h.consume(ctx, body, p, &out) {
-				if body.idle != nil {
-					body.idle.Stop()
-				}
-				st.Close()
-				if h.after(ctx, out) {
-					h.run(ctx)
-				}
+	ps.p = h.newParser(&ps.body)
+	st.SetNotify(ps.kick)
+	ps.kick() // what came with the head
+}
+
+// pumpState is one connection's reading state: everything an idle stream keeps, in one
+// allocation.
+type pumpState struct {
+	h     *holder
+	ctx   context.Context
+	body  pendingBody
+	p     *sse.Parser
+	out   outcome
+	state atomic.Int32 // 0: no goroutine; 1: one runs; 2: one runs and must look again
+}
+
+func (ps *pumpState) idle() {
+	ps.body.idleFired.Store(true)
+	ps.body.s.Close()
+}
+
+func (ps *pumpState) kick() {
+	for {
+		switch ps.state.Load() {
+		case 0:
+			if ps.state.CompareAndSwap(0, 1) {
+				go ps.work()
 				return
 			}
-			p.Release()
-			// The last event ID may point into the parser's slab of event strings: a copy
-			// lets the slab go while the stream is idle.
-			h.resumeID = strings.Clone(h.resumeID)
-			if state.CompareAndSwap(1, 0) {
+		case 1:
+			if ps.state.CompareAndSwap(1, 2) {
 				return
 			}
-			state.Store(1)
+		default:
+			return
 		}
 	}
-	kick := func() {
-		for {
-			switch state.Load() {
-			case 0:
-				if state.CompareAndSwap(0, 1) {
-					go work()
-					return
-				}
-			case 1:
-				if state.CompareAndSwap(1, 2) {
-					return
-				}
-			default:
-				return
+}
+
+func (ps *pumpState) work() {
+	h := ps.h
+	for {
+		if h.consume(ps.ctx, &ps.body, ps.p, &ps.out) {
+			if ps.body.idle != nil {
+				ps.body.idle.Stop()
 			}
+			h.detach(ps.body.s)
+			if h.after(ps.ctx, ps.out) {
+				h.run(ps.ctx)
+			}
+			return
 		}
+		ps.p.Release()
+		// The last event ID may point into the parser's slab of event strings: a copy lets
+		// the slab go while the stream is idle.
+		h.resumeID = strings.Clone(h.resumeID)
+		if ps.state.CompareAndSwap(1, 0) {
+			return
+		}
+		ps.state.Store(1)
 	}
-	st.SetNotify(kick)
-	kick() // what came with the head
+}
+
+// attach makes st the holder's current stream, which stop closes; a holder already stopped
+// closes it at once and reports false.
+func (h *holder) attach(st originStream) bool {
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
+		st.Close()
+		return false
+	}
+	h.cur = st
+	h.mu.Unlock()
+	return true
+}
+
+// detach closes the current stream and forgets it.
+func (h *holder) detach(st originStream) {
+	h.mu.Lock()
+	if h.cur == st {
+		h.cur = nil
+	}
+	h.mu.Unlock()
+	st.Close()
+}
+
+// stop ends the holder: its context ends (a connect in progress gives up) and its current
+// stream is closed (its pump then sees the end and finishes the holder).
+func (h *holder) stop() {
+	h.cancel()
+	h.mu.Lock()
+	h.stopped = true
+	cur := h.cur
+	h.mu.Unlock()
+	if cur != nil {
+		cur.Close()
+	}
 }
 
 // pendingBody reads a stream for a parser that must not wait: no data is
 // sse.ErrPending. Data pushes the idle timer back.
 type pendingBody struct {
-	s         *stopCloser
+	s         originStream
 	idle      *time.Timer
 	d         time.Duration
 	idleFired atomic.Bool

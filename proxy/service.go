@@ -334,6 +334,16 @@ func (s *Service) stop(ctx context.Context) error {
 	s.mu.Unlock()
 
 	s.holdEnd()
+	// Holders read their streams without waiting on them: close the streams.
+	s.mu.Lock()
+	holders := make([]*holder, 0, len(s.holders))
+	for _, h := range s.holders {
+		holders = append(holders, h)
+	}
+	s.mu.Unlock()
+	for _, h := range holders {
+		h.stop()
+	}
 	// Every holder goroutine, also those already unheld or replaced, which may still be
 	// handing over their last items: the committer's input closes only after all of them.
 	holdersDone := make(chan struct{})
@@ -522,14 +532,14 @@ func (s *Service) hold(c store.Claim) {
 	s.holdWG.Add(1)
 	s.mu.Unlock()
 	if old != nil {
-		old.cancel()
+		old.stop()
 	}
 	go h.run(ctx)
 }
 
 // unhold stops a holder.
 func (s *Service) unhold(h *holder) {
-	h.cancel()
+	h.stop()
 	s.mu.Lock()
 	if s.holders[h.id] == h {
 		delete(s.holders, h.id)

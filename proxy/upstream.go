@@ -15,7 +15,7 @@ type originResponse struct {
 	status int
 	line   string // "503 Service Unavailable": HTTP/1.1's status line carries the origin's reason
 	header http.Header
-	body   *stopCloser
+	body   originStream
 }
 
 // originStream is a response body read without a goroutine waiting on it: h2client's and
@@ -36,7 +36,7 @@ func (r *originResponse) statusText() string {
 // openUpstream sends a holder's GET, following redirects up to the bound. Origins that speak
 // HTTP/2 (over TLS, or cleartext with --upstream-h2c) are reached through the h2 pool, the
 // others over HTTP/1.1 with a connection each; neither keeps a goroutine waiting on an idle
-// stream. The body must be closed; ending ctx closes it too.
+// stream. The body must be closed (ending ctx does not: the holder does, see holder.stop).
 func (s *Service) openUpstream(ctx context.Context, rawURL string, header http.Header) (*originResponse, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -112,19 +112,6 @@ func (s *Service) openOnce(ctx context.Context, u *url.URL, header http.Header) 
 		}
 		st, resp = h1s, originResponse{status: r.Status, line: r.Line, header: r.Header}
 	}
-	stop := context.AfterFunc(ctx, func() { st.Close() })
-	resp.body = &stopCloser{st, stop}
+	resp.body = st
 	return &resp, nil
-}
-
-// stopCloser closes a stream and drops the hook that would close it when the holder's
-// context ends.
-type stopCloser struct {
-	originStream
-	stop func() bool
-}
-
-func (c *stopCloser) Close() error {
-	c.stop()
-	return c.originStream.Close()
 }

@@ -318,8 +318,11 @@ func (s *Stream) Close() error {
 	return err
 }
 
+// minRead is the smallest read buffer: an idle stream's goroutine waits with one of them.
+const minRead = 256
+
 // readLoop reads the connection until the body ends or fails. Its read buffer starts
-// small and grows while reads fill it.
+// small, grows while reads fill it, and shrinks back when they do not.
 func (s *Stream) readLoop() {
 	defer s.nc.Close()
 	if s.err != nil {
@@ -327,7 +330,7 @@ func (s *Stream) readLoop() {
 		return
 	}
 	var buf []byte
-	size := 512
+	size := minRead
 	for !s.done {
 		if len(buf) != size {
 			buf = make([]byte, size)
@@ -335,7 +338,7 @@ func (s *Stream) readLoop() {
 		n, err := s.nc.Read(buf)
 		if n == size && size < 16<<10 {
 			size *= 2
-		} else if n < size/4 && size > 512 {
+		} else if n < size/4 && size > minRead {
 			size /= 2
 		}
 		if n > 0 {
