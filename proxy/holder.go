@@ -43,13 +43,53 @@ type holder struct {
 
 	failures int // connects in a row that did not deliver
 
-	cancel   context.CancelFunc
+	ctx      holderCtx
 	mu       sync.Mutex
 	cur      originStream // the stream being read, if any
 	stopped  bool
-	done     chan struct{}
 	finished sync.Once
-	onFinish func() // run once the holder has ended
+}
+
+// holderCtx is a holder's context: it ends when the holder is stopped. It registers nothing
+// with its parent, the service's, whose end the service passes on by stopping every holder:
+// an idle stream keeps no cancellation machinery.
+type holderCtx struct {
+	parent context.Context
+	mu     sync.Mutex
+	done   chan struct{} // made by the first Done
+	err    error
+}
+
+func (c *holderCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c *holderCtx) Value(key any) any           { return c.parent.Value(key) }
+
+func (c *holderCtx) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil {
+		c.done = make(chan struct{})
+		if c.err != nil {
+			close(c.done)
+		}
+	}
+	return c.done
+}
+
+func (c *holderCtx) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *holderCtx) cancel() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil {
+		c.err = context.Canceled
+		if c.done != nil {
+			close(c.done)
+		}
+	}
 }
 
 // outcome is how one connection ended.
@@ -107,12 +147,7 @@ func (h *holder) after(ctx context.Context, out outcome) bool {
 
 // finish marks the holder as ended.
 func (h *holder) finish() {
-	h.finished.Do(func() {
-		close(h.done)
-		if h.onFinish != nil {
-			h.onFinish()
-		}
-	})
+	h.finished.Do(func() { h.s.finished(h) })
 }
 
 func errIf(b bool, s string) string {
@@ -401,7 +436,7 @@ func (h *holder) detach(st originStream) {
 // stop ends the holder: its context ends (a connect in progress gives up) and its current
 // stream is closed (its pump then sees the end and finishes the holder).
 func (h *holder) stop() {
-	h.cancel()
+	h.ctx.cancel()
 	h.mu.Lock()
 	h.stopped = true
 	cur := h.cur

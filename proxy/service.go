@@ -504,7 +504,6 @@ func (s *Service) hold(c store.Claim) {
 		return
 	}
 	old := s.holders[c.Stream.ID]
-	ctx, cancel := context.WithCancel(s.holdCtx)
 	s.holdSeq++
 	h := &holder{
 		seq:      s.holdSeq,
@@ -517,24 +516,25 @@ func (s *Service) hold(c store.Claim) {
 		retryMS:  c.Stream.RetryMS,
 		head:     c.Stream.HeadSeq,
 		urgent:   c.Stream.UrgentEvents,
-		cancel:   cancel,
-		done:     make(chan struct{}),
 	}
-	h.onFinish = func() {
-		s.mu.Lock()
-		if s.holders[h.id] == h {
-			delete(s.holders, h.id)
-		}
-		s.mu.Unlock()
-		s.holdWG.Done()
-	}
+	h.ctx.parent = s.holdCtx
 	s.holders[h.id] = h
 	s.holdWG.Add(1)
 	s.mu.Unlock()
 	if old != nil {
 		old.stop()
 	}
-	go h.run(ctx)
+	go h.run(&h.ctx)
+}
+
+// finished forgets a holder that has ended.
+func (s *Service) finished(h *holder) {
+	s.mu.Lock()
+	if s.holders[h.id] == h {
+		delete(s.holders, h.id)
+	}
+	s.mu.Unlock()
+	s.holdWG.Done()
 }
 
 // unhold stops a holder.
