@@ -33,11 +33,17 @@ var benchStream = func() []byte {
 	return b.Bytes()
 }()
 
-func BenchmarkParse(b *testing.B) {
+func BenchmarkParse(b *testing.B) { benchmarkParse(b, nil) }
+
+// BenchmarkParseLend is BenchmarkParse with lent strings (ParserOptions.Lend), as a
+// caller that handles each event before the next gets them.
+func BenchmarkParseLend(b *testing.B) { benchmarkParse(b, &sse.ParserOptions{Lend: true}) }
+
+func benchmarkParse(b *testing.B, opts *sse.ParserOptions) {
 	b.SetBytes(int64(len(benchStream)))
 	b.ReportAllocs()
 	for b.Loop() {
-		p := sse.NewParser(bytes.NewReader(benchStream), nil)
+		p := sse.NewParser(bytes.NewReader(benchStream), opts)
 		n := 0
 		for {
 			_, err := p.Next()

@@ -46,6 +46,12 @@ type ParserOptions struct {
 	// DefaultMaxEventSize. Comments and lines of unknown fields are skipped
 	// without being retained, so they are never too large.
 	MaxEventSize int
+	// Lend makes the strings of a returned Event (and LastEventID's) valid
+	// only until the next call to Next, as bufio.Scanner's Bytes are: the
+	// parser then reuses its buffers for them instead of allocating. For a
+	// caller that handles each event before asking for the next one (and
+	// copies what it keeps).
+	Lend bool
 }
 
 // The read buffer adapts to the stream: it starts at minBufSize, doubles up
@@ -125,6 +131,11 @@ type Parser struct {
 	// The last event ID string: the id buffer at the last blank line. It is
 	// slab[lidOff:lidOff+lidLen] when lidInSlab, else lastID, which is in an
 	// earlier slab when lidPinned.
+	//
+	// With lend (ParserOptions.Lend) there are no slabs: slab holds the bytes
+	// of lastID, and the data of an event with a single data line known to
+	// be valid UTF-8 is that line's value in buf, buf[lidOff:lidOff+lidLen]
+	// when aliased, not copied (fill copies it to own before buf changes).
 	lastID         string
 	lidOff, lidLen int
 
@@ -133,6 +144,8 @@ type Parser struct {
 	retry int64
 
 	hasRetry   bool
+	lend       bool // ParserOptions.Lend
+	aliased    bool
 	dataInSlab bool
 	lidInSlab  bool
 	lidPinned  bool
@@ -149,7 +162,7 @@ func NewParser(r io.Reader, opts *ParserOptions) *Parser {
 	if opts != nil && opts.MaxEventSize > 0 {
 		limit = opts.MaxEventSize
 	}
-	return &Parser{rd: r, max: limit, lf: -2, cr: -2}
+	return &Parser{rd: r, max: limit, lf: -2, cr: -2, lend: opts != nil && opts.Lend}
 }
 
 // LastEventID returns the last event ID string: the value a client sends as
@@ -293,6 +306,9 @@ func (p *Parser) Release() {
 	if p.r != p.w || p.lineSpill || p.buf == nil {
 		return
 	}
+	if p.aliased {
+		p.materialize()
+	}
 	p.buf, p.r, p.w = nil, 0, 0
 	p.lf, p.cr, p.scan, p.valid, p.checked = -2, -2, 0, 0, 0
 	p.reads, p.peak, p.grow = 0, 0, false
@@ -306,6 +322,9 @@ func (p *Parser) Release() {
 func (p *Parser) fill() error {
 	if p.rerr != nil {
 		return p.rerr
+	}
+	if p.aliased {
+		p.materialize() // buf is about to change
 	}
 	// The Read may block for long: hold on to as little as possible.
 	if !p.grow && !p.dataInSlab {
@@ -668,6 +687,25 @@ func (p *Parser) dispatch() (data, typ string, ok bool) {
 	// The data buffer is not empty, so it ends with the '\n' of its last
 	// data line, which is dropped.
 	n := p.dlen - 1
+	if p.lend {
+		// Lent: the data and the type stay in their buffers, the ID goes to
+		// its own, all overwritten by the next event.
+		if p.aliased {
+			data, p.aliased = str(p.buf[p.lidOff:p.lidOff+p.lidLen]), false
+		} else {
+			data = str(p.own.b[:n])
+		}
+		if newID {
+			p.slab = append(p.slab[:0], id...)
+			p.setLastID(str(p.slab))
+		}
+		p.dlen, p.own.n = 0, 0
+		if p.typ.n > 0 {
+			typ = str(p.typ.b[:p.typ.n])
+			p.typ.n = 0
+		}
+		return data, typ, true
+	}
 	switch {
 	case p.dataInSlab:
 		data = str(p.slab[p.used : p.used+n])
@@ -716,6 +754,24 @@ func (p *Parser) setLastID(id string) {
 // addData appends value and a LF to the data buffer, in the slab if it fits.
 func (p *Parser) addData(value []byte, valid bool) {
 	need := len(value) + 1
+	if p.lend {
+		switch {
+		case p.dlen == 0 && valid:
+			// value is in buf (a spilled line is never known valid).
+			p.own.n = 0
+			p.lidOff = int(uintptr(unsafe.Pointer(unsafe.SliceData(value))) - uintptr(unsafe.Pointer(unsafe.SliceData(p.buf))))
+			p.lidLen, p.aliased, p.dlen = len(value), true, need
+			return
+		case p.dlen == 0:
+			p.own.n = 0
+		case p.aliased:
+			p.materialize()
+		}
+		p.own.add(value, valid)
+		p.own.add(lf, true)
+		p.dlen = p.own.n
+		return
+	}
 	if p.dlen == 0 {
 		p.own.n = 0
 		p.dataInSlab = need <= len(p.slab)-p.used || p.newSlab(need+p.id.n)
@@ -738,6 +794,13 @@ func (p *Parser) addData(value []byte, valid bool) {
 }
 
 var lf = []byte{'\n'}
+
+// materialize copies an aliased data line to the data buffer.
+func (p *Parser) materialize() {
+	p.own.set(p.buf[p.lidOff:p.lidOff+p.lidLen], true)
+	p.own.add(lf, true)
+	p.aliased = false
+}
 
 // newSlab starts a new slab with room for need bytes if need is small and
 // more input is buffered (so more events are likely to follow at once), and

@@ -68,7 +68,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.Int64Var(&p.MaxBodyBytes, "max-body-bytes", d.MaxBodyBytes, "largest API request body, in bytes")
 	fs.IntVar(&p.CommitBatch, "commit-batch", d.CommitBatch, "most events committed in one transaction")
 	fs.IntVar(&p.CommitQueue, "commit-queue", d.CommitQueue, "most events waiting to be committed; upstream reads pause beyond it")
-	fs.BoolVar(&p.UpstreamH2C, "upstream-h2c", false, "speak HTTP/2 without TLS (prior knowledge) to http:// origins, and HTTP/2 only to https:// ones")
+	fs.BoolVar(&p.UpstreamH2C, "upstream-h2c", false, "HTTP/2 without TLS (prior knowledge) to http:// origins (https:// origins get HTTP/2 whenever they offer it by ALPN, with or without this)")
 	fs.DurationVar(&p.UpstreamRetry, "upstream-retry", d.UpstreamRetry, "reconnect delay when the origin sent no retry: field")
 	fs.DurationVar(&p.UpstreamBackoffMax, "upstream-backoff-max", d.UpstreamBackoffMax, "cap of the reconnect backoff")
 	fs.IntVar(&p.UpstreamMaxRedirects, "upstream-max-redirects", d.UpstreamMaxRedirects, "most redirects followed per connect")
