@@ -369,11 +369,7 @@ func (s *Stream) readLoop() {
 // closed. It also notifies the reader of what came.
 func (s *Stream) wait() bool {
 	s.mu.Lock()
-	notify := s.notify
-	s.mu.Unlock()
-	if notify != nil {
-		notify()
-	}
+	s.unlockAndNotify()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for len(s.buf)-s.off >= s.max && !s.closed {
@@ -388,11 +384,7 @@ func (s *Stream) wait() bool {
 func (s *Stream) end(err error) {
 	s.mu.Lock()
 	s.endLocked(err)
-	notify := s.notify
-	s.mu.Unlock()
-	if notify != nil {
-		notify()
-	}
+	s.unlockAndNotify()
 }
 
 func (s *Stream) endLocked(err error) {
@@ -517,4 +509,14 @@ func trimCR(b []byte) []byte {
 		return b[:len(b)-1]
 	}
 	return b
+}
+
+// unlockAndNotify unlocks s.mu, then calls the notify function, if any: it must never run
+// under the lock (it may read the stream at once).
+func (s *Stream) unlockAndNotify() {
+	notify := s.notify
+	s.mu.Unlock()
+	if notify != nil {
+		notify()
+	}
 }

@@ -812,11 +812,7 @@ func (s *Stream) onData(data []byte, n uint32, end bool) bool {
 		s.endLocked(io.EOF)
 	}
 	s.signalLocked()
-	notify := s.notify
-	s.mu.Unlock()
-	if notify != nil {
-		notify()
-	}
+	s.unlockAndNotify()
 	return true
 }
 
@@ -843,11 +839,7 @@ func (s *Stream) signalLocked() {
 func (s *Stream) fail(err error) {
 	s.mu.Lock()
 	s.endLocked(err)
-	notify := s.notify
-	s.mu.Unlock()
-	if notify != nil {
-		notify()
-	}
+	s.unlockAndNotify()
 }
 
 // takeCredit returns the bytes to credit back to the server, once enough were read.
@@ -918,11 +910,7 @@ func (s *Stream) Close() error {
 	ended := s.err != nil
 	s.buf, s.off = nil, 0
 	s.signalLocked()
-	notify := s.notify
-	s.mu.Unlock()
-	if notify != nil {
-		notify()
-	}
+	s.unlockAndNotify()
 	s.c.remove(s)
 	if !ended {
 		_ = s.c.write(func() error { return s.c.fr.WriteRSTStream(s.id, http2.ErrCodeCancel) })
@@ -936,3 +924,13 @@ type bytesBuffer struct{ b []byte }
 func (b *bytesBuffer) Write(p []byte) (int, error) { b.b = append(b.b, p...); return len(p), nil }
 func (b *bytesBuffer) Reset()                      { b.b = b.b[:0] }
 func (b *bytesBuffer) Bytes() []byte               { return b.b }
+
+// unlockAndNotify unlocks s.mu, then calls the notify function, if any: it must never run
+// under the lock (it may read the stream at once).
+func (s *Stream) unlockAndNotify() {
+	notify := s.notify
+	s.mu.Unlock()
+	if notify != nil {
+		notify()
+	}
+}
