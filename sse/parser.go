@@ -135,7 +135,10 @@ type Parser struct {
 	// With lend (ParserOptions.Lend) there are no slabs: slab holds the bytes
 	// of lastID, and the data of an event with a single data line known to
 	// be valid UTF-8 is that line's value in buf, buf[lidOff:lidOff+lidLen]
-	// when aliased, not copied (fill copies it to own before buf changes).
+	// when aliased, not copied; so are the type, buf[used:used+typ.n] when
+	// typAliased, and the id buffer, buf[idOff:idOff+id.n] when idAliased
+	// (fill copies them to their buffers before buf changes).
+	idOff          int
 	lastID         string
 	lidOff, lidLen int
 
@@ -146,6 +149,8 @@ type Parser struct {
 	hasRetry   bool
 	lend       bool // ParserOptions.Lend
 	aliased    bool
+	typAliased bool
+	idAliased  bool
 	dataInSlab bool
 	lidInSlab  bool
 	lidPinned  bool
@@ -186,6 +191,7 @@ func (p *Parser) LastEventID() string {
 func (p *Parser) SetLastEventID(id string) {
 	p.setLastID(id)
 	p.id.set([]byte(id), true)
+	p.idAliased = false
 }
 
 // Retry returns the most recent valid reconnection time of the stream in
@@ -306,9 +312,7 @@ func (p *Parser) Release() {
 	if p.r != p.w || p.lineSpill || p.buf == nil {
 		return
 	}
-	if p.aliased {
-		p.materialize()
-	}
+	p.materialize()
 	p.buf, p.r, p.w = nil, 0, 0
 	p.lf, p.cr, p.scan, p.valid, p.checked = -2, -2, 0, 0, 0
 	p.reads, p.peak, p.grow = 0, 0, false
@@ -323,9 +327,7 @@ func (p *Parser) fill() error {
 	if p.rerr != nil {
 		return p.rerr
 	}
-	if p.aliased {
-		p.materialize() // buf is about to change
-	}
+	p.materialize() // buf is about to change
 	// The Read may block for long: hold on to as little as possible.
 	if !p.grow && !p.dataInSlab {
 		// Unless the last Read filled buf, so that this one will not
@@ -619,12 +621,22 @@ func (p *Parser) processField(line []byte, valid bool) error {
 	case fieldData:
 		p.addData(value, valid)
 	case fieldEvent:
+		if p.lend && valid {
+			p.used, p.typ.n, p.typAliased = p.offset(value), len(value), true
+			break
+		}
 		p.typ.set(value, valid)
+		p.typAliased = false
 	case fieldID:
 		if hasNUL(value) {
 			return nil // ignored
 		}
+		if p.lend && valid {
+			p.idOff, p.id.n, p.idAliased = p.offset(value), len(value), true
+			break
+		}
 		p.id.set(value, valid)
+		p.idAliased = false
 	case fieldRetry:
 		if ms, ok := parseRetry(value); ok {
 			p.retry, p.hasRetry = ms, true
@@ -675,13 +687,18 @@ func parseRetry(v []byte) (int64, bool) {
 // returns the event's Data and Type and true if one is dispatched; its
 // LastEventID is then p.LastEventID().
 func (p *Parser) dispatch() (data, typ string, ok bool) {
-	id := p.id.bytes()
+	var id []byte
+	if p.idAliased {
+		id = p.buf[p.idOff : p.idOff+p.id.n]
+	} else {
+		id = p.id.bytes()
+	}
 	newID := string(id) != p.LastEventID()
 	if p.dlen == 0 {
 		if newID {
 			p.setLastID(string(id))
 		}
-		p.typ.n = 0
+		p.typ.n, p.typAliased = 0, false
 		return "", "", false
 	}
 	// The data buffer is not empty, so it ends with the '\n' of its last
@@ -700,10 +717,13 @@ func (p *Parser) dispatch() (data, typ string, ok bool) {
 			p.setLastID(str(p.slab))
 		}
 		p.dlen, p.own.n = 0, 0
-		if p.typ.n > 0 {
+		switch {
+		case p.typAliased:
+			typ = str(p.buf[p.used : p.used+p.typ.n])
+		case p.typ.n > 0:
 			typ = str(p.typ.b[:p.typ.n])
-			p.typ.n = 0
 		}
+		p.typ.n, p.typAliased = 0, false
 		return data, typ, true
 	}
 	switch {
@@ -757,10 +777,8 @@ func (p *Parser) addData(value []byte, valid bool) {
 	if p.lend {
 		switch {
 		case p.dlen == 0 && valid:
-			// value is in buf (a spilled line is never known valid).
 			p.own.n = 0
-			p.lidOff = int(uintptr(unsafe.Pointer(unsafe.SliceData(value))) - uintptr(unsafe.Pointer(unsafe.SliceData(p.buf))))
-			p.lidLen, p.aliased, p.dlen = len(value), true, need
+			p.lidOff, p.lidLen, p.aliased, p.dlen = p.offset(value), len(value), true, need
 			return
 		case p.dlen == 0:
 			p.own.n = 0
@@ -795,11 +813,28 @@ func (p *Parser) addData(value []byte, valid bool) {
 
 var lf = []byte{'\n'}
 
-// materialize copies an aliased data line to the data buffer.
+// offset is the index in buf of value, a value of a line in buf (with lend, the values
+// known to be valid UTF-8 are left there: a spilled line is never known valid).
+func (p *Parser) offset(value []byte) int {
+	return int(uintptr(unsafe.Pointer(unsafe.SliceData(value))) - uintptr(unsafe.Pointer(unsafe.SliceData(p.buf))))
+}
+
+// materialize copies the values left in buf (with lend) to their buffers, before buf
+// changes.
 func (p *Parser) materialize() {
-	p.own.set(p.buf[p.lidOff:p.lidOff+p.lidLen], true)
-	p.own.add(lf, true)
-	p.aliased = false
+	if p.aliased {
+		p.own.set(p.buf[p.lidOff:p.lidOff+p.lidLen], true)
+		p.own.add(lf, true)
+		p.aliased = false
+	}
+	if p.typAliased {
+		p.typ.set(p.buf[p.used:p.used+p.typ.n], true)
+		p.typAliased = false
+	}
+	if p.idAliased {
+		p.id.set(p.buf[p.idOff:p.idOff+p.id.n], true)
+		p.idAliased = false
+	}
 }
 
 // newSlab starts a new slab with room for need bytes if need is small and
