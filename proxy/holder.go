@@ -225,8 +225,12 @@ func (h *holder) connect(ctx context.Context) (outcome, bool) {
 	return out, true
 }
 
+func (h *holder) parserOptions() *sse.ParserOptions {
+	return &sse.ParserOptions{MaxEventSize: h.s.opts.MaxEventSize}
+}
+
 func (h *holder) newParser(body io.Reader) *sse.Parser {
-	p := sse.NewParser(body, &sse.ParserOptions{MaxEventSize: h.s.opts.MaxEventSize})
+	p := sse.NewParser(body, h.parserOptions())
 	// The id a browser would still have: events without an id keep it.
 	p.SetLastEventID(h.resumeID)
 	return p
@@ -357,7 +361,8 @@ type pumpState struct {
 	h     *holder
 	ctx   context.Context
 	body  pendingBody
-	p     *sse.Parser
+	p     *sse.Parser   // nil while suspended
+	susp  sse.Suspended // the parser's state while suspended
 	out   outcome
 	state atomic.Int32 // 0: no goroutine; 1: one runs; 2: one runs and must look again
 }
@@ -388,6 +393,10 @@ func (ps *pumpState) kick() {
 func (ps *pumpState) work() {
 	h := ps.h
 	for {
+		if ps.p == nil {
+			ps.p = sse.Resume(&ps.body, h.parserOptions(), ps.susp)
+			ps.susp = sse.Suspended{}
+		}
 		if h.consume(ps.ctx, &ps.body, ps.p, &ps.out) {
 			if ps.body.idle != nil {
 				ps.body.idle.Stop()
@@ -398,7 +407,13 @@ func (ps *pumpState) work() {
 			}
 			return
 		}
-		ps.p.Release()
+		// Between events the parser is dropped: an idle stream keeps only what it must
+		// remember of the stream. Otherwise it keeps no read buffer.
+		if st, ok := ps.p.Suspend(); ok {
+			ps.p, ps.susp = nil, st
+		} else {
+			ps.p.Release()
+		}
 		// The last event ID may point into the parser's slab of event strings: a copy lets
 		// the slab go while the stream is idle.
 		h.resumeID = strings.Clone(h.resumeID)

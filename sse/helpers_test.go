@@ -35,8 +35,12 @@ func parseAll(r io.Reader, initialID string, opts *sse.ParserOptions) result {
 	for range 1000000 {
 		ev, err := p.Next()
 		if err == sse.ErrPending {
-			// The reader will have more: the parser waits without its buffer.
+			// The reader will have more: the parser waits without its buffer, or is
+			// dropped and resumed when it is between events.
 			p.Release()
+			if st, ok := p.Suspend(); ok {
+				p = sse.Resume(r, opts, st)
+			}
 			continue
 		}
 		if err != nil {

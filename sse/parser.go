@@ -304,6 +304,48 @@ func (p *Parser) fail(err error) error {
 // retained is the number of bytes held in the event's buffers.
 func (p *Parser) retained() int { return p.dlen + p.typ.n + p.id.n }
 
+// Suspended is what a parser that is between events keeps of its stream (see Suspend).
+type Suspended struct {
+	lastID   string
+	afterCR  bool
+	bomDone  bool
+	retry    int64
+	hasRetry bool
+}
+
+// Suspend reports whether the parser is between events, with nothing of the stream
+// buffered (as when Next has just returned ErrPending after a complete event), and if so
+// what it must remember of the stream. A caller holding many idle streams can then drop
+// the parser and later continue with Resume, which parses the rest of the stream exactly as
+// this parser would have. A parser that has failed, or holds part of an event or a line,
+// cannot be suspended.
+func (p *Parser) Suspend() (Suspended, bool) {
+	if p.err != nil || p.rerr != nil || p.r != p.w || p.lineSpill || p.skipping || p.dlen != 0 || p.typ.n != 0 {
+		return Suspended{}, false
+	}
+	lastID := p.LastEventID()
+	var id []byte
+	if p.idAliased {
+		id = p.buf[p.idOff : p.idOff+p.id.n]
+	} else {
+		id = p.id.bytes()
+	}
+	if string(id) != lastID {
+		return Suspended{}, false // an id field of the event in progress
+	}
+	return Suspended{lastID: strings.Clone(lastID), afterCR: p.afterCR, bomDone: p.bomDone,
+		retry: p.retry, hasRetry: p.hasRetry}, true
+}
+
+// Resume returns a parser that continues a stream where a suspended parser left it, reading
+// the rest from r.
+func Resume(r io.Reader, opts *ParserOptions, s Suspended) *Parser {
+	p := NewParser(r, opts)
+	p.SetLastEventID(s.lastID)
+	p.afterCR, p.bomDone, p.retry, p.hasRetry = s.afterCR, s.bomDone, s.retry, s.hasRetry
+	return p
+}
+
 // Release lets go of the read buffer if it holds nothing unconsumed (and of the slab of event
 // strings unless an event is being built in it), as when Next has just
 // returned ErrPending between events: a parser waiting for data then holds no buffer. The
