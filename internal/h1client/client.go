@@ -322,7 +322,7 @@ func (s *Stream) Close() error {
 const minRead = 256
 
 // readLoop reads the connection until the body ends or fails. Its read buffer starts
-// small, grows while reads fill it, and shrinks back when they do not.
+// small, grows while reads fill it, and is small again as soon as one does not.
 func (s *Stream) readLoop() {
 	defer s.nc.Close()
 	if s.err != nil {
@@ -336,10 +336,12 @@ func (s *Stream) readLoop() {
 			buf = make([]byte, size)
 		}
 		n, err := s.nc.Read(buf)
+		// Grow while reads fill the buffer (the stream is busy); otherwise the next read,
+		// which may wait for long, gets the smallest one.
 		if n == size && size < 16<<10 {
 			size *= 2
-		} else if n < size/4 && size > minRead {
-			size /= 2
+		} else {
+			size = minRead
 		}
 		if n > 0 {
 			if derr := s.decode(buf[:n]); derr != nil {
