@@ -177,19 +177,30 @@ func hostPort(u *url.URL) string {
 
 var errConnFull = errors.New("h2client: connection cannot take another stream")
 
+// maxDialsPerOpen bounds the connections one Open waits for: each new one may be filled by
+// other callers first, and a server that allows no stream at all must not make it dial
+// forever.
+const maxDialsPerOpen = 4
+
 // conn returns a connection to u's origin with room for a stream, dialing one if needed.
 // Concurrent callers wait for one dial rather than each making their own.
 func (p *Pool) conn(ctx context.Context, u *url.URL) (*conn, error) {
 	k := key(u)
-	for {
+	for dials := 0; ; dials++ {
+		if dials > maxDialsPerOpen {
+			return nil, errors.New("h2client: no connection to the server has room for another stream")
+		}
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
 			return nil, errors.New("h2client: pool closed")
 		}
-		if until, ok := p.noH2[k]; ok && time.Now().Before(until) {
-			p.mu.Unlock()
-			return nil, ErrNotHTTP2
+		if until, ok := p.noH2[k]; ok {
+			if time.Now().Before(until) {
+				p.mu.Unlock()
+				return nil, ErrNotHTTP2
+			}
+			delete(p.noH2, k)
 		}
 		for _, c := range p.conns[k] {
 			if c.hasRoom() {

@@ -433,3 +433,46 @@ func TestNotifyAndTryRead(t *testing.T) {
 		t.Fatalf("read %q", got.String())
 	}
 }
+
+// TestServerAllowingNoStreams: a server whose SETTINGS allow no stream at all gets a bounded
+// number of connection attempts, then an error, not an endless dialing loop.
+func TestServerAllowingNoStreams(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int32
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() {
+				defer c.Close()
+				preface := make([]byte, len(http2.ClientPreface))
+				if _, err := io.ReadFull(c, preface); err != nil {
+					return
+				}
+				fr := http2.NewFramer(c, c)
+				fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
+				go io.Copy(io.Discard, c)
+				<-done
+			}()
+		}
+	}()
+	p := newPool(t, h2client.Options{H2C: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _, err = p.Open(ctx, mustURL(t, "http://"+ln.Addr().String()), nil)
+	if err == nil || !strings.Contains(err.Error(), "no connection") {
+		t.Fatalf("open: %v", err)
+	}
+	if n := accepted.Load(); n > 5 {
+		t.Fatalf("%d connections for one open", n)
+	}
+}
