@@ -357,32 +357,11 @@ func TestTLSServerWithoutHTTP2(t *testing.T) {
 // TestUnansweredPingClosesTheConnection runs a server that completes the handshake and then
 // answers nothing: the client's keepalive must give up on it.
 func TestUnansweredPingClosesTheConnection(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		preface := make([]byte, len(http2.ClientPreface))
-		if _, err := io.ReadFull(c, preface); err != nil {
-			return
-		}
-		fr := http2.NewFramer(c, c)
-		fr.WriteSettings()
-		go io.Copy(io.Discard, c)
-		<-done
-	}()
+	addr, _ := silentServer(t)
 	p := newPool(t, h2client.Options{H2C: true, PingInterval: 20 * time.Millisecond, PingTimeout: 50 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, _, err = p.Open(ctx, mustURL(t, "http://"+ln.Addr().String()), nil)
+	_, _, err := p.Open(ctx, mustURL(t, "http://"+addr), nil)
 	if err == nil || !strings.Contains(err.Error(), "did not answer a ping") {
 		t.Fatalf("open on a silent server: %v", err)
 	}
@@ -437,14 +416,30 @@ func TestNotifyAndTryRead(t *testing.T) {
 // TestServerAllowingNoStreams: a server whose SETTINGS allow no stream at all gets a bounded
 // number of connection attempts, then an error, not an endless dialing loop.
 func TestServerAllowingNoStreams(t *testing.T) {
+	addr, accepted := silentServer(t, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
+	p := newPool(t, h2client.Options{H2C: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _, err := p.Open(ctx, mustURL(t, "http://"+addr), nil)
+	if err == nil || !strings.Contains(err.Error(), "no connection") {
+		t.Fatalf("open: %v", err)
+	}
+	if n := accepted.Load(); n > 5 {
+		t.Fatalf("%d connections for one open", n)
+	}
+}
+
+// silentServer accepts h2c connections, sends its SETTINGS, and then answers nothing. It
+// returns its address and how many connections it accepted.
+func silentServer(t *testing.T, settings ...http2.Setting) (string, *atomic.Int32) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	var accepted atomic.Int32
 	done := make(chan struct{})
-	defer close(done)
+	t.Cleanup(func() { close(done); ln.Close() })
+	accepted := new(atomic.Int32)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -458,21 +453,11 @@ func TestServerAllowingNoStreams(t *testing.T) {
 				if _, err := io.ReadFull(c, preface); err != nil {
 					return
 				}
-				fr := http2.NewFramer(c, c)
-				fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 0})
+				http2.NewFramer(c, c).WriteSettings(settings...)
 				go io.Copy(io.Discard, c)
 				<-done
 			}()
 		}
 	}()
-	p := newPool(t, h2client.Options{H2C: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, _, err = p.Open(ctx, mustURL(t, "http://"+ln.Addr().String()), nil)
-	if err == nil || !strings.Contains(err.Error(), "no connection") {
-		t.Fatalf("open: %v", err)
-	}
-	if n := accepted.Load(); n > 5 {
-		t.Fatalf("%d connections for one open", n)
-	}
+	return ln.Addr().String(), accepted
 }
