@@ -70,7 +70,11 @@ const cliUsage = `Usage:
   pushproxy streams show ID
   pushproxy streams close ID
   pushproxy backlog top [--limit N]
+  pushproxy backlog totals
   pushproxy devices show ID
+  pushproxy devices dead [--limit N]
+  pushproxy origins failing [--limit N]
+  pushproxy wakeups recent [--limit N]
 
 Talk to a running instance's admin API (--server, --admin-token), printing aligned tables,
 or the API's JSON with --json.`
@@ -96,7 +100,9 @@ func runCLI(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 		fs.IntVar(&limit, "limit", 50, "most streams shown")
 	case "backlog top":
 		fs.IntVar(&limit, "limit", 10, "most streams shown")
-	case "streams show", "streams close", "devices show":
+	case "devices dead", "origins failing", "wakeups recent":
+		fs.IntVar(&limit, "limit", 20, "most rows shown")
+	case "streams show", "streams close", "devices show", "backlog totals":
 	default:
 		fmt.Fprintf(stderr, "pushproxy: unknown command %q\n\n%s\n", name, cliUsage)
 		return 2
@@ -189,8 +195,67 @@ func (c *adminClient) run(ctx context.Context, name, id, order, state, host stri
 		return err
 	case "devices show":
 		return c.printJSONOrFields(ctx, "/v1/admin/devices/"+esc(id), w)
+	case "backlog totals":
+		return c.printJSONOrFields(ctx, "/v1/admin/totals", w)
+	case "devices dead":
+		return c.table(ctx, fmt.Sprintf("/v1/admin/devices?state=dead&limit=%d", limit), "devices", w,
+			"DEVICE\tPLATFORM\tDEAD FOR\tHELD STREAMS\tBACKLOG\tREASON",
+			"id", "platform", "@dead_at", "held_streams", "backlog", "dead_reason")
+	case "origins failing":
+		return c.table(ctx, fmt.Sprintf("/v1/admin/origins?limit=%d", limit), "origins", w,
+			"HOST\tHELD\tDISCONNECTED\tFAILED\tLAST ERROR AGO\tLAST ERROR",
+			"host", "held", "disconnected", "failed", "@last_error_at", "last_error")
+	case "wakeups recent":
+		return c.table(ctx, fmt.Sprintf("/v1/admin/wakeups?limit=%d", limit), "wakeups", w,
+			"DEVICE\tPLATFORM\tSTATE\tOUTCOME\tEVENTS\tFINISHED AGO\tERROR",
+			"device_id", "platform", "state", "outcome", "pending_events", "@finished_at", "error")
 	}
 	return nil
+}
+
+// table prints the list under key of the JSON at path as an aligned table with header, one
+// column per field: "@field" is a time shown as the time since it ("-" when null).
+func (c *adminClient) table(ctx context.Context, path, key string, w io.Writer, header string, fields ...string) error {
+	if c.JSON {
+		return c.printJSON(ctx, path, w)
+	}
+	var doc map[string][]map[string]any
+	if err := c.call(ctx, http.MethodGet, path, &doc); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, row := range doc[key] {
+		cells := make([]string, len(fields))
+		for i, f := range fields {
+			cells[i] = cell(row, f)
+		}
+		fmt.Fprintln(tw, strings.Join(cells, "\t"))
+	}
+	return tw.Flush()
+}
+
+func cell(row map[string]any, field string) string {
+	if name, ok := strings.CutPrefix(field, "@"); ok {
+		s, _ := row[name].(string)
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			return "-"
+		}
+		return time.Since(t).Round(time.Second).String()
+	}
+	switch v := row[field].(type) {
+	case nil:
+		return "-"
+	case string:
+		if v == "" {
+			return "-"
+		}
+		// One line per row, whatever an origin put in its error.
+		return strings.Join(strings.Fields(v), " ")
+	default:
+		return fmt.Sprint(v)
+	}
 }
 
 func (c *adminClient) printJSON(ctx context.Context, path string, w io.Writer) error {

@@ -73,6 +73,21 @@ func TestOperatorCommands(t *testing.T) {
 	if code != 0 || !regexpMatch(`(?m)^backlog\s+3$`, out) || !regexpMatch(`(?m)^upstream\.connected\s+true$`, out) {
 		t.Fatalf("streams show: %d\n%s", code, out)
 	}
+	code, out, _ = cli("backlog", "totals")
+	if code != 0 || !regexpMatch(`(?m)^backlog_events\s+3$`, out) || !regexpMatch(`(?m)^streams\.held\s+1$`, out) {
+		t.Fatalf("backlog totals: %d\n%s", code, out)
+	}
+	bad := handoffPush(t, api, ts.URL+"/no-such-path", nil)
+	waitFor(t, "the failure", func() bool { return streamInfo(t, api, bad).State == "failed" })
+	code, out, _ = cli("origins", "failing")
+	if code != 0 || !regexpMatch(`(?m)^HOST\s+HELD\s+DISCONNECTED\s+FAILED`, out) || !regexpMatch(`(?m)^127\.0\.0\.1\s+1\s+0\s+1\s+\S+\s+origin answered 404`, out) {
+		t.Fatalf("origins failing: %d\n%s", code, out)
+	}
+	for _, cmd := range [][]string{{"devices", "dead"}, {"wakeups", "recent"}} {
+		if code, out, errOut := cli(cmd...); code != 0 || strings.Count(out, "\n") != 1 {
+			t.Fatalf("%v with none to show: %d\n%s%s", cmd, code, out, errOut)
+		}
+	}
 	code, out, _ = cli("streams", "close", st.ID)
 	if code != 0 || !strings.Contains(out, "closed "+st.ID) || !strings.Contains(out, "3 queued events discarded") {
 		t.Fatalf("streams close: %d %s", code, out)

@@ -47,7 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runDemo(ctx, args[1:], stdout, stderr, getenv)
 	case "fakes":
 		return runFakes(ctx, args[1:], stdout, stderr, getenv)
-	case "streams", "backlog", "devices":
+	case "streams", "backlog", "devices", "origins", "wakeups":
 		return runCLI(ctx, args, stdout, stderr, getenv)
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(stdout, topUsage)
