@@ -312,12 +312,10 @@ func (s *Service) recentWakeups(ctx context.Context, limit int) ([]adminRecentWa
 
 // topStreams lists up to overviewRows streams in sort order that have a backlog.
 func (s *Service) topStreams(ctx context.Context, sort string) ([]adminStream, error) {
-	rows, err := s.store.ListStreams(ctx, store.StreamFilter{Sort: sort, Limit: overviewRows})
+	rows, err := s.store.ListStreams(ctx, store.StreamFilter{Sort: sort, Limit: overviewRows, WithBacklog: true})
 	out := make([]adminStream, 0, len(rows))
 	for _, row := range rows {
-		if row.Backlog > 0 {
-			out = append(out, toAdminStream(row))
-		}
+		out = append(out, toAdminStream(row))
 	}
 	return out, err
 }

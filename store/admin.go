@@ -24,7 +24,10 @@ type StreamFilter struct {
 	Sort  string // SortBacklog (default), SortAge, SortErrors
 	State string // "" for any
 	Host  string // origin host, "" for any
-	Limit int
+	// WithBacklog keeps only streams with unread events (cheaper for SortAge: the others
+	// need no lookup of their oldest event).
+	WithBacklog bool
+	Limit       int
 	// After is the position to continue from: the Key of the last stream of the previous page.
 	After *StreamKey
 }
@@ -89,13 +92,13 @@ func (s *Store) ListStreams(ctx context.Context, f StreamFilter) ([]StreamSummar
 			FROM streams s
 			LEFT JOIN LATERAL (SELECT e.created_at FROM events e WHERE e.stream_id = s.id AND e.seq > s.floor_seq
 				ORDER BY e.seq LIMIT 1) o ON true
-			WHERE ($1 = '' OR s.state = $1)
+			WHERE ($1 = '' OR s.state = $1) AND (NOT $6 OR s.head_seq > s.floor_seq)
 				AND ($2 = '' OR ` + hostExpr + ` = lower($2))
 		) x
 		WHERE $3::text = '' OR (x.k, x.id) < ($4::bigint, $3::text)
 		ORDER BY x.k DESC, x.id DESC
 		LIMIT $5`
-	rows, err := s.pool.Query(ctx, q, f.State, f.Host, afterID, afterV, f.Limit)
+	rows, err := s.pool.Query(ctx, q, f.State, f.Host, afterID, afterV, f.Limit, f.WithBacklog)
 	if err != nil {
 		return nil, fmt.Errorf("list streams: %w", err)
 	}
