@@ -46,6 +46,7 @@ type holder struct {
 	ctx      holderCtx
 	mu       sync.Mutex
 	cur      originStream // the stream being read, if any
+	retry    *time.Timer  // the reconnect after a backoff, if one is due
 	stopped  bool
 	finished sync.Once
 }
@@ -102,29 +103,26 @@ type outcome struct {
 	kind       string        // why a reconnect is needed, for metrics: connect, status, eof, read, idle
 }
 
-// run connects and reconnects until the stream ends, or until a connection goes on without
-// a goroutine (pump), which calls after when it ends.
+// run makes one connection. An event stream goes on without a goroutine (pump), which calls
+// after when it ends; any other answer goes to after at once.
 func (h *holder) run(ctx context.Context) {
-	for {
-		out, detached := h.connect(ctx)
-		if detached || !h.after(ctx, out) {
-			return
-		}
+	if out, detached := h.connect(ctx); !detached {
+		h.after(ctx, out)
 	}
 }
 
-// after handles the end of a connection: it records a final state, or waits out the
-// backoff. It reports whether to connect again; if not, the holder has finished.
-func (h *holder) after(ctx context.Context, out outcome) bool {
+// after handles the end of a connection: it records a final state and finishes the holder,
+// or schedules the next connect after the backoff.
+func (h *holder) after(ctx context.Context, out outcome) {
 	if ctx.Err() != nil {
 		h.finish()
-		return false
+		return
 	}
 	if out.state != "" {
 		h.s.log.InfoContext(ctx, "upstream stream ended", slog.String("stream", h.id), slog.String("state", out.state), slog.String("reason", out.reason))
 		h.send(ctx, h.item(store.Append{State: out.state, StateReason: out.reason, UpstreamStatus: out.status, Connected: store.ConnDown, Error: errIf(out.state == pushproxy.StateFailed, out.reason)}), true)
 		h.finish()
-		return false
+		return
 	}
 	if out.delivered {
 		h.failures = 0
@@ -134,15 +132,26 @@ func (h *holder) after(ctx context.Context, out outcome) bool {
 	delay := h.backoff(h.failures, out.retryAfter)
 	h.s.metrics.Reconnect(out.kind)
 	h.s.log.DebugContext(ctx, "upstream reconnecting", slog.String("stream", h.id), slog.String("reason", out.reason), slog.Duration("delay", delay))
-	t := time.NewTimer(delay)
-	select {
-	case <-ctx.Done():
-		t.Stop()
+	// No goroutine waits out the backoff (an origin outage may put every stream of it
+	// here at once): a timer connects again, and stop cancels it.
+	h.mu.Lock()
+	if h.stopped {
+		h.mu.Unlock()
 		h.finish()
-		return false
-	case <-t.C:
-		return true
+		return
 	}
+	defer h.mu.Unlock()
+	h.retry = time.AfterFunc(delay, func() {
+		h.mu.Lock()
+		h.retry = nil
+		stopped := h.stopped
+		h.mu.Unlock()
+		if stopped {
+			h.finish()
+			return
+		}
+		h.run(ctx)
+	})
 }
 
 // finish marks the holder as ended.
@@ -402,9 +411,7 @@ func (ps *pumpState) work() {
 				ps.body.idle.Stop()
 			}
 			h.detach(ps.body.s)
-			if h.after(ps.ctx, ps.out) {
-				h.run(ps.ctx)
-			}
+			h.after(ps.ctx, ps.out)
 			return
 		}
 		// Between events the parser is dropped: an idle stream keeps only what it must
@@ -454,10 +461,14 @@ func (h *holder) stop() {
 	h.ctx.cancel()
 	h.mu.Lock()
 	h.stopped = true
-	cur := h.cur
+	cur, retry := h.cur, h.retry
+	h.retry = nil
 	h.mu.Unlock()
 	if cur != nil {
 		cur.Close()
+	}
+	if retry != nil && retry.Stop() {
+		h.finish() // it was waiting out a backoff: nothing else runs for it
 	}
 }
 

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -312,4 +313,24 @@ func TestHostileStatusTextDoesNotStopCommits(t *testing.T) {
 	o.publishN(3)
 	h := handoff(t, b, map[string]any{"url": o.srv.URL})
 	eventually(t, 20*time.Second, "a healthy stream's events", func() bool { return getStream(t, b, h).Backlog == 3 })
+}
+
+// TestStopDuringBackoff: a holder waiting out a long backoff (no goroutine waits for it)
+// ends at once when the service stops; setup's cleanup fails the test if Stop times out.
+func TestStopDuringBackoff(t *testing.T) {
+	t.Parallel()
+	svc, b := setup(t, &proxy.Options{UpstreamBackoffMax: time.Hour})
+	busy := newOrigin(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "3600")
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+	}))
+	h := handoff(t, b, map[string]any{"url": busy.URL})
+	eventually(t, 20*time.Second, "the backoff", func() bool {
+		return strings.Contains(getStream(t, b, h).Upstream.LastError, "503")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := svc.Stop(ctx); err != nil {
+		t.Fatalf("stop with a holder in backoff: %v", err)
+	}
 }
