@@ -275,11 +275,7 @@ func TestConnectionLossFailsItsStreams(t *testing.T) {
 	events := make(chan string)
 	defer close(events)
 	srv := newServer(t, false, 0, eventSource(events, nil))
-	p := newPool(t, h2client.Options{H2C: true})
-	s, _, err := p.Open(context.Background(), mustURL(t, srv.URL), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, s := openH2C(t, srv)
 	defer s.Close()
 	srv.CloseClientConnections()
 	if _, err := io.ReadAll(s); err == nil || !strings.Contains(err.Error(), "connection lost") {
@@ -372,11 +368,7 @@ func TestUnansweredPingClosesTheConnection(t *testing.T) {
 func TestNotifyAndTryRead(t *testing.T) {
 	events := make(chan string)
 	srv := newServer(t, false, 0, eventSource(events, nil))
-	p := newPool(t, h2client.Options{H2C: true})
-	s, _, err := p.Open(context.Background(), mustURL(t, srv.URL), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, s := openH2C(t, srv)
 	defer s.Close()
 	kick := make(chan struct{}, 1)
 	s.SetNotify(func() {
@@ -460,4 +452,15 @@ func silentServer(t *testing.T, settings ...http2.Setting) (string, *atomic.Int3
 		}
 	}()
 	return ln.Addr().String(), accepted
+}
+
+// openH2C opens a stream on srv through a new h2c pool.
+func openH2C(t *testing.T, srv *server) (*h2client.Pool, *h2client.Stream) {
+	t.Helper()
+	p := newPool(t, h2client.Options{H2C: true})
+	s, _, err := p.Open(context.Background(), mustURL(t, srv.URL), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, s
 }
