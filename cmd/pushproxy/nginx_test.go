@@ -46,17 +46,7 @@ func startNginx(t *testing.T, upstreams []string, ca *fakeapns.CA) string {
 	t.Helper()
 	bin := nginxBinary(t)
 	dir := t.TempDir()
-	cert, err := ca.ServerCertificate("127.0.0.1", "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600)
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	certFile, keyFile := writeServerCert(t, ca, dir)
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -151,6 +141,28 @@ http {
 		return err == nil
 	})
 	return "https://" + addr
+}
+
+// writeServerCert writes a certificate for 127.0.0.1 and localhost, issued by ca, and its
+// key into dir, and returns their paths.
+func writeServerCert(t *testing.T, ca *fakeapns.CA, dir string) (certFile, keyFile string) {
+	t.Helper()
+	cert, err := ca.ServerCertificate("127.0.0.1", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
 
 // nginxTestCA skips a short run, checks that nginx is there, and returns a CA for its
