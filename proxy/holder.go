@@ -292,6 +292,7 @@ func (h *holder) open(ctx context.Context) (*originResponse, outcome, bool) {
 			return nil, out, false
 		}
 		if h.send(ctx, h.item(store.Append{UpstreamStatus: http.StatusOK, Connected: store.ConnUp, Connects: 1}), false) {
+			h.s.log.DebugContext(ctx, "upstream connected", slog.String("stream", h.id), slog.String("proto", resp.proto))
 			resp.header = nil // not needed any more: an idle stream keeps as little as it can
 			return resp, out, true
 		}

@@ -14,6 +14,7 @@ import (
 type originResponse struct {
 	status int
 	line   string // "503 Service Unavailable": HTTP/1.1's status line carries the origin's reason
+	proto  string // "h2" or "http/1.1"
 	header http.Header
 	body   originStream
 }
@@ -97,7 +98,7 @@ func (s *Service) openOnce(ctx context.Context, u *url.URL, header http.Header) 
 		h2s, r, err := s.h2.Open(hctx, u, header)
 		switch {
 		case err == nil:
-			st, resp = h2s, originResponse{status: r.Status, header: r.Header}
+			st, resp = h2s, originResponse{status: r.Status, header: r.Header, proto: "h2"}
 		case !errors.Is(err, h2client.ErrNotHTTP2):
 			return nil, err
 		}
@@ -110,7 +111,7 @@ func (s *Service) openOnce(ctx context.Context, u *url.URL, header http.Header) 
 		if err != nil {
 			return nil, err
 		}
-		st, resp = h1s, originResponse{status: r.Status, line: r.Line, header: r.Header}
+		st, resp = h1s, originResponse{status: r.Status, line: r.Line, header: r.Header, proto: "http/1.1"}
 	}
 	resp.body = st
 	return &resp, nil
