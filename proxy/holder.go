@@ -342,11 +342,25 @@ func (h *holder) consume(ctx context.Context, body *pendingBody, p *sse.Parser, 
 		h.head++
 		h.resumeID = p.LastEventID()
 		a := h.item(store.Append{Events: []pushproxy.Event{{Seq: h.head, LastEventID: ev.LastEventID, Type: ev.Type, Data: ev.Data}}, Urgent: h.isUrgent(ev.Type)})
-		if !h.send(ctx, a, false) {
+		if !h.sendEvent(ctx, body, a) {
 			h.head, h.resumeID = prevHead, prevResume
 			return true
 		}
 	}
+}
+
+// sendEvent hands an event to the committer. While the committer's queue is full the wait
+// may be long, and it is not the origin's silence: the idle timer is held meanwhile.
+func (h *holder) sendEvent(ctx context.Context, body *pendingBody, a store.Append) bool {
+	if body.idle == nil || len(h.s.commits) < cap(h.s.commits) {
+		return h.send(ctx, a, false)
+	}
+	body.idle.Stop()
+	ok := h.send(ctx, a, false)
+	if !body.idleFired.Load() {
+		body.idle.Reset(body.d)
+	}
+	return ok
 }
 
 // pump reads a stream without a goroutine waiting on it: each time data or the end

@@ -147,11 +147,16 @@ func (c *Client) open(nc net.Conn, u *url.URL, header http.Header) (*Stream, *Re
 		// 1xx: another head follows.
 	}
 	s := &Stream{nc: nc, max: c.o.MaxBuffered}
+	te := transferCodings(resp.Header)
 	switch {
 	case resp.Status == http.StatusNoContent || resp.Status == http.StatusNotModified || resp.Status < 200:
 		s.framing = framingNone
-	case chunked(resp.Header):
+	case len(te) > 0 && strings.EqualFold(te[len(te)-1], "chunked"):
 		s.framing = framingChunked
+	case len(te) > 0:
+		// A transfer coding other than chunked last: the body ends with the connection,
+		// whatever Content-Length says (RFC 9112, section 6.3).
+		s.framing = framingClose
 	case resp.Header.Get("Content-Length") != "":
 		n, err := strconv.ParseInt(strings.TrimSpace(resp.Header.Get("Content-Length")), 10, 64)
 		if err != nil || n < 0 {
@@ -193,9 +198,18 @@ func truncate(s string) string {
 	return s
 }
 
-func chunked(h http.Header) bool {
-	te := h.Values("Transfer-Encoding")
-	return len(te) > 0 && strings.EqualFold(strings.TrimSpace(te[len(te)-1]), "chunked")
+// transferCodings lists the response's transfer codings in order, from every
+// Transfer-Encoding line and every comma-separated element of each.
+func transferCodings(h http.Header) []string {
+	var out []string
+	for _, v := range h.Values("Transfer-Encoding") {
+		for _, c := range strings.Split(v, ",") {
+			if c = strings.TrimSpace(c); c != "" {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
 }
 
 // Headers that are about one connection, which the client sets itself.

@@ -239,6 +239,8 @@ func (p *Pool) dial(k string, u *url.URL, call *dialCall) {
 		p.noH2[k] = time.Now().Add(p.o.NotHTTP2TTL)
 	case err == nil && p.closed:
 		err = errors.New("h2client: pool closed")
+	case err == nil && !c.alive():
+		err = errors.New("h2client: the connection ended as it opened")
 	case err == nil:
 		p.conns[k] = append(p.conns[k], c)
 	}
@@ -303,6 +305,9 @@ func (p *Pool) newConn(ctx context.Context, u *url.URL) (*conn, error) {
 	}
 	c.fr = http2.NewFramer(c.bw, bufio.NewReaderSize(nc, 4<<10))
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	// We advertise no larger frames than the protocol's default: a larger one is an error,
+	// not a buffer of up to 16 MiB kept for the connection.
+	c.fr.SetMaxReadFrameSize(16384)
 	c.fr.MaxHeaderListSize = p.o.MaxHeaderListSize
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	c.lastRead.Store(time.Now().UnixNano())
@@ -378,6 +383,13 @@ type conn struct {
 	idle, ping *time.Timer
 
 	lastRead atomic.Int64 // unix nanos of the last frame read
+}
+
+// alive tells whether the connection is neither closed nor going away.
+func (c *conn) alive() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err == nil && !c.goAway
 }
 
 func (c *conn) hasRoom() bool {
@@ -570,16 +582,20 @@ func (c *conn) onData(f *http2.DataFrame) error {
 		// A stream we closed: credit the connection at once.
 		return c.credit(nil, n)
 	}
-	if !s.onData(f.Data(), n, f.StreamEnded()) {
+	ok, dropped := s.onData(f.Data(), n, f.StreamEnded())
+	if !ok {
 		c.remove(s)
 		_ = c.write(func() error { return c.fr.WriteRSTStream(s.id, http2.ErrCodeFlowControl) })
+		s.fail(errors.New("h2client: the server sent more than the stream's flow-control window"))
 		return c.credit(nil, n)
 	}
 	if f.StreamEnded() {
 		c.remove(s)
 	}
-	if pad := n - uint32(len(f.Data())); pad > 0 {
-		return c.credit(nil, pad)
+	// Padding, and data a closed stream drops, are consumed at once: give them back now
+	// (the stream's share too, once enough adds up), or padded frames could stall it.
+	if pad := n - uint32(len(f.Data())); pad+dropped > 0 {
+		return c.credit(s, pad+dropped)
 	}
 	return nil
 }
@@ -642,6 +658,9 @@ func (c *conn) remove(s *Stream) {
 func (c *conn) closeIfIdle() {
 	c.mu.Lock()
 	idle := len(c.streams) == 0 && c.err == nil
+	if idle {
+		c.goAway = true // in the same critical section: no stream opens on it any more
+	}
 	c.mu.Unlock()
 	if idle {
 		c.close(errors.New("h2client: idle connection closed"))
@@ -802,17 +821,19 @@ func (s *Stream) onHeaders(f *http2.MetaHeadersFrame) {
 }
 
 // onData buffers a DATA frame's payload; n is the frame's flow-controlled length. It
-// reports false when the server overran the window.
-func (s *Stream) onData(data []byte, n uint32, end bool) bool {
+// reports false when the server overran the window, and how many data bytes it dropped
+// (a closed stream keeps none).
+func (s *Stream) onData(data []byte, n uint32, end bool) (ok bool, dropped uint32) {
 	s.mu.Lock()
 	if n > s.window {
 		s.mu.Unlock()
-		return false
+		return false, 0
 	}
 	s.window -= n
 	s.unacked += n - uint32(len(data)) // padding is consumed at once
 	if s.closed {
 		s.unacked += uint32(len(data))
+		dropped = uint32(len(data))
 	} else if len(data) > 0 {
 		if s.off == len(s.buf) {
 			s.buf, s.off = s.buf[:0], 0
@@ -824,7 +845,7 @@ func (s *Stream) onData(data []byte, n uint32, end bool) bool {
 	}
 	s.signalLocked()
 	s.unlockAndNotify()
-	return true
+	return true, dropped
 }
 
 func (s *Stream) endLocked(err error) {
@@ -919,10 +940,17 @@ func (s *Stream) Close() error {
 	}
 	s.closed = true
 	ended := s.err != nil
+	unread := uint32(len(s.buf) - s.off)
 	s.buf, s.off = nil, 0
 	s.signalLocked()
 	s.unlockAndNotify()
 	s.c.remove(s)
+	if unread > 0 {
+		// Dropped unread: the connection's window must get them back.
+		if err := s.c.credit(nil, unread); err != nil {
+			go s.c.close(err)
+		}
+	}
 	if !ended {
 		_ = s.c.write(func() error { return s.c.fr.WriteRSTStream(s.id, http2.ErrCodeCancel) })
 	}

@@ -21,6 +21,7 @@ import (
 
 	"go.uber.org/goleak"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/pushproxy/pushproxy/internal/h2client"
 )
@@ -463,4 +464,68 @@ func openH2C(t *testing.T, srv *server) (*h2client.Pool, *h2client.Stream) {
 		t.Fatal(err)
 	}
 	return p, s
+}
+
+// TestWindowOverrunFailsTheStream: a server that sends past the stream's window gets the
+// stream reset, and the stream's reader sees an error instead of waiting forever.
+func TestWindowOverrunFailsTheStream(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		preface := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(c, preface); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, c)
+		fr.WriteSettings()
+		// Wait for the request, then answer it ignoring the client's window.
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			if h, ok := f.(*http2.HeadersFrame); ok {
+				var block bytes.Buffer
+				hpack.NewEncoder(&block).WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: block.Bytes(), EndHeaders: true})
+				chunk := make([]byte, 16384)
+				for range 4 {
+					fr.WriteData(h.StreamID, false, chunk)
+				}
+				go io.Copy(io.Discard, c)
+				<-done
+				return
+			}
+		}
+	}()
+	p := newPool(t, h2client.Options{H2C: true, StreamWindow: 16384})
+	s, _, err := p.Open(context.Background(), mustURL(t, "http://"+ln.Addr().String()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	readErr := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(struct{ io.Reader }{s})
+		readErr <- err
+	}()
+	select {
+	case err = <-readErr:
+	case <-time.After(10 * time.Second):
+		s.Close() // ends the read
+		t.Fatal("the stream's reader still waits after the stream was reset")
+	}
+	if err == nil || !strings.Contains(err.Error(), "flow-control window") {
+		t.Fatalf("read past an overrun window: %v", err)
+	}
 }
