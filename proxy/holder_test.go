@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pushproxy/pushproxy/proxy"
 )
 
@@ -332,5 +334,42 @@ func TestStopDuringBackoff(t *testing.T) {
 	defer cancel()
 	if err := svc.Stop(ctx); err != nil {
 		t.Fatalf("stop with a holder in backoff: %v", err)
+	}
+}
+
+// TestCommitBackpressureIsNotOriginSilence: while the committer cannot commit (a test
+// transaction locks the streams table), the holder waits with its events, and the idle
+// timeout does not count that wait as the origin's silence.
+func TestCommitBackpressureIsNotOriginSilence(t *testing.T) {
+	t.Parallel()
+	_, b := setup(t, &proxy.Options{CommitQueue: 2, CommitBatch: 2, UpstreamIdleTimeout: 2 * time.Second})
+	o := newScriptOrigin(t, 0)
+	h := handoff(t, b, map[string]any{"url": o.srv.URL})
+	eventually(t, 20*time.Second, "the upstream to connect", func() bool { return getStream(t, b, h).Upstream.Connected })
+
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE streams IN EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	o.publishN(20)
+	// What is tested is a duration: the committer stuck, and the holder's queue full, for
+	// twice the idle timeout. There is no event to wait for instead.
+	time.Sleep(4 * time.Second)
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "every event", func() bool { return getStream(t, b, h).Backlog == 20 })
+	si := getStream(t, b, h)
+	if si.Upstream.Connects != 1 || strings.Contains(si.Upstream.LastError, "no data from the origin") {
+		t.Fatalf("the commit wait was taken for the origin's silence: %d connects, last error %q", si.Upstream.Connects, si.Upstream.LastError)
 	}
 }
