@@ -11,6 +11,7 @@ package h1client
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -24,10 +25,14 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/pushproxy/pushproxy/internal/streamio"
 )
 
 // ErrWouldBlock is returned by TryRead when the stream has no data yet.
-var ErrWouldBlock = errors.New("h1client: no data yet")
+var ErrWouldBlock = streamio.ErrWouldBlock
+
+var _ streamio.Stream = (*Stream)(nil)
 
 // Options configure a Client. Zero fields take defaults.
 type Options struct {
@@ -70,11 +75,7 @@ type Response struct {
 // Open connects, sends a GET for u with header, and reads the response head, as long as ctx
 // allows. The body is read from the returned Stream, which the caller must Close.
 func (c *Client) Open(ctx context.Context, u *url.URL, header http.Header) (*Stream, *Response, error) {
-	port := u.Port()
-	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
-	}
-	nc, err := c.o.Dial(ctx, "tcp", net.JoinHostPort(u.Hostname(), port))
+	nc, err := c.o.Dial(ctx, "tcp", streamio.HostPort(u))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -385,7 +386,7 @@ func (s *Stream) readLoop() {
 // closed. It also notifies the reader of what came.
 func (s *Stream) wait() bool {
 	s.mu.Lock()
-	s.unlockAndNotify()
+	streamio.UnlockAndNotify(&s.mu, s.notify)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for len(s.buf)-s.off >= s.max && !s.closed {
@@ -400,7 +401,7 @@ func (s *Stream) wait() bool {
 func (s *Stream) end(err error) {
 	s.mu.Lock()
 	s.endLocked(err)
-	s.unlockAndNotify()
+	streamio.UnlockAndNotify(&s.mu, s.notify)
 }
 
 func (s *Stream) endLocked(err error) {
@@ -459,7 +460,7 @@ func (s *Stream) decode(b []byte) error {
 	for len(b) > 0 && !s.done {
 		switch s.chunk {
 		case chunkSize, chunkTrailers, chunkDataEnd:
-			i := indexByte(b, '\n')
+			i := bytes.IndexByte(b, '\n')
 			if i < 0 {
 				if len(s.line)+len(b) > maxChunkLine {
 					return errors.New("chunked encoding: line too long")
@@ -470,7 +471,7 @@ func (s *Stream) decode(b []byte) error {
 			line := append(s.line, b[:i]...)
 			s.line = nil
 			b = b[i+1:]
-			line = trimCR(line)
+			line = bytes.TrimSuffix(line, []byte("\r"))
 			switch s.chunk {
 			case chunkDataEnd:
 				if len(line) != 0 {
@@ -482,7 +483,7 @@ func (s *Stream) decode(b []byte) error {
 					s.done = true
 				}
 			case chunkSize:
-				if i := indexByte(line, ';'); i >= 0 {
+				if i := bytes.IndexByte(line, ';'); i >= 0 {
 					line = line[:i] // chunk extensions are ignored
 				}
 				n, err := strconv.ParseUint(strings.TrimSpace(string(line)), 16, 62)
@@ -509,30 +510,4 @@ func (s *Stream) decode(b []byte) error {
 		}
 	}
 	return nil
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
-}
-
-func trimCR(b []byte) []byte {
-	if len(b) > 0 && b[len(b)-1] == '\r' {
-		return b[:len(b)-1]
-	}
-	return b
-}
-
-// unlockAndNotify unlocks s.mu, then calls the notify function, if any: it must never run
-// under the lock (it may read the stream at once).
-func (s *Stream) unlockAndNotify() {
-	notify := s.notify
-	s.mu.Unlock()
-	if notify != nil {
-		notify()
-	}
 }

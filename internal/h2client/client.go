@@ -12,6 +12,7 @@ package h2client
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -28,6 +29,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/pushproxy/pushproxy/internal/streamio"
 )
 
 // ErrNotHTTP2 is returned by Open when a TLS server chose a protocol other than h2: the
@@ -162,17 +165,7 @@ func (p *Pool) Open(ctx context.Context, u *url.URL, header http.Header) (*Strea
 }
 
 func key(u *url.URL) string {
-	return u.Scheme + "://" + hostPort(u)
-}
-
-func hostPort(u *url.URL) string {
-	if u.Port() != "" {
-		return u.Host
-	}
-	if u.Scheme == "https" {
-		return net.JoinHostPort(u.Hostname(), "443")
-	}
-	return net.JoinHostPort(u.Hostname(), "80")
+	return u.Scheme + "://" + streamio.HostPort(u)
 }
 
 var errConnFull = errors.New("h2client: connection cannot take another stream")
@@ -271,7 +264,7 @@ func (p *Pool) forget(c *conn) {
 }
 
 func (p *Pool) newConn(ctx context.Context, u *url.URL) (*conn, error) {
-	nc, err := p.o.Dial(ctx, "tcp", hostPort(u))
+	nc, err := p.o.Dial(ctx, "tcp", streamio.HostPort(u))
 	if err != nil {
 		return nil, err
 	}
@@ -370,7 +363,7 @@ type conn struct {
 	wmu  sync.Mutex // serializes frame writes, and stream creation with them
 	bw   *bufio.Writer
 	henc *hpack.Encoder
-	hbuf bytesBuffer
+	hbuf bytes.Buffer
 
 	mu         sync.Mutex
 	streams    map[uint32]*Stream
@@ -734,8 +727,7 @@ type Stream struct {
 	resp *Response
 
 	mu       sync.Mutex
-	ready    chan struct{} // signalled when data or the end arrives; made by Read
-	buf      []byte        // received, not yet read; nil when empty
+	buf      []byte // received, not yet read; nil when empty
 	off      int
 	err      error  // io.EOF after END_STREAM, or why the stream failed
 	window   uint32 // bytes the server may still send
@@ -746,26 +738,47 @@ type Stream struct {
 }
 
 // ErrWouldBlock is returned by TryRead when the stream has no data yet.
-var ErrWouldBlock = errors.New("h2client: no data yet")
+var ErrWouldBlock = streamio.ErrWouldBlock
+
+var _ streamio.Stream = (*Stream)(nil)
 
 // SetNotify sets a function that is called whenever data or the end arrives, or the stream
 // is closed. It runs on the connection's reading goroutine: it must not block (start work
-// elsewhere). With it, a stream needs no goroutine waiting in Read.
+// elsewhere). With it, a stream needs no goroutine waiting on it.
 func (s *Stream) SetNotify(f func()) {
 	s.mu.Lock()
 	s.notify = f
 	s.mu.Unlock()
 }
 
-// TryRead is Read without the wait: with no data, and the stream neither ended nor failed,
-// it returns ErrWouldBlock.
+// TryRead reads what is buffered, or reports the end of the body (io.EOF) or why the
+// stream failed; with no data, and the stream neither ended nor failed, it returns
+// ErrWouldBlock. (streamio.Blocking makes a reader that waits.)
 func (s *Stream) TryRead(b []byte) (int, error) {
 	s.mu.Lock()
-	if s.off == len(s.buf) && s.err == nil && !s.closed {
+	if s.off < len(s.buf) {
+		n := copy(b, s.buf[s.off:])
+		s.off += n
+		if s.off == len(s.buf) {
+			// Drained: let go of the buffer, so that an idle stream holds nothing.
+			s.buf, s.off = nil, 0
+		}
+		s.unacked += uint32(n)
 		s.mu.Unlock()
-		return 0, ErrWouldBlock
+		if err := s.c.credit(s, uint32(n)); err != nil {
+			go s.c.close(err)
+		}
+		return n, nil
 	}
-	return s.readLocked(b)
+	err := s.err
+	switch {
+	case s.closed:
+		err = errStreamClosed
+	case err == nil:
+		err = ErrWouldBlock
+	}
+	s.mu.Unlock()
+	return 0, err
 }
 
 func (s *Stream) awaitHead(ctx context.Context) (*Response, error) {
@@ -843,8 +856,7 @@ func (s *Stream) onData(data []byte, n uint32, end bool) (ok bool, dropped uint3
 	if end {
 		s.endLocked(io.EOF)
 	}
-	s.signalLocked()
-	s.unlockAndNotify()
+	streamio.UnlockAndNotify(&s.mu, s.notify)
 	return true, dropped
 }
 
@@ -856,22 +868,12 @@ func (s *Stream) endLocked(err error) {
 		s.headDone = true
 		close(s.head)
 	}
-	s.signalLocked()
-}
-
-func (s *Stream) signalLocked() {
-	if s.ready != nil {
-		select {
-		case s.ready <- struct{}{}:
-		default:
-		}
-	}
 }
 
 func (s *Stream) fail(err error) {
 	s.mu.Lock()
 	s.endLocked(err)
-	s.unlockAndNotify()
+	streamio.UnlockAndNotify(&s.mu, s.notify)
 }
 
 // takeCredit returns the bytes to credit back to the server, once enough were read.
@@ -887,51 +889,9 @@ func (s *Stream) takeCredit() uint32 {
 	return inc
 }
 
-// Read reads the response body. It blocks until data arrives, the body ends (io.EOF), or
-// the stream fails. Read and Close may be called from different goroutines; Read must not be
-// called concurrently with itself.
-func (s *Stream) Read(b []byte) (int, error) {
-	s.mu.Lock()
-	for s.off == len(s.buf) && s.err == nil && !s.closed {
-		if s.ready == nil {
-			s.ready = make(chan struct{}, 1)
-		}
-		ready := s.ready
-		s.mu.Unlock()
-		<-ready
-		s.mu.Lock()
-	}
-	return s.readLocked(b)
-}
-
-// readLocked reads what is buffered, or reports the end; it unlocks s.mu.
-func (s *Stream) readLocked(b []byte) (int, error) {
-	if s.off < len(s.buf) {
-		n := copy(b, s.buf[s.off:])
-		s.off += n
-		if s.off == len(s.buf) {
-			// Drained: let go of the buffer, so that an idle stream holds nothing.
-			s.buf, s.off = nil, 0
-		}
-		s.unacked += uint32(n)
-		s.mu.Unlock()
-		if err := s.c.credit(s, uint32(n)); err != nil {
-			go s.c.close(err)
-		}
-		return n, nil
-	}
-	err := s.err
-	if s.closed {
-		err = errStreamClosed
-	}
-	s.mu.Unlock()
-	return 0, err
-}
-
 var errStreamClosed = errors.New("h2client: stream closed")
 
-// Close ends the stream: a stream the server has not ended is reset (CANCEL). A Read
-// blocked on it returns.
+// Close ends the stream: a stream the server has not ended is reset (CANCEL).
 func (s *Stream) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -942,8 +902,7 @@ func (s *Stream) Close() error {
 	ended := s.err != nil
 	unread := uint32(len(s.buf) - s.off)
 	s.buf, s.off = nil, 0
-	s.signalLocked()
-	s.unlockAndNotify()
+	streamio.UnlockAndNotify(&s.mu, s.notify)
 	s.c.remove(s)
 	if unread > 0 {
 		// Dropped unread: the connection's window must get them back.
@@ -955,21 +914,4 @@ func (s *Stream) Close() error {
 		_ = s.c.write(func() error { return s.c.fr.WriteRSTStream(s.id, http2.ErrCodeCancel) })
 	}
 	return nil
-}
-
-// bytesBuffer is a minimal growable buffer for header blocks.
-type bytesBuffer struct{ b []byte }
-
-func (b *bytesBuffer) Write(p []byte) (int, error) { b.b = append(b.b, p...); return len(p), nil }
-func (b *bytesBuffer) Reset()                      { b.b = b.b[:0] }
-func (b *bytesBuffer) Bytes() []byte               { return b.b }
-
-// unlockAndNotify unlocks s.mu, then calls the notify function, if any: it must never run
-// under the lock (it may read the stream at once).
-func (s *Stream) unlockAndNotify() {
-	notify := s.notify
-	s.mu.Unlock()
-	if notify != nil {
-		notify()
-	}
 }

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/pushproxy/pushproxy/internal/h2client"
+	"github.com/pushproxy/pushproxy/internal/streamio"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -128,7 +129,7 @@ func TestStreamH2C(t *testing.T) {
 	if got.Get("Last-Event-Id") != "41" || got.Get("Authorization") != "Bearer abc" || got.Get("Connection") != "" {
 		t.Fatalf("the server saw %v", got)
 	}
-	br := bufio.NewReader(s)
+	br := bufio.NewReader(streamio.Blocking(s))
 	for i := range 3 {
 		events <- fmt.Sprint(i)
 		line, err := br.ReadString('\n')
@@ -221,8 +222,9 @@ func TestFlowControl(t *testing.T) {
 	defer s.Close()
 	var got bytes.Buffer
 	buf := make([]byte, 777)
+	r := streamio.Blocking(s)
 	for {
-		n, err := s.Read(buf)
+		n, err := r.Read(buf)
 		got.Write(buf[:n])
 		if err == io.EOF {
 			break
@@ -250,8 +252,9 @@ func TestCloseCancelsTheRequestAndIdleConnectionsClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	readErr := make(chan error, 1)
+	r := streamio.Blocking(s)
 	go func() {
-		_, err := s.Read(make([]byte, 10))
+		_, err := r.Read(make([]byte, 10))
 		readErr <- err
 	}()
 	s.Close()
@@ -279,7 +282,7 @@ func TestConnectionLossFailsItsStreams(t *testing.T) {
 	p, s := openH2C(t, srv)
 	defer s.Close()
 	srv.CloseClientConnections()
-	if _, err := io.ReadAll(s); err == nil || !strings.Contains(err.Error(), "connection lost") {
+	if _, err := io.ReadAll(streamio.Blocking(s)); err == nil || !strings.Contains(err.Error(), "connection lost") {
 		t.Fatalf("read after the connection dropped: %v", err)
 	}
 	// The pool dials again.
@@ -304,7 +307,7 @@ func TestStatusAndEmptyBody(t *testing.T) {
 	if resp.Status != 503 || resp.Header.Get("Retry-After") != "7" {
 		t.Fatalf("head: %+v", resp)
 	}
-	if b, err := io.ReadAll(s); err != nil || len(b) != 0 {
+	if b, err := io.ReadAll(streamio.Blocking(s)); err != nil || len(b) != 0 {
 		t.Fatalf("body: %q %v", b, err)
 	}
 }
@@ -327,7 +330,7 @@ func TestTLS(t *testing.T) {
 	}
 	events <- "over tls"
 	close(events)
-	b, err := io.ReadAll(s)
+	b, err := io.ReadAll(streamio.Blocking(s))
 	if err != nil || string(b) != "data: over tls\n\n" {
 		t.Fatalf("body %q %v", b, err)
 	}
@@ -516,7 +519,7 @@ func TestWindowOverrunFailsTheStream(t *testing.T) {
 	defer s.Close()
 	readErr := make(chan error, 1)
 	go func() {
-		_, err := io.ReadAll(struct{ io.Reader }{s})
+		_, err := io.ReadAll(streamio.Blocking(s))
 		readErr <- err
 	}()
 	select {
