@@ -31,6 +31,9 @@ func TestHoldingOverH2C(t *testing.T) {
 		http.Redirect(w, r, "/events", http.StatusTemporaryRedirect)
 	})
 	mux.HandleFunc("/loop", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/loop", http.StatusFound) })
+	mux.HandleFunc("/ftp", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "ftp://example.com/events", http.StatusFound)
+	})
 	mux.HandleFunc("/gone", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "gone", http.StatusNotFound) })
 	mux.HandleFunc("/done", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	mux.HandleFunc("/watch", func(w http.ResponseWriter, r *http.Request) {
@@ -66,6 +69,7 @@ func TestHoldingOverH2C(t *testing.T) {
 		{"/gone", "failed", "origin answered 404 Not Found"},
 		{"/done", "closed", "204"},
 		{"/loop", "failed", "more than 3 redirects"},
+		{"/ftp", "failed", `unsupported scheme "ftp"`},
 	}
 	for _, c := range cases {
 		h := handoff(t, b, map[string]any{"url": srv.URL + c.path})

@@ -17,8 +17,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy"
-	"github.com/pushproxy/pushproxy/internal/h1client"
-	"github.com/pushproxy/pushproxy/internal/h2client"
+	"github.com/pushproxy/pushproxy/internal/streamio"
 	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/store"
 )
@@ -234,12 +233,8 @@ func (h *holder) connect(ctx context.Context) (outcome, bool) {
 	return out, true
 }
 
-func (h *holder) parserOptions() *sse.ParserOptions {
-	return &sse.ParserOptions{MaxEventSize: h.s.opts.MaxEventSize}
-}
-
 func (h *holder) newParser(body io.Reader) *sse.Parser {
-	p := sse.NewParser(body, h.parserOptions())
+	p := sse.NewParser(body, &h.s.parserOpts)
 	// The id a browser would still have: events without an id keep it.
 	p.SetLastEventID(h.resumeID)
 	return p
@@ -265,7 +260,7 @@ func (h *holder) open(ctx context.Context) (*originResponse, outcome, bool) {
 		)
 		switch {
 		case errors.As(err, &badURL) && badURL.Op == "parse":
-			return nil, outcome{state: pushproxy.StateFailed, reason: "invalid url: " + err.Error()}, false
+			return nil, outcome{state: pushproxy.StateFailed, reason: "invalid url: " + scrubURLError(badURL)}, false
 		case errors.As(err, &blocked):
 			return nil, outcome{state: pushproxy.StateFailed, reason: blocked.Error()}, false
 		case errors.Is(err, errTooManyRedirects):
@@ -418,7 +413,7 @@ func (ps *pumpState) work() {
 	h := ps.h
 	for {
 		if ps.p == nil {
-			ps.p = sse.Resume(&ps.body, h.parserOptions(), ps.susp)
+			ps.p = sse.Resume(&ps.body, &h.s.parserOpts, ps.susp)
 			ps.susp = sse.Suspended{}
 		}
 		if h.consume(ps.ctx, &ps.body, ps.p, &ps.out) {
@@ -430,15 +425,16 @@ func (ps *pumpState) work() {
 			return
 		}
 		// Between events the parser is dropped: an idle stream keeps only what it must
-		// remember of the stream. Otherwise it keeps no read buffer.
+		// remember of the stream. Otherwise it keeps no read buffer. Either way the last
+		// event ID, which may point into the parser's slab of event strings, is taken from
+		// a copy, so that the slab can go while the stream is idle.
 		if st, ok := ps.p.Suspend(); ok {
 			ps.p, ps.susp = nil, st
+			h.resumeID = st.LastEventID() // a copy already, equal to h.resumeID
 		} else {
 			ps.p.Release()
+			h.resumeID = strings.Clone(h.resumeID)
 		}
-		// The last event ID may point into the parser's slab of event strings: a copy lets
-		// the slab go while the stream is idle.
-		h.resumeID = strings.Clone(h.resumeID)
 		if ps.state.CompareAndSwap(1, 0) {
 			return
 		}
@@ -498,7 +494,7 @@ type pendingBody struct {
 
 func (r *pendingBody) Read(b []byte) (int, error) {
 	n, err := r.s.TryRead(b)
-	if err == h2client.ErrWouldBlock || err == h1client.ErrWouldBlock {
+	if err == streamio.ErrWouldBlock {
 		return 0, sse.ErrPending
 	}
 	if n > 0 && r.idle != nil {

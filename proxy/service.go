@@ -16,6 +16,7 @@ import (
 
 	"github.com/pushproxy/pushproxy/internal/h1client"
 	"github.com/pushproxy/pushproxy/internal/h2client"
+	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -195,13 +196,14 @@ func (noopMetrics) Request(string, string, int, time.Duration)       {}
 // Service is the proxy's core: the HTTP API, the holders of upstream streams, the committer
 // that batches their events into Postgres, and the hub that wakes event readers.
 type Service struct {
-	opts    Options
-	store   *store.Store
-	dbURL   string
-	log     *slog.Logger
-	metrics Metrics
-	h1      *h1client.Client // upstreams over HTTP/1.1
-	h2      *h2client.Pool   // upstreams over HTTP/2
+	opts       Options
+	store      *store.Store
+	dbURL      string
+	log        *slog.Logger
+	metrics    Metrics
+	h1         *h1client.Client // upstreams over HTTP/1.1
+	parserOpts sse.ParserOptions
+	h2         *h2client.Pool // upstreams over HTTP/2
 
 	commits    chan commitItem
 	com        *committer
@@ -250,6 +252,7 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		// Find dead connections under idle streams.
 		PingInterval: 30 * time.Second, PingTimeout: 15 * time.Second, IdleTimeout: 90 * time.Second,
 	})
+	s.parserOpts = sse.ParserOptions{MaxEventSize: o.MaxEventSize}
 	s.dash = newFeed(o.DashboardRefresh, s.computeOverview, s.overviewFailed)
 	s.loginLimit = rate.NewLimiter(loginRate, loginBurst)
 	s.commits = make(chan commitItem, o.CommitQueue)

@@ -8,6 +8,7 @@ import (
 	"net/url"
 
 	"github.com/pushproxy/pushproxy/internal/h2client"
+	"github.com/pushproxy/pushproxy/internal/streamio"
 )
 
 // originResponse is an origin's answer to a holder's request.
@@ -21,11 +22,7 @@ type originResponse struct {
 
 // originStream is a response body read without a goroutine waiting on it: h2client's and
 // h1client's streams.
-type originStream interface {
-	TryRead([]byte) (int, error)
-	SetNotify(func())
-	Close() error
-}
+type originStream = streamio.Stream
 
 func (r *originResponse) statusText() string {
 	if r.line != "" {
@@ -59,12 +56,10 @@ func (s *Service) openUpstream(ctx context.Context, rawURL string, header http.H
 		if hops >= s.opts.UpstreamMaxRedirects {
 			return nil, errTooManyRedirects
 		}
+		// An invalid location, or one of another scheme, fails the stream in openOnce.
 		next, err := u.Parse(loc)
 		if err != nil {
 			return nil, fmt.Errorf("redirect to an invalid location: %w", err)
-		}
-		if next.Scheme != "http" && next.Scheme != "https" {
-			return nil, fmt.Errorf("redirect to an unsupported scheme %q", next.Scheme)
 		}
 		if next.Hostname() != u.Hostname() {
 			// As net/http does: credentials are not sent on to another host.

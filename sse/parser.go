@@ -324,18 +324,15 @@ func (p *Parser) Suspend() (Suspended, bool) {
 		return Suspended{}, false
 	}
 	lastID := p.LastEventID()
-	var id []byte
-	if p.idAliased {
-		id = p.buf[p.idOff : p.idOff+p.id.n]
-	} else {
-		id = p.id.bytes()
-	}
-	if string(id) != lastID {
+	if string(p.idBytes()) != lastID {
 		return Suspended{}, false // an id field of the event in progress
 	}
 	return Suspended{lastID: strings.Clone(lastID), afterCR: p.afterCR, bomDone: p.bomDone,
 		retry: p.retry, hasRetry: p.hasRetry}, true
 }
+
+// LastEventID is the suspended parser's last event ID string (a copy of its own).
+func (s Suspended) LastEventID() string { return s.lastID }
 
 // Resume returns a parser that continues a stream where a suspended parser left it, reading
 // the rest from r.
@@ -729,12 +726,7 @@ func parseRetry(v []byte) (int64, bool) {
 // returns the event's Data and Type and true if one is dispatched; its
 // LastEventID is then p.LastEventID().
 func (p *Parser) dispatch() (data, typ string, ok bool) {
-	var id []byte
-	if p.idAliased {
-		id = p.buf[p.idOff : p.idOff+p.id.n]
-	} else {
-		id = p.id.bytes()
-	}
+	id := p.idBytes()
 	newID := string(id) != p.LastEventID()
 	if p.dlen == 0 {
 		if newID {
@@ -854,6 +846,14 @@ func (p *Parser) addData(value []byte, valid bool) {
 }
 
 var lf = []byte{'\n'}
+
+// idBytes is the last event ID buffer, in buf while idAliased.
+func (p *Parser) idBytes() []byte {
+	if p.idAliased {
+		return p.buf[p.idOff : p.idOff+p.id.n]
+	}
+	return p.id.bytes()
+}
 
 // offset is the index in buf of value, a value of a line in buf (with lend, the values
 // known to be valid UTF-8 are left there: a spilled line is never known valid).
