@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -135,22 +136,22 @@ var DefaultOptions = Options{
 func (o *Options) withDefaults() Options {
 	r := *o
 	d := DefaultOptions
-	setDefault(&r.LeaseTTL, d.LeaseTTL)
-	setDefault(&r.ClaimInterval, d.ClaimInterval)
-	setDefault(&r.ClaimBatch, d.ClaimBatch)
-	setDefault(&r.MaxEventSize, d.MaxEventSize)
-	setDefault(&r.MaxBacklog, d.MaxBacklog)
-	setDefault(&r.MaxStreamsPerDevice, d.MaxStreamsPerDevice)
-	setDefault(&r.MaxBodyBytes, d.MaxBodyBytes)
-	setDefault(&r.CommitBatch, d.CommitBatch)
-	setDefault(&r.CommitQueue, d.CommitQueue)
-	setDefault(&r.UpstreamRetry, d.UpstreamRetry)
-	setDefault(&r.UpstreamBackoffMax, d.UpstreamBackoffMax)
-	setDefault(&r.UpstreamMaxRedirects, d.UpstreamMaxRedirects)
-	setDefault(&r.UpstreamConnectTimeout, d.UpstreamConnectTimeout)
-	setDefault(&r.Heartbeat, d.Heartbeat)
-	setDefault(&r.DashboardRefresh, d.DashboardRefresh)
-	setDefault(&r.ReaderTTL, d.ReaderTTL)
+	r.LeaseTTL = cmp.Or(r.LeaseTTL, d.LeaseTTL)
+	r.ClaimInterval = cmp.Or(r.ClaimInterval, d.ClaimInterval)
+	r.ClaimBatch = cmp.Or(r.ClaimBatch, d.ClaimBatch)
+	r.MaxEventSize = cmp.Or(r.MaxEventSize, d.MaxEventSize)
+	r.MaxBacklog = cmp.Or(r.MaxBacklog, d.MaxBacklog)
+	r.MaxStreamsPerDevice = cmp.Or(r.MaxStreamsPerDevice, d.MaxStreamsPerDevice)
+	r.MaxBodyBytes = cmp.Or(r.MaxBodyBytes, d.MaxBodyBytes)
+	r.CommitBatch = cmp.Or(r.CommitBatch, d.CommitBatch)
+	r.CommitQueue = cmp.Or(r.CommitQueue, d.CommitQueue)
+	r.UpstreamRetry = cmp.Or(r.UpstreamRetry, d.UpstreamRetry)
+	r.UpstreamBackoffMax = cmp.Or(r.UpstreamBackoffMax, d.UpstreamBackoffMax)
+	r.UpstreamMaxRedirects = cmp.Or(r.UpstreamMaxRedirects, d.UpstreamMaxRedirects)
+	r.UpstreamConnectTimeout = cmp.Or(r.UpstreamConnectTimeout, d.UpstreamConnectTimeout)
+	r.Heartbeat = cmp.Or(r.Heartbeat, d.Heartbeat)
+	r.DashboardRefresh = cmp.Or(r.DashboardRefresh, d.DashboardRefresh)
+	r.ReaderTTL = cmp.Or(r.ReaderTTL, d.ReaderTTL)
 	if r.InstanceID == "" {
 		host, _ := os.Hostname()
 		var b [4]byte
@@ -167,13 +168,6 @@ func (o *Options) withDefaults() Options {
 		r.Metrics = noopMetrics{}
 	}
 	return r
-}
-
-func setDefault[T comparable](v *T, d T) {
-	var zero T
-	if *v == zero {
-		*v = d
-	}
 }
 
 // Metrics receives what the service measures. The default does nothing.

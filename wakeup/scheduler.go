@@ -1,6 +1,7 @@
 package wakeup
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -95,19 +96,19 @@ var DefaultOptions = Options{
 func (o *Options) withDefaults() Options {
 	r := *o
 	d := DefaultOptions
-	setDefault(&r.BudgetAPNs, d.BudgetAPNs)
-	setDefault(&r.BudgetFCM, d.BudgetFCM)
-	setDefault(&r.BudgetWindow, d.BudgetWindow)
-	setDefault(&r.LeaseTTL, d.LeaseTTL)
-	setDefault(&r.ClaimBatch, d.ClaimBatch)
-	setDefault(&r.MaxInFlight, d.MaxInFlight)
-	setDefault(&r.Dispatchers, d.Dispatchers)
-	setDefault(&r.RetryBase, d.RetryBase)
-	setDefault(&r.RetryMax, d.RetryMax)
-	setDefault(&r.PushTTL, d.PushTTL)
-	setDefault(&r.DeadGrace, d.DeadGrace)
-	setDefault(&r.History, d.History)
-	setDefault(&r.PollInterval, d.PollInterval)
+	r.BudgetAPNs = cmp.Or(r.BudgetAPNs, d.BudgetAPNs)
+	r.BudgetFCM = cmp.Or(r.BudgetFCM, d.BudgetFCM)
+	r.BudgetWindow = cmp.Or(r.BudgetWindow, d.BudgetWindow)
+	r.LeaseTTL = cmp.Or(r.LeaseTTL, d.LeaseTTL)
+	r.ClaimBatch = cmp.Or(r.ClaimBatch, d.ClaimBatch)
+	r.MaxInFlight = cmp.Or(r.MaxInFlight, d.MaxInFlight)
+	r.Dispatchers = cmp.Or(r.Dispatchers, d.Dispatchers)
+	r.RetryBase = cmp.Or(r.RetryBase, d.RetryBase)
+	r.RetryMax = cmp.Or(r.RetryMax, d.RetryMax)
+	r.PushTTL = cmp.Or(r.PushTTL, d.PushTTL)
+	r.DeadGrace = cmp.Or(r.DeadGrace, d.DeadGrace)
+	r.History = cmp.Or(r.History, d.History)
+	r.PollInterval = cmp.Or(r.PollInterval, d.PollInterval)
 	if r.Now == nil {
 		r.Now = time.Now
 	}
@@ -118,13 +119,6 @@ func (o *Options) withDefaults() Options {
 		r.Metrics = noopMetrics{}
 	}
 	return r
-}
-
-func setDefault[T comparable](v *T, d T) {
-	var zero T
-	if *v == zero {
-		*v = d
-	}
 }
 
 // Scheduler sends the wake-ups queued in the outbox: one push per device and wake-up,

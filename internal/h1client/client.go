@@ -12,6 +12,7 @@ package h1client
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -55,12 +56,8 @@ func New(o Options) *Client {
 	if o.Dial == nil {
 		o.Dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	}
-	if o.MaxHeaderBytes == 0 {
-		o.MaxHeaderBytes = 64 << 10
-	}
-	if o.MaxBuffered == 0 {
-		o.MaxBuffered = 64 << 10
-	}
+	o.MaxHeaderBytes = cmp.Or(o.MaxHeaderBytes, 64<<10)
+	o.MaxBuffered = cmp.Or(o.MaxBuffered, 64<<10)
 	return &Client{o: o}
 }
 

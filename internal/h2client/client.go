@@ -13,6 +13,7 @@ package h2client
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -83,24 +84,12 @@ func NewPool(o Options) *Pool {
 		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 		o.Dial = d.DialContext
 	}
-	if o.StreamWindow == 0 {
-		o.StreamWindow = 64 << 10
-	}
-	if o.MaxHeaderListSize == 0 {
-		o.MaxHeaderListSize = 64 << 10
-	}
-	if o.PingInterval == 0 {
-		o.PingInterval = 30 * time.Second
-	}
-	if o.PingTimeout == 0 {
-		o.PingTimeout = 15 * time.Second
-	}
-	if o.IdleTimeout == 0 {
-		o.IdleTimeout = 90 * time.Second
-	}
-	if o.NotHTTP2TTL == 0 {
-		o.NotHTTP2TTL = 10 * time.Minute
-	}
+	o.StreamWindow = cmp.Or(o.StreamWindow, 64<<10)
+	o.MaxHeaderListSize = cmp.Or(o.MaxHeaderListSize, 64<<10)
+	o.PingInterval = cmp.Or(o.PingInterval, 30*time.Second)
+	o.PingTimeout = cmp.Or(o.PingTimeout, 15*time.Second)
+	o.IdleTimeout = cmp.Or(o.IdleTimeout, 90*time.Second)
+	o.NotHTTP2TTL = cmp.Or(o.NotHTTP2TTL, 10*time.Minute)
 	return &Pool{o: o, conns: map[string][]*conn{}, dials: map[string]*dialCall{}, noH2: map[string]time.Time{}}
 }
 
