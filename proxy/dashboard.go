@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
-	"crypto/subtle"
 	"embed"
 	"encoding/hex"
 	"encoding/json"
@@ -69,9 +68,12 @@ func dashboardHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// sessionValue is the cookie value that proves the admin token was given.
-func (s *Service) sessionValue() string {
-	m := hmac.New(sha256.New, []byte(s.opts.AdminToken))
+// sessionValue is the cookie value that proves the admin token was given ("" without one).
+func sessionValue(adminToken string) string {
+	if adminToken == "" {
+		return ""
+	}
+	m := hmac.New(sha256.New, []byte(adminToken))
 	m.Write([]byte(sessionLabel))
 	return hex.EncodeToString(m.Sum(nil))
 }
@@ -82,10 +84,10 @@ func (s *Service) dashboardAccess(r *http.Request) bool {
 		return false
 	}
 	if tok, ok := bearer(r); ok {
-		return subtle.ConstantTimeCompare([]byte(tok), []byte(s.opts.AdminToken)) == 1
+		return s.isAdminToken(tok)
 	}
 	c, err := r.Cookie(sessionCookie)
-	return err == nil && hmac.Equal([]byte(c.Value), []byte(s.sessionValue()))
+	return err == nil && hmac.Equal([]byte(c.Value), []byte(s.session))
 }
 
 // requireSession serves the login form, with 401, to requests without access.
@@ -122,12 +124,12 @@ func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 4096)
 	tok := r.PostFormValue("token")
-	if s.opts.AdminToken == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(s.opts.AdminToken)) != 1 {
+	if !s.isAdminToken(tok) {
 		s.renderLogin(w, http.StatusUnauthorized, "That is not the admin token.")
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: s.sessionValue(), Path: "/admin/",
+		Name: sessionCookie, Value: s.session, Path: "/admin/",
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: isHTTPS(r),
 	})
 	http.Redirect(w, r, "/admin/", http.StatusSeeOther)
@@ -162,14 +164,8 @@ const OverviewEventType = "overview"
 func (s *Service) handleDashboardLive(w http.ResponseWriter, r *http.Request) {
 	snaps, stop := s.dash.subscribe()
 	defer stop()
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{})
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	sw := sse.NewWriter(w)
-	if sw.WriteComment("ok") != nil || rc.Flush() != nil {
+	sw, rc, err := startEventStream(w)
+	if err != nil || rc.Flush() != nil {
 		return
 	}
 	heartbeat := time.NewTicker(s.opts.Heartbeat)

@@ -61,6 +61,22 @@ func wantsJSON(r *http.Request) bool {
 	return json
 }
 
+// startEventStream answers 200 with an event stream's headers and a first comment line,
+// not flushed yet: intermediaries (nginx over HTTP/2, among others) hold the response
+// headers back until the body has a byte, and an idle stream may have none for a long time.
+// EventSource ignores comments.
+func startEventStream(w http.ResponseWriter) (*sse.Writer, *http.ResponseController, error) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{}) // a stream outlives any server write timeout
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer
+	w.WriteHeader(http.StatusOK)
+	sw := sse.NewWriter(w)
+	return sw, rc, sw.WriteComment("ok")
+}
+
 func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request) {
 	st, err := s.authorizedStream(r)
 	if err != nil {
@@ -157,26 +173,16 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 		return
 	}
 
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{}) // a stream outlives any server write timeout
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer
 	if cur.Gap {
-		h.Set("Pushproxy-Gap", "1")
+		w.Header().Set("Pushproxy-Gap", "1")
 	}
-	w.WriteHeader(http.StatusOK)
-	sw := sse.NewWriter(w)
+	sw, rc, err := startEventStream(w)
+	if err != nil {
+		return
+	}
 	lastSent := id // the reader's position, as an id
 	if !provided {
 		lastSent = st.AckedID
-	}
-	// A first line right away: intermediaries (nginx over HTTP/2, among others) hold the
-	// response headers back until the body has a byte, and an idle stream may have none for
-	// a long time. EventSource ignores comments.
-	if err := sw.WriteComment("ok"); err != nil {
-		return
 	}
 	if cur.Gap {
 		if err := sw.WriteEvent(sse.Event{LastEventID: id, Type: GapEventType, Data: gapReason}); err != nil {

@@ -204,6 +204,7 @@ type Service struct {
 	hub        *hub
 	dash       *feed         // the dashboard's overview
 	loginLimit *rate.Limiter // dashboard logins
+	session    string        // the dashboard's session cookie value
 
 	mu      sync.Mutex
 	holders map[string]*holder // by stream id
@@ -249,6 +250,7 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 	s.parserOpts = sse.ParserOptions{MaxEventSize: o.MaxEventSize}
 	s.dash = newFeed(o.DashboardRefresh, s.computeOverview, s.overviewFailed)
 	s.loginLimit = rate.NewLimiter(loginRate, loginBurst)
+	s.session = sessionValue(o.AdminToken)
 	s.commits = make(chan commitItem, o.CommitQueue)
 	s.com = &committer{
 		in:       s.commits,
