@@ -176,7 +176,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 			trimIDs        []string
 			trimLo, trimHi []int64
 		)
-		for _, a := range appends {
+		for i, a := range appends {
 			f, ok := fenced[a.StreamID]
 			if !ok {
 				res.Lost = append(res.Lost, Lease{StreamID: a.StreamID, Epoch: a.Epoch})
@@ -193,8 +193,8 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 				}
 				copyRows = append(copyRows, []any{sid, ev.Seq, []byte(ev.LastEventID), []byte(ev.Type), []byte(ev.Data)})
 				added++
-				res.Bytes += EventSize(ev)
 			}
+			res.Bytes += sizes[i] // the same events: those the trim keeps
 			if added > 0 || a.State != "" {
 				notify = append(notify, a.StreamID)
 			}
