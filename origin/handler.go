@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -62,6 +63,19 @@ func (o *Origin) HTTPServer() *http.Server {
 		o.log.Error("configuring HTTP/2", "err", err)
 	}
 	return srv
+}
+
+// ServeLoopback serves the origin (HTTPServer) on a free port of 127.0.0.1, for programs
+// that run it in process. It returns the base URL ("http://127.0.0.1:port") and a function
+// that stops serving.
+func (o *Origin) ServeLoopback() (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := o.HTTPServer()
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String(), func() { srv.Close() }, nil
 }
 
 func (o *Origin) serveEmit(w http.ResponseWriter, r *http.Request) {

@@ -110,13 +110,11 @@ func runIngest(ctx context.Context, args []string) error {
 	org := origin.New(&origin.Options{Rate: *rate / float64(*streams), History: 1 << 20, Retry: time.Second, Symbols: 50})
 	org.Start(ctx)
 	defer org.Close()
-	oln, err := net.Listen("tcp", "127.0.0.1:0")
+	originBase, stopOrigin, err := org.ServeLoopback()
 	if err != nil {
 		return err
 	}
-	osrv := org.HTTPServer()
-	go osrv.Serve(oln)
-	defer osrv.Close()
+	defer stopOrigin()
 
 	m := &counter{}
 	allow, _ := proxy.ParseAllowList([]string{"127.0.0.0/8"})
@@ -137,7 +135,7 @@ func runIngest(ctx context.Context, args []string) error {
 	defer api.Close()
 
 	for i := 0; i < *streams; i++ {
-		body := fmt.Sprintf(`{"url": "http://%s/events"}`, oln.Addr())
+		body := fmt.Sprintf(`{"url": "%s/events"}`, originBase)
 		resp, err := http.Post("http://"+aln.Addr().String()+"/v1/streams", "application/json", strings.NewReader(body))
 		if err != nil {
 			return err

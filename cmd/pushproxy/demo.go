@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -85,14 +84,12 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 	org := origin.New(&origin.Options{Rate: cfg.Rate, Retry: time.Second, History: 10000, Heartbeat: 15 * time.Second, Symbols: 8, Seed: 1})
 	org.Start(ctx)
 	defer org.Close()
-	oln, err := net.Listen("tcp", "127.0.0.1:0")
+	base, stopOrigin, err := org.ServeLoopback()
 	if err != nil {
 		return err
 	}
-	osrv := org.HTTPServer()
-	go osrv.Serve(oln)
-	defer osrv.Close()
-	originURL := "http://" + oln.Addr().String() + "/events"
+	defer stopOrigin()
+	originURL := base + "/events"
 	tl.say("origin", "stock ticker serving plain SSE at %s, %.0f events/s", originURL, cfg.Rate)
 
 	// A fake FCM stands in for Google: it checks every push as FCM does and records it.
