@@ -9,12 +9,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pushproxy/pushproxy/api"
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
 	"github.com/pushproxy/pushproxy/wakeup"
 )
 
-// Metrics implements proxy.Metrics and wakeup.Metrics.
+// Metrics implements proxy.Metrics, api.Metrics and wakeup.Metrics.
 type Metrics struct {
 	reconnects      *prometheus.CounterVec
 	eventsCommitted prometheus.Counter
@@ -29,6 +30,7 @@ type Metrics struct {
 
 var (
 	_ proxy.Metrics  = (*Metrics)(nil)
+	_ api.Metrics    = (*Metrics)(nil)
 	_ wakeup.Metrics = (*Metrics)(nil)
 )
 

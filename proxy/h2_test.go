@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushproxy/pushproxy/internal/proxytest"
 	"github.com/pushproxy/pushproxy/proxy"
 )
 
@@ -18,7 +19,7 @@ import (
 // say; closing a stream cancels its request at the origin.
 func TestHoldingOverH2C(t *testing.T) {
 	t.Parallel()
-	script := &scriptOrigin{more: make(chan struct{})}
+	script := proxytest.NewScript(0)
 	var conns atomic.Int32
 	canceled := make(chan struct{}, 1)
 	mux := http.NewServeMux()
@@ -44,10 +45,10 @@ func TestHoldingOverH2C(t *testing.T) {
 		canceled <- struct{}{}
 	})
 	srv := newH2COrigin(t, mux, &conns)
-	script.srv = srv
+	script.Srv = srv
 
 	_, b := setup(t, &proxy.Options{UpstreamH2C: true, UpstreamMaxRedirects: 3})
-	script.publishN(3)
+	script.PublishN(3)
 	var held []handoffResult
 	for range 4 {
 		held = append(held, handoff(t, b, map[string]any{"url": srv.URL + "/events"}))
@@ -56,7 +57,7 @@ func TestHoldingOverH2C(t *testing.T) {
 	for _, h := range held {
 		eventually(t, 20*time.Second, "the backlog", func() bool { return getStream(t, b, h).Backlog == 3 })
 	}
-	script.publishN(2)
+	script.PublishN(2)
 	for _, h := range held {
 		eventually(t, 20*time.Second, "live events", func() bool { return getStream(t, b, h).Backlog == 5 })
 	}
@@ -81,7 +82,7 @@ func TestHoldingOverH2C(t *testing.T) {
 
 	w := handoff(t, b, map[string]any{"url": srv.URL + "/watch"})
 	eventually(t, 20*time.Second, "the upstream to connect", func() bool { return getStream(t, b, w).Upstream.Connected })
-	if resp, body := do(t, "DELETE", b.api.URL+"/v1/streams/"+w.ID, "", http.Header{"Authorization": {"Bearer " + w.Token}}); resp.StatusCode != http.StatusOK {
+	if resp, body := do(t, "DELETE", b.API.URL+"/v1/streams/"+w.ID, "", http.Header{"Authorization": {"Bearer " + w.Token}}); resp.StatusCode != http.StatusOK {
 		t.Fatalf("close: %d %s", resp.StatusCode, body)
 	}
 	select {
@@ -122,7 +123,7 @@ func newH2COrigin(t *testing.T, h http.Handler, conns *atomic.Int32) *httptest.S
 // and an oversized event fails its stream.
 func TestH2CDropsIdleAndOversize(t *testing.T) {
 	t.Parallel()
-	drops := &scriptOrigin{more: make(chan struct{}), dropEvery: 2}
+	drops := proxytest.NewScript(2)
 	mux := http.NewServeMux()
 	mux.Handle("/events", drops)
 	mux.HandleFunc("/silent", func(w http.ResponseWriter, r *http.Request) {
@@ -137,10 +138,10 @@ func TestH2CDropsIdleAndOversize(t *testing.T) {
 		w.Write([]byte("data: " + strings.Repeat("x", 4096) + "\n\n"))
 	})
 	srv := newH2COrigin(t, mux, nil)
-	drops.srv = srv
+	drops.Srv = srv
 	_, b := setup(t, &proxy.Options{UpstreamH2C: true, UpstreamIdleTimeout: 200 * time.Millisecond, MaxEventSize: 1024})
 
-	drops.publishN(7)
+	drops.PublishN(7)
 	h := handoff(t, b, map[string]any{"url": srv.URL + "/events"})
 	eventually(t, 20*time.Second, "every event", func() bool { return getStream(t, b, h).Backlog == 7 })
 	p := fetchJSON(t, b, h, "")
@@ -149,7 +150,7 @@ func TestH2CDropsIdleAndOversize(t *testing.T) {
 			t.Fatalf("event %d has id %q: %+v", i, ev.ID, p.Events)
 		}
 	}
-	if reqs := drops.requests(); len(reqs) < 4 || reqs[1] != "2" || reqs[2] != "4" {
+	if reqs := drops.Requests(); len(reqs) < 4 || reqs[1] != "2" || reqs[2] != "4" {
 		t.Fatalf("reconnects resumed from %q", reqs)
 	}
 

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy"
-	"github.com/pushproxy/pushproxy/internal/streamio"
+	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/store"
 )
@@ -255,7 +255,7 @@ func (h *holder) open(ctx context.Context) (*originResponse, outcome, bool) {
 	resp, err := h.s.openUpstream(ctx, h.url, header)
 	if err != nil {
 		var (
-			blocked *BlockedError
+			blocked *upstream.BlockedError
 			badURL  *url.Error
 		)
 		switch {
@@ -494,7 +494,7 @@ type pendingBody struct {
 
 func (r *pendingBody) Read(b []byte) (int, error) {
 	n, err := r.s.TryRead(b)
-	if err == streamio.ErrWouldBlock {
+	if err == upstream.ErrWouldBlock {
 		return 0, sse.ErrPending
 	}
 	if n > 0 && r.idle != nil {

@@ -14,107 +14,16 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/proxy"
 )
-
-// scriptOrigin is an SSE origin for tests: it serves the events published so far after the
-// request's Last-Event-ID, then waits for more; with dropEvery it closes the connection
-// after that many events.
-type scriptOrigin struct {
-	mu        sync.Mutex
-	events    []string // raw event blocks; the i-th has id i+1
-	more      chan struct{}
-	dropEvery int
-	lastIDs   []string // Last-Event-ID of every request
-	srv       *httptest.Server
-}
-
-func newScriptOrigin(t *testing.T, dropEvery int) *scriptOrigin {
-	o := &scriptOrigin{more: make(chan struct{}), dropEvery: dropEvery}
-	o.srv = newOrigin(t, o)
-	return o
-}
-
-func (o *scriptOrigin) publish(blocks ...string) {
-	o.mu.Lock()
-	o.events = append(o.events, blocks...)
-	close(o.more)
-	o.more = make(chan struct{})
-	o.mu.Unlock()
-}
-
-// publishN publishes n events with ids and JSON data.
-func (o *scriptOrigin) publishN(n int) {
-	o.mu.Lock()
-	start := len(o.events)
-	o.mu.Unlock()
-	blocks := make([]string, n)
-	for i := range blocks {
-		id := start + i + 1
-		blocks[i] = fmt.Sprintf("id: %d\nevent: update\ndata: {\"n\":%d}\n\n", id, id)
-	}
-	o.publish(blocks...)
-}
-
-func (o *scriptOrigin) requests() []string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return append([]string(nil), o.lastIDs...)
-}
-
-func (o *scriptOrigin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	last := r.Header.Get("Last-Event-ID")
-	o.mu.Lock()
-	o.lastIDs = append(o.lastIDs, last)
-	o.mu.Unlock()
-	next := 0
-	if last != "" {
-		n, err := strconv.Atoi(last)
-		if err != nil {
-			http.Error(w, "bad id", 400)
-			return
-		}
-		next = n
-	}
-	if r.Header.Get("Accept") != "text/event-stream" || r.Header.Get("Cache-Control") != "no-cache" {
-		http.Error(w, "missing SSE request headers", 400)
-		return
-	}
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.WriteHeader(200)
-	w.(http.Flusher).Flush()
-	sent := 0
-	for {
-		o.mu.Lock()
-		pending := o.events[next:]
-		more := o.more
-		o.mu.Unlock()
-		for _, b := range pending {
-			if _, err := w.Write([]byte(b)); err != nil {
-				return
-			}
-			next++
-			sent++
-			if o.dropEvery > 0 && sent >= o.dropEvery {
-				w.(http.Flusher).Flush()
-				return
-			}
-		}
-		w.(http.Flusher).Flush()
-		select {
-		case <-more:
-		case <-r.Context().Done():
-			return
-		}
-	}
-}
 
 func TestEveryEventQueuedOnceAcrossOriginDrops(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t, nil)
 	o := newScriptOrigin(t, 3)
-	h := handoff(t, b, map[string]any{"url": o.srv.URL + "/events"})
-	o.publishN(20)
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL + "/events"})
+	o.PublishN(20)
 	eventually(t, 20*time.Second, "20 events queued", func() bool { return getStream(t, b, h).Backlog == 20 })
 	p := fetchJSON(t, b, h, "&limit=1000")
 	if len(p.Events) != 20 || p.More {
@@ -127,7 +36,7 @@ func TestEveryEventQueuedOnceAcrossOriginDrops(t *testing.T) {
 		}
 	}
 	// The origin was asked to resume where each connection ended.
-	reqs := o.requests()
+	reqs := o.Requests()
 	if len(reqs) < 7 || reqs[0] != "" || reqs[1] != "3" || reqs[2] != "6" {
 		t.Fatalf("Last-Event-IDs sent to the origin: %q", reqs)
 	}
@@ -230,16 +139,16 @@ func TestUpstreamOutcomes(t *testing.T) {
 func TestRedirectIsFollowedAndDialsAreChecked(t *testing.T) {
 	t.Parallel()
 	// Only 127.0.0.1 is allowed: a redirect to 127.0.0.2 is refused at dial time.
-	allow, _ := proxy.ParseAllowList([]string{"127.0.0.1"})
+	allow, _ := upstream.ParseAllowList([]string{"127.0.0.1"})
 	_, b := setup(t, &proxy.Options{Upstream: allow})
 	o := newScriptOrigin(t, 0)
-	o.publishN(2)
+	o.PublishN(2)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/moved", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, o.srv.URL+"/events", http.StatusTemporaryRedirect)
+		http.Redirect(w, r, o.Srv.URL+"/events", http.StatusTemporaryRedirect)
 	})
 	mux.HandleFunc("/escape", func(w http.ResponseWriter, r *http.Request) {
-		http.Redirect(w, r, strings.Replace(o.srv.URL, "127.0.0.1", "127.0.0.2", 1), http.StatusFound)
+		http.Redirect(w, r, strings.Replace(o.Srv.URL, "127.0.0.1", "127.0.0.2", 1), http.StatusFound)
 	})
 	srv := newOrigin(t, mux)
 
@@ -312,8 +221,8 @@ func TestHostileStatusTextDoesNotStopCommits(t *testing.T) {
 		return strings.Contains(getStream(t, b, hostile).Upstream.LastError, "busy")
 	})
 	o := newScriptOrigin(t, 0)
-	o.publishN(3)
-	h := handoff(t, b, map[string]any{"url": o.srv.URL})
+	o.PublishN(3)
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL})
 	eventually(t, 20*time.Second, "a healthy stream's events", func() bool { return getStream(t, b, h).Backlog == 3 })
 }
 
@@ -344,11 +253,11 @@ func TestCommitBackpressureIsNotOriginSilence(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t, &proxy.Options{CommitQueue: 2, CommitBatch: 2, UpstreamIdleTimeout: 2 * time.Second})
 	o := newScriptOrigin(t, 0)
-	h := handoff(t, b, map[string]any{"url": o.srv.URL})
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL})
 	eventually(t, 20*time.Second, "the upstream to connect", func() bool { return getStream(t, b, h).Upstream.Connected })
 
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, b.url)
+	conn, err := pgx.Connect(ctx, b.DBURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +269,7 @@ func TestCommitBackpressureIsNotOriginSilence(t *testing.T) {
 	if _, err := tx.Exec(ctx, `LOCK TABLE streams IN EXCLUSIVE MODE`); err != nil {
 		t.Fatal(err)
 	}
-	o.publishN(20)
+	o.PublishN(20)
 	// What is tested is a duration: the committer stuck, and the holder's queue full, for
 	// twice the idle timeout. There is no event to wait for instead.
 	time.Sleep(4 * time.Second)

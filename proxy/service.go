@@ -9,14 +9,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
-	"github.com/pushproxy/pushproxy/internal/h1client"
-	"github.com/pushproxy/pushproxy/internal/h2client"
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/internal/upstream"
+	"github.com/pushproxy/pushproxy/internal/upstream/h1client"
+	"github.com/pushproxy/pushproxy/internal/upstream/h2client"
 	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/store"
 )
@@ -41,14 +42,12 @@ type Options struct {
 	MaxBacklog int64
 	// MaxStreamsPerDevice bounds the streams held for one device.
 	MaxStreamsPerDevice int
-	// MaxBodyBytes bounds API request bodies.
-	MaxBodyBytes int64
 	// CommitBatch bounds the events committed in one transaction.
 	CommitBatch int
 	// CommitQueue bounds the events waiting for the committer; holders block beyond it.
 	CommitQueue int
 
-	Upstream *AllowList
+	Upstream *upstream.AllowList
 	// UpstreamH2C speaks HTTP/2 without TLS (prior knowledge) to http:// origins.
 	UpstreamH2C bool
 	// UpstreamRetry is the reconnect delay when the origin sent no retry: field.
@@ -62,15 +61,6 @@ type Options struct {
 	// UpstreamIdleTimeout reconnects a stream that sent nothing for this long (0: never).
 	UpstreamIdleTimeout time.Duration
 
-	// APIKeys, when not empty, are required (as Bearer tokens) to hand off streams.
-	APIKeys []string
-	// AdminToken is required (as a Bearer token) by the admin API; "" turns it off.
-	AdminToken string
-	// Heartbeat is the interval of comment heartbeats to event readers.
-	Heartbeat time.Duration
-	// DashboardRefresh is how often the dashboard's numbers are recomputed while someone
-	// watches.
-	DashboardRefresh time.Duration
 	// ReaderTTL is how long a reader's presence outlives its instance's last refresh.
 	ReaderTTL time.Duration
 
@@ -120,7 +110,6 @@ var DefaultOptions = Options{
 	MaxEventSize:           1 << 20,
 	MaxBacklog:             10000,
 	MaxStreamsPerDevice:    32,
-	MaxBodyBytes:           64 << 10,
 	CommitBatch:            4096,
 	CommitQueue:            16384,
 	UpstreamRetry:          3 * time.Second,
@@ -128,8 +117,6 @@ var DefaultOptions = Options{
 	UpstreamMaxRedirects:   5,
 	UpstreamConnectTimeout: 30 * time.Second,
 	UpstreamIdleTimeout:    10 * time.Minute,
-	Heartbeat:              15 * time.Second,
-	DashboardRefresh:       2 * time.Second,
 	ReaderTTL:              60 * time.Second,
 }
 
@@ -142,15 +129,12 @@ func (o *Options) withDefaults() Options {
 	r.MaxEventSize = cmp.Or(r.MaxEventSize, d.MaxEventSize)
 	r.MaxBacklog = cmp.Or(r.MaxBacklog, d.MaxBacklog)
 	r.MaxStreamsPerDevice = cmp.Or(r.MaxStreamsPerDevice, d.MaxStreamsPerDevice)
-	r.MaxBodyBytes = cmp.Or(r.MaxBodyBytes, d.MaxBodyBytes)
 	r.CommitBatch = cmp.Or(r.CommitBatch, d.CommitBatch)
 	r.CommitQueue = cmp.Or(r.CommitQueue, d.CommitQueue)
 	r.UpstreamRetry = cmp.Or(r.UpstreamRetry, d.UpstreamRetry)
 	r.UpstreamBackoffMax = cmp.Or(r.UpstreamBackoffMax, d.UpstreamBackoffMax)
 	r.UpstreamMaxRedirects = cmp.Or(r.UpstreamMaxRedirects, d.UpstreamMaxRedirects)
 	r.UpstreamConnectTimeout = cmp.Or(r.UpstreamConnectTimeout, d.UpstreamConnectTimeout)
-	r.Heartbeat = cmp.Or(r.Heartbeat, d.Heartbeat)
-	r.DashboardRefresh = cmp.Or(r.DashboardRefresh, d.DashboardRefresh)
 	r.ReaderTTL = cmp.Or(r.ReaderTTL, d.ReaderTTL)
 	if r.InstanceID == "" {
 		host, _ := os.Hostname()
@@ -159,7 +143,7 @@ func (o *Options) withDefaults() Options {
 		r.InstanceID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
 	}
 	if r.Upstream == nil {
-		r.Upstream, _ = ParseAllowList(nil)
+		r.Upstream, _ = upstream.ParseAllowList(nil)
 	}
 	if r.Logger == nil {
 		r.Logger = slog.New(slog.DiscardHandler)
@@ -176,19 +160,16 @@ type Metrics interface {
 	Reconnect(kind string)
 	// Committed records one batch commit.
 	Committed(res store.CommitResult, streams int, took time.Duration)
-	// Request records one API request by route pattern (never the path: it holds ids) and
-	// status.
-	Request(route, method string, status int, took time.Duration)
 }
 
 type noopMetrics struct{}
 
 func (noopMetrics) Reconnect(string)                                 {}
 func (noopMetrics) Committed(store.CommitResult, int, time.Duration) {}
-func (noopMetrics) Request(string, string, int, time.Duration)       {}
 
-// Service is the proxy's core: the HTTP API, the holders of upstream streams, the committer
-// that batches their events into Postgres, and the hub that wakes event readers.
+// Service is the proxy's engine: the holders of upstream streams, the committer that batches
+// their events into Postgres, the lease loop, and the hub that wakes event readers. Its
+// exported methods are what the HTTP surface (package api) needs.
 type Service struct {
 	opts       Options
 	store      *store.Store
@@ -199,12 +180,9 @@ type Service struct {
 	parserOpts sse.ParserOptions
 	h2         *h2client.Pool // upstreams over HTTP/2
 
-	commits    chan commitItem
-	com        *committer
-	hub        *hub
-	dash       *feed         // the dashboard's overview
-	loginLimit *rate.Limiter // dashboard logins
-	session    string        // the dashboard's session cookie value
+	commits chan commitItem
+	com     *committer
+	hub     *hub
 
 	mu      sync.Mutex
 	holders map[string]*holder // by stream id
@@ -248,9 +226,6 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		PingInterval: 30 * time.Second, PingTimeout: 15 * time.Second, IdleTimeout: 90 * time.Second,
 	})
 	s.parserOpts = sse.ParserOptions{MaxEventSize: o.MaxEventSize}
-	s.dash = newFeed(o.DashboardRefresh, s.computeOverview, s.overviewFailed)
-	s.loginLimit = rate.NewLimiter(loginRate, loginBurst)
-	s.session = sessionValue(o.AdminToken)
 	s.commits = make(chan commitItem, o.CommitQueue)
 	s.com = &committer{
 		in:       s.commits,
@@ -357,7 +332,6 @@ func (s *Service) stop(ctx context.Context) error {
 		allDone = false
 	}
 	s.hub.closeAll()
-	s.dash.shutdown(ctx)
 	// With every holder gone nothing sends to the committer any more: closing its input
 	// lets it commit what is queued and stop. Past the deadline, it is cut off instead
 	// (what it had not committed is fetched again from the origin by the next holder).
@@ -565,3 +539,86 @@ func (s *Service) Held() int {
 	defer s.mu.Unlock()
 	return len(s.holders)
 }
+
+// Stopped reports whether Stop has been called: the instance takes no more streams and is
+// not ready.
+func (s *Service) Stopped() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopped
+}
+
+// CheckUpstream checks u's host against the upstream allow-list (Options.Upstream), as a
+// dial would: a handoff to an origin the proxy may not dial is refused at once.
+func (s *Service) CheckUpstream(ctx context.Context, u *url.URL) error {
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	return s.opts.Upstream.CheckHost(ctx, u.Hostname(), port)
+}
+
+// Handoff creates a stream and holds it on this instance, unless this instance is stopping
+// or holds Options.MaxHeldStreams already: then another instance claims it. It fills in
+// ns.MaxPerDevice and ns.LeaseOwner.
+func (s *Service) Handoff(ctx context.Context, ns store.NewStream) (pushproxy.Stream, error) {
+	owner := s.opts.InstanceID
+	if s.Stopped() || (s.opts.MaxHeldStreams > 0 && s.Held() >= s.opts.MaxHeldStreams) {
+		owner = "" // another instance claims it
+	}
+	ns.MaxPerDevice, ns.LeaseOwner = s.opts.MaxStreamsPerDevice, owner
+	st, epoch, err := s.store.CreateStream(ctx, ns)
+	if err != nil {
+		return st, err
+	}
+	if owner != "" {
+		s.hold(store.Claim{Stream: st, Epoch: epoch})
+	}
+	return st, nil
+}
+
+// CloseStream closes a stream (its backlog is dropped) and stops holding it.
+func (s *Service) CloseStream(ctx context.Context, id string) (store.CloseResult, error) {
+	res, err := s.store.CloseStream(ctx, id)
+	if err != nil {
+		return res, err
+	}
+	s.mu.Lock()
+	h := s.holders[id]
+	s.mu.Unlock()
+	if h != nil {
+		s.unhold(h)
+	}
+	return res, nil
+}
+
+// Subscribe rings the returned channel (it holds at most one pending ring) when streamID
+// may have new events, on any instance. Subscribe before reading, so that nothing committed
+// in between is missed. The channel is closed when the service stops; call unsubscribe when
+// done.
+func (s *Service) Subscribe(streamID string) (news <-chan struct{}, unsubscribe func()) {
+	sub := s.hub.subscribe(streamID)
+	return sub.c, func() { s.hub.unsubscribe(sub) }
+}
+
+// OpenReader records an open reader of st on this instance: its device counts as awake
+// until CloseReader (or until this instance stops refreshing it for Options.ReaderTTL).
+func (s *Service) OpenReader(ctx context.Context, st pushproxy.Stream) (readerID string, err error) {
+	return s.store.OpenReader(ctx, st.ID, st.DeviceID, s.opts.InstanceID, s.opts.ReaderTTL)
+}
+
+// CloseReader closes a reader that was sent the events of streamID up to delivered. If its
+// device is left asleep with events undelivered, a wake-up is queued and the waker told.
+func (s *Service) CloseReader(ctx context.Context, readerID, streamID string, delivered int64) error {
+	err := s.store.CloseReaderDelivered(ctx, readerID, streamID, delivered, s.opts.Wake)
+	s.kick()
+	return err
+}
+
+// MarkRead records that deviceID fetched: it answers the wake-up the device was sent.
+func (s *Service) MarkRead(ctx context.Context, deviceID string) error {
+	return s.store.MarkRead(ctx, deviceID, s.opts.Wake)
+}
+
+// Kick tells the waker, if any, that wake-ups may have been queued (by an operator, say).
+func (s *Service) Kick() { s.kick() }

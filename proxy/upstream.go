@@ -7,8 +7,8 @@ import (
 	"net/http"
 	"net/url"
 
-	"github.com/pushproxy/pushproxy/internal/h2client"
-	"github.com/pushproxy/pushproxy/internal/streamio"
+	"github.com/pushproxy/pushproxy/internal/upstream"
+	"github.com/pushproxy/pushproxy/internal/upstream/h2client"
 )
 
 // originResponse is an origin's answer to a holder's request.
@@ -22,7 +22,7 @@ type originResponse struct {
 
 // originStream is a response body read without a goroutine waiting on it: h2client's and
 // h1client's streams.
-type originStream = streamio.Stream
+type originStream = upstream.Stream
 
 func (r *originResponse) statusText() string {
 	if r.line != "" {

@@ -17,7 +17,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pushproxy/pushproxy/api"
 	"github.com/pushproxy/pushproxy/internal/pglocal"
+	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/origin"
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
@@ -30,8 +32,7 @@ type counter struct {
 	lat                      []time.Duration
 }
 
-func (c *counter) Reconnect(string)                           {}
-func (c *counter) Request(string, string, int, time.Duration) {}
+func (c *counter) Reconnect(string) {}
 func (c *counter) Committed(res store.CommitResult, streams int, took time.Duration) {
 	c.events.Add(int64(res.Events))
 	c.commits.Add(1)
@@ -117,7 +118,7 @@ func runIngest(ctx context.Context, args []string) error {
 	defer stopOrigin()
 
 	m := &counter{}
-	allow, _ := proxy.ParseAllowList([]string{"127.0.0.0/8"})
+	allow, _ := upstream.ParseAllowList([]string{"127.0.0.0/8"})
 	svc := proxy.New(st, url, &proxy.Options{
 		Upstream: allow, Metrics: m, MaxBacklog: 1 << 40, UpstreamH2C: *h2c,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -126,13 +127,13 @@ func runIngest(ctx context.Context, args []string) error {
 		return err
 	}
 	defer svc.Stop(context.Background())
-	api := &http.Server{Handler: svc.Handler()}
+	httpSrv := &http.Server{Handler: api.New(svc, st, nil).Handler()}
 	aln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	go api.Serve(aln)
-	defer api.Close()
+	go httpSrv.Serve(aln)
+	defer httpSrv.Close()
 
 	for i := 0; i < *streams; i++ {
 		body := fmt.Sprintf(`{"url": "%s/events"}`, originBase)

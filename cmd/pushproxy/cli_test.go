@@ -30,7 +30,7 @@ func TestOperatorCommands(t *testing.T) {
 	cfg.flags(flag.NewFlagSet("", flag.ContinueOnError))
 	cfg.Listen, cfg.DatabaseURL = "127.0.0.1:0", pgtest.NewDatabase(t)
 	cfg.Allow = listFlag{"127.0.0.0/8"}
-	cfg.Proxy.AdminToken = "op-secret"
+	cfg.API.AdminToken = "op-secret"
 	srv, err := openServer(ctx, cfg, slog.New(slog.DiscardHandler), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pushproxy/pushproxy/proxy"
+	"github.com/pushproxy/pushproxy/internal/upstream"
 )
 
 var interpolation = regexp.MustCompile(`\$\{[A-Z0-9_]+:-([^}]*)\}`)
@@ -56,7 +56,7 @@ func TestComposeSetsOnlyKnownVariables(t *testing.T) {
 			t.Errorf("%s=%q: %v", name, value, err)
 		}
 		if name == "PUSHPROXY_UPSTREAM_ALLOW" {
-			if _, err := proxy.ParseAllowList(strings.Split(value, ",")); err != nil {
+			if _, err := upstream.ParseAllowList(strings.Split(value, ",")); err != nil {
 				t.Errorf("%s=%q: %v", name, value, err)
 			}
 		}

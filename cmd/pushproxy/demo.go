@@ -113,7 +113,7 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 	sc.flags(flag.NewFlagSet("", flag.ContinueOnError)) // the defaults
 	sc.Listen, sc.DatabaseURL = "127.0.0.1:0", url
 	sc.Allow = listFlag{"127.0.0.0/8"}
-	sc.Proxy.Heartbeat = 15 * time.Second
+	sc.API.Heartbeat = 15 * time.Second
 	sc.Wake.Debounce, sc.Wake.Sched.Jitter = cfg.Sleep, time.Millisecond
 	sc.Wake.FCM = wakeup.FCMOptions{CredentialsFile: credFile, URL: fcm.URL()}
 	srv, err := openServer(ctx, sc, log, func(string) string { return "" })

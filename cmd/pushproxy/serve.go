@@ -17,7 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/pushproxy/pushproxy/api"
 	"github.com/pushproxy/pushproxy/internal/pglocal"
+	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/metrics"
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
@@ -38,11 +40,12 @@ type serveConfig struct {
 	Allow   listFlag
 	APIKeys secretListFlag
 	Proxy   proxy.Options
+	API     api.Options
 	Wake    wakeConfig
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
-	d := proxy.DefaultOptions
+	d, da := proxy.DefaultOptions, api.DefaultOptions
 	fs.StringVar(&c.Listen, "listen", ":8080", "address the HTTP API listens on")
 	fs.StringVar(&c.DatabaseURL, "database-url", "", "Postgres URL (DATABASE_URL is read too); empty: run a local Postgres in --data-dir")
 	fs.StringVar(&c.DataDir, "data-dir", "pushproxy-data", "where the local Postgres keeps its data when no database URL is given")
@@ -53,7 +56,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	c.Log.flags(fs, "info")
 
 	fs.Var(&c.Allow, "upstream-allow", "upstreams the proxy may dial: comma-separated hosts, host:port, CIDRs, or * for any public host (empty: any public host; loopback and private addresses only when listed)")
-	fs.StringVar(&c.Proxy.AdminToken, "admin-token", "", "bearer token of the admin API (/v1/admin/...) and the dashboard (/admin/); empty: both are off")
+	fs.StringVar(&c.API.AdminToken, "admin-token", "", "bearer token of the admin API (/v1/admin/...) and the dashboard (/admin/); empty: both are off")
 	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
 	c.Wake.flags(fs)
 	p := &c.Proxy
@@ -65,7 +68,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&p.MaxEventSize, "max-event-size", d.MaxEventSize, "largest upstream event or line, in bytes; a larger one fails the stream")
 	fs.Int64Var(&p.MaxBacklog, "max-backlog", d.MaxBacklog, "most events queued per stream; the oldest are dropped beyond it (readers get a gap signal)")
 	fs.IntVar(&p.MaxStreamsPerDevice, "max-streams-per-device", d.MaxStreamsPerDevice, "most streams held for one device")
-	fs.Int64Var(&p.MaxBodyBytes, "max-body-bytes", d.MaxBodyBytes, "largest API request body, in bytes")
+	fs.Int64Var(&c.API.MaxBodyBytes, "max-body-bytes", da.MaxBodyBytes, "largest API request body, in bytes")
 	fs.IntVar(&p.CommitBatch, "commit-batch", d.CommitBatch, "most events committed in one transaction")
 	fs.IntVar(&p.CommitQueue, "commit-queue", d.CommitQueue, "most events waiting to be committed; upstream reads pause beyond it")
 	fs.BoolVar(&p.UpstreamH2C, "upstream-h2c", false, "HTTP/2 without TLS (prior knowledge) to http:// origins (https:// origins get HTTP/2 whenever they offer it by ALPN, with or without this)")
@@ -74,8 +77,8 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&p.UpstreamMaxRedirects, "upstream-max-redirects", d.UpstreamMaxRedirects, "most redirects followed per connect")
 	fs.DurationVar(&p.UpstreamConnectTimeout, "upstream-connect-timeout", d.UpstreamConnectTimeout, "longest wait for an origin's response headers")
 	fs.DurationVar(&p.UpstreamIdleTimeout, "upstream-idle-timeout", d.UpstreamIdleTimeout, "reconnect an upstream silent for this long (0: never)")
-	fs.DurationVar(&p.Heartbeat, "heartbeat", d.Heartbeat, "interval of comment heartbeats to event readers")
-	fs.DurationVar(&p.DashboardRefresh, "dashboard-refresh", d.DashboardRefresh, "how often the dashboard's numbers are recomputed while a dashboard is open")
+	fs.DurationVar(&c.API.Heartbeat, "heartbeat", da.Heartbeat, "interval of comment heartbeats to event readers")
+	fs.DurationVar(&c.API.DashboardRefresh, "dashboard-refresh", da.DashboardRefresh, "how often the dashboard's numbers are recomputed while a dashboard is open")
 	fs.DurationVar(&p.ReaderTTL, "reader-ttl", d.ReaderTTL, "how long a reader counts as open after its instance stops refreshing it")
 }
 
@@ -115,6 +118,7 @@ type Server struct {
 	pg    *pglocal.Cluster
 	st    *store.Store
 	svc   *proxy.Service
+	api   *api.Server
 	wake  *wakeup.Scheduler
 	http  *http.Server
 	debug *http.Server
@@ -133,7 +137,7 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 			s.close(context.WithoutCancel(ctx))
 		}
 	}()
-	allow, err := proxy.ParseAllowList(cfg.Allow)
+	allow, err := upstream.ParseAllowList(cfg.Allow)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +169,9 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 		return nil, err
 	}
 	po := cfg.Proxy
-	po.Upstream, po.APIKeys, po.Logger = allow, cfg.APIKeys.listFlag, log
+	po.Upstream, po.Logger = allow, log
+	ao := cfg.API
+	ao.APIKeys, ao.Logger = cfg.APIKeys.listFlag, log
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := metrics.New(reg)
@@ -175,7 +181,7 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	if err := reg.Register(metrics.NewBacklogCollector(s.st, log)); err != nil {
 		return nil, err
 	}
-	po.Metrics = m
+	po.Metrics, ao.Metrics = m, m
 	senders, err := cfg.Wake.senders(ctx, log)
 	if err != nil {
 		return nil, err
@@ -192,12 +198,13 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 		return nil, err
 	}
 	s.wake.Start(ctx)
+	s.api = api.New(s.svc, s.st, &ao)
 	s.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, err
 	}
 	s.http = &http.Server{
-		Handler:           withMetrics(s.svc.Handler(), reg),
+		Handler:           withMetrics(s.api.Handler(), reg),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
@@ -240,13 +247,16 @@ func debugHandler() http.Handler {
 // commit what they had, release leases, close the database, stop the local Postgres.
 func (s *Server) close(ctx context.Context) error {
 	var errs []error
-	// Event streams never finish on their own: stopping the service ends them, so it runs
-	// alongside the HTTP shutdown.
+	// Event streams and the dashboard's live feeds never finish on their own: stopping the
+	// service and the API's feed ends them, so they run alongside the HTTP shutdown.
 	stopped := make(chan error, 1)
 	if s.svc != nil {
 		go func() { stopped <- s.svc.Stop(ctx) }()
 	} else {
 		stopped <- nil
+	}
+	if s.api != nil {
+		s.api.Shutdown(ctx)
 	}
 	if s.http != nil {
 		if err := s.http.Shutdown(ctx); err != nil {

@@ -1,4 +1,4 @@
-package proxy_test
+package api_test
 
 import (
 	"context"
@@ -24,7 +24,7 @@ type browserEvent struct {
 func TestBrowserEventSourceReadsBacklog(t *testing.T) {
 	t.Parallel()
 	bin := browsertest.Chromium(t)
-	svc, b := setup(t, nil)
+	_, b := setup(t, nil)
 	o := newScriptOrigin(t, 0)
 	// Tricky but legal events, each with what a browser connected to the origin reports.
 	blocks := []string{
@@ -49,13 +49,13 @@ func TestBrowserEventSourceReadsBacklog(t *testing.T) {
 		{"message", "pushproxy-seq-8", "empty id resets"},
 		{"message", "9", "last"},
 	}
-	h := handoff(t, b, map[string]any{"url": o.srv.URL})
-	o.publish(blocks...)
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL})
+	o.Publish(blocks...)
 	eventually(t, 20*time.Second, "the backlog", func() bool { return getStream(t, b, h).Backlog == int64(len(blocks)) })
 
 	results := make(chan []browserEvent, 1)
 	mux := http.NewServeMux()
-	mux.Handle("/", svc.Handler())
+	mux.Handle("/", b.HTTP.Handler())
 	mux.HandleFunc("/test/page.html", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		fmt.Fprintf(w, `<!doctype html><meta charset="utf-8"><script>

@@ -31,7 +31,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
-	"github.com/pushproxy/pushproxy/internal/streamio"
+	streamio "github.com/pushproxy/pushproxy/internal/upstream"
 )
 
 // ErrNotHTTP2 is returned by Open when a TLS server chose a protocol other than h2: the

@@ -1,7 +1,4 @@
-// Package streamio holds what the proxy's upstream clients (h1client, h2client) share: the
-// contract of a response body that is read without a goroutine waiting on it, and the few
-// helpers both need.
-package streamio
+package upstream
 
 import (
 	"errors"

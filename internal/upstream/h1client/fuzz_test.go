@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pushproxy/pushproxy/internal/h1client"
+	"github.com/pushproxy/pushproxy/internal/upstream/h1client"
 )
 
 // FuzzResponse feeds arbitrary bytes as an origin's response (head, framing, chunked

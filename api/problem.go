@@ -1,4 +1,4 @@
-package proxy
+package api
 
 import (
 	"encoding/json"
@@ -38,7 +38,7 @@ var statusOf = map[string]int{
 
 // writeError maps err to its status and writes it as a problem document. Internal errors are
 // logged with their detail and shown without it.
-func (s *Service) writeError(w http.ResponseWriter, r *http.Request, err error) {
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	code := pushproxy.ErrorCode(err)
 	status, ok := statusOf[code]
 	if !ok {

@@ -1,4 +1,4 @@
-package proxy_test
+package api_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pushproxy/pushproxy/proxy"
+	"github.com/pushproxy/pushproxy/api"
 	"github.com/pushproxy/pushproxy/sse"
 )
 
@@ -20,7 +20,7 @@ import (
 func TestDashboardRefusesWithoutTheAdminToken(t *testing.T) {
 	t.Parallel()
 	const admin = "dash-secret"
-	_, b := setup(t, &proxy.Options{AdminToken: admin})
+	_, b := setup(t, &api.Options{AdminToken: admin})
 	paths := []string{"/admin/", "/admin/live", "/admin/assets/dashboard.js", "/admin/assets/dashboard.css",
 		"/v1/admin/overview", "/v1/admin/origins", "/v1/admin/wakeups", "/v1/admin/devices?state=dead"}
 	for _, p := range paths {
@@ -30,7 +30,7 @@ func TestDashboardRefusesWithoutTheAdminToken(t *testing.T) {
 			"forged cookie": {"Cookie": {"pushproxy_admin=" + strings.Repeat("0", 64)}},
 			"raw token":     {"Cookie": {"pushproxy_admin=" + admin}},
 		} {
-			resp, body := do(t, "GET", b.api.URL+p, "", h)
+			resp, body := do(t, "GET", b.API.URL+p, "", h)
 			if resp.StatusCode != http.StatusUnauthorized {
 				t.Errorf("%s with %s: %d, want 401", p, name, resp.StatusCode)
 			}
@@ -40,7 +40,7 @@ func TestDashboardRefusesWithoutTheAdminToken(t *testing.T) {
 		}
 	}
 	// The refusal of a page is the sign-in form.
-	resp, body := do(t, "GET", b.api.URL+"/admin/", "", nil)
+	resp, body := do(t, "GET", b.API.URL+"/admin/", "", nil)
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/html") || !strings.Contains(string(body), `name="token"`) {
 		t.Fatalf("refusal: %s %s", ct, body)
 	}
@@ -49,7 +49,7 @@ func TestDashboardRefusesWithoutTheAdminToken(t *testing.T) {
 	}
 
 	// A wrong token at sign-in sets no cookie.
-	resp, body = do(t, "POST", b.api.URL+"/admin/login", "token=nope", http.Header{"Content-Type": {"application/x-www-form-urlencoded"}})
+	resp, body = do(t, "POST", b.API.URL+"/admin/login", "token=nope", http.Header{"Content-Type": {"application/x-www-form-urlencoded"}})
 	if resp.StatusCode != http.StatusUnauthorized || len(resp.Cookies()) != 0 || !strings.Contains(string(body), "not the admin token") {
 		t.Fatalf("wrong sign-in: %d %v %s", resp.StatusCode, resp.Cookies(), body)
 	}
@@ -57,7 +57,7 @@ func TestDashboardRefusesWithoutTheAdminToken(t *testing.T) {
 	// The right one: a session cookie that opens the page, the assets and the feed.
 	jar, _ := cookiejar.New(nil)
 	c := &http.Client{Jar: jar}
-	resp, err := c.PostForm(b.api.URL+"/admin/login", url.Values{"token": {admin}})
+	resp, err := c.PostForm(b.API.URL+"/admin/login", url.Values{"token": {admin}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,13 +65,13 @@ func TestDashboardRefusesWithoutTheAdminToken(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "assets/dashboard.js") {
 		t.Fatalf("after sign-in: %d %s", resp.StatusCode, body)
 	}
-	u, _ := url.Parse(b.api.URL + "/admin/")
+	u, _ := url.Parse(b.API.URL + "/admin/")
 	cookies := jar.Cookies(u)
 	if len(cookies) != 1 || cookies[0].Name != "pushproxy_admin" || cookies[0].Value == admin {
 		t.Fatalf("cookies: %v", cookies)
 	}
 	for _, p := range []string{"/admin/assets/dashboard.js", "/admin/assets/dashboard.css"} {
-		resp, err := c.Get(b.api.URL + p)
+		resp, err := c.Get(b.API.URL + p)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +81,7 @@ func TestDashboardRefusesWithoutTheAdminToken(t *testing.T) {
 		}
 	}
 	// The cookie is for the dashboard only, not the admin API.
-	resp, err = c.Get(b.api.URL + "/v1/admin/totals")
+	resp, err = c.Get(b.API.URL + "/v1/admin/totals")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestDashboardRefusesWithoutTheAdminToken(t *testing.T) {
 		t.Fatalf("admin API with the dashboard cookie: %d", resp.StatusCode)
 	}
 	// Signing out forgets the session.
-	resp, err = c.PostForm(b.api.URL+"/admin/logout", nil)
+	resp, err = c.PostForm(b.API.URL+"/admin/logout", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,12 +104,12 @@ func TestDashboardIsOffWithoutAToken(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t, nil)
 	for _, p := range []string{"/admin/", "/admin/live"} {
-		resp, body := do(t, "GET", b.api.URL+p, "", http.Header{"Authorization": {"Bearer "}})
+		resp, body := do(t, "GET", b.API.URL+p, "", http.Header{"Authorization": {"Bearer "}})
 		if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "--admin-token") {
 			t.Errorf("%s: %d %s", p, resp.StatusCode, body)
 		}
 	}
-	resp, _ := do(t, "POST", b.api.URL+"/admin/login", "token=", http.Header{"Content-Type": {"application/x-www-form-urlencoded"}})
+	resp, _ := do(t, "POST", b.API.URL+"/admin/login", "token=", http.Header{"Content-Type": {"application/x-www-form-urlencoded"}})
 	if resp.StatusCode != http.StatusForbidden || len(resp.Cookies()) != 0 {
 		t.Fatalf("sign-in with the dashboard off: %d %v", resp.StatusCode, resp.Cookies())
 	}
@@ -117,10 +117,10 @@ func TestDashboardIsOffWithoutAToken(t *testing.T) {
 
 func TestDashboardSignInIsRateLimited(t *testing.T) {
 	t.Parallel()
-	_, b := setup(t, &proxy.Options{AdminToken: "secret"})
+	_, b := setup(t, &api.Options{AdminToken: "secret"})
 	limited := 0
 	for i := 0; i < 30; i++ {
-		resp, _ := do(t, "POST", b.api.URL+"/admin/login", "token=guess", http.Header{"Content-Type": {"application/x-www-form-urlencoded"}})
+		resp, _ := do(t, "POST", b.API.URL+"/admin/login", "token=guess", http.Header{"Content-Type": {"application/x-www-form-urlencoded"}})
 		if resp.StatusCode == http.StatusTooManyRequests {
 			limited++
 			if resp.Header.Get("Retry-After") == "" {
@@ -139,13 +139,13 @@ func TestDashboardSignInIsRateLimited(t *testing.T) {
 func TestDashboardLiveFeedFollowsTheBacklog(t *testing.T) {
 	t.Parallel()
 	const admin = "dash-secret"
-	_, b := setup(t, &proxy.Options{AdminToken: admin, DashboardRefresh: 20 * time.Millisecond})
+	_, b := setup(t, &api.Options{AdminToken: admin, DashboardRefresh: 20 * time.Millisecond})
 	o := newScriptOrigin(t, 0)
-	h := handoff(t, b, map[string]any{"url": o.srv.URL})
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", b.api.URL+"/admin/live", nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", b.API.URL+"/admin/live", nil)
 	req.Header.Set("Authorization", "Bearer "+admin)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -162,7 +162,7 @@ func TestDashboardLiveFeedFollowsTheBacklog(t *testing.T) {
 		if err != nil {
 			t.Fatalf("live feed: %v", err)
 		}
-		if ev.Type != proxy.OverviewEventType {
+		if ev.Type != api.OverviewEventType {
 			t.Fatalf("event type %q", ev.Type)
 		}
 		var o map[string]any
@@ -175,7 +175,7 @@ func TestDashboardLiveFeedFollowsTheBacklog(t *testing.T) {
 	if got := next(); backlog(got) != 0 {
 		t.Fatalf("first snapshot: backlog %v", backlog(got))
 	}
-	o.publishN(3)
+	o.PublishN(3)
 	for {
 		got := next()
 		if backlog(got) == 3 {

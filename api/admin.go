@@ -1,4 +1,4 @@
-package proxy
+package api
 
 import (
 	"context"
@@ -18,7 +18,7 @@ import (
 const maxAdminPage = 500
 
 // adminRoutes mounts the operators' API, behind the admin token.
-func (s *Service) adminRoutes(r chi.Router) {
+func (s *Server) adminRoutes(r chi.Router) {
 	r.Use(s.requireAdmin)
 	r.Get("/streams", s.handleAdminStreams)
 	r.Get("/streams/{id}", s.handleAdminStream)
@@ -34,7 +34,7 @@ func (s *Service) adminRoutes(r chi.Router) {
 }
 
 // handleAdminStream is GET /v1/streams/{id} without the stream token.
-func (s *Service) handleAdminStream(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminStream(w http.ResponseWriter, r *http.Request) {
 	st, err := s.store.GetStream(r.Context(), chi.URLParam(r, "id"))
 	if err != nil {
 		s.writeError(w, r, err)
@@ -43,7 +43,7 @@ func (s *Service) handleAdminStream(w http.ResponseWriter, r *http.Request) {
 	s.writeStream(w, r, st)
 }
 
-func (s *Service) handleAdminCloseStream(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminCloseStream(w http.ResponseWriter, r *http.Request) {
 	s.closeStream(w, r, chi.URLParam(r, "id"))
 }
 
@@ -72,7 +72,7 @@ type adminDevice struct {
 	Wakeups     []adminWakeup `json:"wakeups"`
 }
 
-func (s *Service) handleAdminDevice(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminDevice(w http.ResponseWriter, r *http.Request) {
 	d, err := s.store.GetDevice(r.Context(), chi.URLParam(r, "id"), 50)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -86,17 +86,17 @@ func (s *Service) handleAdminDevice(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (s *Service) handleAdminWake(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminWake(w http.ResponseWriter, r *http.Request) {
 	due, err := s.store.WakeNow(r.Context(), chi.URLParam(r, "id"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	s.kick()
+	s.svc.Kick()
 	writeJSON(w, http.StatusAccepted, map[string]bool{"wakeup_due": due})
 }
 
-func (s *Service) handleAdminForget(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminForget(w http.ResponseWriter, r *http.Request) {
 	if err := s.store.ForgetDevice(r.Context(), chi.URLParam(r, "id")); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -105,13 +105,13 @@ func (s *Service) handleAdminForget(w http.ResponseWriter, r *http.Request) {
 }
 
 // isAdminToken tells whether tok is the configured admin token (never when there is none).
-func (s *Service) isAdminToken(tok string) bool {
+func (s *Server) isAdminToken(tok string) bool {
 	return s.opts.AdminToken != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(s.opts.AdminToken)) == 1
 }
 
 // requireAdmin lets through requests bearing the admin token. With no token configured the
 // admin API is off.
-func (s *Service) requireAdmin(next http.Handler) http.Handler {
+func (s *Server) requireAdmin(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.opts.AdminToken == "" {
 			writeProblem(w, http.StatusForbidden, pushproxy.EFORBIDDEN, "the admin API is off: start the proxy with --admin-token (PUSHPROXY_ADMIN_TOKEN)")
@@ -153,7 +153,7 @@ type adminStreamsPage struct {
 	NextCursor string        `json:"next_cursor,omitempty"`
 }
 
-func (s *Service) handleAdminStreams(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminStreams(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := store.StreamFilter{Sort: q.Get("sort"), State: q.Get("state"), Host: q.Get("host"), Limit: 50}
 	switch f.State {
@@ -205,7 +205,7 @@ type adminTotals struct {
 	InstancesAlive  int64            `json:"instances_alive"`
 }
 
-func (s *Service) handleAdminTotals(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminTotals(w http.ResponseWriter, r *http.Request) {
 	t, err := s.store.GetTotals(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
@@ -286,7 +286,7 @@ type overview struct {
 // overviewRows bounds each list of the overview.
 const overviewRows = 10
 
-func (s *Service) failingOrigins(ctx context.Context, limit int) ([]adminOrigin, error) {
+func (s *Server) failingOrigins(ctx context.Context, limit int) ([]adminOrigin, error) {
 	rows, err := s.store.FailingOrigins(ctx, limit)
 	out := make([]adminOrigin, 0, len(rows))
 	for _, o := range rows {
@@ -296,7 +296,7 @@ func (s *Service) failingOrigins(ctx context.Context, limit int) ([]adminOrigin,
 	return out, err
 }
 
-func (s *Service) deadDevices(ctx context.Context, limit int) ([]adminDeviceSummary, error) {
+func (s *Server) deadDevices(ctx context.Context, limit int) ([]adminDeviceSummary, error) {
 	rows, err := s.store.DeadDevices(ctx, limit)
 	out := make([]adminDeviceSummary, 0, len(rows))
 	for _, d := range rows {
@@ -306,7 +306,7 @@ func (s *Service) deadDevices(ctx context.Context, limit int) ([]adminDeviceSumm
 	return out, err
 }
 
-func (s *Service) recentWakeups(ctx context.Context, limit int) ([]adminRecentWakeup, error) {
+func (s *Server) recentWakeups(ctx context.Context, limit int) ([]adminRecentWakeup, error) {
 	rows, err := s.store.RecentWakeups(ctx, limit)
 	out := make([]adminRecentWakeup, 0, len(rows))
 	for _, w := range rows {
@@ -316,7 +316,7 @@ func (s *Service) recentWakeups(ctx context.Context, limit int) ([]adminRecentWa
 }
 
 // topStreams lists up to overviewRows streams in sort order that have a backlog.
-func (s *Service) topStreams(ctx context.Context, sort string) ([]adminStream, error) {
+func (s *Server) topStreams(ctx context.Context, sort string) ([]adminStream, error) {
 	rows, err := s.store.ListStreams(ctx, store.StreamFilter{Sort: sort, Limit: overviewRows, WithBacklog: true})
 	out := make([]adminStream, 0, len(rows))
 	for _, row := range rows {
@@ -325,7 +325,7 @@ func (s *Service) topStreams(ctx context.Context, sort string) ([]adminStream, e
 	return out, err
 }
 
-func (s *Service) overview(ctx context.Context) (overview, error) {
+func (s *Server) overview(ctx context.Context) (overview, error) {
 	var (
 		o   overview
 		err error
@@ -352,7 +352,7 @@ func (s *Service) overview(ctx context.Context) (overview, error) {
 }
 
 // listHandler serves a list from one of the functions above as {"<key>": [...]}.
-func listHandler[T any](s *Service, key string, list func(context.Context, int) ([]T, error)) http.HandlerFunc {
+func listHandler[T any](s *Server, key string, list func(context.Context, int) ([]T, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		limit, err := limitParam(r, 50)
 		if err != nil {
@@ -368,12 +368,12 @@ func listHandler[T any](s *Service, key string, list func(context.Context, int) 
 	}
 }
 
-func (s *Service) handleAdminOrigins(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminOrigins(w http.ResponseWriter, r *http.Request) {
 	listHandler(s, "origins", s.failingOrigins)(w, r)
 }
 
 // handleAdminDevices lists devices; only the dead ones (?state=dead) so far.
-func (s *Service) handleAdminDevices(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminDevices(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("state") != "dead" {
 		s.writeError(w, r, invalid("state: must be dead (only dead devices are listed)"))
 		return
@@ -381,11 +381,11 @@ func (s *Service) handleAdminDevices(w http.ResponseWriter, r *http.Request) {
 	listHandler(s, "devices", s.deadDevices)(w, r)
 }
 
-func (s *Service) handleAdminWakeups(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminWakeups(w http.ResponseWriter, r *http.Request) {
 	listHandler(s, "wakeups", s.recentWakeups)(w, r)
 }
 
-func (s *Service) handleAdminOverview(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleAdminOverview(w http.ResponseWriter, r *http.Request) {
 	o, err := s.overview(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)

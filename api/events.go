@@ -1,4 +1,4 @@
-package proxy
+package api
 
 import (
 	"context"
@@ -77,7 +77,7 @@ func startEventStream(w http.ResponseWriter) (*sse.Writer, *http.ResponseControl
 	return sw, rc, sw.WriteComment("ok")
 }
 
-func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	st, err := s.authorizedStream(r)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -95,7 +95,7 @@ func (s *Service) handleEvents(w http.ResponseWriter, r *http.Request) {
 	s.serveSSE(w, r, st, id, provided)
 }
 
-func (s *Service) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy.Stream, id string, provided bool) {
+func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy.Stream, id string, provided bool) {
 	limit := defaultPageLimit
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -111,7 +111,7 @@ func (s *Service) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy
 		return
 	}
 	// A fetch answers the wake-up the device was sent.
-	if err := s.store.MarkRead(r.Context(), st.DeviceID, s.opts.Wake); err != nil {
+	if err := s.svc.MarkRead(r.Context(), st.DeviceID); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -138,11 +138,11 @@ func (s *Service) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy
 	writeJSON(w, http.StatusOK, page)
 }
 
-func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.Stream, id string, provided bool) {
+func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.Stream, id string, provided bool) {
 	ctx := r.Context()
 	// Subscribe before reading, so that nothing committed in between is missed.
-	sub := s.hub.subscribe(st.ID)
-	defer s.hub.unsubscribe(sub)
+	news, unsubscribe := s.svc.Subscribe(st.ID)
+	defer unsubscribe()
 	cur, err := s.store.Resume(ctx, st.ID, id, provided)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -153,7 +153,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	readerID, err := s.store.OpenReader(ctx, st.ID, st.DeviceID, s.opts.InstanceID, s.opts.ReaderTTL)
+	readerID, err := s.svc.OpenReader(ctx, st)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -163,12 +163,11 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 	defer func() {
 		// Events written to this reader need no wake-up; if the device is left asleep with
 		// others undelivered, a wake-up is queued.
-		if err := s.store.CloseReaderDelivered(context.WithoutCancel(ctx), readerID, st.ID, delivered, s.opts.Wake); err != nil {
+		if err := s.svc.CloseReader(context.WithoutCancel(ctx), readerID, st.ID, delivered); err != nil {
 			s.log.WarnContext(ctx, "closing reader failed", slog.String("error", err.Error()))
 		}
-		s.kick()
 	}()
-	if err := s.store.MarkRead(ctx, st.DeviceID, s.opts.Wake); err != nil {
+	if err := s.svc.MarkRead(ctx, st.DeviceID); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -237,7 +236,7 @@ func (s *Service) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.
 	wait:
 		for {
 			select {
-			case _, ok := <-sub.c:
+			case _, ok := <-news:
 				if !ok {
 					return // shutting down
 				}

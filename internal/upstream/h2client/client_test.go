@@ -23,8 +23,8 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
-	"github.com/pushproxy/pushproxy/internal/h2client"
-	"github.com/pushproxy/pushproxy/internal/streamio"
+	streamio "github.com/pushproxy/pushproxy/internal/upstream"
+	"github.com/pushproxy/pushproxy/internal/upstream/h2client"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -1,4 +1,4 @@
-package proxy_test
+package api_test
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy"
-	"github.com/pushproxy/pushproxy/proxy"
+	"github.com/pushproxy/pushproxy/api"
 	"github.com/pushproxy/pushproxy/sse"
 )
 
@@ -22,7 +22,7 @@ type sseReader struct {
 func openSSE(t *testing.T, b *testBundle, h handoffResult, lastEventID *string) *sseReader {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, "GET", b.api.URL+h.EventsURL, nil)
+	req, _ := http.NewRequestWithContext(ctx, "GET", b.API.URL+h.EventsURL, nil)
 	if lastEventID != nil {
 		req.Header.Set("Last-Event-ID", *lastEventID)
 	}
@@ -65,8 +65,8 @@ func TestReaderGetsBacklogThenLiveEvents(t *testing.T) {
 	svc, b := setup(t, nil)
 	_ = svc
 	o := newScriptOrigin(t, 0)
-	h := handoff(t, b, map[string]any{"url": o.srv.URL, "push": map[string]string{"platform": "fcm", "token": "device-1"}})
-	o.publishN(3)
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL, "push": map[string]string{"platform": "fcm", "token": "device-1"}})
+	o.PublishN(3)
 	eventually(t, 20*time.Second, "3 events queued", func() bool { return getStream(t, b, h).Backlog == 3 })
 
 	r := openSSE(t, b, h, nil)
@@ -80,22 +80,22 @@ func TestReaderGetsBacklogThenLiveEvents(t *testing.T) {
 		}
 	}
 	// The device is awake while the reader is open.
-	st, err := b.store.GetStream(context.Background(), h.ID)
+	st, err := b.Store.GetStream(context.Background(), h.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "device awake", func() bool {
-		a, err := b.store.DeviceAwake(context.Background(), st.DeviceID)
+		a, err := b.Store.DeviceAwake(context.Background(), st.DeviceID)
 		return err == nil && a
 	})
 	// Live: an event published now arrives on the open reader.
-	o.publishN(1)
+	o.PublishN(1)
 	if ev := r.next(t); ev.LastEventID != "4" {
 		t.Fatalf("live event = %+v", ev)
 	}
 	r.close()
 	eventually(t, 5*time.Second, "device asleep after the reader closed", func() bool {
-		a, err := b.store.DeviceAwake(context.Background(), st.DeviceID)
+		a, err := b.Store.DeviceAwake(context.Background(), st.DeviceID)
 		return err == nil && !a
 	})
 	// Reconnecting with Last-Event-ID acknowledges: nothing is replayed twice.
@@ -111,8 +111,8 @@ func TestReaderGetsGapSignalForUnknownID(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t, nil)
 	o := newScriptOrigin(t, 0)
-	h := handoff(t, b, map[string]any{"url": o.srv.URL})
-	o.publishN(2)
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL})
+	o.PublishN(2)
 	eventually(t, 20*time.Second, "2 events queued", func() bool { return getStream(t, b, h).Backlog == 2 })
 	id := "999"
 	r := openSSE(t, b, h, &id)
@@ -120,7 +120,7 @@ func TestReaderGetsGapSignalForUnknownID(t *testing.T) {
 		t.Fatal("no Pushproxy-Gap header")
 	}
 	ev := r.next(t)
-	if ev.Type != proxy.GapEventType || ev.LastEventID != "999" {
+	if ev.Type != api.GapEventType || ev.LastEventID != "999" {
 		t.Fatalf("first event = %+v, want the gap signal keeping id 999", ev)
 	}
 	if ev := r.next(t); ev.LastEventID != "1" {
@@ -136,8 +136,8 @@ func TestJSONPagesAcknowledgeAsTheyGo(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t, nil)
 	o := newScriptOrigin(t, 0)
-	h := handoff(t, b, map[string]any{"url": o.srv.URL})
-	o.publishN(5)
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL})
+	o.PublishN(5)
 	eventually(t, 20*time.Second, "5 events queued", func() bool { return getStream(t, b, h).Backlog == 5 })
 	p := fetchJSON(t, b, h, "&limit=2")
 	if len(p.Events) != 2 || !p.More || p.LastEventID != "2" || p.Gap {
@@ -155,7 +155,7 @@ func TestJSONPagesAcknowledgeAsTheyGo(t *testing.T) {
 		t.Fatalf("page 3: %+v", p)
 	}
 	for _, q := range []string{"&limit=0", "&limit=1001", "&limit=x"} {
-		resp, out := do(t, "GET", b.api.URL+h.EventsURL+q, "", http.Header{"Accept": {"application/json"}})
+		resp, out := do(t, "GET", b.API.URL+h.EventsURL+q, "", http.Header{"Accept": {"application/json"}})
 		checkProblem(t, resp, out, 400, "invalid", "limit")
 	}
 }
@@ -164,8 +164,8 @@ func TestOriginWithoutIDsGetsProxyIDs(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t, nil)
 	o := newScriptOrigin(t, 0)
-	h := handoff(t, b, map[string]any{"url": o.srv.URL})
-	o.publish("data: a\n\n", "data: b\n\n", "data: c\n\n")
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL})
+	o.Publish("data: a\n\n", "data: b\n\n", "data: c\n\n")
 	eventually(t, 20*time.Second, "3 events queued", func() bool { return getStream(t, b, h).Backlog == 3 })
 	r := openSSE(t, b, h, nil)
 	ev := r.next(t)
@@ -184,10 +184,10 @@ func TestCloseTellsTheIDToResumeAtTheOrigin(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t, nil)
 	o := newScriptOrigin(t, 0)
-	h := handoff(t, b, map[string]any{"url": o.srv.URL, "last_event_id": "0"})
-	o.publishN(4)
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL, "last_event_id": "0"})
+	o.PublishN(4)
 	eventually(t, 20*time.Second, "4 events queued", func() bool { return getStream(t, b, h).Backlog == 4 })
-	resp, out := do(t, "DELETE", b.api.URL+"/v1/streams/"+h.ID, "", http.Header{"Authorization": {"Bearer " + h.Token}, "Last-Event-ID": {"2"}})
+	resp, out := do(t, "DELETE", b.API.URL+"/v1/streams/"+h.ID, "", http.Header{"Authorization": {"Bearer " + h.Token}, "Last-Event-ID": {"2"}})
 	if resp.StatusCode != 200 {
 		t.Fatalf("delete: %d %s", resp.StatusCode, out)
 	}
@@ -199,7 +199,7 @@ func TestCloseTellsTheIDToResumeAtTheOrigin(t *testing.T) {
 		t.Fatalf("after delete: %+v", si)
 	}
 	// A reader of a closed, drained stream is told to stop (204).
-	resp, _ = do(t, "GET", b.api.URL+h.EventsURL, "", nil)
+	resp, _ = do(t, "GET", b.API.URL+h.EventsURL, "", nil)
 	if resp.StatusCode != 204 {
 		t.Fatalf("reader of a closed stream: %d", resp.StatusCode)
 	}

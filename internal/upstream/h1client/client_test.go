@@ -18,7 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/pushproxy/pushproxy/internal/h1client"
+	"github.com/pushproxy/pushproxy/internal/upstream/h1client"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

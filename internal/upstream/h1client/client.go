@@ -27,7 +27,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pushproxy/pushproxy/internal/streamio"
+	streamio "github.com/pushproxy/pushproxy/internal/upstream"
 )
 
 // ErrWouldBlock is returned by TryRead when the stream has no data yet.

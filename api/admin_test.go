@@ -1,4 +1,4 @@
-package proxy_test
+package api_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pushproxy/pushproxy/proxy"
+	"github.com/pushproxy/pushproxy/api"
 )
 
 type adminPage struct {
@@ -32,7 +32,7 @@ func adminGet(t *testing.T, b *testBundle, path, token string, out any) int {
 	if token != "" {
 		h.Set("Authorization", "Bearer "+token)
 	}
-	resp, body := do(t, "GET", b.api.URL+path, "", h)
+	resp, body := do(t, "GET", b.API.URL+path, "", h)
 	if out != nil && resp.StatusCode == http.StatusOK {
 		if err := json.Unmarshal(body, out); err != nil {
 			t.Fatal(err)
@@ -44,19 +44,19 @@ func adminGet(t *testing.T, b *testBundle, path, token string, out any) int {
 func TestAdminAPIListsSortsAndPages(t *testing.T) {
 	t.Parallel()
 	const admin = "admin-secret"
-	_, b := setup(t, &proxy.Options{AdminToken: admin})
+	_, b := setup(t, &api.Options{AdminToken: admin})
 	o := newScriptOrigin(t, 0)
 	bad := newOrigin(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "gone", http.StatusNotFound) }))
 
 	// Three streams on the scripted origin: backlogs 5, 5, 5 once published; the reader of
 	// one acknowledges 3, of another 1. And a failed stream on the other origin.
 	hs := []handoffResult{
-		handoff(t, b, map[string]any{"url": o.srv.URL + "/a"}),
-		handoff(t, b, map[string]any{"url": o.srv.URL + "/b"}),
-		handoff(t, b, map[string]any{"url": o.srv.URL + "/c"}),
+		handoff(t, b, map[string]any{"url": o.Srv.URL + "/a"}),
+		handoff(t, b, map[string]any{"url": o.Srv.URL + "/b"}),
+		handoff(t, b, map[string]any{"url": o.Srv.URL + "/c"}),
 	}
 	failed := handoff(t, b, map[string]any{"url": bad.URL + "/x?secret=1"})
-	o.publishN(5)
+	o.PublishN(5)
 	for _, h := range hs {
 		eventually(t, 20*time.Second, "the backlog", func() bool { return getStream(t, b, h).Backlog == 5 })
 	}
@@ -184,12 +184,12 @@ func TestAdminAPIIsOffWithoutAToken(t *testing.T) {
 func TestAdminDeviceViewAndActions(t *testing.T) {
 	t.Parallel()
 	const admin = "admin-secret"
-	_, b := setup(t, &proxy.Options{AdminToken: admin})
+	_, b := setup(t, &api.Options{AdminToken: admin})
 	o := newScriptOrigin(t, 0)
 	push := map[string]any{"platform": "apns", "token": strings.Repeat("ab", 32)}
-	h1 := handoff(t, b, map[string]any{"url": o.srv.URL + "/1", "push": push})
-	h2 := handoff(t, b, map[string]any{"url": o.srv.URL + "/2", "push": push})
-	o.publishN(2)
+	h1 := handoff(t, b, map[string]any{"url": o.Srv.URL + "/1", "push": push})
+	h2 := handoff(t, b, map[string]any{"url": o.Srv.URL + "/2", "push": push})
+	o.PublishN(2)
 	eventually(t, 20*time.Second, "the backlog", func() bool { return getStream(t, b, h1).Backlog == 2 })
 
 	var list struct {
@@ -209,7 +209,7 @@ func TestAdminDeviceViewAndActions(t *testing.T) {
 		t.Fatal("the listing does not name the stream's device")
 	}
 	post := func(method, path string) (int, []byte) {
-		resp, body := do(t, method, b.api.URL+path, "", http.Header{"Authorization": {"Bearer " + admin}})
+		resp, body := do(t, method, b.API.URL+path, "", http.Header{"Authorization": {"Bearer " + admin}})
 		return resp.StatusCode, body
 	}
 	if code, body := post("POST", "/v1/admin/devices/"+dev+"/wake"); code != http.StatusAccepted || !strings.Contains(string(body), `"wakeup_due":true`) {
@@ -233,7 +233,7 @@ func TestAdminDeviceViewAndActions(t *testing.T) {
 	if code, _ := post("DELETE", "/v1/admin/devices/"+dev); code != http.StatusConflict {
 		t.Fatalf("forget a live device: %d, want 409", code)
 	}
-	if _, err := b.store.Pool().Exec(context.Background(), `UPDATE devices SET dead_at = now(), dead_reason = 'Unregistered' WHERE id = $1`, dev); err != nil {
+	if _, err := b.Store.Pool().Exec(context.Background(), `UPDATE devices SET dead_at = now(), dead_reason = 'Unregistered' WHERE id = $1`, dev); err != nil {
 		t.Fatal(err)
 	}
 	if code, body := post("DELETE", "/v1/admin/devices/"+dev); code != http.StatusNoContent {
@@ -245,7 +245,7 @@ func TestAdminDeviceViewAndActions(t *testing.T) {
 	}
 
 	// Closing a stream.
-	h3 := handoff(t, b, map[string]any{"url": o.srv.URL + "/3"})
+	h3 := handoff(t, b, map[string]any{"url": o.Srv.URL + "/3"})
 	if code, body := post("POST", "/v1/admin/streams/"+h3.ID+"/close"); code != http.StatusOK || !strings.Contains(string(body), `"state":"closed"`) {
 		t.Fatalf("close: %d %s", code, body)
 	}

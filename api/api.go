@@ -1,4 +1,4 @@
-package proxy
+package api
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 )
 
 // Handler returns the HTTP API.
-func (s *Service) Handler() http.Handler {
+func (s *Server) Handler() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID)
 	r.Use(s.logRequests)
@@ -60,7 +60,7 @@ func routePattern(r *http.Request) string {
 // logRequests logs every request with its request id, route pattern, status and duration,
 // and counts it in the metrics. It never logs the path or the query: they carry stream ids
 // and tokens (events_url has ?token=).
-func (s *Service) logRequests(next http.Handler) http.Handler {
+func (s *Server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
@@ -85,7 +85,7 @@ func (s *Service) logRequests(next http.Handler) http.Handler {
 }
 
 // recoverer turns a panic into a 500 problem and a log line (never the process).
-func (s *Service) recoverer(next http.Handler) http.Handler {
+func (s *Server) recoverer(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			if v := recover(); v != nil {
@@ -100,21 +100,18 @@ func (s *Service) recoverer(next http.Handler) http.Handler {
 	})
 }
 
-func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
 		writeProblem(w, http.StatusServiceUnavailable, pushproxy.EUNAVAILABLE, "database unreachable")
 		return
 	}
-	s.mu.Lock()
-	stopped := s.stopped
-	s.mu.Unlock()
-	if stopped {
+	if s.svc.Stopped() {
 		writeProblem(w, http.StatusServiceUnavailable, pushproxy.EUNAVAILABLE, "shutting down")
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "instance": s.opts.InstanceID, "held_streams": s.Held()})
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "instance": s.svc.InstanceID(), "held_streams": s.svc.Held()})
 }
 
 // bearer returns the token of an "Authorization: Bearer" header.
@@ -128,7 +125,7 @@ func bearer(r *http.Request) (string, bool) {
 	return tok, tok != ""
 }
 
-func (s *Service) checkAPIKey(r *http.Request) error {
+func (s *Server) checkAPIKey(r *http.Request) error {
 	if len(s.opts.APIKeys) == 0 {
 		return nil
 	}
@@ -163,7 +160,7 @@ type handoffResponse struct {
 	State     string `json:"state"`
 }
 
-func (s *Service) handleHandoff(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleHandoff(w http.ResponseWriter, r *http.Request) {
 	if err := s.checkAPIKey(r); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -182,38 +179,22 @@ func (s *Service) handleHandoff(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	port := h.URL.Port()
-	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[h.URL.Scheme]
-	}
-	if err := s.opts.Upstream.CheckHost(ctx, h.URL.Hostname(), port); err != nil {
+	if err := s.svc.CheckUpstream(ctx, h.URL); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	s.mu.Lock()
-	stopped := s.stopped
-	s.mu.Unlock()
-	owner := s.opts.InstanceID
-	if stopped || (s.opts.MaxHeldStreams > 0 && s.Held() >= s.opts.MaxHeldStreams) {
-		owner = "" // another instance claims it
-	}
 	tok := newToken()
-	st, epoch, err := s.store.CreateStream(r.Context(), store.NewStream{
+	st, err := s.svc.Handoff(r.Context(), store.NewStream{
 		URL:          h.URL.String(),
 		Headers:      h.Headers,
 		ResumeID:     h.LastEventID,
 		TokenHash:    hashToken(tok),
 		Push:         h.Push,
-		MaxPerDevice: s.opts.MaxStreamsPerDevice,
-		LeaseOwner:   owner,
 		UrgentEvents: h.UrgentEvents,
 	})
 	if err != nil {
 		s.writeError(w, r, err)
 		return
-	}
-	if owner != "" {
-		s.hold(store.Claim{Stream: st, Epoch: epoch})
 	}
 	w.Header().Set("Location", "/v1/streams/"+st.ID)
 	writeJSON(w, http.StatusCreated, handoffResponse{
@@ -226,7 +207,7 @@ func (s *Service) handleHandoff(w http.ResponseWriter, r *http.Request) {
 
 // authorizedStream loads the stream named in the route and checks the stream token (Bearer
 // header, or ?token= for EventSource, which cannot set headers).
-func (s *Service) authorizedStream(r *http.Request) (pushproxy.Stream, error) {
+func (s *Server) authorizedStream(r *http.Request) (pushproxy.Stream, error) {
 	id := chi.URLParam(r, "id")
 	tok, ok := bearer(r)
 	if !ok {
@@ -321,7 +302,7 @@ func toStreamResponse(st pushproxy.Stream) streamResponse {
 	return resp
 }
 
-func (s *Service) handleGetStream(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleGetStream(w http.ResponseWriter, r *http.Request) {
 	st, err := s.authorizedStream(r)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -331,7 +312,7 @@ func (s *Service) handleGetStream(w http.ResponseWriter, r *http.Request) {
 }
 
 // writeStream answers a stream with its device's wake-up state.
-func (s *Service) writeStream(w http.ResponseWriter, r *http.Request, st pushproxy.Stream) {
+func (s *Server) writeStream(w http.ResponseWriter, r *http.Request, st pushproxy.Stream) {
 	resp := toStreamResponse(st)
 	if st.DeviceID != "" {
 		ws, err := s.store.DeviceWakeState(r.Context(), st.DeviceID)
@@ -357,7 +338,7 @@ type closeResponse struct {
 	Discarded int64 `json:"discarded"`
 }
 
-func (s *Service) handleCloseStream(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleCloseStream(w http.ResponseWriter, r *http.Request) {
 	st, err := s.authorizedStream(r)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -375,17 +356,11 @@ func (s *Service) handleCloseStream(w http.ResponseWriter, r *http.Request) {
 
 // closeStream stops holding a stream, drops its backlog, and answers where to resume the
 // origin.
-func (s *Service) closeStream(w http.ResponseWriter, r *http.Request, id string) {
-	res, err := s.store.CloseStream(r.Context(), id)
+func (s *Server) closeStream(w http.ResponseWriter, r *http.Request, id string) {
+	res, err := s.svc.CloseStream(r.Context(), id)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
-	}
-	s.mu.Lock()
-	h := s.holders[id]
-	s.mu.Unlock()
-	if h != nil {
-		s.unhold(h)
 	}
 	writeJSON(w, http.StatusOK, closeResponse{
 		ID: res.Stream.ID, State: res.Stream.State, LastEventID: res.Stream.AckedID,

@@ -1,4 +1,4 @@
-package proxy_test
+package api_test
 
 import (
 	"encoding/json"
@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pushproxy/pushproxy/api"
+	"github.com/pushproxy/pushproxy/internal/proxytest"
+	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/proxy"
 )
 
@@ -29,7 +32,7 @@ func checkProblem(t *testing.T, resp *http.Response, body []byte, status int, co
 	if err := json.Unmarshal(body, &p); err != nil {
 		t.Fatalf("problem document: %v: %s", err, body)
 	}
-	if p.Status != status || p.Code != code || p.Type != proxy.ProblemTypePrefix+code || p.Title == "" {
+	if p.Status != status || p.Code != code || p.Type != api.ProblemTypePrefix+code || p.Title == "" {
 		t.Fatalf("problem = %+v, want status %d code %s", p, status, code)
 	}
 	if !strings.Contains(p.Detail, detailPart) {
@@ -72,7 +75,7 @@ func TestHandoffRejectsBadInputWithProblems(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			resp, body := do(t, "POST", b.api.URL+"/v1/streams", c.body, http.Header{"Content-Type": {c.ctype}})
+			resp, body := do(t, "POST", b.API.URL+"/v1/streams", c.body, http.Header{"Content-Type": {c.ctype}})
 			checkProblem(t, resp, body, c.status, c.code, c.detail)
 		})
 	}
@@ -80,29 +83,29 @@ func TestHandoffRejectsBadInputWithProblems(t *testing.T) {
 
 func TestHandoffRefusesPrivateUpstreamsUnlessListed(t *testing.T) {
 	t.Parallel()
-	allow, err := proxy.ParseAllowList(nil) // default: public hosts only
+	allow, err := upstream.ParseAllowList(nil) // default: public hosts only
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, b := setup(t, &proxy.Options{Upstream: allow})
+	_, b := proxytest.Start(t, &proxy.Options{Upstream: allow}, nil)
 	for _, u := range []string{"http://127.0.0.1:9/", "http://10.1.2.3/", "http://[::1]:80/", "http://169.254.169.254/latest/meta-data/", "http://localhost:8080/"} {
-		resp, body := do(t, "POST", b.api.URL+"/v1/streams", `{"url":"`+u+`"}`, nil)
+		resp, body := do(t, "POST", b.API.URL+"/v1/streams", `{"url":"`+u+`"}`, nil)
 		checkProblem(t, resp, body, 403, "forbidden", "--upstream-allow")
 	}
 }
 
 func TestAPIKeysGuardHandoff(t *testing.T) {
 	t.Parallel()
-	_, b := setup(t, &proxy.Options{APIKeys: []string{"k1", "k2"}})
+	_, b := setup(t, &api.Options{APIKeys: []string{"k1", "k2"}})
 	body := `{"url":"http://127.0.0.1:1/"}`
-	resp, out := do(t, "POST", b.api.URL+"/v1/streams", body, nil)
+	resp, out := do(t, "POST", b.API.URL+"/v1/streams", body, nil)
 	checkProblem(t, resp, out, 401, "unauthorized", "API key is required")
 	if resp.Header.Get("WWW-Authenticate") == "" {
 		t.Fatal("401 without WWW-Authenticate")
 	}
-	resp, out = do(t, "POST", b.api.URL+"/v1/streams", body, http.Header{"Authorization": {"Bearer nope"}})
+	resp, out = do(t, "POST", b.API.URL+"/v1/streams", body, http.Header{"Authorization": {"Bearer nope"}})
 	checkProblem(t, resp, out, 401, "unauthorized", "not valid")
-	resp, out = do(t, "POST", b.api.URL+"/v1/streams", body, http.Header{"Authorization": {"Bearer k2"}})
+	resp, out = do(t, "POST", b.API.URL+"/v1/streams", body, http.Header{"Authorization": {"Bearer k2"}})
 	if resp.StatusCode != 201 {
 		t.Fatalf("with a key: %d %s", resp.StatusCode, out)
 	}
@@ -113,22 +116,22 @@ func TestStreamTokenIsRequired(t *testing.T) {
 	_, b := setup(t, nil)
 	h := handoff(t, b, map[string]any{"url": "http://127.0.0.1:1/"})
 	for _, path := range []string{"/v1/streams/" + h.ID, "/v1/streams/" + h.ID + "/events"} {
-		resp, out := do(t, "GET", b.api.URL+path, "", nil)
+		resp, out := do(t, "GET", b.API.URL+path, "", nil)
 		checkProblem(t, resp, out, 401, "unauthorized", "token is required")
-		resp, out = do(t, "GET", b.api.URL+path+"?token=wrong", "", nil)
+		resp, out = do(t, "GET", b.API.URL+path+"?token=wrong", "", nil)
 		checkProblem(t, resp, out, 401, "unauthorized", "not valid")
-		resp, out = do(t, "GET", b.api.URL+path, "", http.Header{"Authorization": {"Bearer wrong"}})
+		resp, out = do(t, "GET", b.API.URL+path, "", http.Header{"Authorization": {"Bearer wrong"}})
 		checkProblem(t, resp, out, 401, "unauthorized", "not valid")
 	}
-	resp, out := do(t, "DELETE", b.api.URL+"/v1/streams/"+h.ID, "", http.Header{"Authorization": {"Bearer wrong"}})
+	resp, out := do(t, "DELETE", b.API.URL+"/v1/streams/"+h.ID, "", http.Header{"Authorization": {"Bearer wrong"}})
 	checkProblem(t, resp, out, 401, "unauthorized", "not valid")
-	resp, out = do(t, "GET", b.api.URL+"/v1/streams/6f1c1a57-0000-4000-8000-000000000000?token=x", "", nil)
+	resp, out = do(t, "GET", b.API.URL+"/v1/streams/6f1c1a57-0000-4000-8000-000000000000?token=x", "", nil)
 	checkProblem(t, resp, out, 404, "not-found", "no stream")
-	resp, out = do(t, "GET", b.api.URL+"/v1/streams/not-an-id/events?token=x", "", nil)
+	resp, out = do(t, "GET", b.API.URL+"/v1/streams/not-an-id/events?token=x", "", nil)
 	checkProblem(t, resp, out, 404, "not-found", "no stream")
-	resp, out = do(t, "GET", b.api.URL+"/v1/nothing", "", nil)
+	resp, out = do(t, "GET", b.API.URL+"/v1/nothing", "", nil)
 	checkProblem(t, resp, out, 404, "not-found", "no such route")
-	resp, out = do(t, "PUT", b.api.URL+"/v1/streams/"+h.ID, "", nil)
+	resp, out = do(t, "PUT", b.API.URL+"/v1/streams/"+h.ID, "", nil)
 	checkProblem(t, resp, out, 405, "method-not-allowed", "PUT")
 }
 
@@ -136,7 +139,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	t.Parallel()
 	_, b := setup(t, nil)
 	for _, p := range []string{"/healthz", "/readyz"} {
-		resp, out := do(t, "GET", b.api.URL+p, "", nil)
+		resp, out := do(t, "GET", b.API.URL+p, "", nil)
 		if resp.StatusCode != 200 {
 			t.Fatalf("%s: %d %s", p, resp.StatusCode, out)
 		}

@@ -1,4 +1,4 @@
-package proxy
+package api
 
 import (
 	"context"
@@ -41,7 +41,7 @@ const (
 )
 
 // dashboardRoutes mounts the dashboard under /admin.
-func (s *Service) dashboardRoutes(r chi.Router) {
+func (s *Server) dashboardRoutes(r chi.Router) {
 	r.Use(dashboardHeaders)
 	r.Post("/login", s.handleLogin)
 	r.Post("/logout", s.handleLogout)
@@ -79,7 +79,7 @@ func sessionValue(adminToken string) string {
 }
 
 // dashboardAccess tells whether r carries the admin token (Bearer) or a session cookie.
-func (s *Service) dashboardAccess(r *http.Request) bool {
+func (s *Server) dashboardAccess(r *http.Request) bool {
 	if s.opts.AdminToken == "" {
 		return false
 	}
@@ -91,7 +91,7 @@ func (s *Service) dashboardAccess(r *http.Request) bool {
 }
 
 // requireSession serves the login form, with 401, to requests without access.
-func (s *Service) requireSession(next http.Handler) http.Handler {
+func (s *Server) requireSession(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.dashboardAccess(r) {
 			s.renderLogin(w, http.StatusUnauthorized, "")
@@ -101,7 +101,7 @@ func (s *Service) requireSession(next http.Handler) http.Handler {
 	})
 }
 
-func (s *Service) renderLogin(w http.ResponseWriter, status int, msg string) {
+func (s *Server) renderLogin(w http.ResponseWriter, status int, msg string) {
 	if s.opts.AdminToken == "" {
 		status, msg = http.StatusForbidden, "The dashboard is off: start the proxy with --admin-token (PUSHPROXY_ADMIN_TOKEN)."
 	}
@@ -116,7 +116,7 @@ func (s *Service) renderLogin(w http.ResponseWriter, status int, msg string) {
 // loginLimiter bounds token guesses: a few per second across all clients.
 var loginBurst, loginRate = 10, rate.Every(time.Second)
 
-func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	if !s.loginLimit.Allow() {
 		w.Header().Set("Retry-After", "1")
 		s.renderLogin(w, http.StatusTooManyRequests, "Too many attempts: wait a second and try again.")
@@ -135,7 +135,7 @@ func (s *Service) handleLogin(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/admin/", http.StatusSeeOther)
 }
 
-func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Path: "/admin/", MaxAge: -1, HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, Secure: isHTTPS(r)})
 	http.Redirect(w, r, "/admin/", http.StatusSeeOther)
@@ -147,7 +147,7 @@ func isHTTPS(r *http.Request) bool {
 	return r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https"
 }
 
-func (s *Service) handleDashboard(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleDashboard(w http.ResponseWriter, r *http.Request) {
 	b, err := dashboardFiles.ReadFile("dashboard/index.html")
 	if err != nil {
 		s.writeError(w, r, err)
@@ -161,7 +161,7 @@ func (s *Service) handleDashboard(w http.ResponseWriter, r *http.Request) {
 const OverviewEventType = "overview"
 
 // handleDashboardLive streams the overview: the current one at once, then each change.
-func (s *Service) handleDashboardLive(w http.ResponseWriter, r *http.Request) {
+func (s *Server) handleDashboardLive(w http.ResponseWriter, r *http.Request) {
 	snaps, stop := s.dash.subscribe()
 	defer stop()
 	sw, rc, err := startEventStream(w)
@@ -190,7 +190,7 @@ func (s *Service) handleDashboardLive(w http.ResponseWriter, r *http.Request) {
 }
 
 // computeOverview is the dashboard feed's snapshot.
-func (s *Service) computeOverview(ctx context.Context) ([]byte, error) {
+func (s *Server) computeOverview(ctx context.Context) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	o, err := s.overview(ctx)
@@ -200,6 +200,6 @@ func (s *Service) computeOverview(ctx context.Context) ([]byte, error) {
 	return json.Marshal(o)
 }
 
-func (s *Service) overviewFailed(err error) {
+func (s *Server) overviewFailed(err error) {
 	s.log.Warn("dashboard overview failed", slog.String("error", err.Error()))
 }

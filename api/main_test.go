@@ -1,0 +1,34 @@
+package api_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/pushproxy/pushproxy/api"
+	"github.com/pushproxy/pushproxy/internal/proxytest"
+	"github.com/pushproxy/pushproxy/proxy"
+)
+
+func TestMain(m *testing.M) { os.Exit(proxytest.Main(m)) }
+
+// The harness shared with the proxy package's tests, under the names these tests use.
+type (
+	testBundle    = proxytest.Bundle
+	handoffResult = proxytest.HandoffResult
+)
+
+var (
+	do              = proxytest.Do
+	handoff         = proxytest.Handoff
+	getStream       = proxytest.GetStream
+	fetchJSON       = proxytest.FetchJSON
+	eventually      = proxytest.Eventually
+	newOrigin       = proxytest.NewOrigin
+	newScriptOrigin = proxytest.NewScriptOrigin
+)
+
+// setup starts a proxy.Service and its HTTP API (with opts) on a fresh database.
+func setup(t *testing.T, opts *api.Options) (*proxy.Service, *testBundle) {
+	t.Helper()
+	return proxytest.Start(t, nil, opts)
+}

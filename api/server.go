@@ -1,0 +1,96 @@
+package api
+
+import (
+	"cmp"
+	"context"
+	"log/slog"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/pushproxy/pushproxy/proxy"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// Options configure a Server. Zero fields take the defaults in DefaultOptions; APIKeys and
+// AdminToken have none (no key required, admin API and dashboard off).
+type Options struct {
+	// APIKeys, when not empty, are required (as Bearer tokens) to hand off streams.
+	APIKeys []string
+	// AdminToken is required (as a Bearer token) by the admin API; "" turns it off.
+	AdminToken string
+	// MaxBodyBytes bounds API request bodies.
+	MaxBodyBytes int64
+	// Heartbeat is the interval of comment heartbeats to event readers.
+	Heartbeat time.Duration
+	// DashboardRefresh is how often the dashboard's numbers are recomputed while someone
+	// watches.
+	DashboardRefresh time.Duration
+
+	Logger  *slog.Logger
+	Metrics Metrics
+}
+
+// DefaultOptions are the defaults of the options that have one.
+var DefaultOptions = Options{
+	MaxBodyBytes:     64 << 10,
+	Heartbeat:        15 * time.Second,
+	DashboardRefresh: 2 * time.Second,
+}
+
+func (o *Options) withDefaults() Options {
+	r := *o
+	d := DefaultOptions
+	r.MaxBodyBytes = cmp.Or(r.MaxBodyBytes, d.MaxBodyBytes)
+	r.Heartbeat = cmp.Or(r.Heartbeat, d.Heartbeat)
+	r.DashboardRefresh = cmp.Or(r.DashboardRefresh, d.DashboardRefresh)
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.DiscardHandler)
+	}
+	if r.Metrics == nil {
+		r.Metrics = noopMetrics{}
+	}
+	return r
+}
+
+// Metrics receives what the HTTP surface measures. The default does nothing.
+type Metrics interface {
+	// Request records one API request by route pattern (never the path: it holds ids) and
+	// status.
+	Request(route, method string, status int, took time.Duration)
+}
+
+type noopMetrics struct{}
+
+func (noopMetrics) Request(string, string, int, time.Duration) {}
+
+// Server is the proxy's HTTP surface on top of a proxy.Service: the device API (handoff,
+// stream state, events as SSE or JSON pages), the admin API, and the dashboard with its live
+// feed.
+type Server struct {
+	svc        *proxy.Service
+	store      *store.Store
+	opts       Options
+	log        *slog.Logger
+	dash       *feed         // the dashboard's overview
+	loginLimit *rate.Limiter // dashboard logins
+	session    string        // the dashboard's session cookie value
+}
+
+// New returns the HTTP surface of svc, which runs on st.
+func New(svc *proxy.Service, st *store.Store, opts *Options) *Server {
+	if opts == nil {
+		opts = &Options{}
+	}
+	o := opts.withDefaults()
+	s := &Server{svc: svc, store: st, opts: o, log: o.Logger}
+	s.dash = newFeed(o.DashboardRefresh, s.computeOverview, s.overviewFailed)
+	s.loginLimit = rate.NewLimiter(loginRate, loginBurst)
+	s.session = sessionValue(o.AdminToken)
+	return s
+}
+
+// Shutdown ends the dashboard's live feeds (their responses end) and returns when the feed's
+// loop has stopped or ctx ends. Call it alongside http.Server.Shutdown: a live feed never
+// ends on its own. Event streams end when the service stops.
+func (s *Server) Shutdown(ctx context.Context) { s.dash.shutdown(ctx) }
