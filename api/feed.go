@@ -5,6 +5,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/pushproxy/pushproxy/internal/startstop"
 )
 
 // feed computes a snapshot on an interval while anyone watches, and hands each new one to
@@ -15,17 +17,17 @@ type feed struct {
 	compute  func(context.Context) ([]byte, error)
 	onError  func(error)
 
+	loop startstop.Loop // runs while anyone watches
+
 	mu      sync.Mutex
 	subs    map[chan []byte]struct{}
 	last    []byte
-	running bool
+	running bool // the loop runs and has not decided to end
 	closed  bool
-	stop    chan struct{}
-	done    chan struct{}
 }
 
 func newFeed(interval time.Duration, compute func(context.Context) ([]byte, error), onError func(error)) *feed {
-	return &feed{interval: interval, compute: compute, onError: onError, subs: map[chan []byte]struct{}{}, stop: make(chan struct{})}
+	return &feed{interval: interval, compute: compute, onError: onError, subs: map[chan []byte]struct{}{}}
 }
 
 // subscribe returns a channel that receives the latest snapshot whenever it changes (the
@@ -45,8 +47,10 @@ func (f *feed) subscribe() (<-chan []byte, func()) {
 	}
 	if !f.running {
 		f.running = true
-		f.done = make(chan struct{})
-		go f.run(f.done)
+		// A previous run that found nobody watching may not have returned yet: it needs
+		// no lock to do so.
+		f.loop.Stop()
+		f.loop.Start(context.Background(), f.run)
 	}
 	return c, func() {
 		f.mu.Lock()
@@ -55,17 +59,7 @@ func (f *feed) subscribe() (<-chan []byte, func()) {
 	}
 }
 
-func (f *feed) run(done chan struct{}) {
-	defer close(done)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-f.stop:
-			cancel()
-		case <-done:
-		}
-	}()
+func (f *feed) run(ctx context.Context) {
 	tick := time.NewTicker(f.interval)
 	defer tick.Stop()
 	for {
@@ -94,31 +88,22 @@ func (f *feed) run(done chan struct{}) {
 		f.mu.Unlock()
 		select {
 		case <-tick.C:
-		case <-f.stop:
+		case <-ctx.Done():
 		}
 	}
 }
 
 // shutdown ends the feed: watchers' channels are closed, and it returns once the loop has
-// stopped or ctx ends.
-func (f *feed) shutdown(ctx context.Context) {
+// stopped (a computation in progress is canceled).
+func (f *feed) shutdown() {
 	f.mu.Lock()
-	if f.closed {
-		f.mu.Unlock()
-		return
-	}
-	f.closed = true
-	close(f.stop)
-	for c := range f.subs {
-		close(c)
-	}
-	f.subs = nil
-	done := f.done
-	f.mu.Unlock()
-	if done != nil {
-		select {
-		case <-done:
-		case <-ctx.Done():
+	if !f.closed {
+		f.closed = true
+		for c := range f.subs {
+			close(c)
 		}
+		f.subs = nil
 	}
+	f.mu.Unlock()
+	f.loop.Stop()
 }

@@ -27,7 +27,7 @@ func TestFeedSharesOneComputationAmongWatchers(t *testing.T) {
 		t.Fatalf("%d computations for two watchers in one interval", n)
 	}
 	stopB()
-	f.shutdown(context.Background())
+	f.shutdown()
 	stopA() // after shutdown: harmless
 	if _, ok := <-a; ok {
 		t.Fatal("a watcher's channel stays open after shutdown")
@@ -42,15 +42,12 @@ func TestFeedStopsWhenNobodyWatches(t *testing.T) {
 	f := newFeed(time.Millisecond, func(context.Context) ([]byte, error) {
 		return []byte(strconv.FormatInt(calls.Add(1), 10)), nil
 	}, nil)
-	defer f.shutdown(context.Background())
+	defer f.shutdown()
 	c, stop := f.subscribe()
 	<-c
 	<-c // a later snapshot: the loop runs
 	stop()
-	f.mu.Lock()
-	done := f.done
-	f.mu.Unlock()
-	<-done // the loop ends by itself
+	<-f.loop.Stopped() // the loop ends by itself
 	f.mu.Lock()
 	running, last := f.running, f.last
 	f.mu.Unlock()
@@ -64,4 +61,33 @@ func TestFeedStopsWhenNobodyWatches(t *testing.T) {
 	if got, _ := strconv.ParseInt(string(<-c), 10, 64); got <= before {
 		t.Fatalf("new watcher got snapshot %d, made before it came (%d)", got, before)
 	}
+}
+
+// TestFeedShutdownWaitsForTheLoop: shutdown cancels a computation in progress and returns
+// only once the loop has returned.
+func TestFeedShutdownWaitsForTheLoop(t *testing.T) {
+	computing := make(chan struct{})
+	var returned atomic.Bool
+	f := newFeed(time.Hour, func(ctx context.Context) ([]byte, error) {
+		close(computing)
+		<-ctx.Done()
+		returned.Store(true)
+		return nil, ctx.Err()
+	}, nil)
+	c, stop := f.subscribe()
+	defer stop()
+	<-computing
+	f.shutdown()
+	if !returned.Load() {
+		t.Fatal("shutdown returned while the computation ran")
+	}
+	select {
+	case <-f.loop.Stopped():
+	default:
+		t.Fatal("the loop runs after shutdown")
+	}
+	if _, ok := <-c; ok {
+		t.Fatal("a watcher's channel stays open after shutdown")
+	}
+	f.shutdown() // idempotent
 }

@@ -2,7 +2,6 @@ package api
 
 import (
 	"cmp"
-	"context"
 	"log/slog"
 	"time"
 
@@ -90,7 +89,7 @@ func New(svc *proxy.Service, st *store.Store, opts *Options) *Server {
 	return s
 }
 
-// Shutdown ends the dashboard's live feeds (their responses end) and returns when the feed's
-// loop has stopped or ctx ends. Call it alongside http.Server.Shutdown: a live feed never
-// ends on its own. Event streams end when the service stops.
-func (s *Server) Shutdown(ctx context.Context) { s.dash.shutdown(ctx) }
+// Close ends the dashboard's live feeds (their responses end) and returns once the feed's
+// loop has stopped. Call it alongside http.Server.Shutdown: a live feed never ends on its
+// own. (Event streams end when the service stops.) Close is idempotent.
+func (s *Server) Close() { s.dash.shutdown() }

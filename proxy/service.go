@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/internal/startstop"
 	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/internal/upstream/h1client"
 	"github.com/pushproxy/pushproxy/internal/upstream/h2client"
@@ -22,7 +23,9 @@ import (
 	"github.com/pushproxy/pushproxy/store"
 )
 
-// Options configure a Service. Zero fields take the defaults in DefaultOptions.
+// Options configure a Service. A zero field takes its value in DefaultOptions, except the
+// fields whose comment gives zero (or nil) a meaning of its own: InstanceID, MaxHeldStreams,
+// Upstream, UpstreamH2C, UpstreamIdleTimeout, Wake, Waker, Logger and Metrics.
 type Options struct {
 	// InstanceID names this instance in leases and reader presence ("": host-pid-random).
 	InstanceID string
@@ -47,6 +50,7 @@ type Options struct {
 	// CommitQueue bounds the events waiting for the committer; holders block beyond it.
 	CommitQueue int
 
+	// Upstream is the allow-list of the origins the proxy may dial (nil: any public host).
 	Upstream *upstream.AllowList
 	// UpstreamH2C speaks HTTP/2 without TLS (prior knowledge) to http:// origins.
 	UpstreamH2C bool
@@ -58,7 +62,8 @@ type Options struct {
 	UpstreamMaxRedirects int
 	// UpstreamConnectTimeout bounds the wait for the origin's response headers.
 	UpstreamConnectTimeout time.Duration
-	// UpstreamIdleTimeout reconnects a stream that sent nothing for this long (0: never).
+	// UpstreamIdleTimeout reconnects a stream that sent nothing for this long (0: never,
+	// not DefaultOptions' value).
 	UpstreamIdleTimeout time.Duration
 
 	// ReaderTTL is how long a reader's presence outlives its instance's last refresh.
@@ -67,11 +72,12 @@ type Options struct {
 	// Wake, when set, queues wake-ups for sleeping devices in the transactions that commit
 	// their events, and after a device's last reader closes with events undelivered.
 	Wake *store.WakePolicy
-	// Waker is told when wake-ups may have been queued, so it sends them without polling.
+	// Waker is told when wake-ups may have been queued, so it sends them without polling
+	// (nil: nobody is told).
 	Waker Waker
 
-	Logger  *slog.Logger
-	Metrics Metrics
+	Logger  *slog.Logger // nil: discard
+	Metrics Metrics      // nil: measure nothing
 }
 
 // SetWaker sets the Waker after New (it usually needs the service's instance id). Call it
@@ -102,7 +108,8 @@ type Waker interface {
 	Kick()
 }
 
-// DefaultOptions are the defaults of every option.
+// DefaultOptions are the values New gives zero fields (see Options for the exceptions), and
+// the defaults of `pushproxy serve`'s flags: UpstreamIdleTimeout is one of those only.
 var DefaultOptions = Options{
 	LeaseTTL:               30 * time.Second,
 	ClaimInterval:          2 * time.Second,
@@ -194,12 +201,17 @@ type Service struct {
 	stopOnce sync.Once
 	stopErr  error
 
-	ctx     context.Context // the lifetime of holders and background loops
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	comDone chan struct{}
-	holdCtx context.Context
-	holdEnd context.CancelFunc
+	ctx        context.Context // the lifetime of holders and background loops
+	cancel     context.CancelFunc
+	holdCtx    context.Context
+	holdEnd    context.CancelFunc
+	listener   *store.Listener
+	committing startstop.Loop // the committer
+	leases     startstop.Loop // claims and renewals (runLeases)
+	running    bool           // Start succeeded
+
+	// testClaim, when set (by tests), is called as each claim begins (true) and ends.
+	testClaim func(begin bool)
 }
 
 // New returns a Service on st. dbURL is used for the LISTEN connection.
@@ -244,9 +256,9 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 // InstanceID returns the name this instance holds leases under.
 func (s *Service) InstanceID() string { return s.opts.InstanceID }
 
-// Start starts the background work: the notification listener, the committer, the lease
-// loop (claims and renewals) and the reader presence loop. It connects to the database
-// first, so that a bad configuration fails here.
+// Start starts the background work: the notification listener, the committer, and the lease
+// loop (claims, renewals and reader presence). It connects to the database first, so that a
+// bad configuration fails here; ctx bounds only that.
 func (s *Service) Start(ctx context.Context) error {
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.holdCtx, s.holdEnd = context.WithCancel(s.ctx)
@@ -267,20 +279,16 @@ func (s *Service) Start(ctx context.Context) error {
 		s.cancel()
 		return err
 	}
-	l := store.NewListener(s.dbURL, store.EventsChannel, s.log, s.hub.notify, s.hub.notifyAll)
-	lisDone, err := l.Start(s.ctx)
-	if err != nil {
+	s.listener = store.NewListener(s.dbURL, store.EventsChannel, s.log, s.hub.notify, s.hub.notifyAll)
+	if err := s.listener.Start(ctx); err != nil {
 		s.cancel()
 		return err
 	}
-	s.comDone = make(chan struct{})
-	go func() {
-		defer close(s.comDone)
-		s.com.run(s.ctx)
-	}()
-	s.wg.Add(2)
-	go func() { defer s.wg.Done(); <-lisDone }()
-	go func() { defer s.wg.Done(); s.leaseLoop(s.ctx) }()
+	s.committing.Start(s.ctx, s.com.run)
+	s.leases.Start(s.ctx, s.runLeases)
+	s.mu.Lock()
+	s.running = true
+	s.mu.Unlock()
 	return nil
 }
 
@@ -295,7 +303,7 @@ func (s *Service) Stop(ctx context.Context) error {
 
 func (s *Service) stop(ctx context.Context) error {
 	s.mu.Lock()
-	if s.cancel == nil || s.comDone == nil {
+	if !s.running {
 		// Never started, or Start failed before anything ran.
 		s.stopped = true
 		s.mu.Unlock()
@@ -338,13 +346,14 @@ func (s *Service) stop(ctx context.Context) error {
 	if allDone {
 		close(s.commits)
 		select {
-		case <-s.comDone:
+		case <-s.committing.Stopped():
 		case <-ctx.Done():
 		}
 	}
 	s.cancel()
-	<-s.comDone
-	s.wg.Wait()
+	s.committing.Stop()
+	s.leases.Stop()
+	s.listener.Stop()
 	s.h2.Close()
 	// The drain may have used up ctx; releasing the leases matters more than the deadline.
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -361,34 +370,47 @@ func (s *Service) stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// leaseLoop claims streams nobody holds, renews this instance's leases and refreshes its
-// readers' presence.
-func (s *Service) leaseLoop(ctx context.Context) {
-	claim := time.NewTicker(s.opts.ClaimInterval)
+// claimAgain is the pause before the next claim when the last one took a full batch.
+const claimAgain = 10 * time.Millisecond
+
+// runLeases claims streams nobody holds, renews this instance's leases and refreshes its
+// readers' presence, one at a time: a claim that took a full batch is followed by another
+// soon rather than after a full interval, in this loop too.
+func (s *Service) runLeases(ctx context.Context) {
+	claim := time.NewTimer(0) // at once
 	defer claim.Stop()
 	renew := time.NewTicker(s.opts.LeaseTTL / 3)
 	defer renew.Stop()
-	s.claim(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-claim.C:
-			s.claim(ctx)
+			next := s.opts.ClaimInterval
+			if s.claim(ctx) {
+				next = min(next, claimAgain)
+			}
+			claim.Reset(next)
 		case <-renew.C:
 			s.renew(ctx)
 		}
 	}
 }
 
-func (s *Service) claim(ctx context.Context) {
+// claim takes streams nobody holds and starts their holders. It reports whether it took a
+// full batch: there may be more.
+func (s *Service) claim(ctx context.Context) bool {
+	if s.testClaim != nil {
+		s.testClaim(true)
+		defer s.testClaim(false)
+	}
 	limit := s.opts.ClaimBatch
 	if s.opts.MaxHeldStreams > 0 {
 		s.mu.Lock()
 		limit = min(limit, s.opts.MaxHeldStreams-len(s.holders))
 		s.mu.Unlock()
 		if limit <= 0 {
-			return
+			return false
 		}
 	}
 	claims, err := s.store.ClaimStreams(ctx, s.opts.InstanceID, s.opts.LeaseTTL, limit)
@@ -396,7 +418,7 @@ func (s *Service) claim(ctx context.Context) {
 		if ctx.Err() == nil {
 			s.log.ErrorContext(ctx, "claiming streams failed", slog.String("error", err.Error()))
 		}
-		return
+		return false
 	}
 	for _, c := range claims {
 		s.hold(c)
@@ -404,16 +426,7 @@ func (s *Service) claim(ctx context.Context) {
 	if len(claims) > 0 {
 		s.log.InfoContext(ctx, "claimed streams", slog.Int("count", len(claims)))
 	}
-	if len(claims) == limit {
-		// There may be more: claim again soon rather than after a full interval.
-		go func() {
-			select {
-			case <-ctx.Done():
-			case <-time.After(10 * time.Millisecond):
-				s.claim(ctx)
-			}
-		}()
-	}
+	return len(claims) == limit
 }
 
 func (s *Service) renew(ctx context.Context) {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pushproxy/pushproxy/internal/startstop"
 )
 
 // Listener holds one connection that LISTENs on a channel and hands every notification's
@@ -21,6 +23,7 @@ type Listener struct {
 	log     *slog.Logger
 	onNote  func(payload string)
 	resync  func()
+	loop    startstop.Loop
 }
 
 // NewListener returns a Listener for channel on the database at url. onNote is called for
@@ -33,20 +36,25 @@ func NewListener(url, channel string, log *slog.Logger, onNote func(string), res
 	return &Listener{url: url, channel: channel, log: log, onNote: onNote, resync: resync}
 }
 
-// Start connects once, so that a bad configuration fails at start-up, then listens in the
-// background until ctx is done. The returned channel is closed when it has stopped.
-func (l *Listener) Start(ctx context.Context) (<-chan struct{}, error) {
+// Start connects once with ctx, so that a bad configuration fails at start-up, then listens
+// in the background until Stop. Starting a running Listener changes nothing (the new
+// connection is closed at once).
+func (l *Listener) Start(ctx context.Context) error {
 	conn, err := l.connect(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		l.run(ctx, conn)
-	}()
-	return done, nil
+	if !l.loop.Start(context.WithoutCancel(ctx), func(ctx context.Context) { l.run(ctx, conn) }) {
+		conn.Close(ctx) // already running
+	}
+	return nil
 }
+
+// Stop stops listening and returns once the connection is closed. It is idempotent.
+func (l *Listener) Stop() { l.loop.Stop() }
+
+// Stopped returns a channel closed once the Listener has stopped (see startstop.Loop).
+func (l *Listener) Stopped() <-chan struct{} { return l.loop.Stopped() }
 
 func (l *Listener) connect(ctx context.Context) (*pgx.Conn, error) {
 	conn, err := pgx.Connect(ctx, l.url)

@@ -393,14 +393,13 @@ func TestReadersMakeADeviceAwake(t *testing.T) {
 func TestCommitNotifiesListeners(t *testing.T) {
 	t.Parallel()
 	st, b := setup(t)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	notes := make(chan string, 10)
 	l := store.NewListener(b.url, store.EventsChannel, nil, func(p string) { notes <- p }, func() {})
-	done, err := l.Start(ctx)
-	if err != nil {
+	if err := l.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { cancel(); <-done }()
+	defer l.Stop()
 	s, epoch := newStream(t, st, nil)
 	commit(t, st, store.Append{StreamID: s.ID, Epoch: epoch, Events: events(1, 1, seqID), HeadSeq: 1, RetryMS: -1})
 	select {

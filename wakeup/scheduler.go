@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/internal/startstop"
 )
 
 // Queue is the durable outbox of wake-ups the scheduler works from (store.Store).
@@ -132,9 +133,7 @@ type Scheduler struct {
 
 	kick     chan struct{}
 	sem      chan struct{}
-	stopOnce sync.Once
-	cancel   context.CancelFunc
-	done     chan struct{}
+	dispatch startstop.Loop // runs the dispatchers
 }
 
 // New returns a scheduler sending through senders (by platform: "apns", "fcm"); a platform
@@ -159,33 +158,23 @@ func (s *Scheduler) Kick() {
 	}
 }
 
-// Start runs the scheduler until Stop.
+// Start runs the scheduler until Stop (ctx's values reach it, not its end). Starting a
+// running scheduler does nothing.
 func (s *Scheduler) Start(ctx context.Context) {
-	ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	s.done = make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < s.opts.Dispatchers; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.loop(ctx, i == 0)
-		}()
-	}
-	go func() {
+	s.dispatch.Start(context.WithoutCancel(ctx), func(ctx context.Context) {
+		var wg sync.WaitGroup
+		for i := range s.opts.Dispatchers {
+			wg.Go(func() { s.loop(ctx, i == 0) })
+		}
 		wg.Wait()
-		close(s.done)
-	}()
+	})
 }
 
 // Stop stops the scheduler and waits for the sends in flight. It is idempotent.
-func (s *Scheduler) Stop() {
-	s.stopOnce.Do(func() {
-		if s.cancel != nil {
-			s.cancel()
-			<-s.done
-		}
-	})
-}
+func (s *Scheduler) Stop() { s.dispatch.Stop() }
+
+// Stopped returns a channel closed once the scheduler has stopped (see startstop.Loop).
+func (s *Scheduler) Stopped() <-chan struct{} { return s.dispatch.Stopped() }
 
 func (s *Scheduler) loop(ctx context.Context, maintainer bool) {
 	var lastMaintenance time.Time

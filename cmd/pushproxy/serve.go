@@ -256,7 +256,7 @@ func (s *Server) close(ctx context.Context) error {
 		stopped <- nil
 	}
 	if s.api != nil {
-		s.api.Shutdown(ctx)
+		s.api.Close()
 	}
 	if s.http != nil {
 		if err := s.http.Shutdown(ctx); err != nil {

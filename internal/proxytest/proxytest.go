@@ -85,7 +85,7 @@ func Start(t *testing.T, opts *proxy.Options, httpOpts *api.Options) (*proxy.Ser
 		defer cancel()
 		stopped := make(chan error, 1)
 		go func() { stopped <- svc.Stop(sctx) }()
-		srv.Shutdown(sctx)
+		srv.Close()
 		ts.Close()
 		if err := <-stopped; err != nil {
 			t.Errorf("stop: %v", err)

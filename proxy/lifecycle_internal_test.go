@@ -1,0 +1,92 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/internal/upstream"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// TestClaimsStayInTheLeaseLoopAndStopWaitsForEveryLoop claims many streams one at a time, so
+// that every claim takes a full batch and is followed by another soon: no two claims ever
+// run at once (the follow-up runs in the loop, not beside it), and once Stop returns every
+// background loop (lease loop, committer, listener) has returned.
+func TestClaimsStayInTheLeaseLoopAndStopWaitsForEveryLoop(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	if err := store.Migrate(ctx, url, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	defer func() {
+		origin.CloseClientConnections()
+		origin.Close()
+	}()
+	// Streams nobody holds: every claim of one is a full batch.
+	const streams = 40
+	for i := range streams {
+		if _, _, err := st.CreateStream(ctx, store.NewStream{URL: origin.URL + "/" + strconv.Itoa(i), TokenHash: []byte{byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	allow, _ := upstream.ParseAllowList([]string{"127.0.0.0/8"})
+	s := New(st, url, &Options{Upstream: allow, ClaimBatch: 1, ClaimInterval: time.Millisecond})
+	var inFlight, overlaps, claims atomic.Int32
+	s.testClaim = func(begin bool) {
+		if !begin {
+			inFlight.Add(-1)
+			return
+		}
+		claims.Add(1)
+		if inFlight.Add(1) > 1 {
+			overlaps.Add(1)
+		}
+	}
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for s.Held() < streams {
+		if time.Now().After(deadline) {
+			t.Fatalf("holding %d of %d streams after 30s", s.Held(), streams)
+		}
+		<-tick.C
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := s.Stop(sctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, stopped := range map[string]<-chan struct{}{
+		"lease loop": s.leases.Stopped(), "committer": s.committing.Stopped(), "listener": s.listener.Stopped(),
+	} {
+		select {
+		case <-stopped:
+		default:
+			t.Errorf("the %s still runs after Stop returned", name)
+		}
+	}
+	if n := overlaps.Load(); n > 0 {
+		t.Fatalf("%d of %d claims ran beside another", n, claims.Load())
+	}
+}
