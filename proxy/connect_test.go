@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -141,5 +142,52 @@ func TestConnectErrorsAreRecorded(t *testing.T) {
 	}
 	if hosts["127.0.0.1"] != 4 || hosts["nonexistent.invalid"] != 1 {
 		t.Fatalf("failing origins %+v", origins.Origins)
+	}
+}
+
+// TestStopRecordsNoError: streams stopped on purpose (the service stops) keep the last error
+// they had: none for healthy ones, the origin's own for one that had failed before.
+func TestStopRecordsNoError(t *testing.T) {
+	t.Parallel()
+	svc, b := setup(t, nil)
+	o := newScriptOrigin(t, 0)
+	o.publishN(1)
+	var refused atomic.Bool
+	flaky := newOrigin(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if refused.CompareAndSwap(false, true) {
+			w.Header().Set("Retry-After", "0")
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
+		o.ServeHTTP(w, r)
+	}))
+	var hs []handoffResult
+	for range 8 {
+		hs = append(hs, handoff(t, b, map[string]any{"url": o.srv.URL + "/events"}))
+	}
+	hs = append(hs, handoff(t, b, map[string]any{"url": flaky.URL + "/events"}))
+	for _, h := range hs {
+		eventually(t, 20*time.Second, "every stream connected", func() bool {
+			si := getStream(t, b, h)
+			return si.Upstream.Connected && si.Backlog == 1
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := svc.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, h := range hs {
+		st, err := b.store.GetStream(ctx, h.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := ""
+		if i == len(hs)-1 {
+			want = "origin answered 503 Service Unavailable"
+		}
+		if st.LastError != want || st.State != "held" || st.Connected {
+			t.Errorf("stream %d after a graceful stop: %s, connected %v, last error %q, want %q", i, st.State, st.Connected, st.LastError, want)
+		}
 	}
 }
