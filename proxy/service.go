@@ -57,9 +57,11 @@ type Options struct {
 	UpstreamBackoffMax time.Duration
 	// UpstreamMaxRedirects bounds redirects followed per connect.
 	UpstreamMaxRedirects int
-	// UpstreamConnectTimeout bounds the wait for the origin's response headers.
+	// UpstreamConnectTimeout bounds the connection (TCP, TLS) and the request's write; the
+	// wait for the response head is bounded by UpstreamIdleTimeout.
 	UpstreamConnectTimeout time.Duration
-	// UpstreamIdleTimeout reconnects a stream that sent nothing for this long (0: never).
+	// UpstreamIdleTimeout reconnects a stream that sent nothing for this long, its head
+	// included (0: never).
 	UpstreamIdleTimeout time.Duration
 
 	// APIKeys, when not empty, are required (as Bearer tokens) to hand off streams.
