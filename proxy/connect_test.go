@@ -191,3 +191,23 @@ func TestStopRecordsNoError(t *testing.T) {
 		}
 	}
 }
+
+// TestNoHeadOverHTTP2IsRecorded: an HTTP/2 origin that never sends a head is given up on
+// after the connect and idle timeouts, and the reason is recorded; it is then tried again.
+func TestNoHeadOverHTTP2IsRecorded(t *testing.T) {
+	t.Parallel()
+	var requests atomic.Int32
+	srv := newH2COrigin(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		<-r.Context().Done() // no head, ever
+	}), nil)
+	_, b := setup(t, &proxy.Options{UpstreamH2C: true, UpstreamConnectTimeout: 100 * time.Millisecond, UpstreamIdleTimeout: 200 * time.Millisecond})
+	h := handoff(t, b, map[string]any{"url": srv.URL + "/events"})
+	eventually(t, 20*time.Second, "the missing head to be recorded", func() bool {
+		return strings.Contains(getStream(t, b, h).Upstream.LastError, "no response head from the origin within 200ms")
+	})
+	eventually(t, 20*time.Second, "another attempt", func() bool { return requests.Load() >= 2 })
+	if si := getStream(t, b, h); si.State != "held" || si.Upstream.Connected || si.Upstream.Connects != 0 {
+		t.Fatalf("stream %+v", si)
+	}
+}
