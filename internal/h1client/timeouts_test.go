@@ -3,7 +3,6 @@ package h1client_test
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"strings"
 	"testing"
@@ -12,42 +11,20 @@ import (
 	"github.com/pushproxy/pushproxy/internal/h1client"
 )
 
-// lateServer answers every request with resp, sent after delay, and closes: an origin
-// that writes its head with its first event.
+// lateServer answers every request with resp after delay: an origin that writes its head
+// with its first event.
 func lateServer(t *testing.T, resp string, delay time.Duration) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	done := make(chan struct{})
-	t.Cleanup(func() { close(done); ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.Read(make([]byte, 4096))
-				select {
-				case <-time.After(delay): // the origin's own pace: what is tested
-				case <-done:
-					return
-				}
-				io.WriteString(c, resp)
-			}()
-		}
-	}()
-	return "http://" + ln.Addr().String()
+	t.Cleanup(func() { close(done) })
+	return rawServerAfter(t, resp, delay, done)
 }
 
 // TestConnectTimeoutDoesNotCoverTheHead: the connect timeout bounds the dial and the
 // request; a head that comes well after it, within the head timeout, is taken.
 func TestConnectTimeoutDoesNotCoverTheHead(t *testing.T) {
 	c := h1client.New(h1client.Options{})
-	u := mustURL(t, lateServer(t, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: late\n\n", 500*time.Millisecond))
+	u := mustURL(t, lateServer(t, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 12\r\n\r\ndata: late\n\n", 500*time.Millisecond))
 	s, resp, err := c.OpenWithin(context.Background(), u, nil, h1client.Timeouts{Connect: 100 * time.Millisecond, Head: 10 * time.Second})
 	if err != nil {
 		t.Fatalf("a late head: %v", err)
