@@ -26,21 +26,6 @@ type adminPage struct {
 	NextCursor string `json:"next_cursor"`
 }
 
-func adminGet(t *testing.T, b *testBundle, path, token string, out any) int {
-	t.Helper()
-	h := http.Header{}
-	if token != "" {
-		h.Set("Authorization", "Bearer "+token)
-	}
-	resp, body := do(t, "GET", b.API.URL+path, "", h)
-	if out != nil && resp.StatusCode == http.StatusOK {
-		if err := json.Unmarshal(body, out); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return resp.StatusCode
-}
-
 func TestAdminAPIListsSortsAndPages(t *testing.T) {
 	t.Parallel()
 	const admin = "admin-secret"

@@ -39,8 +39,9 @@ type holder struct {
 	resumeID string // Last-Event-ID for the next connect
 	retryMS  int64  // the origin's retry: value, -1 if none
 	head     int64  // seq of the newest event handed to the committer
+	connHead int64  // head when the current connection began
 
-	failures int // connects in a row that did not deliver
+	failures int // connections in a row that delivered no event
 
 	ctx      holderCtx
 	mu       sync.Mutex
@@ -97,7 +98,6 @@ type outcome struct {
 	state      string // pushproxy.StateClosed or StateFailed: stop holding; "": reconnect
 	reason     string
 	status     int
-	delivered  bool          // the origin answered 200 text/event-stream
 	retryAfter time.Duration // from a Retry-After header, 0 if none
 	kind       string        // why a reconnect is needed, for metrics: connect, status, eof, read, idle
 }
@@ -123,7 +123,9 @@ func (h *holder) after(ctx context.Context, out outcome) {
 		h.finish()
 		return
 	}
-	if out.delivered {
+	// Only an event resets the count: an origin that answers and closes at once, whatever
+	// its retry: says, is backed off as one that refuses.
+	if h.head > h.connHead {
 		h.failures = 0
 	} else {
 		h.failures++
@@ -165,23 +167,32 @@ func errIf(b bool, s string) string {
 	return ""
 }
 
+// minBackoff is the least wait before a reconnect that follows a connection without an
+// event (unless --upstream-backoff-max is smaller).
+const minBackoff = time.Second
+
 // backoff is the wait before the next connect: the origin's retry (or the configured
-// default) after a connection that delivered, doubling with each failure in a row up to the
-// cap, with jitter so that streams of one origin do not reconnect in step.
+// default) after a connection that delivered an event; after failures connections in a row
+// without one, that retry but at least minBackoff, doubled for each failure after the first,
+// up to the cap. Jitter keeps streams of one origin from reconnecting in step.
 func (h *holder) backoff(failures int, retryAfter time.Duration) time.Duration {
 	o := h.s.opts
-	base := o.UpstreamRetry
+	d := o.UpstreamRetry
 	if h.retryMS >= 0 {
-		base = time.Duration(h.retryMS) * time.Millisecond
+		d = time.Duration(h.retryMS) * time.Millisecond
 	}
-	d := base
-	for i := 0; i < failures && d < o.UpstreamBackoffMax; i++ {
-		d = max(2*d, time.Millisecond)
+	floor := time.Duration(0)
+	if failures > 0 {
+		floor = min(minBackoff, o.UpstreamBackoffMax)
+		d = max(d, floor)
+		for i := 1; i < failures && d < o.UpstreamBackoffMax; i++ {
+			d *= 2
+		}
 	}
 	d = min(d, o.UpstreamBackoffMax)
-	// Jitter: between 3/4 and 5/4 of d.
+	// Jitter: between 3/4 and 5/4 of d, never below the floor.
 	if d > 0 {
-		d = d*3/4 + rand.N(d/2+1)
+		d = max(d*3/4+rand.N(d/2+1), floor)
 	}
 	return max(d, retryAfter)
 }
@@ -198,6 +209,12 @@ func (h *holder) item(a store.Append) store.Append {
 // send hands a to the committer. With wait, it returns once a is committed; it reports false
 // if ctx ended first or the lease was lost.
 func (h *holder) send(ctx context.Context, a store.Append, wait bool) bool {
+	if ctx.Err() != nil {
+		// Stopped on purpose (the service stops, the stream moved or was taken back): what
+		// the stop cut short is no error of the stream's, and the next holder resumes from
+		// what was committed.
+		return false
+	}
 	it := commitItem{Append: a}
 	var done chan bool
 	if wait {
@@ -248,10 +265,14 @@ func (h *holder) open(ctx context.Context) (*originResponse, outcome, bool) {
 		header.Set(k, v)
 	}
 	header.Set("Accept", "text/event-stream")
+	// Without Accept-Encoding any coding is acceptable (RFC 9110, 12.5.3): ask for none.
+	// Compression would cost a decoder's memory per idle stream.
+	header.Set("Accept-Encoding", "identity")
 	header.Set("Cache-Control", "no-cache")
 	if h.resumeID != "" {
 		header.Set("Last-Event-ID", h.resumeID)
 	}
+	h.connHead = h.head
 	resp, err := h.s.openUpstream(ctx, h.url, header)
 	if err != nil {
 		var (
@@ -266,7 +287,15 @@ func (h *holder) open(ctx context.Context) (*originResponse, outcome, bool) {
 		case errors.Is(err, errTooManyRedirects):
 			return nil, outcome{state: pushproxy.StateFailed, reason: fmt.Sprintf("more than %d redirects", h.s.opts.UpstreamMaxRedirects)}, false
 		}
-		return nil, outcome{reason: "connect: " + scrubURLError(err), kind: "connect"}, false
+		out := outcome{reason: "connect: " + scrubURLError(err), kind: "connect"}
+		var noHead *noHeadError
+		if errors.As(err, &noHead) {
+			out.reason, out.kind = err.Error(), "idle"
+		}
+		// Every failed attempt is recorded, with its time: refused, DNS, TLS, no head, a
+		// head too large.
+		h.send(ctx, h.item(store.Append{Connected: store.ConnDown, Error: out.reason}), false)
+		return nil, out, false
 	}
 	out := outcome{status: resp.status}
 	switch {
@@ -281,8 +310,12 @@ func (h *holder) open(ctx context.Context) (*originResponse, outcome, bool) {
 	case !sse.IsEventStream(resp.header.Get("Content-Type")):
 		out.state = pushproxy.StateFailed
 		out.reason = fmt.Sprintf("origin answered 200 with content type %.100q, not text/event-stream", resp.header.Get("Content-Type"))
+	case contentCoded(resp.header):
+		// Asked for identity, sent something else: the proxy would store compressed bytes
+		// as events, or none. As with a wrong content type, retrying gets the same answer.
+		out.state = pushproxy.StateFailed
+		out.reason = fmt.Sprintf("origin answered with Content-Encoding %.100q though the proxy asked for identity (Accept-Encoding: identity); serve the event stream uncompressed", strings.Join(resp.header.Values("Content-Encoding"), ", "))
 	default:
-		out.delivered = true
 		if !h.attach(resp.body) {
 			return nil, out, false
 		}
@@ -501,6 +534,18 @@ func (r *pendingBody) Read(b []byte) (int, error) {
 		r.idle.Reset(r.d)
 	}
 	return n, err
+}
+
+// contentCoded reports whether a response has a content coding other than identity.
+func contentCoded(h http.Header) bool {
+	for _, v := range h.Values("Content-Encoding") {
+		for _, c := range strings.Split(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // isUrgent reports whether events of type typ wake the device at once.

@@ -19,6 +19,7 @@ type (
 
 var (
 	do              = proxytest.Do
+	adminGet        = proxytest.AdminGet
 	handoff         = proxytest.Handoff
 	getStream       = proxytest.GetStream
 	fetchJSON       = proxytest.FetchJSON

@@ -60,10 +60,11 @@ type Options struct {
 	UpstreamBackoffMax time.Duration
 	// UpstreamMaxRedirects bounds redirects followed per connect.
 	UpstreamMaxRedirects int
-	// UpstreamConnectTimeout bounds the wait for the origin's response headers.
+	// UpstreamConnectTimeout bounds the connection (TCP, TLS) and the request's write; the
+	// wait for the response head is bounded by UpstreamIdleTimeout.
 	UpstreamConnectTimeout time.Duration
-	// UpstreamIdleTimeout reconnects a stream that sent nothing for this long (0: never,
-	// not DefaultOptions' value).
+	// UpstreamIdleTimeout reconnects a stream that sent nothing for this long, its head
+	// included (0: never, not DefaultOptions' value).
 	UpstreamIdleTimeout time.Duration
 
 	// ReaderTTL is how long a reader's presence outlives its instance's last refresh.

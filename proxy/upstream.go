@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
+	"time"
 
 	"github.com/pushproxy/pushproxy/internal/upstream"
+	"github.com/pushproxy/pushproxy/internal/upstream/h1client"
 	"github.com/pushproxy/pushproxy/internal/upstream/h2client"
 )
 
@@ -43,9 +46,6 @@ func (s *Service) openUpstream(ctx context.Context, rawURL string, header http.H
 	for hops := 0; ; hops++ {
 		resp, err := s.openOnce(ctx, u, header)
 		if err != nil {
-			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-				err = errors.New("timeout awaiting response headers")
-			}
 			return nil, err
 		}
 		loc := resp.header.Get("Location")
@@ -61,15 +61,33 @@ func (s *Service) openUpstream(ctx context.Context, rawURL string, header http.H
 		if err != nil {
 			return nil, fmt.Errorf("redirect to an invalid location: %w", err)
 		}
-		if next.Hostname() != u.Hostname() {
-			// As net/http does: credentials are not sent on to another host.
-			header = header.Clone()
-			for _, k := range []string{"Authorization", "Www-Authenticate", "Cookie", "Cookie2"} {
-				header.Del(k)
-			}
+		if !sameOrigin(next, u) {
+			// No forwarded header is sent on to another origin: any of them may be a
+			// credential (Authorization, Cookie, X-Api-Key, ...). Only the proxy's own follow.
+			header = proxyHeaders(header)
 		}
 		u = next
 	}
+}
+
+// sameOrigin reports whether a and b have one origin: scheme, host and port.
+func sameOrigin(a, b *url.URL) bool {
+	return strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(upstream.HostPort(a), upstream.HostPort(b))
+}
+
+// ownHeaders are the request headers the holder sets itself (see holder.open): the only ones
+// that follow a redirect to another origin.
+var ownHeaders = []string{"Accept", "Accept-Encoding", "Cache-Control", "Last-Event-Id"}
+
+// proxyHeaders returns the proxy's own headers of h, without any forwarded one.
+func proxyHeaders(h http.Header) http.Header {
+	out := make(http.Header, len(ownHeaders))
+	for _, k := range ownHeaders {
+		if v := h.Values(k); len(v) > 0 {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 func isRedirect(status int) bool {
@@ -80,20 +98,37 @@ func isRedirect(status int) bool {
 	return false
 }
 
+// noHeadError: the origin sent no response head within the stream's idle wait.
+type noHeadError struct{ wait time.Duration }
+
+func (e *noHeadError) Error() string {
+	return fmt.Sprintf("no response head from the origin within %s of the request", e.wait)
+}
+
 // openOnce sends the GET to u, over HTTP/2 when the origin speaks it, and waits for the
-// response's head for at most --upstream-connect-timeout.
+// response's head. --upstream-connect-timeout bounds the connection and the request; the
+// wait for the head is the stream's idle wait (--upstream-idle-timeout), as an origin may send
+// its head only with its first event (Node's writeHead, go-sse).
 func (s *Service) openOnce(ctx context.Context, u *url.URL, header http.Header) (*originResponse, error) {
-	hctx, cancel := context.WithTimeout(ctx, s.opts.UpstreamConnectTimeout)
-	defer cancel()
+	connect, idle := s.opts.UpstreamConnectTimeout, s.opts.UpstreamIdleTimeout
 	var (
 		resp originResponse
 		st   originStream
 	)
 	if s.h2.Usable(u) {
+		// h2client bounds its dial and the request's write itself; one deadline covers the
+		// connection and the head.
+		hctx, cancel := ctx, context.CancelFunc(func() {})
+		if idle > 0 {
+			hctx, cancel = context.WithTimeout(ctx, connect+idle)
+		}
 		h2s, r, err := s.h2.Open(hctx, u, header)
+		cancel()
 		switch {
 		case err == nil:
 			st, resp = h2s, originResponse{status: r.Status, header: r.Header, proto: "h2"}
+		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+			return nil, &noHeadError{wait: idle}
 		case !errors.Is(err, h2client.ErrNotHTTP2):
 			return nil, err
 		}
@@ -102,7 +137,10 @@ func (s *Service) openOnce(ctx context.Context, u *url.URL, header http.Header) 
 		if u.Scheme != "http" && u.Scheme != "https" {
 			return nil, &url.Error{Op: "parse", URL: u.Redacted(), Err: fmt.Errorf("unsupported scheme %q", u.Scheme)}
 		}
-		h1s, r, err := s.h1.Open(hctx, u, header)
+		h1s, r, err := s.h1.OpenWithin(ctx, u, header, h1client.Timeouts{Connect: connect, Head: idle})
+		if errors.Is(err, h1client.ErrHeadTimeout) {
+			return nil, &noHeadError{wait: idle}
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -328,3 +328,20 @@ func (o *ScriptOrigin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 }
+
+// AdminGet GETs an admin route with token (as a Bearer token, none when empty), decodes a 200
+// answer into out and returns the status.
+func AdminGet(t *testing.T, b *Bundle, path, token string, out any) int {
+	t.Helper()
+	h := http.Header{}
+	if token != "" {
+		h.Set("Authorization", "Bearer "+token)
+	}
+	resp, body := Do(t, "GET", b.API.URL+path, "", h)
+	if out != nil && resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(body, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return resp.StatusCode
+}

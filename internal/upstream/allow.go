@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/pushproxy/pushproxy"
@@ -19,7 +20,9 @@ import (
 //   - "*": any host whose addresses are public;
 //   - "host" or "host:port": that host name (on any port, or that port), whatever it resolves
 //     to, private addresses included;
-//   - "10.0.0.0/8" or "127.0.0.1": addresses in that network (or that address).
+//   - "10.0.0.0/8", "127.0.0.1" or "::1": addresses in that network (or that address), on any
+//     port; "10.0.0.0/8:443", "127.0.0.1:9090", "[::1]:9090" or "[fd00::/8]:443": on that
+//     port only. A port narrows an address or network entry as it narrows a name.
 //
 // An empty list means "*". A non-empty list without "*" permits only what it lists.
 // Loopback, private, link-local and other non-public addresses are refused unless listed.
@@ -27,7 +30,13 @@ type AllowList struct {
 	anyPublic bool
 	hosts     map[string]bool // lower-case host names
 	hostPorts map[string]bool // lower-case "host:port"
-	nets      []netip.Prefix
+	nets      []netPort
+}
+
+// netPort is an address or network entry, on one port or ("") any.
+type netPort struct {
+	prefix netip.Prefix
+	port   string
 }
 
 // ParseAllowList parses --upstream-allow entries.
@@ -40,42 +49,69 @@ func ParseAllowList(entries []string) (*AllowList, error) {
 			continue
 		}
 		n++
-		switch {
-		case e == "*":
+		if e == "*" {
 			a.anyPublic = true
-		case strings.Contains(e, "/"):
-			p, err := netip.ParsePrefix(e)
-			if err != nil {
-				return nil, fmt.Errorf("upstream allow entry %q: not a CIDR: %w", e, err)
-			}
-			a.nets = append(a.nets, p.Masked())
-		default:
-			if ip, err := netip.ParseAddr(strings.Trim(e, "[]")); err == nil {
-				a.nets = append(a.nets, netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()))
-				continue
-			}
-			if host, port, err := net.SplitHostPort(e); err == nil {
-				if host == "" || port == "" {
-					return nil, fmt.Errorf("upstream allow entry %q: empty host or port", e)
-				}
-				if ip, err := netip.ParseAddr(host); err == nil {
-					// An address with a port: allow the address (ports do not narrow CIDRs).
-					a.nets = append(a.nets, netip.PrefixFrom(ip.Unmap(), ip.Unmap().BitLen()))
-					continue
-				}
-				a.hostPorts[strings.ToLower(host)+":"+port] = true
-				continue
-			}
-			if strings.ContainsAny(e, " :@") {
-				return nil, fmt.Errorf("upstream allow entry %q: not a host, host:port or CIDR", e)
+			continue
+		}
+		// An address or network alone ("::1" and "fd00::/8" hold colons of their own).
+		if p, ok := parseNet(strings.Trim(e, "[]")); ok {
+			a.nets = append(a.nets, netPort{prefix: p})
+			continue
+		}
+		if strings.Contains(e, "/") && !strings.Contains(e, "]") && strings.Count(e, ":") != 1 {
+			return nil, fmt.Errorf("upstream allow entry %q: not a CIDR", e)
+		}
+		host, port, err := net.SplitHostPort(e)
+		if err != nil {
+			if strings.ContainsAny(e, " :@/[]") {
+				return nil, fmt.Errorf("upstream allow entry %q: not a host, host:port, address or CIDR", e)
 			}
 			a.hosts[strings.ToLower(e)] = true
+			continue
 		}
+		if host == "" || port == "" {
+			return nil, fmt.Errorf("upstream allow entry %q: empty host or port", e)
+		}
+		if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+			return nil, fmt.Errorf("upstream allow entry %q: bad port %q", e, port)
+		}
+		if p, ok := parseNet(host); ok {
+			a.nets = append(a.nets, netPort{prefix: p, port: port})
+			continue
+		}
+		if strings.ContainsAny(host, " :@/[]") || strings.HasPrefix(e, "[") {
+			return nil, fmt.Errorf("upstream allow entry %q: not a host, address or CIDR before the port", e)
+		}
+		a.hostPorts[strings.ToLower(host)+":"+port] = true
 	}
 	if n == 0 {
 		a.anyPublic = true
 	}
 	return a, nil
+}
+
+// parseNet parses an address ("10.0.0.5", "::1") or a network ("10.0.0.0/8") as a prefix.
+func parseNet(s string) (netip.Prefix, bool) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p.Addr().Zone() != "" {
+			return netip.Prefix{}, false
+		}
+		if p.Addr().Is4In6() {
+			// "::ffff:10.0.0.0/104": the IPv4 network it maps (dialed addresses are unmapped).
+			if p.Bits() < 96 {
+				return netip.Prefix{}, false
+			}
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		return p.Masked(), true
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil || ip.Zone() != "" {
+		return netip.Prefix{}, false
+	}
+	ip = ip.Unmap()
+	return netip.PrefixFrom(ip, ip.BitLen()), true
 }
 
 // BlockedError is returned when a dial is refused by the allow list.
@@ -97,8 +133,8 @@ func (a *AllowList) permits(host, port string, ip netip.Addr) bool {
 		return true
 	}
 	ip = ip.Unmap()
-	for _, p := range a.nets {
-		if p.Contains(ip) {
+	for _, n := range a.nets {
+		if n.prefix.Contains(ip) && (n.port == "" || n.port == port) {
 			return true
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,13 +73,48 @@ type Response struct {
 // Open connects, sends a GET for u with header, and reads the response head, as long as ctx
 // allows. The body is read from the returned Stream, which the caller must Close.
 func (c *Client) Open(ctx context.Context, u *url.URL, header http.Header) (*Stream, *Response, error) {
-	nc, err := c.o.Dial(ctx, "tcp", streamio.HostPort(u))
+	return c.OpenWithin(ctx, u, header, Timeouts{})
+}
+
+// Timeouts bound the two phases of a request. Zero: no bound but the context's.
+type Timeouts struct {
+	// Connect bounds the dial, the TLS handshake and the request's write, together.
+	Connect time.Duration
+	// Head bounds the wait for the response head once the request is sent: an origin may
+	// send its head only with its first event, which can be long in coming.
+	Head time.Duration
+}
+
+// ErrConnectTimeout and ErrHeadTimeout tell which phase of OpenWithin timed out.
+var (
+	ErrConnectTimeout = errors.New("timed out connecting to the origin")
+	ErrHeadTimeout    = errors.New("no response head from the origin")
+)
+
+// OpenWithin is Open with each phase bounded by t as well as by ctx.
+func (c *Client) OpenWithin(ctx context.Context, u *url.URL, header http.Header, t Timeouts) (*Stream, *Response, error) {
+	start := time.Now()
+	dctx := ctx
+	if t.Connect > 0 {
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithDeadline(ctx, start.Add(t.Connect))
+		defer cancel()
+	}
+	nc, err := c.o.Dial(dctx, "tcp", streamio.HostPort(u))
 	if err != nil {
+		if ctx.Err() == nil && dctx.Err() != nil {
+			return nil, nil, fmt.Errorf("%w within %s", ErrConnectTimeout, t.Connect)
+		}
 		return nil, nil, err
 	}
-	// The context bounds everything up to the head.
-	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
-	s, resp, err := c.open(nc, u, header)
+	// The context bounds everything up to the head; each phase sets its own deadline, unless
+	// the context ended already.
+	d := &deadlines{nc: nc}
+	if t.Connect > 0 {
+		d.set(start.Add(t.Connect))
+	}
+	stop := context.AfterFunc(ctx, d.cancel)
+	s, resp, err := c.open(nc, u, header, d, t.Head)
 	if !stop() || ctx.Err() != nil {
 		if err == nil {
 			err = ctx.Err()
@@ -87,17 +123,57 @@ func (c *Client) Open(ctx context.Context, u *url.URL, header http.Header) (*Str
 	}
 	if err != nil {
 		nc.Close()
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			return nil, nil, ctx.Err()
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			return nil, nil, err
+		case d.head:
+			return nil, nil, fmt.Errorf("%w within %s of the request", ErrHeadTimeout, t.Head)
+		default:
+			return nil, nil, fmt.Errorf("%w within %s", ErrConnectTimeout, t.Connect)
 		}
-		return nil, nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
 	go s.readLoop()
 	return s, resp, nil
 }
 
-func (c *Client) open(nc net.Conn, u *url.URL, header http.Header) (*Stream, *Response, error) {
+// deadlines sets a connection's deadline for each phase of Open, and for good when the
+// context ends: a phase that starts after that must not lift it.
+type deadlines struct {
+	nc       net.Conn
+	mu       sync.Mutex
+	canceled bool
+	head     bool // the request is sent: waiting for the head (set and read by Open's goroutine)
+}
+
+func (d *deadlines) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.canceled {
+		_ = d.nc.SetDeadline(t)
+	}
+}
+
+func (d *deadlines) cancel() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.canceled = true
+	_ = d.nc.SetDeadline(time.Unix(1, 0))
+}
+
+// headPhase starts the wait for the head, bounded by wait (0: only the context).
+func (d *deadlines) headPhase(wait time.Duration) {
+	var t time.Time
+	if wait > 0 {
+		t = time.Now().Add(wait)
+	}
+	d.set(t)
+	d.head = true
+}
+
+func (c *Client) open(nc net.Conn, u *url.URL, header http.Header, d *deadlines, headWait time.Duration) (*Stream, *Response, error) {
 	if u.Scheme == "https" {
 		cfg := &tls.Config{}
 		if c.o.TLSConfig != nil {
@@ -116,6 +192,7 @@ func (c *Client) open(nc net.Conn, u *url.URL, header http.Header) (*Stream, *Re
 	if _, err := io.WriteString(nc, requestHead(u, header)); err != nil {
 		return nil, nil, err
 	}
+	d.headPhase(headWait)
 	lr := &io.LimitedReader{R: nc, N: int64(c.o.MaxHeaderBytes)}
 	br := bufio.NewReaderSize(lr, 4096)
 	tp := textproto.NewReader(br)

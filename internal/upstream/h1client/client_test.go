@@ -103,6 +103,13 @@ func TestChunkedEventStream(t *testing.T) {
 // rawServer answers every connection with resp, then closes it (after hold, if set).
 func rawServer(t *testing.T, resp string, hold chan struct{}) string {
 	t.Helper()
+	return rawServerAfter(t, resp, 0, hold)
+}
+
+// rawServerAfter is rawServer answering each request only after delay (the origin's own
+// pace), or never if hold is closed first.
+func rawServerAfter(t *testing.T, resp string, delay time.Duration, hold chan struct{}) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +125,13 @@ func rawServer(t *testing.T, resp string, hold chan struct{}) string {
 				defer c.Close()
 				buf := make([]byte, 4096)
 				c.Read(buf)
+				if delay > 0 {
+					select {
+					case <-time.After(delay):
+					case <-hold:
+						return
+					}
+				}
 				io.WriteString(c, resp)
 				if hold != nil {
 					<-hold
