@@ -51,11 +51,11 @@ func (l *Listener) Start(ctx context.Context) (<-chan struct{}, error) {
 func (l *Listener) connect(ctx context.Context) (*pgx.Conn, error) {
 	conn, err := pgx.Connect(ctx, l.url)
 	if err != nil {
-		return nil, fmt.Errorf("listen: connect: %w", redactURLError(err))
+		return nil, fmt.Errorf("listen: connect: %w", classify(redactURLError(err)))
 	}
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{l.channel}.Sanitize()); err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		return nil, fmt.Errorf("listen: %w", err)
+		return nil, fmt.Errorf("listen: %w", classify(err))
 	}
 	return conn, nil
 }
