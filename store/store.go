@@ -12,18 +12,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/tern/v2/migrate"
-
-	"github.com/pushproxy/pushproxy"
-	"github.com/pushproxy/pushproxy/migrations"
 )
 
 // EventsChannel is the LISTEN/NOTIFY channel on which Commit announces new events. The payload
 // is the stream id.
 const EventsChannel = "pushproxy_events"
-
-// versionTable is where tern records the schema version.
-const versionTable = "pushproxy_schema_version"
 
 // Options configure a Store. A nil *Options means defaults.
 type Options struct {
@@ -158,80 +151,4 @@ func redactURLError(err error) error {
 		return errors.New("invalid connection string")
 	}
 	return err
-}
-
-// MigrationStatus reports the schema version of a database and the newest version this
-// binary knows.
-type MigrationStatus struct {
-	Current int32
-	Latest  int32
-	Names   []string // every migration this binary has, in order
-}
-
-func newMigrator(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error) {
-	m, err := migrate.NewMigrator(ctx, conn, versionTable)
-	if err != nil {
-		return nil, fmt.Errorf("prepare migrations: %w", err)
-	}
-	if err := m.LoadMigrations(migrations.FS); err != nil {
-		return nil, fmt.Errorf("load migrations: %w", err)
-	}
-	return m, nil
-}
-
-// Migrate applies every pending migration to the database at url. It takes an advisory
-// lock, so instances starting together apply each migration once.
-func Migrate(ctx context.Context, url string, log *slog.Logger) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return fmt.Errorf("connect to database: %w", redactURLError(err))
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	m, err := newMigrator(ctx, conn)
-	if err != nil {
-		return err
-	}
-	if log != nil {
-		m.OnStart = func(seq int32, name, direction, _ string) {
-			log.InfoContext(ctx, "applying migration", slog.Int("version", int(seq)), slog.String("name", name), slog.String("direction", direction))
-		}
-	}
-	if err := m.Migrate(ctx); err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	return nil
-}
-
-// GetMigrationStatus reports the schema version of the database at url.
-func GetMigrationStatus(ctx context.Context, url string) (MigrationStatus, error) {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return MigrationStatus{}, fmt.Errorf("connect to database: %w", redactURLError(err))
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	m, err := newMigrator(ctx, conn)
-	if err != nil {
-		return MigrationStatus{}, err
-	}
-	cur, err := m.GetCurrentVersion(ctx)
-	if err != nil {
-		return MigrationStatus{}, fmt.Errorf("read schema version: %w", err)
-	}
-	st := MigrationStatus{Current: cur, Latest: int32(len(m.Migrations))}
-	for _, mg := range m.Migrations {
-		st.Names = append(st.Names, mg.Name)
-	}
-	return st, nil
-}
-
-// CheckSchema returns an error unless the database is at the newest schema version.
-func CheckSchema(ctx context.Context, url string) error {
-	st, err := GetMigrationStatus(ctx, url)
-	if err != nil {
-		return err
-	}
-	if st.Current != st.Latest {
-		return pushproxy.Errorf(pushproxy.EUNAVAILABLE, "database schema is at version %d, this binary needs %d: run `pushproxy migrate up`", st.Current, st.Latest)
-	}
-	return nil
 }
