@@ -180,7 +180,7 @@ func TestSessionTimeoutsStayBelowTheLease(t *testing.T) {
 	for _, o := range []store.Options{
 		{LeaseTTL: time.Second, StatementTimeout: time.Second},
 		{LeaseTTL: time.Second, IdleInTransactionTimeout: 2 * time.Second},
-		{LeaseTTL: time.Second, LockTimeout: time.Second},
+		{LockTimeout: -time.Second},
 		{StatementTimeout: -time.Second},
 	} {
 		if st, err := store.Open(ctx, url, &o); err == nil {

@@ -39,8 +39,8 @@ type Options struct {
 	IdleInTransactionTimeout time.Duration
 	// LockTimeout bounds how long a request waits for a stream's row lock (acknowledging
 	// read, close, an operator's forget): past it the request fails with
-	// pushproxy.EUNAVAILABLE ("busy, retry") instead of hanging (0: DefaultLockTimeout, at
-	// most half the statement timeout).
+	// pushproxy.EUNAVAILABLE ("busy, retry") instead of hanging (0: DefaultLockTimeout). The
+	// statement timeout ends a longer wait anyway.
 	LockTimeout time.Duration
 }
 
@@ -57,15 +57,16 @@ func (o *Options) sessionTimeouts() (stmt, idle, lock time.Duration, err error) 
 		def = o.LeaseTTL / 3
 	}
 	stmt, idle = cmp.Or(o.StatementTimeout, def), cmp.Or(o.IdleInTransactionTimeout, def)
-	lock = cmp.Or(o.LockTimeout, min(DefaultLockTimeout, stmt/2))
+	lock = cmp.Or(o.LockTimeout, DefaultLockTimeout)
 	for _, t := range []struct {
-		name string
-		d    time.Duration
-	}{{"statement timeout", stmt}, {"idle-in-transaction timeout", idle}, {"lock timeout", lock}} {
+		name  string
+		d     time.Duration
+		lease bool // must be below the lease TTL
+	}{{"statement timeout", stmt, true}, {"idle-in-transaction timeout", idle, true}, {"lock timeout", lock, false}} {
 		if t.d < time.Millisecond {
 			return 0, 0, 0, fmt.Errorf("the %s must be at least 1ms, not %s", t.name, t.d)
 		}
-		if o.LeaseTTL > 0 && t.d >= o.LeaseTTL {
+		if t.lease && o.LeaseTTL > 0 && t.d >= o.LeaseTTL {
 			return 0, 0, 0, fmt.Errorf("the %s (%s) must be below the lease TTL (%s): a session could hold locks past a lease", t.name, t.d, o.LeaseTTL)
 		}
 	}

@@ -52,7 +52,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.DBMaxConns, "db-max-conns", 20, "size of the Postgres connection pool")
 	fs.DurationVar(&c.DB.StatementTimeout, "db-statement-timeout", 0, "longest a database statement may run; below --lease-ttl (0: a third of --lease-ttl)")
 	fs.DurationVar(&c.DB.IdleInTransactionTimeout, "db-idle-in-transaction-timeout", 0, "a database session idle this long inside a transaction (a frozen instance) is ended and its locks released; below --lease-ttl (0: a third of --lease-ttl)")
-	fs.DurationVar(&c.DB.LockTimeout, "db-lock-timeout", 0, "longest a request waits for a stream's lock (acknowledging read, close) before answering 503 (0: 2s, at most half the statement timeout)")
+	fs.DurationVar(&c.DB.LockTimeout, "db-lock-timeout", 0, "longest a request waits for a stream's lock (acknowledging read, close) before answering 503 (0: 2s)")
 	fs.StringVar(&c.DebugListen, "debug-listen", "", "address of the Go profiler (/debug/pprof/); keep it private (empty: off)")
 	c.Log.flags(fs, "info")
 
