@@ -92,16 +92,11 @@ func unavailable(err error) string {
 type db struct{ pool *pgxpool.Pool }
 
 func (d db) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	tag, err := d.pool.Exec(ctx, sql, args...)
-	return tag, classify(err)
+	return classifiedExec(d.pool.Exec(ctx, sql, args...))
 }
 
 func (d db) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	rows, err := d.pool.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, classify(err)
-	}
-	return classifiedRows{rows}, nil
+	return classifiedQuery(d.pool.Query(ctx, sql, args...))
 }
 
 func (d db) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
@@ -122,30 +117,17 @@ func (d db) BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error) {
 
 func (d db) Ping(ctx context.Context) error { return classify(d.pool.Ping(ctx)) }
 
-type classifiedRow struct{ pgx.Row }
-
-func (r classifiedRow) Scan(dest ...any) error { return classify(r.Row.Scan(dest...)) }
-
-type classifiedRows struct{ pgx.Rows }
-
-func (r classifiedRows) Err() error             { return classify(r.Rows.Err()) }
-func (r classifiedRows) Scan(dest ...any) error { return classify(r.Rows.Scan(dest...)) }
-
+// classifiedTx is a transaction of db.
 type classifiedTx struct{ pgx.Tx }
 
 var _ pgx.Tx = classifiedTx{}
 
 func (t classifiedTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	tag, err := t.Tx.Exec(ctx, sql, args...)
-	return tag, classify(err)
+	return classifiedExec(t.Tx.Exec(ctx, sql, args...))
 }
 
 func (t classifiedTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	rows, err := t.Tx.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, classify(err)
-	}
-	return classifiedRows{rows}, nil
+	return classifiedQuery(t.Tx.Query(ctx, sql, args...))
 }
 
 func (t classifiedTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
@@ -158,3 +140,23 @@ func (t classifiedTx) CopyFrom(ctx context.Context, table pgx.Identifier, column
 }
 
 func (t classifiedTx) Commit(ctx context.Context) error { return classify(t.Tx.Commit(ctx)) }
+
+func classifiedExec(tag pgconn.CommandTag, err error) (pgconn.CommandTag, error) {
+	return tag, classify(err)
+}
+
+func classifiedQuery(rows pgx.Rows, err error) (pgx.Rows, error) {
+	if err != nil {
+		return nil, classify(err)
+	}
+	return classifiedRows{rows}, nil
+}
+
+type classifiedRow struct{ pgx.Row }
+
+func (r classifiedRow) Scan(dest ...any) error { return classify(r.Row.Scan(dest...)) }
+
+type classifiedRows struct{ pgx.Rows }
+
+func (r classifiedRows) Err() error             { return classify(r.Rows.Err()) }
+func (r classifiedRows) Scan(dest ...any) error { return classify(r.Rows.Scan(dest...)) }
