@@ -3,8 +3,6 @@ package store_test
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pushproxy/pushproxy"
-	"github.com/pushproxy/pushproxy/internal/pglocal"
 	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/store"
 )
@@ -269,25 +266,8 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 	}
 	t.Parallel()
 	ctx := context.Background()
-	// The data directory's parents must be reachable by the postgres user when run as root.
-	dir, err := os.MkdirTemp("", "pushproxy-outage-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	opts := pglocal.Options{DataDir: filepath.Join(dir, "pg"), Fast: true}
-	pg, err := pglocal.Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Stop() })
-	if err := pg.CreateDatabase(ctx, "pushproxy"); err != nil {
-		t.Fatal(err)
-	}
-	url := pg.URL("pushproxy")
+	pg := pgtest.NewCluster(t)
+	url := pg.NewDatabase("pushproxy")
 	if err := store.Migrate(ctx, url, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -341,9 +321,7 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 		{"close", func(ctx context.Context) error { _, err := st.CloseStream(ctx, s.ID); return err }},
 	}
 
-	if err := pg.Stop(); err != nil {
-		t.Fatal(err)
-	}
+	pg.Stop()
 	// Twice: first on the pool's connections that the shutdown ended, then on new ones
 	// that the closed port refuses.
 	for round := range 2 {
@@ -360,12 +338,7 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 		}
 	}
 
-	opts.Port = pg.Port()
-	pg, err = pglocal.Start(ctx, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pg.Stop() })
+	pg.Start()
 	// The same store recovers by itself: no call fails once the database answers.
 	waitFor(t, 5*time.Second, "the store did not reconnect", func() bool { return st.Ping(ctx) == nil })
 	for _, c := range calls {
