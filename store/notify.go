@@ -15,6 +15,10 @@ import (
 // payload to a callback. It reconnects with backoff when the connection breaks; since
 // notifications sent meanwhile are lost, it then calls the resync callback so subscribers
 // can re-read what they watch.
+//
+// Its session runs LISTEN and then only waits: it never opens a transaction nor takes a lock
+// another session could wait for, so the store's session timeouts (Options) do not concern
+// it. Its connect errors are classified like the store's (pushproxy.EUNAVAILABLE).
 type Listener struct {
 	url     string
 	channel string
