@@ -91,9 +91,11 @@ func TestFrozenInstanceLosesItsLocksAndItsStreams(t *testing.T) {
 		}
 		return len(claims) > 0
 	})
-	if took := time.Since(renewed); took < ttl {
+	took := time.Since(renewed)
+	if took < ttl {
 		t.Fatalf("claimed %s after the lease was renewed, before it (%s) lapsed", took, ttl)
 	}
+	t.Logf("the frozen instance's stream was claimed %s after its last renewal (lease %s)", took, ttl)
 	if len(claims) != 1 || claims[0].Stream.ID != s.ID || claims[0].Epoch != epoch+1 {
 		t.Fatalf("claims = %+v, want %s at epoch %d", claims, s.ID, epoch+1)
 	}
@@ -144,6 +146,7 @@ func TestRequestsOnAFrozenStreamAnswerUnavailableAtOnce(t *testing.T) {
 		if took > lockTimeout+2*time.Second {
 			t.Fatalf("%s took %s, with a lock timeout of %s", r.name, took, lockTimeout)
 		}
+		t.Logf("%s during the freeze: unavailable after %s", r.name, took)
 		if msg := pushproxy.ErrorMessage(err); !strings.Contains(msg, "retry") {
 			t.Errorf("%s: message %q does not say to retry", r.name, msg)
 		}
@@ -340,7 +343,9 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 
 	pg.Start()
 	// The same store recovers by itself: no call fails once the database answers.
+	back := time.Now()
 	waitFor(t, 5*time.Second, "the store did not reconnect", func() bool { return st.Ping(ctx) == nil })
+	t.Logf("the store answered %s after the database accepted connections again", time.Since(back))
 	for _, c := range calls {
 		if err := c.do(ctx); err != nil {
 			t.Errorf("%s after the database came back: %v", c.name, err)
