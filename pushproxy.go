@@ -103,9 +103,20 @@ const (
 type Error struct {
 	Code    string
 	Message string
+	// Err is the underlying cause, if any (a database error behind EUNAVAILABLE): part of
+	// Error() for logs, never of Message, so never shown to the caller.
+	Err error
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("pushproxy: %s: %s", e.Code, e.Message) }
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("pushproxy: %s: %s: %v", e.Code, e.Message, e.Err)
+	}
+	return fmt.Sprintf("pushproxy: %s: %s", e.Code, e.Message)
+}
+
+// Unwrap returns the underlying cause.
+func (e *Error) Unwrap() error { return e.Err }
 
 // Errorf returns an *Error with the given code and formatted message.
 func Errorf(code, format string, args ...any) *Error {

@@ -87,7 +87,7 @@ func (s *Store) ListStreams(ctx context.Context, f StreamFilter) ([]StreamSummar
 	q := `
 		SELECT * FROM (
 			SELECT s.id::text, coalesce(s.device_id::text, ''), s.url, s.state, s.state_reason,
-				s.head_seq - s.floor_seq, s.backlog_bytes, o.created_at, s.upstream_status, s.connected, s.last_error,
+				s.head_seq - s.floor_seq, s.backlog_bytes, o.created_at, s.upstream_status, ` + connectedExpr + `, s.last_error,
 				s.last_error_at, s.created_at, ` + expr + ` AS k
 			FROM streams s
 			LEFT JOIN LATERAL (SELECT e.created_at FROM events e WHERE e.stream_id = s.id AND e.seq > s.floor_seq
@@ -163,7 +163,7 @@ func (s *Store) GetTotals(ctx context.Context) (Totals, error) {
 		}
 		err = tx.QueryRow(ctx, `
 			SELECT
-				(SELECT count(*) FROM streams WHERE state = 'held' AND connected),
+				(SELECT count(*) FROM streams s WHERE s.state = 'held' AND `+connectedExpr+`),
 				(SELECT coalesce(sum(head_seq - floor_seq), 0) FROM streams),
 				(SELECT coalesce(sum(backlog_bytes), 0) FROM streams),
 				(SELECT min(e.created_at) FROM streams s JOIN events e ON e.stream_id = s.id AND e.seq = s.floor_seq + 1
@@ -260,7 +260,7 @@ func (s *Store) ForgetDevice(ctx context.Context, id string) error {
 	if !pushproxy.IsUUID(id) {
 		return pushproxy.Errorf(pushproxy.ENOTFOUND, "no device %q", id)
 	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return s.lockingTx(ctx, func(tx pgx.Tx) error {
 		var dead bool
 		err := tx.QueryRow(ctx, `SELECT dead_at IS NOT NULL FROM devices WHERE id = $1 FOR UPDATE`, id).Scan(&dead)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -329,8 +329,8 @@ type BacklogStats struct {
 func (s *Store) GetBacklogStats(ctx context.Context) (BacklogStats, error) {
 	b := BacklogStats{Streams: map[string]int64{pushproxy.StateHeld: 0, pushproxy.StateClosed: 0, pushproxy.StateFailed: 0}}
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{AccessMode: pgx.ReadOnly, IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT state, count(*), count(*) FILTER (WHERE connected), coalesce(sum(head_seq - floor_seq), 0),
-			coalesce(sum(backlog_bytes), 0) FROM streams GROUP BY state`)
+		rows, err := tx.Query(ctx, `SELECT s.state, count(*), count(*) FILTER (WHERE `+connectedExpr+`),
+			coalesce(sum(s.head_seq - s.floor_seq), 0), coalesce(sum(s.backlog_bytes), 0) FROM streams s GROUP BY s.state`)
 		if err != nil {
 			return err
 		}

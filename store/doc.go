@@ -12,6 +12,16 @@
 //   - open readers are rows with an expiry (OpenReader, RefreshReaders), so any instance can
 //     tell whether a device is awake.
 //
+// No session holds locks longer than a lease: every pool session has a statement timeout and
+// an idle-in-transaction timeout below the lease TTL (Options), and requests that lock a
+// stream's row wait for it at most the lock timeout. Errors of a database that cannot serve
+// now (unreachable, restarting, a timeout) come out of every method as
+// pushproxy.EUNAVAILABLE, with the cause in the chain.
+//
+// Migrations declare which older code still runs on the schema they produce, so that the
+// instances of a previous release keep running through a rolling upgrade (Migrate,
+// CheckSchema; see package migrations).
+//
 // Public methods own their transaction. Event ids, types and data are stored as bytea, so
 // they come back byte-exact (U+0000 included).
 package store

@@ -32,7 +32,7 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 		return Cursor{}, errNoStream(streamID)
 	}
 	var cur Cursor
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.lockingTx(ctx, func(tx pgx.Tx) error {
 		var (
 			head, floor, ackedSeq int64
 			ackedID               []byte

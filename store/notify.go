@@ -17,6 +17,10 @@ import (
 // payload to a callback. It reconnects with backoff when the connection breaks; since
 // notifications sent meanwhile are lost, it then calls the resync callback so subscribers
 // can re-read what they watch.
+//
+// Its session runs LISTEN and then only waits: it never opens a transaction nor takes a lock
+// another session could wait for, so the store's session timeouts (Options) do not concern
+// it. Its connect errors are classified like the store's (pushproxy.EUNAVAILABLE).
 type Listener struct {
 	url     string
 	channel string
@@ -59,11 +63,11 @@ func (l *Listener) Stopped() <-chan struct{} { return l.loop.Stopped() }
 func (l *Listener) connect(ctx context.Context) (*pgx.Conn, error) {
 	conn, err := pgx.Connect(ctx, l.url)
 	if err != nil {
-		return nil, fmt.Errorf("listen: connect: %w", redactURLError(err))
+		return nil, fmt.Errorf("listen: connect: %w", classify(redactURLError(err)))
 	}
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{l.channel}.Sanitize()); err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		return nil, fmt.Errorf("listen: %w", err)
+		return nil, fmt.Errorf("listen: %w", classify(err))
 	}
 	return conn, nil
 }

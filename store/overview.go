@@ -29,7 +29,7 @@ func (s *Store) FailingOrigins(ctx context.Context, limit int) ([]OriginSummary,
 		SELECT host, held, disconnected, failed, coalesce(last_error, ''), last_error_at FROM (
 			SELECT `+hostExpr+` AS host,
 				count(*) FILTER (WHERE s.state = 'held') AS held,
-				count(*) FILTER (WHERE s.state = 'held' AND NOT s.connected AND s.last_error <> '') AS disconnected,
+				count(*) FILTER (WHERE s.state = 'held' AND NOT `+connectedExpr+` AND s.last_error <> '') AS disconnected,
 				count(*) FILTER (WHERE s.state = 'failed') AS failed,
 				(array_agg(s.last_error ORDER BY s.last_error_at DESC NULLS LAST))[1] AS last_error,
 				max(s.last_error_at) AS last_error_at

@@ -1,44 +1,95 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/tern/v2/migrate"
-
-	"github.com/pushproxy/pushproxy"
-	"github.com/pushproxy/pushproxy/migrations"
 )
 
 // EventsChannel is the LISTEN/NOTIFY channel on which Commit announces new events. The payload
 // is the stream id.
 const EventsChannel = "pushproxy_events"
 
-// versionTable is where tern records the schema version.
-const versionTable = "pushproxy_schema_version"
-
 // Options configure a Store. A nil *Options means defaults.
 type Options struct {
 	// MaxConns bounds the pool (0: pgxpool's default, max(4, GOMAXPROCS)).
 	MaxConns int32
 	Logger   *slog.Logger
+
+	// LeaseTTL is the instances' lease TTL. No session of the store may hold locks longer
+	// than a lease, or a frozen instance keeps its streams from the others after its lease
+	// lapsed: the two timeouts below default to a third of it, and Open refuses them unless
+	// they are below it. 0: the timeouts default to DefaultStatementTimeout and are not
+	// checked.
+	LeaseTTL time.Duration
+	// StatementTimeout bounds every statement of the pool's sessions (statement_timeout).
+	StatementTimeout time.Duration
+	// IdleInTransactionTimeout ends a session that sits this long in an open transaction
+	// without sending a statement (idle_in_transaction_session_timeout): an instance frozen
+	// in the middle of a commit (SIGSTOP, a paused container, a partition) loses its session,
+	// and with it its row locks, after this long.
+	IdleInTransactionTimeout time.Duration
+	// LockTimeout bounds how long a request waits for a stream's row lock (acknowledging
+	// read, close, an operator's forget): past it the request fails with
+	// pushproxy.EUNAVAILABLE ("busy, retry") instead of hanging (0: DefaultLockTimeout). The
+	// statement timeout ends a longer wait anyway.
+	LockTimeout time.Duration
+}
+
+// Defaults of the session timeouts.
+const (
+	DefaultStatementTimeout = 10 * time.Second
+	DefaultLockTimeout      = 2 * time.Second
+)
+
+// sessionTimeouts fills in the defaults of o's timeouts and checks them against the lease.
+func (o *Options) sessionTimeouts() (stmt, idle, lock time.Duration, err error) {
+	def := DefaultStatementTimeout
+	if o.LeaseTTL > 0 {
+		def = o.LeaseTTL / 3
+	}
+	stmt, idle = cmp.Or(o.StatementTimeout, def), cmp.Or(o.IdleInTransactionTimeout, def)
+	lock = cmp.Or(o.LockTimeout, DefaultLockTimeout)
+	for _, t := range []struct {
+		name  string
+		d     time.Duration
+		lease bool // must be below the lease TTL
+	}{{"statement timeout", stmt, true}, {"idle-in-transaction timeout", idle, true}, {"lock timeout", lock, false}} {
+		if t.d < time.Millisecond {
+			return 0, 0, 0, fmt.Errorf("the %s must be at least 1ms, not %s", t.name, t.d)
+		}
+		if t.lease && o.LeaseTTL > 0 && t.d >= o.LeaseTTL {
+			return 0, 0, 0, fmt.Errorf("the %s (%s) must be below the lease TTL (%s): a session could hold locks past a lease", t.name, t.d, o.LeaseTTL)
+		}
+	}
+	return stmt, idle, lock, nil
 }
 
 // Store is the Postgres persistence of pushproxy.
 type Store struct {
-	pool *pgxpool.Pool
+	pool db
 	log  *slog.Logger
+	// lockBegin begins a transaction of a request that waits for a stream's row lock at
+	// most the lock timeout.
+	lockBegin string
 }
 
 // Open connects to the database at url and checks that it answers.
 func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 	if opts == nil {
 		opts = &Options{}
+	}
+	stmt, idle, lock, err := opts.sessionTimeouts()
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
 	}
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
@@ -47,36 +98,51 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
 	}
+	rp := cfg.ConnConfig.RuntimeParams
 	// Plan every statement for its actual parameters. The batch statements take arrays
 	// (unnest); a generic plan guesses 10 elements and, for a commit of thousands of streams,
 	// joins them by a nested loop over every stream the instance holds: seconds, not
 	// milliseconds. Custom plans see the array lengths.
-	if _, ok := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !ok {
-		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
+	if _, ok := rp["plan_cache_mode"]; !ok {
+		rp["plan_cache_mode"] = "force_custom_plan"
 	}
+	// Sent in the start-up packet, so they hold from a session's first statement.
+	rp["statement_timeout"] = strconv.FormatInt(stmt.Milliseconds(), 10)
+	rp["idle_in_transaction_session_timeout"] = strconv.FormatInt(idle.Milliseconds(), 10)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("connect to database: %w", err)
+		return nil, fmt.Errorf("connect to database: %w", classify(err))
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pool: pool, log: log}, nil
+	return &Store{
+		pool:      db{pool},
+		log:       log,
+		lockBegin: fmt.Sprintf("BEGIN; SET LOCAL lock_timeout = %d", lock.Milliseconds()),
+	}, nil
 }
 
 // Close closes the pool.
-func (s *Store) Close() { s.pool.Close() }
+func (s *Store) Close() { s.pool.pool.Close() }
 
 // Pool returns the underlying pool.
-func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+func (s *Store) Pool() *pgxpool.Pool { return s.pool.pool }
 
 // Ping checks that the database answers.
 func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
+// lockingTx runs fn in a transaction whose lock waits give up after the lock timeout, with
+// pushproxy.EUNAVAILABLE: for requests that lock a stream's row, which an instance frozen in
+// a commit may hold until its session is ended.
+func (s *Store) lockingTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{BeginQuery: s.lockBegin}, fn)
+}
 
 // redactURLError keeps a connection string's password out of error messages: pgx's parse
 // errors quote the string.
@@ -86,80 +152,4 @@ func redactURLError(err error) error {
 		return errors.New("invalid connection string")
 	}
 	return err
-}
-
-// MigrationStatus reports the schema version of a database and the newest version this
-// binary knows.
-type MigrationStatus struct {
-	Current int32
-	Latest  int32
-	Names   []string // every migration this binary has, in order
-}
-
-func newMigrator(ctx context.Context, conn *pgx.Conn) (*migrate.Migrator, error) {
-	m, err := migrate.NewMigrator(ctx, conn, versionTable)
-	if err != nil {
-		return nil, fmt.Errorf("prepare migrations: %w", err)
-	}
-	if err := m.LoadMigrations(migrations.FS); err != nil {
-		return nil, fmt.Errorf("load migrations: %w", err)
-	}
-	return m, nil
-}
-
-// Migrate applies every pending migration to the database at url. It takes an advisory
-// lock, so instances starting together apply each migration once.
-func Migrate(ctx context.Context, url string, log *slog.Logger) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return fmt.Errorf("connect to database: %w", redactURLError(err))
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	m, err := newMigrator(ctx, conn)
-	if err != nil {
-		return err
-	}
-	if log != nil {
-		m.OnStart = func(seq int32, name, direction, _ string) {
-			log.InfoContext(ctx, "applying migration", slog.Int("version", int(seq)), slog.String("name", name), slog.String("direction", direction))
-		}
-	}
-	if err := m.Migrate(ctx); err != nil {
-		return fmt.Errorf("migrate: %w", err)
-	}
-	return nil
-}
-
-// GetMigrationStatus reports the schema version of the database at url.
-func GetMigrationStatus(ctx context.Context, url string) (MigrationStatus, error) {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return MigrationStatus{}, fmt.Errorf("connect to database: %w", redactURLError(err))
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	m, err := newMigrator(ctx, conn)
-	if err != nil {
-		return MigrationStatus{}, err
-	}
-	cur, err := m.GetCurrentVersion(ctx)
-	if err != nil {
-		return MigrationStatus{}, fmt.Errorf("read schema version: %w", err)
-	}
-	st := MigrationStatus{Current: cur, Latest: int32(len(m.Migrations))}
-	for _, mg := range m.Migrations {
-		st.Names = append(st.Names, mg.Name)
-	}
-	return st, nil
-}
-
-// CheckSchema returns an error unless the database is at the newest schema version.
-func CheckSchema(ctx context.Context, url string) error {
-	st, err := GetMigrationStatus(ctx, url)
-	if err != nil {
-		return err
-	}
-	if st.Current != st.Latest {
-		return pushproxy.Errorf(pushproxy.EUNAVAILABLE, "database schema is at version %d, this binary needs %d: run `pushproxy migrate up`", st.Current, st.Latest)
-	}
-	return nil
 }

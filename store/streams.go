@@ -36,8 +36,16 @@ type Claim struct {
 
 const streamColumns = `s.id, coalesce(s.device_id::text, ''), s.url, s.headers, s.state, s.state_reason,
 	s.resume_id, coalesce(s.retry_ms, -1), s.head_seq, s.floor_seq, s.acked_seq, s.acked_id,
-	s.upstream_status, s.connected, s.connects, s.last_error, s.last_error_at,
+	s.upstream_status, ` + connectedExpr + `, s.connects, s.last_error, s.last_error_at,
 	s.created_at, s.updated_at, s.closed_at, s.token_hash, s.urgent_events, s.lease_epoch`
+
+// connectedExpr is whether a stream's upstream is connected, as the API and operators are
+// told: the holder's last committed word (the connected column), and only while the holder
+// is alive (its instance lease is fresh). A holder that died (kill -9, a freeze) left the
+// column true; its stream is not connected for that. The ARRAY is computed once per
+// statement, so this costs one scan of the few instances even over every stream.
+const connectedExpr = `(s.connected AND coalesce(s.lease_owner = ANY (ARRAY(
+	SELECT i.id FROM instances i WHERE i.expires_at > now())), false))`
 
 func scanStream(row pgx.Row) (pushproxy.Stream, int64, error) {
 	var (
@@ -182,7 +190,7 @@ func (s *Store) CloseStream(ctx context.Context, id string) (CloseResult, error)
 		return CloseResult{}, errNoStream(id)
 	}
 	var res CloseResult
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.lockingTx(ctx, func(tx pgx.Tx) error {
 		row := tx.QueryRow(ctx, `
 			UPDATE streams s SET state = 'closed', state_reason = 'closed by the device',
 				closed_at = now(), updated_at = now(), lease_owner = NULL,

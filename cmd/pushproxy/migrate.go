@@ -70,9 +70,12 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 		if int32(i) < st.Current {
 			mark = "applied"
 		}
-		fmt.Fprintf(stdout, "%3d  %-8s %s\n", i+1, mark, name)
+		fmt.Fprintf(stdout, "%3d  %-8s %s (code of version %d on)\n", i+1, mark, name, st.Compat[i])
 	}
 	fmt.Fprintf(stdout, "schema version %d of %d\n", st.Current, st.Latest)
+	if st.Current > st.Latest {
+		fmt.Fprintf(stdout, "the database is newer than this binary; code of version %d on runs on it\n", st.OldestCompatible)
+	}
 	log.Debug("migrate done", slog.String("action", action))
 	return 0
 }

@@ -35,6 +35,7 @@ type serveConfig struct {
 	Migrate         bool
 	ShutdownTimeout time.Duration
 	DBMaxConns      int
+	DB              store.Options // the session timeouts
 	Log             logConfig
 
 	Allow   listFlag
@@ -52,6 +53,9 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Migrate, "migrate", true, "apply pending database migrations at start-up")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "how long a graceful shutdown may take")
 	fs.IntVar(&c.DBMaxConns, "db-max-conns", 20, "size of the Postgres connection pool")
+	fs.DurationVar(&c.DB.StatementTimeout, "db-statement-timeout", 0, "longest a database statement may run; below --lease-ttl (0: a third of --lease-ttl)")
+	fs.DurationVar(&c.DB.IdleInTransactionTimeout, "db-idle-in-transaction-timeout", 0, "a database session idle this long inside a transaction (a frozen instance) is ended and its locks released; below --lease-ttl (0: a third of --lease-ttl)")
+	fs.DurationVar(&c.DB.LockTimeout, "db-lock-timeout", 0, "longest a request waits for a stream's lock (acknowledging read, close) before answering 503 (0: 2s)")
 	fs.StringVar(&c.DebugListen, "debug-listen", "", "address of the Go profiler (/debug/pprof/); keep it private (empty: off)")
 	c.Log.flags(fs, "info")
 
@@ -60,7 +64,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
 	c.Wake.flags(fs)
 	p := &c.Proxy
-	fs.StringVar(&p.InstanceID, "instance-id", "", "name of this instance in leases; unique per running instance, kept across restarts so a restarted instance takes its streams back at once (empty: host-pid-random)")
+	fs.StringVar(&p.InstanceID, "instance-id", "", "name of this instance in leases; unique per running instance, kept across restarts so a restarted instance takes its streams back at once (empty: with a local Postgres, an id kept in its data directory; otherwise host-pid-random)")
 	fs.DurationVar(&p.LeaseTTL, "lease-ttl", d.LeaseTTL, "how long a stream lease lasts unrenewed; a dead instance's streams move after this")
 	fs.DurationVar(&p.ClaimInterval, "claim-interval", d.ClaimInterval, "how often to look for streams no instance holds")
 	fs.IntVar(&p.ClaimBatch, "claim-batch", d.ClaimBatch, "most streams taken by one claim")
@@ -156,6 +160,11 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 			return nil, fmt.Errorf("local postgres: %w", err)
 		}
 		url = s.pg.URL("pushproxy")
+		if cfg.Proxy.InstanceID == "" {
+			if cfg.Proxy.InstanceID, err = s.pg.InstanceID(); err != nil {
+				return nil, fmt.Errorf("local postgres: %w", err)
+			}
+		}
 	}
 	if cfg.Migrate {
 		if err := store.Migrate(ctx, url, log); err != nil {
@@ -164,7 +173,9 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	} else if err := store.CheckSchema(ctx, url); err != nil {
 		return nil, err
 	}
-	s.st, err = store.Open(ctx, url, &store.Options{MaxConns: int32(cfg.DBMaxConns), Logger: log})
+	dbo := cfg.DB
+	dbo.MaxConns, dbo.Logger, dbo.LeaseTTL = int32(cfg.DBMaxConns), log, cfg.Proxy.LeaseTTL
+	s.st, err = store.Open(ctx, url, &dbo)
 	if err != nil {
 		return nil, err
 	}

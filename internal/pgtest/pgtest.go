@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -99,4 +100,76 @@ func WithDatabase(tb testing.TB, serverURL, name string) string {
 	}
 	u.Path = "/" + name
 	return u.String()
+}
+
+// Cluster is a PostgreSQL cluster of the test's own, which the test may stop and start again
+// to play an outage: never the shared server, which other tests use meanwhile.
+type Cluster struct {
+	tb   testing.TB
+	opts pglocal.Options
+	c    *pglocal.Cluster
+}
+
+// NewCluster starts a cluster for the test, stopped and removed when the test ends.
+func NewCluster(tb testing.TB) *Cluster {
+	tb.Helper()
+	// The data directory's parents must be reachable by the postgres user when the tests
+	// run as root (t.TempDir's are private).
+	dir, err := os.MkdirTemp("", "pgtest-cluster-")
+	if err != nil {
+		tb.Fatalf("pgtest: %v", err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		tb.Fatalf("pgtest: %v", err)
+	}
+	c := &Cluster{tb: tb, opts: pglocal.Options{DataDir: filepath.Join(dir, "pg"), Fast: true}}
+	c.Start()
+	tb.Cleanup(func() {
+		if c.c != nil {
+			c.c.Stop()
+		}
+	})
+	return c
+}
+
+// Start starts the cluster (again), on the port it had.
+func (c *Cluster) Start() {
+	c.tb.Helper()
+	if c.c != nil {
+		c.tb.Fatal("pgtest: the cluster is running")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pg, err := pglocal.Start(ctx, c.opts)
+	if err != nil {
+		c.tb.Fatalf("pgtest: start cluster: %v", err)
+	}
+	c.c, c.opts.Port = pg, pg.Port()
+}
+
+// Stop shuts the cluster down (fast shutdown: sessions are ended), keeping its data.
+func (c *Cluster) Stop() {
+	c.tb.Helper()
+	if c.c == nil {
+		c.tb.Fatal("pgtest: the cluster is not running")
+	}
+	if err := c.c.Stop(); err != nil {
+		c.tb.Fatalf("pgtest: stop cluster: %v", err)
+	}
+	c.c = nil
+}
+
+// Port is the cluster's TCP port on 127.0.0.1, the same across restarts.
+func (c *Cluster) Port() int { return c.opts.Port }
+
+// NewDatabase creates an empty database on the cluster and returns its URL.
+func (c *Cluster) NewDatabase(name string) string {
+	c.tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.c.CreateDatabase(ctx, name); err != nil {
+		c.tb.Fatalf("pgtest: %v", err)
+	}
+	return c.c.URL(name)
 }

@@ -1,0 +1,5 @@
+package store
+
+// MigrateFS applies the migrations of a file system of the test's making: the binary's own
+// plus "future" ones, as a newer release would.
+var MigrateFS = migrateFS
