@@ -313,11 +313,9 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 		}},
 		{"listener", func(ctx context.Context) error {
 			l := store.NewListener(url, store.EventsChannel, nil, func(string) {}, func() {})
-			lctx, cancel := context.WithCancel(ctx)
-			done, err := l.Start(lctx)
-			cancel()
+			err := l.Start(ctx)
 			if err == nil {
-				<-done
+				l.Stop()
 			}
 			return err
 		}},
