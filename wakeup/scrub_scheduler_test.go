@@ -1,0 +1,127 @@
+package wakeup_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/wakeup"
+	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
+)
+
+// storedTexts is every error text the store shows about the device of stream: its wake-ups',
+// its last error and dead reason, the stream's state reason, the dead devices' list.
+func (b *bundle) storedTexts(t *testing.T, stream string) []string {
+	t.Helper()
+	ctx := context.Background()
+	dev := b.device(t, stream)
+	ws := b.wakeState(t, dev)
+	out := []string{ws.LastError, ws.DeadReason}
+	recent, err := b.st.RecentWakeups(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range recent {
+		out = append(out, w.Error)
+	}
+	dead, err := b.st.DeadDevices(ctx, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dead {
+		out = append(out, d.DeadReason)
+	}
+	s, err := b.st.GetStream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(out, s.StateReason)
+}
+
+// noToken fails when a text holds token in any letter case.
+func noToken(t *testing.T, texts []string, token string) {
+	t.Helper()
+	for _, s := range texts {
+		if strings.Contains(strings.ToLower(s), strings.ToLower(token)) {
+			t.Errorf("a stored error holds the push token: %q", s)
+		}
+	}
+}
+
+// The real APNs sender meets a network error whose net/http text names the request URL, which
+// ends with the device token: what the store keeps holds no token.
+func TestAPNsNetworkErrorStoresNoToken(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refuses connections from now on
+	key := filepath.Join(t.TempDir(), "AuthKey.p8")
+	if _, err := fakeapns.GenerateAuthKey(key); err != nil {
+		t.Fatal(err)
+	}
+	apns, err := wakeup.NewAPNs(wakeup.APNsOptions{KeyFile: key, KeyID: "KEY1234567", TeamID: "TEAM123456", Topic: "com.example.app", URL: "https://" + addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer apns.Close()
+	b.sched = wakeup.New(b.st, map[string]wakeup.Sender{pushproxy.PlatformAPNs: apns}, &wakeup.Options{
+		InstanceID: owner, Now: b.clock.Now, Jitter: time.Nanosecond,
+	})
+	s := b.stream(t, tokenA)
+	b.events(t, s, 1, false)
+	b.clock.Advance(3 * time.Second)
+	if n := b.run(t); n != 1 {
+		t.Fatalf("claimed %d wake-ups, want 1", n)
+	}
+	ws := b.wakeState(t, b.device(t, s))
+	if ws.LastOutcome != pushproxy.OutcomeRetry || !strings.Contains(ws.LastError, addr) {
+		t.Fatalf("wake state %+v, want a retry after a network error naming %s", ws, addr)
+	}
+	noToken(t, b.storedTexts(t, s), tokenA)
+}
+
+// A sender whose errors hold the token (in another letter case, as a URL would) is caught
+// where errors are stored: the wake-up, the device's last error and dead reason, and the
+// stream's state reason once the device is given up.
+func TestStoreMasksTheTokenInErrors(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const token = "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
+	upper := strings.ToUpper(token)
+	s := b.stream(t, token)
+	dev := b.device(t, s)
+	b.sender.fail = []error{
+		&wakeup.SendError{Kind: wakeup.KindRetry, Err: fmt.Errorf(`Post "https://api.push.apple.com/3/device/%s": EOF`, upper)},
+		&wakeup.SendError{Kind: wakeup.KindTokenGone, Reason: "token " + upper + " unregistered"},
+	}
+	b.events(t, s, 1, false)
+	b.clock.Advance(3 * time.Second)
+	b.run(t)
+	ws := b.wakeState(t, dev)
+	if want := `Post "https://api.push.apple.com/3/device/[push token]": EOF`; !strings.Contains(ws.LastError, want) {
+		t.Errorf("last error %q, want it to hold %q", ws.LastError, want)
+	}
+	b.clock.Advance(time.Hour)
+	b.run(t)
+	ws = b.wakeState(t, dev)
+	if ws.DeadAt.IsZero() || ws.DeadReason != "token [push token] unregistered" {
+		t.Fatalf("wake state %+v, want a dead device", ws)
+	}
+	if _, err := b.st.FailDeadDevices(context.Background(), b.clock.Now().Add(48*time.Hour), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	texts := b.storedTexts(t, s)
+	noToken(t, texts, token)
+	if last := texts[len(texts)-1]; !strings.Contains(last, "[push token]") {
+		t.Errorf("stream state reason %q", last)
+	}
+}
