@@ -5,12 +5,10 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -70,9 +68,8 @@ type Server struct {
 	opts  Options
 	clock func() time.Time
 
-	srv    *http.Server
-	url    string
-	served chan struct{}
+	srv *fakeutil.HTTPServer
+	url string
 
 	messages fakeutil.Log[Message]
 	faults   fakeutil.Faults[fault]
@@ -109,29 +106,11 @@ func (s *Server) Start() error {
 	if s.srv != nil {
 		return errors.New("fakewebpush: already started")
 	}
-	addr := s.opts.Addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	ln, err := net.Listen("tcp", addr)
+	srv, err := fakeutil.StartHTTP("fakewebpush", s.opts.Addr, s, s.opts.ErrorLog)
 	if err != nil {
-		return fmt.Errorf("fakewebpush: listen: %w", err)
+		return err
 	}
-	host, port, _ := net.SplitHostPort(ln.Addr().String())
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		host = "127.0.0.1"
-	}
-	s.url = "http://" + net.JoinHostPort(host, port)
-	errLog := s.opts.ErrorLog
-	if errLog == nil {
-		errLog = log.New(io.Discard, "", 0)
-	}
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
-	s.served = make(chan struct{})
-	go func() {
-		defer close(s.served)
-		_ = s.srv.Serve(ln)
-	}()
+	s.srv, s.url = srv, srv.URL()
 	return nil
 }
 
@@ -144,7 +123,6 @@ func (s *Server) Close() {
 		return
 	}
 	s.srv.Close()
-	<-s.served
 }
 
 // Subscribe makes a subscription, as a browser does on PushManager.subscribe:
@@ -157,9 +135,7 @@ func (s *Server) Subscribe(applicationServerKey string) (Subscription, error) {
 	}
 	auth := make([]byte, 16)
 	rand.Read(auth)
-	id := make([]byte, 24)
-	rand.Read(id)
-	return s.Add(hex.EncodeToString(id), key, auth, applicationServerKey), nil
+	return s.Add(fakeutil.RandomHex(24), key, auth, applicationServerKey), nil
 }
 
 // Add makes a subscription with the given keys (for test vectors) at URL()+"/push/"+id.
@@ -239,7 +215,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m := Message{Endpoint: s.url + r.URL.Path, TTL: -1}
 	m.Status, m.Error = s.accept(w, r, id, &m)
 	if m.Status == http.StatusCreated {
-		m.Location = s.url + "/message/" + randomHex(12)
+		m.Location = s.url + "/message/" + fakeutil.RandomHex(12)
 		w.Header().Set("Location", m.Location)
 		w.Header().Set("TTL", strconv.Itoa(m.TTL))
 		w.WriteHeader(http.StatusCreated)
@@ -331,10 +307,4 @@ func validTopic(t string) bool {
 		}
 	}
 	return true
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }
