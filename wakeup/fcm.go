@@ -344,8 +344,9 @@ type fcmCallKey struct{}
 // fake FCM): a 503 was resent at once and the second request's success returned, so the
 // scheduler never saw FCM's 503 (2 requests for one send); a 503 with Retry-After: 10
 // blocked the send for 10.0 s before resending; with FCM unreachable a send made 5
-// connection attempts over 7.1 s before failing. A Retry-After beyond the send's 30-second
-// timeout would end in a deadline error, the server's Retry-After lost.
+// connection attempts over 7.1 s before failing; and with a 2-second send timeout, a 503
+// with Retry-After: 10 ended after 2.0 s as "context deadline exceeded", FCM's status and
+// Retry-After lost to the scheduler.
 type fcmTransport struct {
 	next http.RoundTripper
 }
