@@ -4,14 +4,18 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/store"
 	"github.com/pushproxy/pushproxy/wakeup"
 	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
+	"github.com/pushproxy/pushproxy/wakeup/fakefcm"
 )
 
 // storedTexts is every error text the store shows about the device of stream: its wake-ups',
@@ -124,4 +128,54 @@ func TestStoreMasksTheTokenInErrors(t *testing.T) {
 	if last := texts[len(texts)-1]; !strings.Contains(last, "[push token]") {
 		t.Errorf("stream state reason %q", last)
 	}
+}
+
+// The real FCM sender meets an FCM that quotes the registration token in its error (as
+// Google's field validation errors quote the value they refuse): what the store keeps holds
+// no token.
+func TestFCMErrorQuotingTheTokenStoresNoToken(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	const token = "fcm-token_Quoted:0123456789abcdefghij"
+	tokens := fakefcm.New(fakefcm.Options{}) // the OAuth token endpoint
+	if err := tokens.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer tokens.Close()
+	quoting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, `{"error":{"code":503,"message":"The service is unavailable for \"%s\"","status":"UNAVAILABLE"}}`, token)
+	}))
+	defer quoting.Close()
+	creds := filepath.Join(t.TempDir(), "sa.json")
+	if err := tokens.WriteCredentials(creds); err != nil {
+		t.Fatal(err)
+	}
+	fcm, err := wakeup.NewFCM(context.Background(), wakeup.FCMOptions{CredentialsFile: creds, URL: quoting.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fcm.Close()
+	b.sched = wakeup.New(b.st, map[string]wakeup.Sender{pushproxy.PlatformFCM: fcm}, &wakeup.Options{
+		InstanceID: owner, Now: b.clock.Now, Jitter: time.Nanosecond,
+	})
+	st, epoch, err := b.st.CreateStream(context.Background(), store.NewStream{
+		URL: "http://origin.test/events", TokenHash: []byte("h"), LeaseOwner: owner,
+		Push: &pushproxy.PushAddress{Platform: pushproxy.PlatformFCM, Token: token},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.epochs[st.ID] = epoch
+	b.events(t, st.ID, 1, false)
+	b.clock.Advance(3 * time.Second)
+	if n := b.run(t); n != 1 {
+		t.Fatalf("claimed %d wake-ups, want 1", n)
+	}
+	ws := b.wakeState(t, b.device(t, st.ID))
+	if ws.LastOutcome != pushproxy.OutcomeRetry || !strings.Contains(ws.LastError, "UNAVAILABLE") || !strings.Contains(ws.LastError, "[push token]") {
+		t.Fatalf("wake state %+v, want a retry after FCM's 503 with the token masked", ws)
+	}
+	noToken(t, b.storedTexts(t, st.ID), token)
 }
