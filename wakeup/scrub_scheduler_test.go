@@ -1,13 +1,16 @@
 package wakeup_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -178,4 +181,43 @@ func TestFCMErrorQuotingTheTokenStoresNoToken(t *testing.T) {
 		t.Fatalf("wake state %+v, want a retry after FCM's 503 with the token masked", ws)
 	}
 	noToken(t, b.storedTexts(t, st.ID), token)
+}
+
+// lockedBuffer is a bytes.Buffer for a logger used from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// The scheduler logs refused credentials at error level: the line holds no push token even
+// when the sender's error does.
+func TestCredentialsLogHoldsNoToken(t *testing.T) {
+	t.Parallel()
+	var logs lockedBuffer
+	b := setup(t, &wakeup.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	s := b.stream(t, tokenA)
+	b.sender.fail = []error{&wakeup.SendError{Kind: wakeup.KindCredentials, Status: 403, Reason: "InvalidProviderToken",
+		Err: fmt.Errorf("refused for device %s", strings.ToUpper(tokenA))}}
+	b.events(t, s, 1, false)
+	b.clock.Advance(3 * time.Second)
+	b.run(t)
+	out := logs.String()
+	if !strings.Contains(out, "push credentials refused") || !strings.Contains(out, "refused for device [push token]") {
+		t.Fatalf("log %q", out)
+	}
+	if strings.Contains(strings.ToLower(out), tokenA) {
+		t.Errorf("the log holds the push token: %s", out)
+	}
 }
