@@ -101,35 +101,42 @@ func TestAPNsNetworkErrorStoresNoToken(t *testing.T) {
 // stream's state reason once the device is given up.
 func TestStoreMasksTheTokenInErrors(t *testing.T) {
 	t.Parallel()
-	b := setup(t, nil)
-	const token = "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
-	upper := strings.ToUpper(token)
-	s := b.stream(t, token)
-	dev := b.device(t, s)
-	b.sender.fail = []error{
-		&wakeup.SendError{Kind: wakeup.KindRetry, Err: fmt.Errorf(`Post "https://api.push.apple.com/3/device/%s": EOF`, upper)},
-		&wakeup.SendError{Kind: wakeup.KindTokenGone, Reason: "token " + upper + " unregistered"},
-	}
-	b.events(t, s, 1, false)
-	b.clock.Advance(3 * time.Second)
-	b.run(t)
-	ws := b.wakeState(t, dev)
-	if want := `Post "https://api.push.apple.com/3/device/[push token]": EOF`; !strings.Contains(ws.LastError, want) {
-		t.Errorf("last error %q, want it to hold %q", ws.LastError, want)
-	}
-	b.clock.Advance(time.Hour)
-	b.run(t)
-	ws = b.wakeState(t, dev)
-	if ws.DeadAt.IsZero() || ws.DeadReason != "token [push token] unregistered" {
-		t.Fatalf("wake state %+v, want a dead device", ws)
-	}
-	if _, err := b.st.FailDeadDevices(context.Background(), b.clock.Now().Add(48*time.Hour), time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	texts := b.storedTexts(t, s)
-	noToken(t, texts, token)
-	if last := texts[len(texts)-1]; !strings.Contains(last, "[push token]") {
-		t.Errorf("stream state reason %q", last)
+	for _, token := range []string{
+		"abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+		"https://push.example/send/Ab_c-d:e.f(g)[h]*x?y=1+2|z$^", // regular expression characters
+	} {
+		t.Run(token[:8], func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, nil)
+			upper := strings.ToUpper(token)
+			s := b.stream(t, token)
+			dev := b.device(t, s)
+			b.sender.fail = []error{
+				&wakeup.SendError{Kind: wakeup.KindRetry, Err: fmt.Errorf(`Post "%s/3/device/%s": EOF`, upper, upper)},
+				&wakeup.SendError{Kind: wakeup.KindTokenGone, Reason: "token " + upper + " unregistered"},
+			}
+			b.events(t, s, 1, false)
+			b.clock.Advance(3 * time.Second)
+			b.run(t)
+			ws := b.wakeState(t, dev)
+			if want := `Post "[push token]/3/device/[push token]": EOF`; !strings.Contains(ws.LastError, want) {
+				t.Errorf("last error %q, want it to hold %q", ws.LastError, want)
+			}
+			b.clock.Advance(time.Hour)
+			b.run(t)
+			ws = b.wakeState(t, dev)
+			if ws.DeadAt.IsZero() || ws.DeadReason != "token [push token] unregistered" {
+				t.Fatalf("wake state %+v, want a dead device", ws)
+			}
+			if _, err := b.st.FailDeadDevices(context.Background(), b.clock.Now().Add(48*time.Hour), time.Hour); err != nil {
+				t.Fatal(err)
+			}
+			texts := b.storedTexts(t, s)
+			noToken(t, texts, token)
+			if last := texts[len(texts)-1]; !strings.Contains(last, "[push token]") {
+				t.Errorf("stream state reason %q", last)
+			}
+		})
 	}
 }
 
