@@ -206,6 +206,10 @@ func (s *Store) ClaimWakeups(ctx context.Context, owner string, now time.Time, t
 // update their device (last push, awaiting a read); dead tokens mark the device dead; those
 // with a RetryAt go back to the queue. A result for a wake-up owner no longer holds is
 // ignored (another instance took it over).
+//
+// The senders keep push tokens out of their errors; as a second line, the device's token is
+// masked as "[push token]" in every error stored here (the wake-up's, and the device's last
+// error and dead reason, which the streams' state reason quotes).
 func (s *Store) FinishWakeups(ctx context.Context, owner string, now time.Time, results []pushproxy.WakeupResult) error {
 	if len(results) == 0 {
 		return nil
@@ -229,9 +233,16 @@ func (s *Store) FinishWakeups(ctx context.Context, owner string, now time.Time, 
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `
-			WITH r AS (
+			WITH given AS (
 				SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[])
 				AS r(id, outcome, err, push_id, pending, retry_at, throttled_until)
+			), r AS (
+				-- The device's push token is masked in the error, whatever its letter case.
+				SELECT g.id, g.outcome, g.push_id, g.pending, g.retry_at, g.throttled_until,
+					CASE WHEN coalesce(d.token, '') = '' THEN g.err
+						ELSE regexp_replace(g.err, regexp_replace(d.token, '([^[:alnum:]])', '\\\1', 'g'), '[push token]', 'gi')
+					END AS err
+				FROM given g LEFT JOIN wakeups w0 ON w0.id = g.id LEFT JOIN devices d ON d.id = w0.device_id
 			), w AS (
 				UPDATE wakeups w SET
 					state = CASE WHEN r.retry_at IS NOT NULL THEN 'pending'

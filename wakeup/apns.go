@@ -60,7 +60,8 @@ type APNsOptions struct {
 //
 // Responses map to SendError kinds: 410 and 400 BadDeviceToken or DeviceTokenNotForTopic are
 // KindTokenGone; 429 KindThrottled (with Retry-After when the server sends one); 403
-// KindCredentials; 5xx and network errors KindRetry; other statuses KindInvalid.
+// KindCredentials; 5xx and network errors KindRetry; other statuses KindInvalid. No error
+// text holds the device token (see networkError).
 type APNs struct {
 	topic   string
 	timeout time.Duration
@@ -233,7 +234,8 @@ func (a *APNs) Send(ctx context.Context, p Push) (string, error) {
 	call := &apnsCall{}
 	res, err := ep.client.PushWithContext(context.WithValue(ctx, apnsCallKey{}, call), n)
 	if err != nil {
-		return "", &SendError{Kind: KindRetry, Err: fmt.Errorf("apns: %w", err)}
+		// net/http's error names the request URL, which ends with the device token.
+		return "", &SendError{Kind: KindRetry, Err: networkError("apns: ", err, p.Token)}
 	}
 	if res.StatusCode == http.StatusOK {
 		return res.ApnsID, nil

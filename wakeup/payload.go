@@ -13,7 +13,7 @@ import (
 
 // The wake-up payload.
 //
-// Both senders carry the same object, the pushproxy object, which holds the pending counts
+// Every sender carries the same object, the pushproxy object, which holds the pending counts
 // per stream and their total:
 //
 //	{"streams":{"<stream id>":<pending events>,...},"total":<sum of all the counts>}
@@ -22,7 +22,9 @@ import (
 //
 //	{"aps":{"content-available":1},"pushproxy":{"streams":{"s1":3},"total":3}}
 //
-// and FCM as the string value of the "pushproxy" data key. It never holds event data or URLs.
+// FCM as the string value of the "pushproxy" data key, and Web Push as the "pushproxy" key of
+// the (encrypted) message: {"pushproxy":{"streams":{"s1":3},"total":3}}. It never holds event
+// data or URLs.
 //
 // A payload is limited in size (APNs: 4096 bytes in all; FCM: 4096 bytes of data, and FCM
 // copies the data into the APNs payload for iOS devices). When the counts of all the streams

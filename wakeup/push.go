@@ -11,10 +11,13 @@ type Push struct {
 	// ID identifies the wake-up. The APNs sender sends it as apns-id (it is a UUID), so a
 	// retry of the same wake-up carries the same id.
 	ID string
-	// Platform is pushproxy.PlatformAPNs ("apns") or pushproxy.PlatformFCM ("fcm").
+	// Platform is pushproxy.PlatformAPNs ("apns"), pushproxy.PlatformFCM ("fcm") or "webpush".
 	Platform string
-	// Token is the APNs device token (hex) or the FCM registration token.
+	// Token is the APNs device token (hex), the FCM registration token, or the endpoint URL
+	// of a Web Push subscription.
 	Token string
+	// WebPushKeys are the keys of a Web Push subscription (Web Push only).
+	WebPushKeys *WebPushKeys
 	// Topic is the APNs topic (the app's bundle id); "" means the sender's default topic.
 	Topic string
 	// Environment is "production" or "development" (APNs only).

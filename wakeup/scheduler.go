@@ -367,7 +367,7 @@ func (s *Scheduler) send(ctx context.Context, w pushproxy.Wakeup) pushproxy.Wake
 		r.RetryAt, r.ThrottledUntil = retry, retry
 	case KindCredentials:
 		r.Outcome, r.RetryAt = pushproxy.OutcomeCredentials, retry
-		s.log.ErrorContext(ctx, "push credentials refused", slog.String("platform", w.Push.Platform), slog.String("error", se.Error()))
+		s.log.ErrorContext(ctx, "push credentials refused", slog.String("platform", w.Push.Platform), slog.String("error", maskToken(se.Error(), p.Token)))
 	case KindInvalid:
 		r.Outcome = pushproxy.OutcomeInvalid
 	default:

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/pushproxy/pushproxy/wakeup/internal/fakeutil"
 )
 
 // JWTBearerGrant is the grant type of the service-account flow.
@@ -45,7 +47,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": e.code, "error_description": e.description})
 		return
 	}
-	tok := "ya29.fake-" + randomHex(24)
+	tok := "ya29.fake-" + fakeutil.RandomHex(24)
 	s.mu.Lock()
 	s.tokens[tok] = s.clock().Add(tokenLifetime)
 	s.issued++

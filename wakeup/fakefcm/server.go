@@ -5,14 +5,12 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -105,9 +103,8 @@ type Server struct {
 	key   *rsa.PrivateKey
 	keyID string
 
-	srv    *http.Server
-	url    string
-	served chan struct{}
+	srv *fakeutil.HTTPServer
+	url string
 
 	inFlight fakeutil.InFlight
 	messages fakeutil.Log[Message]
@@ -155,30 +152,12 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("fakefcm: generate service account key: %w", err)
 	}
-	s.key, s.keyID = key, randomHex(20)
-	addr := s.opts.Addr
-	if addr == "" {
-		addr = "127.0.0.1:0"
-	}
-	ln, err := net.Listen("tcp", addr)
+	s.key, s.keyID = key, fakeutil.RandomHex(20)
+	srv, err := fakeutil.StartHTTP("fakefcm", s.opts.Addr, s, s.opts.ErrorLog)
 	if err != nil {
-		return fmt.Errorf("fakefcm: listen: %w", err)
+		return err
 	}
-	host, port, _ := net.SplitHostPort(ln.Addr().String())
-	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-		host = "127.0.0.1"
-	}
-	s.url = "http://" + net.JoinHostPort(host, port)
-	errLog := s.opts.ErrorLog
-	if errLog == nil {
-		errLog = log.New(io.Discard, "", 0)
-	}
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
-	s.served = make(chan struct{})
-	go func() {
-		defer close(s.served)
-		_ = s.srv.Serve(ln)
-	}()
+	s.srv, s.url = srv, srv.URL()
 	return nil
 }
 
@@ -198,7 +177,6 @@ func (s *Server) Close() {
 		return
 	}
 	s.srv.Close()
-	<-s.served
 	s.inFlight.Wait()
 }
 
@@ -215,7 +193,7 @@ func (s *Server) CredentialsJSONWithUnknownKey() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fakefcm: generate key: %w", err)
 	}
-	return s.credentials(key, randomHex(20)), nil
+	return s.credentials(key, fakeutil.RandomHex(20)), nil
 }
 
 // WriteCredentials writes CredentialsJSON to path (mode 0600).
@@ -406,7 +384,7 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.Status = http.StatusOK
-	m.Name = "projects/" + m.Project + "/messages/" + randomHex(8)
+	m.Name = "projects/" + m.Project + "/messages/" + fakeutil.RandomHex(8)
 	if m.ValidateOnly {
 		m.Name = "projects/" + m.Project + "/messages/fake_message_id"
 	}
@@ -452,10 +430,4 @@ func (s *Server) injected(token string) *apiError {
 	e := fcmError(r.code, "")
 	e.retryAfter = r.retryAfter
 	return e
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

@@ -1,10 +1,19 @@
-// Package fakeutil holds what the fake APNs and the fake FCM share: the log of what they
-// received, the failures a test injects, and the count of requests in flight.
+// Package fakeutil holds what the fakes (APNs, FCM, Web Push) share: the log of what they
+// received, the failures a test injects, the count of requests in flight, and a plain HTTP
+// server.
 package fakeutil
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
 	"sync"
+	"time"
 )
 
 // Log is what a fake received, in order, for tests to read and wait on. The zero value is
@@ -193,4 +202,56 @@ func (c *InFlight) Wait() {
 	ch := c.drained
 	c.mu.Unlock()
 	<-ch
+}
+
+// HTTPServer is a fake's plain HTTP server.
+type HTTPServer struct {
+	srv    *http.Server
+	url    string
+	served chan struct{}
+}
+
+// StartHTTP listens on addr ("127.0.0.1:0" when "") and serves h; name prefixes its errors.
+// Errors of the server go to errLog, discarded when nil.
+func StartHTTP(name, addr string, h http.Handler, errLog *log.Logger) (*HTTPServer, error) {
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: listen: %w", name, err)
+	}
+	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	if errLog == nil {
+		errLog = log.New(io.Discard, "", 0)
+	}
+	s := &HTTPServer{
+		srv:    &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog},
+		url:    "http://" + net.JoinHostPort(host, port),
+		served: make(chan struct{}),
+	}
+	go func() {
+		defer close(s.served)
+		_ = s.srv.Serve(ln)
+	}()
+	return s, nil
+}
+
+// URL is the server's base URL, e.g. http://127.0.0.1:41234.
+func (s *HTTPServer) URL() string { return s.url }
+
+// Close stops the server, closing its connections, and waits for it to stop serving.
+func (s *HTTPServer) Close() {
+	s.srv.Close()
+	<-s.served
+}
+
+// RandomHex is n random bytes in hex.
+func RandomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
