@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/pushproxy/pushproxy/internal/envflag"
 )
 
 // TestEveryFlagHasADocumentedEnvTwin checks that each flag of serve, migrate and demo is read
@@ -33,7 +35,7 @@ func TestEnvironmentSetsFlagsAndCommandLineWins(t *testing.T) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	sc.flags(fs)
 	env := map[string]string{"PUSHPROXY_LISTEN": "127.0.0.1:9", "PUSHPROXY_LEASE_TTL": "7s", "PUSHPROXY_UPSTREAM_ALLOW": "a.example,10.0.0.0/8"}
-	if err := parseFlags(fs, []string{"--lease-ttl", "9s"}, func(k string) string { return env[k] }); err != nil {
+	if err := envflag.Parse(fs, envPrefix, []string{"--lease-ttl", "9s"}, func(k string) string { return env[k] }); err != nil {
 		t.Fatal(err)
 	}
 	if sc.Listen != "127.0.0.1:9" || sc.Proxy.LeaseTTL.String() != "9s" || strings.Join(sc.Allow, " ") != "a.example 10.0.0.0/8" {
@@ -41,7 +43,7 @@ func TestEnvironmentSetsFlagsAndCommandLineWins(t *testing.T) {
 	}
 	fs = flag.NewFlagSet("serve", flag.ContinueOnError)
 	sc.flags(fs)
-	if err := parseFlags(fs, nil, func(k string) string { return map[string]string{"PUSHPROXY_LEASE_TTL": "soon"}[k] }); err == nil || !strings.Contains(err.Error(), "PUSHPROXY_LEASE_TTL") {
+	if err := envflag.Parse(fs, envPrefix, nil, func(k string) string { return map[string]string{"PUSHPROXY_LEASE_TTL": "soon"}[k] }); err == nil || !strings.Contains(err.Error(), "PUSHPROXY_LEASE_TTL") {
 		t.Fatalf("a bad environment value must be reported with its name, got %v", err)
 	}
 }
