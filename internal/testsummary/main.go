@@ -49,7 +49,7 @@ type key struct{ pkg, test string }
 func summarize(r io.Reader, w io.Writer) bool {
 	output := map[key][]string{} // the output of tests still running
 	started := map[string]bool{} // packages without a result yet
-	var skips []skipped // in the order the packages were started
+	var skips []skipped          // in the order the packages were started
 	order := map[string]int{}
 	packages, failed, builds := 0, 0, 0
 	flush := func(k key) {
