@@ -343,3 +343,17 @@ func TestReadmeCommandsExist(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeHelp: the README shows pushproxy --help as it is.
+func TestReadmeHelp(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const start = "$ pushproxy --help\n"
+	_, block, ok := strings.Cut(string(readme), start)
+	block, _, _ = strings.Cut(block, "```")
+	if !ok || block != topUsage() {
+		t.Errorf("the README's pushproxy --help differs from the command's:\n%s", block)
+	}
+}

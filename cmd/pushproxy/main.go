@@ -77,8 +77,8 @@ var groups = []group{
 
 func topUsage() string {
 	var b strings.Builder
-	b.WriteString(`pushproxy holds Server-Sent Events streams for devices that sleep, queues their events in
-Postgres, and wakes the devices with a silent push.
+	b.WriteString(`pushproxy: a push proxy for Server-Sent Events. It holds the streams of devices that sleep,
+queues their events in Postgres, and wakes the devices with a silent push.
 
 Usage: pushproxy <command> [arguments] [flags]
 
