@@ -47,7 +47,7 @@ const demoPrefix = "PUSHPROXY_DEMO_"
 func demoCommand() command {
 	return command{
 		name:    "demo",
-		summary: "run the reference origin, the proxy and a sleeping device on this machine; print the timeline",
+		summary: "run origin, proxy, Postgres and a sleeping device here; print the timeline",
 		about: `Runs the reference origin, the proxy on a throwaway Postgres, a fake FCM, and a device
 that hands off its stream, sleeps until its silent push arrives, fetches its backlog, reads
 live, and takes the stream back; prints the timeline. Its flags' variables are its own,

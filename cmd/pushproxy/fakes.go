@@ -38,7 +38,7 @@ func (c *fakesConfig) flags(fs *flag.FlagSet) {
 func fakesCommand() command {
 	return command{
 		name:    "fakes",
-		summary: "run a fake APNs and a fake FCM that check every push, for integrating apps without credentials",
+		summary: "run a fake APNs and a fake FCM, to try wake-ups without real credentials",
 		about: `Runs a fake APNs and a fake FCM that check every push the way Apple and Google do, and
 prints each one they receive. For integrating and testing apps without real credentials: it
 writes the keys and credentials to --dir and prints how to point "pushproxy serve" at them.`,

@@ -68,11 +68,11 @@ func commands() []command {
 
 // groups are the operator commands' first words, with what --help says of each.
 var groups = []group{
-	{"streams", "list, show or close streams (streams list | show ID | close ID)"},
-	{"backlog", "the largest backlogs, and the totals (backlog top | totals)"},
-	{"devices", "a device's wake-ups, or the devices whose push token died (devices show ID | dead)"},
-	{"origins", "the origin hosts with failed or disconnected streams (origins failing)"},
-	{"wakeups", "the latest wake-ups of all devices, with outcomes (wakeups recent)"},
+	{"streams", "list, show or close streams (list | show ID | close ID)"},
+	{"backlog", "the largest backlogs, and the totals (top | totals)"},
+	{"devices", "a device and its wake-ups, or the devices whose token died (show ID | dead)"},
+	{"origins", "the origin hosts with failed or disconnected streams (failing)"},
+	{"wakeups", "the latest wake-ups of all devices, with their outcomes (recent)"},
 }
 
 func topUsage() string {

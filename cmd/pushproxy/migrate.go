@@ -16,7 +16,7 @@ func migrateCommand() command {
 	return command{
 		name:    "migrate",
 		args:    "[up|status]",
-		summary: `apply the database migrations ("migrate up", the default) or list them ("migrate status")`,
+		summary: "apply the database migrations (up, the default), or show them (status)",
 		about: `Applies the pending database migrations (up, the default) or shows the schema version
 (status). Without a database URL it works on the local Postgres in --data-dir, as serve does.`,
 		nargs: func(args []string) error {

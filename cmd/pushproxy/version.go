@@ -13,7 +13,7 @@ import (
 func versionCommand() command {
 	return command{
 		name:    "version",
-		summary: "print the version, the VCS revision and the Go version it was built with",
+		summary: "print the version, VCS revision and Go version it was built from",
 		about: `Prints the module version, the VCS revision and time it was built from (and whether the
 tree had uncommitted changes), and the Go version, from the build information in the binary.
 "go build" records the revision; "go run" does not.`,
