@@ -229,9 +229,11 @@ func TestVersion(t *testing.T) {
 	}
 
 	// The command itself, in this test binary.
-	code, out, errOut := runCLI(t, nil, "version")
-	if code != 0 || errOut != "" || !strings.HasPrefix(out, "pushproxy ") || !strings.Contains(out, runtime.Version()) {
-		t.Errorf("version: exit %d, stderr %q, stdout:\n%s", code, errOut, out)
+	for _, arg := range []string{"version", "--version"} {
+		code, out, errOut := runCLI(t, nil, arg)
+		if code != 0 || errOut != "" || !strings.HasPrefix(out, "pushproxy ") || !strings.Contains(out, runtime.Version()) {
+			t.Errorf("%s: exit %d, stderr %q, stdout:\n%s", arg, code, errOut, out)
+		}
 	}
 }
 
