@@ -238,8 +238,8 @@ func TestVersion(t *testing.T) {
 }
 
 // TestVersionOfBuiltBinary: a built pushproxy prints the revision and modified flag that its
-// build information holds (go build records them when it runs in a git checkout with
-// -buildvcs on, the default outside this machine's GOFLAGS).
+// build information holds: go build records them in a git checkout unless -buildvcs=false,
+// and either way the command must print what the binary holds.
 func TestVersionOfBuiltBinary(t *testing.T) {
 	bin, _ := binaries(t)
 	bi, err := buildinfo.ReadFile(bin)
