@@ -111,7 +111,7 @@ func summarize(r io.Reader, w io.Writer) bool {
 	// Packages run in parallel: their skips interleave.
 	slices.SortStableFunc(skips, func(a, b skipped) int { return order[a.pkg] - order[b.pkg] })
 	if len(skips) > 0 {
-		fmt.Fprintf(w, "\nSkipped tests (%d):\n", len(skips))
+		fmt.Fprintf(w, "\nSkipped (%s):\n", plural(len(skips), "test"))
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		for i, s := range skips {
 			if i == 0 || s.pkg != skips[i-1].pkg {
@@ -127,7 +127,7 @@ func summarize(r io.Reader, w io.Writer) bool {
 	case packages == 0 && len(started) == 0:
 		fmt.Fprintln(w, "testsummary: no test results (see go test's errors above)")
 	case ok:
-		fmt.Fprintf(w, "\nok: %d packages, %d skipped tests\n", packages, len(skips))
+		fmt.Fprintf(w, "\nok: %s, %s skipped\n", plural(packages, "package"), plural(len(skips), "test"))
 	default:
 		fmt.Fprintf(w, "\nFAIL: %d of %d packages failed", failed, packages+len(started))
 		if builds > 0 {
@@ -159,4 +159,11 @@ func skipReason(lines []string) string {
 		return "(no reason given)"
 	}
 	return strings.Join(parts, " / ")
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -73,7 +73,7 @@ func TestSummarizeFailingRun(t *testing.T) {
 		"what led to it", "boom", "--- FAIL: TestFail", "FAIL\texample.com/m/fail",
 		"undefined: undefinedFunction", "FAIL\texample.com/m/broken [build failed]",
 		"ok  \texample.com/m/pass", "?   \texample.com/m/notests\t[no test files]",
-		"\nSkipped tests (2):\n",
+		"\nSkipped (2 tests):\n",
 		"\nexample.com/m/pass\n  TestSkip      p_test.go:6: no nginx: install nginx-light\n",
 		"TestSub/bare  p_test.go:8: (no reason given)\n",
 		"FAIL: 2 of 4 packages failed (1 builds failed)\n",
@@ -87,7 +87,7 @@ func TestSummarizeFailingRun(t *testing.T) {
 			t.Errorf("output shows %q:\n%s", hidden, got)
 		}
 	}
-	if i, j := strings.Index(got, "Skipped tests"), strings.Index(got, "FAIL\texample.com/m/fail"); i < j {
+	if i, j := strings.Index(got, "Skipped ("), strings.Index(got, "FAIL\texample.com/m/fail"); i < j {
 		t.Errorf("the skipped tests are not at the end:\n%s", got)
 	}
 }
@@ -98,7 +98,7 @@ func TestSummarizePassingRun(t *testing.T) {
 	if !summarize(bytes.NewReader(in), &out) {
 		t.Fatalf("a passing run failed:\n%s", out.String())
 	}
-	if got := out.String(); !strings.HasSuffix(got, "\nok: 2 packages, 2 skipped tests\n") || !strings.Contains(got, "no nginx: install nginx-light") {
+	if got := out.String(); !strings.HasSuffix(got, "\nok: 2 packages, 2 tests skipped\n") || !strings.Contains(got, "no nginx: install nginx-light") {
 		t.Errorf("output:\n%s", got)
 	}
 }
