@@ -46,12 +46,6 @@ type ParserOptions struct {
 	// DefaultMaxEventSize. Comments and lines of unknown fields are skipped
 	// without being retained, so they are never too large.
 	MaxEventSize int
-	// Lend makes the strings of a returned Event (and LastEventID's) valid
-	// only until the next call to Next, as bufio.Scanner's Bytes are: the
-	// parser then reuses its buffers for them instead of allocating. For a
-	// caller that handles each event before asking for the next one (and
-	// copies what it keeps).
-	Lend bool
 }
 
 // The read buffer adapts to the stream: it starts at minBufSize, doubles up
@@ -131,14 +125,6 @@ type Parser struct {
 	// The last event ID string: the id buffer at the last blank line. It is
 	// slab[lidOff:lidOff+lidLen] when lidInSlab, else lastID, which is in an
 	// earlier slab when lidPinned.
-	//
-	// With lend (ParserOptions.Lend) there are no slabs: slab holds the bytes
-	// of lastID, and the data of an event with a single data line known to
-	// be valid UTF-8 is that line's value in buf, buf[lidOff:lidOff+lidLen]
-	// when aliased, not copied; so are the type, buf[used:used+typ.n] when
-	// typAliased, and the id buffer, buf[idOff:idOff+id.n] when idAliased
-	// (fill copies them to their buffers before buf changes).
-	idOff          int
 	lastID         string
 	lidOff, lidLen int
 
@@ -147,10 +133,6 @@ type Parser struct {
 	retry int64
 
 	hasRetry   bool
-	lend       bool // ParserOptions.Lend
-	aliased    bool
-	typAliased bool
-	idAliased  bool
 	dataInSlab bool
 	lidInSlab  bool
 	lidPinned  bool
@@ -167,7 +149,7 @@ func NewParser(r io.Reader, opts *ParserOptions) *Parser {
 	if opts != nil && opts.MaxEventSize > 0 {
 		limit = opts.MaxEventSize
 	}
-	return &Parser{rd: r, max: limit, lf: -2, cr: -2, lend: opts != nil && opts.Lend}
+	return &Parser{rd: r, max: limit, lf: -2, cr: -2}
 }
 
 // LastEventID returns the last event ID string: the value a client sends as
@@ -191,7 +173,6 @@ func (p *Parser) LastEventID() string {
 func (p *Parser) SetLastEventID(id string) {
 	p.setLastID(id)
 	p.id.set([]byte(id), true)
-	p.idAliased = false
 }
 
 // Retry returns the most recent valid reconnection time of the stream in
@@ -324,7 +305,7 @@ func (p *Parser) Suspend() (Suspended, bool) {
 		return Suspended{}, false
 	}
 	lastID := p.LastEventID()
-	if string(p.idBytes()) != lastID {
+	if string(p.id.bytes()) != lastID {
 		return Suspended{}, false // an id field of the event in progress
 	}
 	return Suspended{lastID: strings.Clone(lastID), afterCR: p.afterCR, bomDone: p.bomDone,
@@ -351,7 +332,6 @@ func (p *Parser) Release() {
 	if p.r != p.w || p.lineSpill || p.buf == nil {
 		return
 	}
-	p.materialize()
 	p.buf, p.r, p.w = nil, 0, 0
 	p.lf, p.cr, p.scan, p.valid, p.checked = -2, -2, 0, 0, 0
 	p.reads, p.peak, p.grow = 0, 0, false
@@ -366,7 +346,6 @@ func (p *Parser) fill() error {
 	if p.rerr != nil {
 		return p.rerr
 	}
-	p.materialize() // buf is about to change
 	// The Read may block for long: hold on to as little as possible.
 	if !p.grow && !p.dataInSlab {
 		// Unless the last Read filled buf, so that this one will not
@@ -660,22 +639,12 @@ func (p *Parser) processField(line []byte, valid bool) error {
 	case fieldData:
 		p.addData(value, valid)
 	case fieldEvent:
-		if p.lend && valid {
-			p.used, p.typ.n, p.typAliased = p.offset(value), len(value), true
-			break
-		}
 		p.typ.set(value, valid)
-		p.typAliased = false
 	case fieldID:
 		if hasNUL(value) {
 			return nil // ignored
 		}
-		if p.lend && valid {
-			p.idOff, p.id.n, p.idAliased = p.offset(value), len(value), true
-			break
-		}
 		p.id.set(value, valid)
-		p.idAliased = false
 	case fieldRetry:
 		if ms, ok := parseRetry(value); ok {
 			p.retry, p.hasRetry = ms, true
@@ -726,40 +695,18 @@ func parseRetry(v []byte) (int64, bool) {
 // returns the event's Data and Type and true if one is dispatched; its
 // LastEventID is then p.LastEventID().
 func (p *Parser) dispatch() (data, typ string, ok bool) {
-	id := p.idBytes()
+	id := p.id.bytes()
 	newID := string(id) != p.LastEventID()
 	if p.dlen == 0 {
 		if newID {
 			p.setLastID(string(id))
 		}
-		p.typ.n, p.typAliased = 0, false
+		p.typ.n = 0
 		return "", "", false
 	}
 	// The data buffer is not empty, so it ends with the '\n' of its last
 	// data line, which is dropped.
 	n := p.dlen - 1
-	if p.lend {
-		// Lent: the data and the type stay in their buffers, the ID goes to
-		// its own, all overwritten by the next event.
-		if p.aliased {
-			data, p.aliased = str(p.buf[p.lidOff:p.lidOff+p.lidLen]), false
-		} else {
-			data = str(p.own.b[:n])
-		}
-		if newID {
-			p.slab = append(p.slab[:0], id...)
-			p.setLastID(str(p.slab))
-		}
-		p.dlen, p.own.n = 0, 0
-		switch {
-		case p.typAliased:
-			typ = str(p.buf[p.used : p.used+p.typ.n])
-		case p.typ.n > 0:
-			typ = str(p.typ.b[:p.typ.n])
-		}
-		p.typ.n, p.typAliased = 0, false
-		return data, typ, true
-	}
 	switch {
 	case p.dataInSlab:
 		data = str(p.slab[p.used : p.used+n])
@@ -808,22 +755,6 @@ func (p *Parser) setLastID(id string) {
 // addData appends value and a LF to the data buffer, in the slab if it fits.
 func (p *Parser) addData(value []byte, valid bool) {
 	need := len(value) + 1
-	if p.lend {
-		switch {
-		case p.dlen == 0 && valid:
-			p.own.n = 0
-			p.lidOff, p.lidLen, p.aliased, p.dlen = p.offset(value), len(value), true, need
-			return
-		case p.dlen == 0:
-			p.own.n = 0
-		case p.aliased:
-			p.materialize()
-		}
-		p.own.add(value, valid)
-		p.own.add(lf, true)
-		p.dlen = p.own.n
-		return
-	}
 	if p.dlen == 0 {
 		p.own.n = 0
 		p.dataInSlab = need <= len(p.slab)-p.used || p.newSlab(need+p.id.n)
@@ -846,38 +777,6 @@ func (p *Parser) addData(value []byte, valid bool) {
 }
 
 var lf = []byte{'\n'}
-
-// idBytes is the last event ID buffer, in buf while idAliased.
-func (p *Parser) idBytes() []byte {
-	if p.idAliased {
-		return p.buf[p.idOff : p.idOff+p.id.n]
-	}
-	return p.id.bytes()
-}
-
-// offset is the index in buf of value, a value of a line in buf (with lend, the values
-// known to be valid UTF-8 are left there: a spilled line is never known valid).
-func (p *Parser) offset(value []byte) int {
-	return int(uintptr(unsafe.Pointer(unsafe.SliceData(value))) - uintptr(unsafe.Pointer(unsafe.SliceData(p.buf))))
-}
-
-// materialize copies the values left in buf (with lend) to their buffers, before buf
-// changes.
-func (p *Parser) materialize() {
-	if p.aliased {
-		p.own.set(p.buf[p.lidOff:p.lidOff+p.lidLen], true)
-		p.own.add(lf, true)
-		p.aliased = false
-	}
-	if p.typAliased {
-		p.typ.set(p.buf[p.used:p.used+p.typ.n], true)
-		p.typAliased = false
-	}
-	if p.idAliased {
-		p.id.set(p.buf[p.idOff:p.idOff+p.id.n], true)
-		p.idAliased = false
-	}
-}
 
 // newSlab starts a new slab with room for need bytes if need is small and
 // more input is buffered (so more events are likely to follow at once), and

@@ -21,8 +21,9 @@ type NewStream struct {
 	// MaxPerDevice bounds the streams a device may have held at once (0: no bound).
 	MaxPerDevice int
 	// LeaseOwner, when set, takes the lease at once: the instance that accepted the handoff
-	// starts holding it. It must be an instance that renews itself (RenewInstance): a stream
-	// whose owner has no instance row is never claimed by another.
+	// starts holding it. It must be an instance whose row exists (RenewInstance) and is not
+	// being released (ReleaseLeases): a stream whose owner has no instance row is never
+	// claimed by another.
 	LeaseOwner string
 	// UrgentEvents are event types that wake the device at once.
 	UrgentEvents []string
@@ -245,7 +246,10 @@ func (s *Store) ClaimStreams(ctx context.Context, owner string, ttl time.Duratio
 		UPDATE streams s SET lease_owner = $1, lease_epoch = s.lease_epoch + 1, connected = false
 		WHERE s.id IN (
 			-- Both arms use the partial index on lease_owner: no scan of every held stream.
-			-- An owner's row exists as long as it holds streams (ReleaseLeases drops both).
+			-- Only an owner with an expired row is claimed from. Rows are deleted only by
+			-- ReleaseLeases, which clears the owner's leases in the same statement; the row
+			-- of an instance that died stays, expired, until that id renews again. A stream
+			-- whose owner has no row at all is not claimed (see NewStream.LeaseOwner).
 			SELECT c.id FROM streams c
 			WHERE c.state = 'held' AND (c.lease_owner IS NULL OR c.lease_owner = ANY (ARRAY(
 				SELECT i.id FROM instances i WHERE i.expires_at <= now())))

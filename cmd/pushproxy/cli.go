@@ -65,87 +65,98 @@ func (c *adminClient) call(ctx context.Context, method, path string, out any) er
 	return json.Unmarshal(body, out)
 }
 
-const cliUsage = `Usage:
-  pushproxy streams list [--sort backlog|age|errors] [--state S] [--host H] [--limit N]
-  pushproxy streams show ID
-  pushproxy streams close ID
-  pushproxy backlog top [--limit N]
-  pushproxy backlog totals
-  pushproxy devices show ID
-  pushproxy devices dead [--limit N]
-  pushproxy origins failing [--limit N]
-  pushproxy wakeups recent [--limit N]
+// operatorCommands are the commands that look at a running instance through its admin API.
+func operatorCommands() []command {
+	specs := []struct {
+		name, args, summary string
+		limit               int // the default of --limit (0: no such flag)
+	}{
+		{"streams list", "", "streams, largest backlog first (or oldest unread event, or latest upstream error)", 50},
+		{"streams show", "ID", "one stream: its state, backlog and upstream health", 0},
+		{"streams close", "ID", "stop holding a stream; prints the id to resume the origin at", 0},
+		{"backlog top", "", "the largest backlogs of held streams", 10},
+		{"backlog totals", "", "the totals the dashboard shows first", 0},
+		{"devices show", "ID", "a device: its streams, wake-up state and history", 0},
+		{"devices dead", "", "the devices whose push token was reported dead", 20},
+		{"origins failing", "", "the origin hosts with failed or disconnected streams", 20},
+		{"wakeups recent", "", "the latest wake-ups of all devices, with their outcomes", 20},
+	}
+	cs := make([]command, 0, len(specs))
+	for _, sp := range specs {
+		c := command{
+			name:    sp.name,
+			args:    sp.args,
+			summary: sp.summary,
+			about: upperFirst(sp.summary) + `.
 
-Talk to a running instance's admin API (--server, --admin-token), printing aligned tables,
-or the API's JSON with --json.`
-
-// runCLI runs the operator commands streams, backlog and devices.
-func runCLI(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	if len(args) < 2 {
-		fmt.Fprintln(stderr, cliUsage)
-		return 2
+Asks a running instance's admin API (--server, --admin-token) and prints an aligned table,
+or the API's JSON with --json.`,
+		}
+		if sp.args == "ID" {
+			c.nargs = func(args []string) error {
+				switch {
+				case len(args) == 0:
+					return fmt.Errorf("an id is required")
+				case len(args) > 1:
+					return fmt.Errorf("unexpected argument %q", args[1])
+				}
+				return nil
+			}
+		}
+		c.setup = func(fs *flag.FlagSet) runFunc {
+			a := &adminClient{http: &http.Client{}}
+			a.flags(fs)
+			var q listQuery
+			if sp.name == "streams list" {
+				q.order = choice("backlog", "backlog", "age", "errors")
+				fs.Var(q.order, "sort", "backlog, age or errors")
+				fs.StringVar(&q.state, "state", "", "held, closed or failed (empty: any)")
+				fs.StringVar(&q.host, "host", "", "only streams of this origin host")
+			}
+			if sp.limit > 0 {
+				fs.IntVar(&q.limit, "limit", sp.limit, "most rows shown")
+			}
+			return func(ctx context.Context, args []string, stdout, stderr io.Writer, _ func(string) string) int {
+				var id string
+				if len(args) > 0 {
+					id = args[0]
+				}
+				if err := a.run(ctx, sp.name, id, q, stdout); err != nil {
+					fmt.Fprintf(stderr, "pushproxy %s: %v\n", sp.name, err)
+					return 1
+				}
+				return 0
+			}
+		}
+		cs = append(cs, c)
 	}
-	name := args[0] + " " + args[1]
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	c := &adminClient{http: &http.Client{}}
-	c.flags(fs)
-	var order, state, host string
-	limit := 50
-	switch name {
-	case "streams list":
-		fs.StringVar(&order, "sort", "backlog", "backlog, age or errors")
-		fs.StringVar(&state, "state", "", "held, closed or failed (empty: any)")
-		fs.StringVar(&host, "host", "", "only streams of this origin host")
-		fs.IntVar(&limit, "limit", 50, "most streams shown")
-	case "backlog top":
-		fs.IntVar(&limit, "limit", 10, "most streams shown")
-	case "devices dead", "origins failing", "wakeups recent":
-		fs.IntVar(&limit, "limit", 20, "most rows shown")
-	case "streams show", "streams close", "devices show", "backlog totals":
-	default:
-		fmt.Fprintf(stderr, "pushproxy: unknown command %q\n\n%s\n", name, cliUsage)
-		return 2
-	}
-	fs.Usage = usage(fs, stderr, cliUsage)
-	// The ID comes before or after the flags.
-	var id string
-	rest := args[2:]
-	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
-		id, rest = rest[0], rest[1:]
-	}
-	if code, ok := parseCommand(fs, name, rest, getenv, stderr); !ok {
-		return code
-	}
-	if id == "" && fs.NArg() > 0 {
-		id = fs.Arg(0)
-	}
-	needsID := strings.HasSuffix(name, "show") || strings.HasSuffix(name, "close")
-	if needsID && id == "" {
-		fmt.Fprintf(stderr, "pushproxy %s: an id is required\n", name)
-		return 2
-	}
-	if err := c.run(ctx, name, id, order, state, host, limit, stdout); err != nil {
-		fmt.Fprintf(stderr, "pushproxy %s: %v\n", name, err)
-		return 1
-	}
-	return 0
+	return cs
 }
 
-func (c *adminClient) run(ctx context.Context, name, id, order, state, host string, limit int, w io.Writer) error {
+// listQuery is the flags of the listing commands.
+type listQuery struct {
+	order       *choiceFlag
+	state, host string
+	limit       int
+}
+
+func (c *adminClient) run(ctx context.Context, name, id string, lq listQuery, w io.Writer) error {
 	esc := url.PathEscape
 	switch name {
 	case "streams list", "backlog top":
-		q := url.Values{"sort": {order}, "limit": {fmt.Sprint(limit)}}
+		q := url.Values{"sort": {"backlog"}, "limit": {fmt.Sprint(lq.limit)}}
+		if lq.order != nil {
+			q.Set("sort", lq.order.value)
+		}
 		if name == "backlog top" {
 			q.Set("sort", "backlog")
 			q.Set("state", "held")
 		}
-		if state != "" {
-			q.Set("state", state)
+		if lq.state != "" {
+			q.Set("state", lq.state)
 		}
-		if host != "" {
-			q.Set("host", host)
+		if lq.host != "" {
+			q.Set("host", lq.host)
 		}
 		var page struct {
 			Streams []struct {
@@ -198,15 +209,15 @@ func (c *adminClient) run(ctx context.Context, name, id, order, state, host stri
 	case "backlog totals":
 		return c.printJSONOrFields(ctx, "/v1/admin/totals", w)
 	case "devices dead":
-		return c.table(ctx, fmt.Sprintf("/v1/admin/devices?state=dead&limit=%d", limit), "devices", w,
+		return c.table(ctx, fmt.Sprintf("/v1/admin/devices?state=dead&limit=%d", lq.limit), "devices", w,
 			"DEVICE\tPLATFORM\tDEAD FOR\tHELD STREAMS\tBACKLOG\tREASON",
 			"id", "platform", "@dead_at", "held_streams", "backlog", "dead_reason")
 	case "origins failing":
-		return c.table(ctx, fmt.Sprintf("/v1/admin/origins?limit=%d", limit), "origins", w,
+		return c.table(ctx, fmt.Sprintf("/v1/admin/origins?limit=%d", lq.limit), "origins", w,
 			"HOST\tHELD\tDISCONNECTED\tFAILED\tLAST ERROR AGO\tLAST ERROR",
 			"host", "held", "disconnected", "failed", "@last_error_at", "last_error")
 	case "wakeups recent":
-		return c.table(ctx, fmt.Sprintf("/v1/admin/wakeups?limit=%d", limit), "wakeups", w,
+		return c.table(ctx, fmt.Sprintf("/v1/admin/wakeups?limit=%d", lq.limit), "wakeups", w,
 			"DEVICE\tPLATFORM\tSTATE\tOUTCOME\tEVENTS\tFINISHED AGO\tERROR",
 			"device_id", "platform", "state", "outcome", "pending_events", "@finished_at", "error")
 	}

@@ -39,28 +39,39 @@ func (t *timeline) say(who, format string, args ...any) {
 	fmt.Fprintf(t.w, "%6.2fs  %-8s %s\n", time.Since(t.start).Seconds(), who, fmt.Sprintf(format, args...))
 }
 
-func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg demoConfig
-	fs.DurationVar(&cfg.Sleep, "sleep", 5*time.Second, "how long the device sleeps: the proxy waits this long after the first event (the wake-up debounce) before it wakes the device")
-	fs.Float64Var(&cfg.Rate, "rate", 4, "events per second the reference origin publishes")
-	fs.StringVar(&cfg.DatabaseURL, "database-url", "", "Postgres database to run on (empty: a throwaway local cluster)")
-	cfg.Log.flags(fs, "error") // the proxy's own log, on stderr; the timeline goes to stdout
-	fs.Usage = usage(fs, stderr, "Usage: pushproxy demo [flags]\n\nRuns the reference origin, the proxy on a throwaway Postgres, and a device that hands off\nits stream, sleeps, and fetches its backlog, and prints the timeline.")
-	if code, ok := parseCommand(fs, "demo", args, getenv, stderr); !ok {
-		return code
+// demoPrefix is the environment prefix of the demo's flags: the demo reads none of serve's
+// variables (PUSHPROXY_DATABASE_URL, PUSHPROXY_LOG_LEVEL...), so that trying it on a machine
+// configured for serve cannot touch serve's database.
+const demoPrefix = "PUSHPROXY_DEMO_"
+
+func demoCommand() command {
+	return command{
+		name:    "demo",
+		summary: "run origin, proxy, Postgres and a sleeping device here; print the timeline",
+		about: `Runs the reference origin, the proxy on a throwaway Postgres, a fake FCM, and a device
+that hands off its stream, sleeps until its silent push arrives, fetches its backlog, reads
+live, and takes the stream back; prints the timeline. Its flags' variables are its own,
+PUSHPROXY_DEMO_*: it reads none of serve's.`,
+		prefix: demoPrefix,
+		setup: func(fs *flag.FlagSet) runFunc {
+			var cfg demoConfig
+			cfg.flags(fs)
+			return func(ctx context.Context, _ []string, stdout, stderr io.Writer, _ func(string) string) int {
+				if err := demo(ctx, cfg, cfg.Log.logger(stderr), stdout); err != nil {
+					fmt.Fprintln(stderr, "pushproxy demo:", err)
+					return 1
+				}
+				return 0
+			}
+		},
 	}
-	log, err := cfg.Log.logger(stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "pushproxy demo:", err)
-		return 2
-	}
-	if err := demo(ctx, cfg, log, stdout); err != nil {
-		fmt.Fprintln(stderr, "pushproxy demo:", err)
-		return 1
-	}
-	return 0
+}
+
+func (c *demoConfig) flags(fs *flag.FlagSet) {
+	fs.DurationVar(&c.Sleep, "sleep", 5*time.Second, "how long the device sleeps: the proxy waits this long after the first event (the wake-up debounce) before it wakes the device")
+	fs.Float64Var(&c.Rate, "rate", 4, "events per second the reference origin publishes")
+	fs.StringVar(&c.DatabaseURL, "database-url", "", "Postgres database to run on (empty: a throwaway local cluster)")
+	c.Log.flags(fs, "error") // the proxy's own log, on stderr; the timeline goes to stdout
 }
 
 func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Writer) error {

@@ -309,13 +309,28 @@ func TestEndToEndProxyKilled(t *testing.T) {
 	checkExactlyOnce(t, originURL, got)
 }
 
-// TestDemo runs `pushproxy demo` as a user would (short sleep) and checks its timeline.
+// TestDemo runs `pushproxy demo` as a user would (short sleep) and checks its timeline. It
+// is configured through its own variables, PUSHPROXY_DEMO_*, on a machine where serve's are
+// set to garbage: it reads none of those.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the whole demo")
 	}
+	env := map[string]string{
+		"PUSHPROXY_DEMO_DATABASE_URL": pgtest.NewDatabase(t),
+		"PUSHPROXY_DEMO_RATE":         "20",
+		"PUSHPROXY_DATABASE_URL":      "postgres://garbage@nowhere.invalid/x",
+		"DATABASE_URL":                "postgres://garbage@nowhere.invalid/y",
+		"PUSHPROXY_LISTEN":            "garbage",
+		"PUSHPROXY_LOG_LEVEL":         "garbage",
+	}
 	var out, errOut bytes.Buffer
-	code := run(context.Background(), []string{"demo", "--sleep", "1500ms", "--rate", "20", "--database-url", pgtest.NewDatabase(t)}, &out, &errOut, func(string) string { return "" })
+	code := run(context.Background(), []string{"demo", "--sleep", "1500ms"}, &out, &errOut, func(k string) string {
+		if !strings.HasPrefix(k, "PUSHPROXY_DEMO_") {
+			t.Errorf("the demo read %s", k)
+		}
+		return env[k]
+	})
 	if code != 0 {
 		t.Fatalf("demo exited %d:\n%s\n%s", code, out.String(), errOut.String())
 	}

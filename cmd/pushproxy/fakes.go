@@ -35,22 +35,25 @@ func (c *fakesConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Project, "project", "pushproxy-fake", "FCM project id")
 }
 
-// runFakes starts the fake APNs and the fake FCM for people integrating their app, prints how
-// to point pushproxy at them, and prints every push they receive.
-func runFakes(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	fs := flag.NewFlagSet("fakes", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg fakesConfig
-	cfg.flags(fs)
-	fs.Usage = usage(fs, stderr, "Usage: pushproxy fakes [flags]\n\nRuns a fake APNs and a fake FCM that check every push the way Apple and Google do, and\nprints each one they receive. For integrating and testing apps without real credentials.")
-	if code, ok := parseCommand(fs, "fakes", args, getenv, stderr); !ok {
-		return code
+func fakesCommand() command {
+	return command{
+		name:    "fakes",
+		summary: "run a fake APNs and a fake FCM, to try wake-ups without real credentials",
+		about: `Runs a fake APNs and a fake FCM that check every push the way Apple and Google do, and
+prints each one they receive. For integrating and testing apps without real credentials: it
+writes the keys and credentials to --dir and prints how to point "pushproxy serve" at them.`,
+		setup: func(fs *flag.FlagSet) runFunc {
+			var cfg fakesConfig
+			cfg.flags(fs)
+			return func(ctx context.Context, _ []string, stdout, stderr io.Writer, _ func(string) string) int {
+				if err := fakes(ctx, cfg, stdout); err != nil {
+					fmt.Fprintln(stderr, "pushproxy fakes:", err)
+					return 1
+				}
+				return 0
+			}
+		},
 	}
-	if err := fakes(ctx, cfg, stdout); err != nil {
-		fmt.Fprintln(stderr, "pushproxy fakes:", err)
-		return 1
-	}
-	return 0
 }
 
 func fakes(ctx context.Context, cfg fakesConfig, stdout io.Writer) error {

@@ -1,28 +1,18 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
-	"io"
+	"slices"
+	"strings"
 
 	"github.com/pushproxy/pushproxy/internal/envflag"
 )
 
+// envPrefix is the environment prefix of every command's flags but the demo's.
 const envPrefix = "PUSHPROXY_"
 
 // envName is the environment twin of a flag (--upstream-allow → PUSHPROXY_UPSTREAM_ALLOW).
 func envName(flagName string) string { return envflag.Name(envPrefix, flagName) }
-
-// parseFlags parses args into fs, then each flag not given from its environment twin.
-func parseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	return envflag.Parse(fs, envPrefix, args, getenv)
-}
-
-// usage prints a subcommand's flags with their environment twins and defaults.
-func usage(fs *flag.FlagSet, w io.Writer, synopsis string) func() {
-	return envflag.Usage(fs, envPrefix, w, synopsis)
-}
 
 // listFlag is a comma-separated list.
 type listFlag = envflag.List
@@ -37,6 +27,26 @@ func (l *secretListFlag) String() string {
 	return "<redacted>"
 }
 
+// choiceFlag is a string flag that takes one of a few values, in any case.
+type choiceFlag struct {
+	value   string
+	choices []string
+}
+
+func choice(value string, choices ...string) *choiceFlag {
+	return &choiceFlag{value: value, choices: choices}
+}
+
+func (c *choiceFlag) String() string { return c.value }
+
+func (c *choiceFlag) Set(s string) error {
+	if s = strings.ToLower(s); slices.Contains(c.choices, s) {
+		c.value = s
+		return nil
+	}
+	return fmt.Errorf("not one of %s", strings.Join(c.choices, ", "))
+}
+
 // databaseURL picks the database: --database-url / PUSHPROXY_DATABASE_URL, else DATABASE_URL.
 // "" means: manage a local cluster.
 func databaseURL(flagValue string, getenv func(string) string) string {
@@ -44,17 +54,4 @@ func databaseURL(flagValue string, getenv func(string) string) string {
 		return flagValue
 	}
 	return getenv("DATABASE_URL")
-}
-
-// parseCommand parses a subcommand's flags. When it reports false, the command ends with the
-// code it returns: 0 after --help, 2 after a usage error (already reported on stderr).
-func parseCommand(fs *flag.FlagSet, name string, args []string, getenv func(string) string, stderr io.Writer) (int, bool) {
-	if err := parseFlags(fs, args, getenv); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0, false
-		}
-		fmt.Fprintf(stderr, "pushproxy %s: %v\n", name, err)
-		return 2, false
-	}
-	return 0, true
 }

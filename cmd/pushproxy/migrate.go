@@ -12,29 +12,39 @@ import (
 	"github.com/pushproxy/pushproxy/store"
 )
 
-func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	action := "up"
-	if len(args) > 0 && (args[0] == "up" || args[0] == "status") {
-		action, args = args[0], args[1:]
+func migrateCommand() command {
+	return command{
+		name:    "migrate",
+		args:    "[up|status]",
+		summary: "apply the database migrations (up, the default), or show them (status)",
+		about: `Applies the pending database migrations (up, the default) or shows the schema version
+(status). Without a database URL it works on the local Postgres in --data-dir, as serve does.`,
+		nargs: func(args []string) error {
+			if len(args) > 1 || len(args) == 1 && args[0] != "up" && args[0] != "status" {
+				return fmt.Errorf("unexpected argument %q (the action is up or status)", args[len(args)-1])
+			}
+			return nil
+		},
+		setup: func(fs *flag.FlagSet) runFunc {
+			var (
+				dbURL, dataDir string
+				lc             logConfig
+			)
+			fs.StringVar(&dbURL, "database-url", "", "Postgres URL (DATABASE_URL is read too); empty: the local Postgres in --data-dir")
+			fs.StringVar(&dataDir, "data-dir", "pushproxy-data", "data directory of the local Postgres, when no database URL is given")
+			lc.flags(fs, "info")
+			return func(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+				action := "up"
+				if len(args) == 1 {
+					action = args[0]
+				}
+				return runMigrate(ctx, action, dbURL, dataDir, lc.logger(stderr), stdout, stderr, getenv)
+			}
+		},
 	}
-	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		dbURL, dataDir string
-		lc             logConfig
-	)
-	fs.StringVar(&dbURL, "database-url", "", "Postgres URL (DATABASE_URL is read too); empty: the local Postgres in --data-dir")
-	fs.StringVar(&dataDir, "data-dir", "pushproxy-data", "data directory of the local Postgres, when no database URL is given")
-	lc.flags(fs, "info")
-	fs.Usage = usage(fs, stderr, "Usage: pushproxy migrate [up|status] [flags]\n\nApplies pending migrations (up, the default) or shows the schema version (status).")
-	if code, ok := parseCommand(fs, "migrate", args, getenv, stderr); !ok {
-		return code
-	}
-	log, err := lc.logger(stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "pushproxy migrate:", err)
-		return 2
-	}
+}
+
+func runMigrate(ctx context.Context, action, dbURL, dataDir string, log *slog.Logger, stdout, stderr io.Writer, getenv func(string) string) int {
 	url := databaseURL(dbURL, getenv)
 	if url == "" {
 		dir, err := filepath.Abs(dataDir)

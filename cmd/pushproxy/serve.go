@@ -55,7 +55,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.DBMaxConns, "db-max-conns", 20, "size of the Postgres connection pool")
 	fs.DurationVar(&c.DB.StatementTimeout, "db-statement-timeout", 0, "longest a database statement may run; below --lease-ttl (0: a third of --lease-ttl)")
 	fs.DurationVar(&c.DB.IdleInTransactionTimeout, "db-idle-in-transaction-timeout", 0, "a database session idle this long inside a transaction (a frozen instance) is ended and its locks released; below --lease-ttl (0: a third of --lease-ttl)")
-	fs.DurationVar(&c.DB.LockTimeout, "db-lock-timeout", 0, "longest a request waits for a stream's lock (acknowledging read, close) before answering 503 (0: 2s)")
+	fs.DurationVar(&c.DB.LockTimeout, "db-lock-timeout", 2*time.Second, "longest a request waits for a stream's lock (acknowledging read, close) before answering 503")
 	fs.StringVar(&c.DebugListen, "debug-listen", "", "address of the Go profiler (/debug/pprof/); keep it private (empty: off)")
 	c.Log.flags(fs, "info")
 
@@ -88,30 +88,25 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 
 // logConfig is the logging flags shared by subcommands.
 type logConfig struct {
-	Level  string
-	Format string
+	Level  *choiceFlag
+	Format *choiceFlag
 }
 
 // flags declares --log-level (defaulting to level) and --log-format.
 func (c *logConfig) flags(fs *flag.FlagSet, level string) {
-	fs.StringVar(&c.Level, "log-level", level, "debug, info, warn or error")
-	fs.StringVar(&c.Format, "log-format", "text", "text or json")
+	c.Level, c.Format = choice(level, "debug", "info", "warn", "error"), choice("text", "text", "json")
+	fs.Var(c.Level, "log-level", "debug, info, warn or error")
+	fs.Var(c.Format, "log-format", "text or json")
 }
 
-func (c *logConfig) logger(w io.Writer) (*slog.Logger, error) {
+func (c *logConfig) logger(w io.Writer) *slog.Logger {
 	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(c.Level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
+	lvl.UnmarshalText([]byte(c.Level.value)) // one of the four names
 	o := &slog.HandlerOptions{Level: lvl}
-	switch c.Format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, o)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, o)), nil
-	default:
-		return nil, fmt.Errorf("--log-format: %q is not text or json", c.Format)
+	if c.Format.value == "json" {
+		return slog.New(slog.NewJSONHandler(w, o))
 	}
+	return slog.New(slog.NewTextHandler(w, o))
 }
 
 // Server is a running `pushproxy serve`: the HTTP API, the proxy service, the store, and
@@ -294,20 +289,24 @@ func (s *Server) close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg serveConfig
-	cfg.flags(fs)
-	fs.Usage = usage(fs, stderr, "Usage: pushproxy serve [flags]\n\nRuns the push proxy: the HTTP API and the holders of upstream streams.")
-	if code, ok := parseCommand(fs, "serve", args, getenv, stderr); !ok {
-		return code
+func serveCommand() command {
+	return command{
+		name:    "serve",
+		summary: "run the push proxy: the HTTP API and the holders of upstream streams",
+		about: `Runs the push proxy: the HTTP API and the holders of upstream streams. With no database
+URL it runs a local Postgres in --data-dir (initialised on first start, kept across restarts).`,
+		setup: func(fs *flag.FlagSet) runFunc {
+			var cfg serveConfig
+			cfg.flags(fs)
+			return func(ctx context.Context, _ []string, _, stderr io.Writer, getenv func(string) string) int {
+				return runServe(ctx, cfg, stderr, getenv)
+			}
+		},
 	}
-	log, err := cfg.Log.logger(stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "pushproxy serve:", err)
-		return 2
-	}
+}
+
+func runServe(ctx context.Context, cfg serveConfig, stderr io.Writer, getenv func(string) string) int {
+	log := cfg.Log.logger(stderr)
 	srv, err := openServer(ctx, cfg, log, getenv)
 	if err != nil {
 		log.Error("start-up failed", slog.String("error", err.Error()))
