@@ -15,14 +15,14 @@ import (
 	"github.com/pushproxy/pushproxy/proxy"
 )
 
-// lateHeadOrigin sends its response head only with its first event, a second after the
+// lateHeadOrigin sends its response head only with its first event, delay after the
 // request (as Node's http does after writeHead, and go-sse), then a second event when more
 // is closed. It counts its requests.
-func lateHeadOrigin(requests *atomic.Int32, more chan struct{}) http.HandlerFunc {
+func lateHeadOrigin(delay time.Duration, requests *atomic.Int32, more chan struct{}) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
 		select {
-		case <-time.After(time.Second): // the origin's pace: what is tested
+		case <-time.After(delay): // the origin's pace: what is tested
 		case <-r.Context().Done():
 			return
 		}
@@ -48,9 +48,9 @@ func TestLateHeadIsNotAConnectFailure(t *testing.T) {
 	for _, h2c := range []bool{false, true} {
 		var requests atomic.Int32
 		more := make(chan struct{})
-		srv := newOrigin(t, lateHeadOrigin(&requests, more))
+		srv := newOrigin(t, lateHeadOrigin(time.Second, &requests, more))
 		if h2c {
-			srv = newH2COrigin(t, lateHeadOrigin(&requests, more), nil)
+			srv = newH2COrigin(t, lateHeadOrigin(time.Second, &requests, more), nil)
 		}
 		_, b := setup(t, &proxy.Options{UpstreamH2C: h2c, UpstreamConnectTimeout: 200 * time.Millisecond, UpstreamIdleTimeout: 10 * time.Second})
 		h := handoff(t, b, map[string]any{"url": srv.URL + "/events"})
@@ -65,6 +65,37 @@ func TestLateHeadIsNotAConnectFailure(t *testing.T) {
 		if len(p.Events) != 2 || p.Events[0].Data != "first" || p.Events[1].Data != "second" {
 			t.Fatalf("h2c %v: events %+v", h2c, p.Events)
 		}
+	}
+}
+
+// TestHeadAfter45sWithTheDefaults: with the default timeouts (a 30 s connect timeout), an
+// origin that sends its head 45 s after the request, with its first event, loses nothing and
+// counts no failure, over HTTP/1.1 and HTTP/2. It takes 45 s: the delay is what is tested.
+func TestHeadAfter45sWithTheDefaults(t *testing.T) {
+	t.Parallel()
+	for _, h2c := range []bool{false, true} {
+		t.Run(map[bool]string{false: "h1", true: "h2c"}[h2c], func(t *testing.T) {
+			t.Parallel()
+			var requests atomic.Int32
+			more := make(chan struct{})
+			srv := newOrigin(t, lateHeadOrigin(45*time.Second, &requests, more))
+			if h2c {
+				srv = newH2COrigin(t, lateHeadOrigin(45*time.Second, &requests, more), nil)
+			}
+			_, b := setup(t, &proxy.Options{UpstreamH2C: h2c})
+			h := handoff(t, b, map[string]any{"url": srv.URL + "/events"})
+			eventually(t, 90*time.Second, "the first event", func() bool { return getStream(t, b, h).Backlog == 1 })
+			close(more)
+			eventually(t, 20*time.Second, "the second event", func() bool { return getStream(t, b, h).Backlog == 2 })
+			si := getStream(t, b, h)
+			if n := requests.Load(); n != 1 || si.Upstream.Connects != 1 || si.Upstream.LastError != "" || !si.Upstream.Connected {
+				t.Fatalf("%d requests, upstream %+v", n, si.Upstream)
+			}
+			p := fetchJSON(t, b, h, "")
+			if len(p.Events) != 2 || p.Events[0].Data != "first" || p.Events[1].Data != "second" {
+				t.Fatalf("events %+v", p.Events)
+			}
+		})
 	}
 }
 
