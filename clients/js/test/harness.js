@@ -8,6 +8,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { randomBytes } from "node:crypto";
+import { gzipSync } from "node:zlib";
+import { build } from "esbuild";
 import pg from "pg";
 import { EventSource } from "eventsource";
 
@@ -208,3 +210,48 @@ export function readOrigin(eventsURL, after, until, types) {
 }
 
 export { EventSource };
+
+/**
+ * The cost of a wake: a client sleeps, the origin emits n events, the proxy queues them, and
+ * the client wakes. Answers the requests the wake made by kind, its duration, and the events
+ * the app saw during it (to check). stack's origin must have no ticker (--rate 0).
+ */
+export async function measureWake(stack, n, PushProxyEventSource) {
+  const storage = new MemoryStorage();
+  const { fetch, counts } = countingFetch();
+  const es = new PushProxyEventSource(stack.eventsURL, { proxy: stack.proxyURL, push: { platform: "fcm", token: "device-wake-cost" }, EventSource, fetch, storage });
+  const seen = [];
+  es.addEventListener("marker", (ev) => seen.push(ev.lastEventId));
+  es.addEventListener("snapshot", (ev) => seen.push(ev.lastEventId));
+  await waitFor(() => seen.length > 0, "the snapshot");
+  await es.sleep();
+  const { id } = JSON.parse(storage.map.get("pushproxy:" + stack.eventsURL));
+  const emitted = [];
+  for (let k = 0; k < n; k += 50) {
+    emitted.push(...(await Promise.all(Array.from({ length: Math.min(50, n - k) }, (_, j) => stack.emit("marker", `event ${k + j}`)))));
+  }
+  emitted.sort((a, b) => a - b);
+  await waitFor(async () => (await stack.stream(id)).backlog === n, `a backlog of ${n}`, 60_000);
+  for (const k of Object.keys(counts)) delete counts[k];
+  const before = seen.length;
+  const t0 = performance.now();
+  await es.wake();
+  const ms = performance.now() - t0;
+  const dispatched = seen.slice(before);
+  es.close();
+  return { requests: { ...counts }, ms, dispatched, emitted };
+}
+
+/** The package's size bundled as an app would: minified, and minified and gzipped. */
+export async function bundledSize() {
+  const out = await build({
+    entryPoints: [fileURLToPath(new URL("../src/index.ts", import.meta.url))],
+    bundle: true,
+    minify: true,
+    format: "esm",
+    platform: "neutral",
+    write: false,
+  });
+  const min = out.outputFiles[0].contents;
+  return { min: min.length, gzip: gzipSync(min, { level: 9 }).length };
+}
