@@ -265,15 +265,16 @@ export class PushProxyEventSource extends EventTarget {
 
   /** Starts from storage: asleep when a sleeping stream was kept, else connected. */
   private async load() {
-    let kept: string | null | undefined;
+    let held: Held | undefined;
     try {
-      kept = await this.storage?.getItem(this.key);
+      const kept = await this.storage?.getItem(this.key);
+      if (kept) held = JSON.parse(kept);
     } catch (e) {
-      this.fail(e);
+      this.fail(e); // unreadable: start afresh
     }
-    if (kept) {
-      this.held = JSON.parse(kept);
-      this.lastEventId = visibleId(this.held!.last);
+    if (typeof held?.last == "string") {
+      this.held = held;
+      this.lastEventId = visibleId(held.last);
       this.state = ASLEEP;
       // Not awaited: it runs after this transition.
       if (this.o.auto && globalThis.document?.visibilityState == "visible") void this.wake();
@@ -291,7 +292,10 @@ export class PushProxyEventSource extends EventTarget {
       url.searchParams.set("limit", "" + PAGE);
       const page: Page = await request(this.fetch, url.href, { headers: { Accept: "application/json" } });
       if (this.closed) return;
-      if (page.gap) this.emit("gap", "", h.last);
+      // A gap with nothing queued is a stream closed with its backlog dropped (by the
+      // operator, say): the origin resumes after h.last at wake, so nothing is lost. Only a
+      // backlog that overflowed loses events.
+      if (page.gap && page.events.length) this.emit("gap", "", h.last);
       for (const ev of page.events) this.emit(ev.event, ev.data, (h.last = ev.id));
       more = page.more;
       await this.save();

@@ -19,14 +19,16 @@ after(() => stack?.stop());
 /** A client and what its app sees: events and gaps in one timeline, and errors. */
 function client(storage, options = {}) {
   const app = { timeline: [], errors: [], opens: 0 };
-  const es = new PushProxyEventSource(stack.eventsURL, {
-    proxy: stack.proxyURL,
-    push: { platform: "fcm", token: "device-behaviour" },
-    apiKey: API_KEY,
-    EventSource,
-    storage,
-    ...options,
-  });
+  const es = stack.track(
+    new PushProxyEventSource(stack.eventsURL, {
+      proxy: stack.proxyURL,
+      push: { platform: "fcm", token: "device-behaviour" },
+      apiKey: API_KEY,
+      EventSource,
+      storage,
+      ...options,
+    }),
+  );
   for (const type of ["snapshot", "marker", "gap"]) {
     es.addEventListener(type, (ev) => app.timeline.push(`${ev.type} ${ev.lastEventId}${type == "marker" ? " " + ev.data : ""}`));
   }
@@ -287,5 +289,70 @@ test("auto: sleeps when the page is hidden, wakes when it is shown", async () =>
     second.es.close();
   } finally {
     delete globalThis.document;
+  }
+});
+
+test("a stream the operator closed while asleep: no gap, no error, the origin replays what was dropped", async () => {
+  const storage = new MemoryStorage();
+  const c = client(storage);
+  await started(c);
+  await c.es.sleep();
+  const queued = await emitMarkers(3, "dropped");
+  const { id } = storedStream(storage);
+  await waitFor(async () => (await stack.stream(id)).backlog === 3, "a backlog of 3");
+  await stack.adminClose(id);
+  const n = c.app.timeline.length;
+  await c.es.handlePush({ pushproxy: { streams: { [id]: 3 }, total: 3 } });
+  assert.equal(c.app.timeline.length, n, "nothing to fetch");
+  await c.es.wake();
+  const live = await emitMarkers(1, "live");
+  await waitFor(() => c.app.timeline.includes(live[0]), "a live marker");
+  assert.deepEqual(c.app.timeline.slice(n), [...queued, ...live]);
+  assert.deepEqual(c.app.errors, []);
+  c.es.close();
+});
+
+test("an origin without ids: the proxy's own ids stay inside; events show an empty lastEventId", async () => {
+  // A minimal origin that sends data lines only, and remembers how each connect asked to resume.
+  const connects = [];
+  const streams = new Set();
+  const origin = http.createServer((req, res) => {
+    connects.push({ header: req.headers["last-event-id"] ?? null, query: new URL(req.url, "http://o").searchParams.get("last_event_id") });
+    res.writeHead(200, { "Content-Type": "text/event-stream" });
+    res.write(": hello\n\n");
+    streams.add(res);
+    req.on("close", () => streams.delete(res));
+  });
+  await new Promise((r) => origin.listen(0, "127.0.0.1", r));
+  const send = (data) => {
+    for (const s of streams) s.write(`data: ${data}\n\n`);
+  };
+  try {
+    const url = `http://127.0.0.1:${origin.address().port}/feed`;
+    const storage = new MemoryStorage();
+    const seen = [];
+    const es = stack.track(new PushProxyEventSource(url, { proxy: stack.proxyURL, apiKey: API_KEY, EventSource, storage }));
+    es.onmessage = (ev) => seen.push([ev.data, ev.lastEventId]);
+    await waitFor(() => es.readyState == PushProxyEventSource.OPEN, "the origin");
+    send("awake");
+    await waitFor(() => seen.length == 1, "an event while awake");
+    await es.sleep();
+    const { id } = JSON.parse(storage.map.get("pushproxy:" + url));
+    await waitFor(() => streams.size == 1 && connects.length == 2, "the proxy to connect");
+    send("a");
+    send("b");
+    await waitFor(async () => (await stack.stream(id)).backlog === 2, "a backlog of 2");
+    await es.wake();
+    await waitFor(() => connects.length == 3, "the reconnect to the origin");
+    send("live");
+    await waitFor(() => seen.length == 4, "a live event");
+    assert.deepEqual(seen, [["awake", ""], ["a", ""], ["b", ""], ["live", ""]]);
+    assert.equal(es.lastEventId, "");
+    // Nobody asked the origin to resume from an id it never gave.
+    assert.deepEqual(connects, Array(3).fill({ header: null, query: null }));
+    es.close();
+  } finally {
+    for (const s of streams) s.destroy();
+    origin.close();
   }
 });

@@ -17,12 +17,14 @@ after(() => stack?.stop());
 
 /** A client as an app makes one, recording what its listeners see. */
 function client(storage, app) {
-  const es = new PushProxyEventSource(stack.eventsURL, {
-    proxy: stack.proxyURL,
-    push: { platform: "fcm", token: "device-cycles" },
-    EventSource,
-    storage,
-  });
+  const es = stack.track(
+    new PushProxyEventSource(stack.eventsURL, {
+      proxy: stack.proxyURL,
+      push: { platform: "fcm", token: "device-cycles" },
+      EventSource,
+      storage,
+    }),
+  );
   for (const type of TYPES) es.addEventListener(type, (ev) => app.seen.push({ type: ev.type, id: ev.lastEventId, data: ev.data }));
   es.onmessage = (ev) => app.onmessage.push(ev.lastEventId);
   es.addEventListener("error", (ev) => ev.error && app.errors.push(ev.error));

@@ -71,6 +71,8 @@ export async function startStack({ originArgs = [], proxyArgs = [] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "pushproxy-client-test-"));
   chmodSync(dir, 0o755); // a local Postgres runs as the postgres user, which must reach it
   const cleanups = [() => rmSync(dir, { recursive: true, force: true })];
+  // Clients a test made (see track), closed before the proxy stops, even when a test failed.
+  const clients = [];
   const stop = async () => {
     for (const f of cleanups.reverse()) await f();
   };
@@ -104,15 +106,15 @@ export async function startStack({ originArgs = [], proxyArgs = [] } = {}) {
     );
     cleanups.push(() => stopProcess(origin.child));
     const originURL = origin.match[1];
-    const originPort = new URL(originURL).port;
 
     const proxy = await startProcess(
       join(dir, "bin", "pushproxy"),
-      ["serve", "--listen", "127.0.0.1:0", ...dbArgs, "--upstream-allow", "127.0.0.1:" + originPort, "--admin-token", ADMIN_TOKEN, "--shutdown-timeout", "5s", ...proxyArgs],
+      ["serve", "--listen", "127.0.0.1:0", ...dbArgs, "--upstream-allow", "127.0.0.1", "--admin-token", ADMIN_TOKEN, "--shutdown-timeout", "5s", ...proxyArgs],
       /msg="pushproxy serving" addr=(\S+)/,
       "pushproxy",
     );
     cleanups.push(() => stopProcess(proxy.child));
+    cleanups.push(() => clients.forEach((es) => es.close()));
     const proxyURL = "http://" + proxy.match[1];
 
     return {
@@ -121,6 +123,11 @@ export async function startStack({ originArgs = [], proxyArgs = [] } = {}) {
       /** The origin's SSE URL. */
       eventsURL: originURL + "/events",
       stop,
+      /** Registers a client to be closed when the stack stops; answers it. */
+      track(es) {
+        clients.push(es);
+        return es;
+      },
       /** Publishes one event at the origin; answers its id. */
       async emit(type, data) {
         const res = await fetch(`${originURL}/emit?type=${encodeURIComponent(type)}&data=${encodeURIComponent(data)}`, { method: "POST" });
@@ -133,10 +140,10 @@ export async function startStack({ originArgs = [], proxyArgs = [] } = {}) {
         if (!res.ok) throw new Error(`stream ${id}: ${res.status} ${await res.text()}`);
         return res.json();
       },
-      /** The proxy's held-and-closed counts. */
-      async totals() {
-        const res = await fetch(`${proxyURL}/v1/admin/totals`, { headers: { Authorization: "Bearer " + ADMIN_TOKEN } });
-        return res.json();
+      /** Closes a stream as an operator does. */
+      async adminClose(id) {
+        const res = await fetch(`${proxyURL}/v1/admin/streams/${id}/close`, { method: "POST", headers: { Authorization: "Bearer " + ADMIN_TOKEN } });
+        if (!res.ok) throw new Error(`close ${id}: ${res.status} ${await res.text()}`);
       },
     };
   } catch (err) {
@@ -219,7 +226,7 @@ export { EventSource };
 export async function measureWake(stack, n, PushProxyEventSource) {
   const storage = new MemoryStorage();
   const { fetch, counts } = countingFetch();
-  const es = new PushProxyEventSource(stack.eventsURL, { proxy: stack.proxyURL, push: { platform: "fcm", token: "device-wake-cost" }, EventSource, fetch, storage });
+  const es = stack.track(new PushProxyEventSource(stack.eventsURL, { proxy: stack.proxyURL, push: { platform: "fcm", token: "device-wake-cost" }, EventSource, fetch, storage }));
   const seen = [];
   es.addEventListener("marker", (ev) => seen.push(ev.lastEventId));
   es.addEventListener("snapshot", (ev) => seen.push(ev.lastEventId));
