@@ -100,8 +100,8 @@ export class PushProxyEventSource extends EventTarget {
   /** The id of the last event dispatched, as an EventSource's own `lastEventId`. */
   lastEventId = "";
   onopen: ((this: PushProxyEventSource, ev: Event) => any) | null = null;
-  onmessage: ((this: PushProxyEventSource, ev: MessageEvent) => any) | null = null;
-  onerror: ((this: PushProxyEventSource, ev: Event) => any) | null = null;
+  onmessage: ((this: PushProxyEventSource, ev: MessageEvent<string>) => any) | null = null;
+  onerror: ((this: PushProxyEventSource, ev: Event & { error?: unknown }) => any) | null = null;
 
   private o: PushProxyOptions;
   private key: string;
@@ -116,7 +116,7 @@ export class PushProxyEventSource extends EventTarget {
   /** The listener of the current origin connection's events. */
   private forward?: (ev: MessageEvent) => void;
   /** Transitions run one after the other. */
-  private queue: Promise<void>;
+  private queue = Promise.resolve();
   private stop = new AbortController();
 
   constructor(url: string | URL, options: PushProxyOptions) {
@@ -127,7 +127,7 @@ export class PushProxyEventSource extends EventTarget {
     this.key = options.storageKey ?? "pushproxy:" + this.url;
     this.storage = options.storage === undefined ? globalThis.localStorage : options.storage;
     this.fetch = options.fetch ?? ((input, init) => fetch(input, init));
-    this.queue = this.run(() => this.load());
+    this.run(() => this.load());
     const doc = globalThis.document;
     if (options.auto && doc) {
       const signal = this.stop.signal;
@@ -155,7 +155,12 @@ export class PushProxyEventSource extends EventTarget {
     return this.state == ASLEEP;
   }
 
-  override addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: AddEventListenerOptions | boolean): void {
+  /** `open` and `error` (whose `error` member is the PushProxyError, when the proxy failed). */
+  override addEventListener(type: "open" | "error", listener: (this: PushProxyEventSource, ev: Event & { error?: unknown }) => any, options?: AddEventListenerOptions | boolean): void;
+  /** `message`, the origin's named events, and `gap`. */
+  override addEventListener(type: string, listener: (this: PushProxyEventSource, ev: MessageEvent<string>) => any, options?: AddEventListenerOptions | boolean): void;
+  override addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: AddEventListenerOptions | boolean): void;
+  override addEventListener(type: string, listener: any, options?: AddEventListenerOptions | boolean): void {
     super.addEventListener(type, listener, options);
     if (type != "open" && type != "error" && !this.types.has(type)) {
       this.types.add(type);
@@ -258,9 +263,7 @@ export class PushProxyEventSource extends EventTarget {
 
   /** Runs f after the transitions before it; its failures become `error` events. */
   private run(f: () => Promise<void> | void): Promise<void> {
-    return (this.queue = (this.queue ?? Promise.resolve())
-      .then(() => !this.closed ? f() : undefined)
-      .catch((e) => this.fail(e)));
+    return (this.queue = this.queue.then(() => (this.closed ? undefined : f())).catch((e) => this.fail(e)));
   }
 
   /** Starts from storage: asleep when a sleeping stream was kept, else connected. */
@@ -324,15 +327,15 @@ export class PushProxyEventSource extends EventTarget {
       ev = typeof MessageEvent == "function" ? new MessageEvent(type, init) : Object.assign(new Event(type), init);
     }
     this.dispatchEvent(ev);
-    const handler = (this as any)["on" + type];
-    if (type != "gap" && typeof handler == "function") handler.call(this, ev);
+    const handler = (this as any)["on" + type]; // onmessage, onopen, onerror (and ongap)
+    if (typeof handler == "function") handler.call(this, ev);
   }
 
   private fail(e: unknown) {
     if (this.closed) return;
     const ev = Object.assign(new Event("error"), { error: e });
     this.dispatchEvent(ev);
-    this.onerror?.(ev);
+    this.onerror?.call(this, ev);
   }
 
   private async save() {

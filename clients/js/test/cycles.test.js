@@ -63,14 +63,23 @@ test("20 sleep/wake cycles: every origin event exactly once, in order, with its 
     if (i % 4 == 1) {
       // A push while asleep: the backlog is dispatched, the stream stays with the proxy.
       n = app.seen.length;
-      await es.handlePush({ pushproxy: JSON.stringify({ streams: { [id]: 10 }, total: 10 }) });
+      // The payload as each push service delivers it, one per such cycle.
+      const counts = { streams: { [id]: 10 }, total: 10 };
+      const payload = [
+        { aps: { "content-available": 1 }, pushproxy: counts }, // APNs
+        { pushproxy: JSON.stringify(counts) }, // FCM's data
+        { data: { pushproxy: JSON.stringify(counts) }, from: "sender" }, // FCM's whole message
+        JSON.stringify({ pushproxy: { streams: { other: 3 }, total: 13, omitted: 1 } }), // too many streams to list
+        undefined, // a host that does not pass it on
+      ][pushes];
+      await es.handlePush(payload);
       assert.ok(app.seen.length >= n + 10, "handlePush dispatched the backlog");
       assert.ok(es.sleeping);
       pushes++;
       // A push that names other streams only fetches nothing.
       n = app.seen.length;
       await waitFor(async () => (await stack.stream(id)).backlog >= 5, `a backlog after the push (cycle ${i})`);
-      await es.handlePush({ pushproxy: { streams: { "another-stream": 1 }, total: 1 } });
+      await es.handlePush({ data: { pushproxy: JSON.stringify({ streams: { "another-stream": 1 }, total: 1 }) } });
       assert.equal(app.seen.length, n);
     }
     if (i % 4 == 3) {
