@@ -55,21 +55,38 @@ async function started(c) {
   return first.split(" ")[1];
 }
 
+/** Puts c to sleep and queues n markers (see queue). */
+async function asleepWith(c, storage, n, label) {
+  await c.es.sleep();
+  return queue(storage, n, label);
+}
+
+/** Emits n markers while the stream in storage sleeps; answers their lines and the stream id once the proxy has them. */
+async function queue(storage, n, label) {
+  const queued = await emitMarkers(n, label);
+  const { id } = storedStream(storage);
+  const newest = queued.at(-1).split(" ")[1];
+  await waitFor(async () => (await stack.stream(id)).newest_event_id === newest, `the proxy to queue ${label}`);
+  return { queued, id };
+}
+
+/** Emits a marker and waits for c to see it live; answers its line (in a list). */
+async function live(c, label = "live") {
+  const lines = await emitMarkers(1, label);
+  await waitFor(() => c.app.timeline.includes(lines[0]), `${label} marker`);
+  return lines;
+}
+
 test("a backlog that overflowed while asleep is dispatched after a gap event", async () => {
   const storage = new MemoryStorage();
   const c = client(storage);
   const last = await started(c);
-  await c.es.sleep();
-  const queued = await emitMarkers(50, "asleep");
-  const { id } = storedStream(storage);
-  const newest = queued.at(-1).split(" ")[1];
-  await waitFor(async () => (await stack.stream(id)).newest_event_id === newest, "the proxy to commit the markers");
+  const { queued } = await asleepWith(c, storage, 50, "asleep");
   const n = c.app.timeline.length;
   await c.es.wake();
-  const live = await emitMarkers(1, "after");
-  await waitFor(() => c.app.timeline.includes(live[0]), "a live marker after the wake");
   // The gap comes first, with the position it was noticed at; then the 20 newest events.
-  assert.deepEqual(c.app.timeline.slice(n), [`gap ${last}`, ...queued.slice(-20), ...live]);
+  const after = await live(c);
+  assert.deepEqual(c.app.timeline.slice(n), [`gap ${last}`, ...queued.slice(-20), ...after]);
   assert.deepEqual(c.app.errors, []);
   c.es.close();
 });
@@ -78,10 +95,7 @@ test("a new instance built from the same storage wakes where the dead one slept"
   const storage = new MemoryStorage();
   const first = client(storage);
   const last = await started(first);
-  await first.es.sleep();
-  const queued = await emitMarkers(3, "while dead");
-  const { id } = storedStream(storage);
-  await waitFor(async () => (await stack.stream(id)).backlog === 3, "a backlog of 3");
+  const { queued, id } = await asleepWith(first, storage, 3, "while dead");
   // The process dies: the first instance is never used again.
 
   const second = client(storage);
@@ -89,9 +103,8 @@ test("a new instance built from the same storage wakes where the dead one slept"
   assert.equal(second.es.lastEventId, last);
   assert.equal(second.es.readyState, PushProxyEventSource.CONNECTING);
   await second.es.wake();
-  const live = await emitMarkers(1, "live");
-  await waitFor(() => second.app.timeline.includes(live[0]), "a live marker");
-  assert.deepEqual(second.app.timeline, [...queued, ...live], "no snapshot: the origin resumed after the backlog");
+  const after = await live(second);
+  assert.deepEqual(second.app.timeline, [...queued, ...after], "no snapshot: the origin resumed after the backlog");
   assert.equal((await stack.stream(id)).state, "closed");
   assert.equal(second.app.opens, 1);
   assert.deepEqual(second.app.errors, []);
@@ -106,10 +119,7 @@ for (const [what, tamper, status, code] of [
     const storage = new MemoryStorage();
     const first = client(storage);
     await started(first);
-    await first.es.sleep();
-    const queued = await emitMarkers(2, "asleep");
-    const { id } = storedStream(storage);
-    await waitFor(async () => (await stack.stream(id)).backlog === 2, "a backlog of 2");
+    const { queued } = await asleepWith(first, storage, 2, "asleep");
     storage.map.set(keyOf(), JSON.stringify(tamper(storedStream(storage))));
 
     const second = client(storage);
@@ -120,10 +130,8 @@ for (const [what, tamper, status, code] of [
     assert.ok(err instanceof PushProxyError);
     assert.equal(err.status, status);
     assert.equal(err.code, code);
-    await waitFor(() => second.app.timeline.length >= 2, "the origin's replay");
-    const live = await emitMarkers(1, "live");
-    await waitFor(() => second.app.timeline.includes(live[0]), "a live marker");
-    assert.deepEqual(second.app.timeline, [...queued, ...live]);
+    const after = await live(second);
+    assert.deepEqual(second.app.timeline, [...queued, ...after]);
     assert.equal(storage.map.size, 0);
     second.es.close();
   });
@@ -141,9 +149,8 @@ test("a refused handoff (wrong API key): an error, and wake resumes the origin a
   const n = c.app.timeline.length;
   const missed = await emitMarkers(2, "not held");
   await c.es.wake();
-  const live = await emitMarkers(1, "live");
-  await waitFor(() => c.app.timeline.includes(live[0]), "a live marker");
-  assert.deepEqual(c.app.timeline.slice(n), [...missed, ...live]);
+  const after = await live(c);
+  assert.deepEqual(c.app.timeline.slice(n), [...missed, ...after]);
   c.es.close();
 });
 
@@ -202,8 +209,7 @@ test("503 and 429 are retried (Retry-After honoured); the handoff carries the op
     assert.deepEqual((await stack.stream(id)).urgent_events, ["marker"]);
 
     const n = c.app.timeline.length;
-    const queued = await emitMarkers(2, "asleep");
-    await waitFor(async () => (await stack.stream(id)).backlog === 2, "a backlog of 2");
+    const { queued } = await queue(storage, 2, "asleep");
     f.faults.push({ kind: "GET events", status: 429, code: "throttled", headers: { "Retry-After": "1" } });
     f.log.length = 0;
     await c.es.wake();
@@ -211,9 +217,8 @@ test("503 and 429 are retried (Retry-After honoured); the handoff carries the op
     assert.equal(pages.length, 2);
     assert.ok(pages[1].at - pages[0].at >= 950, `waited ${pages[1].at - pages[0].at} ms for Retry-After: 1`);
     assert.equal(f.log.filter((r) => r.kind == "DELETE /v1/streams").length, 1);
-    const live = await emitMarkers(1, "live");
-    await waitFor(() => c.app.timeline.includes(live[0]), "a live marker");
-    assert.deepEqual(c.app.timeline.slice(n), [...queued, ...live]);
+    const after = await live(c);
+    assert.deepEqual(c.app.timeline.slice(n), [...queued, ...after]);
     assert.deepEqual(c.app.errors, []);
     c.es.close();
 
@@ -229,9 +234,8 @@ test("503 and 429 are retried (Retry-After honoured); the handoff carries the op
     const m = d.app.timeline.length;
     const missed = await emitMarkers(1, "unavailable");
     await d.es.wake();
-    const live2 = await emitMarkers(1, "live");
-    await waitFor(() => d.app.timeline.includes(live2[0]), "a live marker");
-    assert.deepEqual(d.app.timeline.slice(m), [...missed, ...live2]);
+    const after2 = await live(d);
+    assert.deepEqual(d.app.timeline.slice(m), [...missed, ...after2]);
     d.es.close();
   } finally {
     f.close();
@@ -265,16 +269,13 @@ test("auto: sleeps when the page is hidden, wakes when it is shown", async () =>
     doc.dispatchEvent(new Event("visibilitychange"));
     await waitFor(() => storage.map.get(keyOf())?.includes('"token"'), "the handoff");
     assert.ok(c.es.sleeping);
-    const queued = await emitMarkers(2, "hidden");
-    const { id } = storedStream(storage);
-    await waitFor(async () => (await stack.stream(id)).backlog === 2, "a backlog of 2");
+    const { queued } = await queue(storage, 2, "hidden");
     const n = c.app.timeline.length;
     doc.visibilityState = "visible";
     doc.dispatchEvent(new Event("visibilitychange"));
     await waitFor(() => !c.es.sleeping, "the wake");
-    const live = await emitMarkers(1, "visible");
-    await waitFor(() => c.app.timeline.includes(live[0]), "a live marker");
-    assert.deepEqual(c.app.timeline.slice(n), [...queued, ...live]);
+    const after = await live(c, "visible");
+    assert.deepEqual(c.app.timeline.slice(n), [...queued, ...after]);
 
     // Frozen, then the process dies; a new page from storage that is visible wakes by itself.
     doc.dispatchEvent(new Event("freeze"));
@@ -283,9 +284,8 @@ test("auto: sleeps when the page is hidden, wakes when it is shown", async () =>
     const second = client(storage, { auto: true });
     await waitFor(() => second.app.timeline.length >= 1, "the backlog");
     await waitFor(() => !second.es.sleeping && second.es.readyState == PushProxyEventSource.OPEN, "the origin");
-    const live2 = await emitMarkers(1, "new page");
-    await waitFor(() => second.app.timeline.includes(live2[0]), "a live marker");
-    assert.deepEqual(second.app.timeline, [...queued2, ...live2]);
+    const after2 = await live(second, "new page");
+    assert.deepEqual(second.app.timeline, [...queued2, ...after2]);
     second.es.close();
   } finally {
     delete globalThis.document;
@@ -296,18 +296,14 @@ test("a stream the operator closed while asleep: no gap, no error, the origin re
   const storage = new MemoryStorage();
   const c = client(storage);
   await started(c);
-  await c.es.sleep();
-  const queued = await emitMarkers(3, "dropped");
-  const { id } = storedStream(storage);
-  await waitFor(async () => (await stack.stream(id)).backlog === 3, "a backlog of 3");
+  const { queued, id } = await asleepWith(c, storage, 3, "dropped");
   await stack.adminClose(id);
   const n = c.app.timeline.length;
   await c.es.handlePush({ pushproxy: { streams: { [id]: 3 }, total: 3 } });
   assert.equal(c.app.timeline.length, n, "nothing to fetch");
   await c.es.wake();
-  const live = await emitMarkers(1, "live");
-  await waitFor(() => c.app.timeline.includes(live[0]), "a live marker");
-  assert.deepEqual(c.app.timeline.slice(n), [...queued, ...live]);
+  const after = await live(c);
+  assert.deepEqual(c.app.timeline.slice(n), [...queued, ...after]);
   assert.deepEqual(c.app.errors, []);
   c.es.close();
 });
