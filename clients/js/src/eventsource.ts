@@ -326,16 +326,27 @@ export class PushProxyEventSource extends EventTarget {
       const init = { data, lastEventId: this.lastEventId, origin: new URL(this.url).origin };
       ev = typeof MessageEvent == "function" ? new MessageEvent(type, init) : Object.assign(new Event(type), init);
     }
-    this.dispatchEvent(ev);
-    const handler = (this as any)["on" + type]; // onmessage, onopen, onerror (and ongap)
-    if (typeof handler == "function") handler.call(this, ev);
+    this.dispatch(ev);
   }
 
   private fail(e: unknown) {
-    if (this.closed) return;
-    const ev = Object.assign(new Event("error"), { error: e });
+    if (!this.closed) this.dispatch(Object.assign(new Event("error"), { error: e }));
+  }
+
+  /**
+   * Dispatches ev to the listeners, then to its handler attribute (onmessage, onopen, onerror,
+   * and ongap). As with listeners, a handler that throws is reported, and changes nothing here.
+   */
+  private dispatch(ev: Event) {
     this.dispatchEvent(ev);
-    this.onerror?.call(this, ev);
+    const handler = (this as any)["on" + ev.type];
+    try {
+      if (typeof handler == "function") handler.call(this, ev);
+    } catch (e) {
+      setTimeout(() => {
+        throw e;
+      });
+    }
   }
 
   private async save() {

@@ -352,3 +352,36 @@ test("an origin without ids: the proxy's own ids stay inside; events show an emp
     origin.close();
   }
 });
+
+test("a handler that throws is reported, as a listener's would be, and the backlog goes on", async () => {
+  const storage = new MemoryStorage();
+  const c = client(storage);
+  await started(c);
+  const messages = [];
+  c.es.onmessage = (ev) => {
+    messages.push(ev.data);
+    if (ev.data == "throws") throw new Error("the app's handler failed");
+  };
+  await c.es.sleep();
+  const ids = [];
+  for (const data of ["before", "throws", "after"]) ids.push(await stack.emit("", data));
+  const { id } = storedStream(storage);
+  await waitFor(async () => (await stack.stream(id)).newest_event_id === ids.at(-1), "the proxy to queue them");
+  // The exception is reported asynchronously, as uncaught (node:test's own handler set aside).
+  const runner = process.listeners("uncaughtException");
+  process.removeAllListeners("uncaughtException");
+  const reported = [];
+  process.on("uncaughtException", (e) => reported.push(e.message));
+  try {
+    await c.es.wake();
+    await waitFor(() => reported.length == 1, "the report");
+  } finally {
+    process.removeAllListeners("uncaughtException");
+    for (const l of runner) process.on("uncaughtException", l);
+  }
+  assert.deepEqual(messages, ["before", "throws", "after"]);
+  assert.deepEqual(reported, ["the app's handler failed"]);
+  assert.deepEqual(c.app.errors, []);
+  assert.equal((await stack.stream(id)).state, "closed");
+  c.es.close();
+});
