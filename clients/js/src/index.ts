@@ -1,0 +1,3 @@
+export { PushProxyEventSource } from "./eventsource.js";
+export type { PushProxyOptions, KeyValueStorage, EventSourceLike, EventSourceConstructor } from "./eventsource.js";
+export { PushProxyError } from "./api.js";
