@@ -27,12 +27,17 @@ type Options struct {
 	// MaxConns bounds the pool (0: pgxpool's default, max(4, GOMAXPROCS)).
 	MaxConns int32
 	Logger   *slog.Logger
+	// Sealer, when set, seals new streams' forwarded credentials (header values, the URL's
+	// query) and opens them when a stream is claimed. Without it they are stored in clear,
+	// and streams sealed by other instances are left to them.
+	Sealer Sealer
 }
 
 // Store is the Postgres persistence of pushproxy.
 type Store struct {
-	pool *pgxpool.Pool
-	log  *slog.Logger
+	pool   *pgxpool.Pool
+	log    *slog.Logger
+	sealer Sealer
 }
 
 // Open connects to the database at url and checks that it answers.
@@ -66,7 +71,7 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{pool: pool, log: log}, nil
+	return &Store{pool: pool, log: log, sealer: opts.Sealer}, nil
 }
 
 // Close closes the pool.
