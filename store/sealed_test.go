@@ -3,14 +3,12 @@ package store_test
 import (
 	"bytes"
 	"context"
-	"os/exec"
-	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/internal/seal"
 	"github.com/pushproxy/pushproxy/store"
 )
@@ -58,15 +56,7 @@ func createUnheld(t *testing.T, st *store.Store, url string, headers map[string]
 // pgDump returns the output of the real pg_dump --data-only of the database at url.
 func pgDump(t *testing.T, url string) []byte {
 	t.Helper()
-	bin := "pg_dump"
-	if m, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_dump"); len(m) > 0 {
-		slices.Sort(m)
-		bin = m[len(m)-1]
-	}
-	out, err := exec.Command(bin, "--data-only", "--dbname", url).Output()
-	if err != nil {
-		t.Fatalf("pg_dump: %v", err)
-	}
+	out := pgtest.DumpData(t, url)
 	if !bytes.Contains(out, []byte("COPY public.streams")) {
 		t.Fatalf("pg_dump wrote no streams:\n%s", out)
 	}

@@ -4,6 +4,7 @@
 //	pushproxy migrate   apply database migrations, or show their status
 //	pushproxy demo      run the whole flow on this machine and print a timeline
 //	pushproxy fakes     run a fake APNs and a fake FCM, for integrating apps
+//	pushproxy keys      generate and rotate the keys sealing forwarded credentials
 package main
 
 import (
@@ -27,6 +28,7 @@ Commands:
   serve     run the push proxy (HTTP API + upstream holders)
   migrate   database migrations: "migrate up" (default) or "migrate status"
   demo      run origin, proxy and a sleeping device on this machine and print the timeline
+  keys      keys sealing forwarded credentials: "keys generate", "keys rotate"
 
 Run "pushproxy <command> --help" for a command's flags. Every flag can also be set with
 its environment variable: PUSHPROXY_ and the flag name in upper case (--listen is
@@ -47,6 +49,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runDemo(ctx, args[1:], stdout, stderr, getenv)
 	case "fakes":
 		return runFakes(ctx, args[1:], stdout, stderr, getenv)
+	case "keys":
+		return runKeys(ctx, args[1:], stdout, stderr, getenv)
 	case "streams", "backlog", "devices", "origins", "wakeups":
 		return runCLI(ctx, args, stdout, stderr, getenv)
 	case "help", "-h", "--help", "-help":

@@ -39,6 +39,7 @@ type serveConfig struct {
 
 	Allow   listFlag
 	APIKeys secretListFlag
+	Keys    keyConfig
 	Proxy   proxy.Options
 	API     api.Options
 	Wake    wakeConfig
@@ -59,6 +60,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.API.AdminToken, "admin-token", "", "bearer token of the admin API (/v1/admin/...) and the dashboard (/admin/); empty: both are off")
 	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
 	c.Wake.flags(fs)
+	c.Keys.flags(fs)
 	p := &c.Proxy
 	fs.StringVar(&p.InstanceID, "instance-id", "", "name of this instance in leases; unique per running instance, kept across restarts so a restarted instance takes its streams back at once (empty: host-pid-random)")
 	fs.DurationVar(&p.LeaseTTL, "lease-ttl", d.LeaseTTL, "how long a stream lease lasts unrenewed; a dead instance's streams move after this")
@@ -142,6 +144,10 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 		return nil, err
 	}
 	url := databaseURL(cfg.DatabaseURL, getenv)
+	keys, err := cfg.Keys.keys(ctx, url == "", cfg.DataDir, log)
+	if err != nil {
+		return nil, err
+	}
 	if url == "" {
 		dir, err := filepath.Abs(cfg.DataDir)
 		if err != nil {
@@ -164,7 +170,11 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	} else if err := store.CheckSchema(ctx, url); err != nil {
 		return nil, err
 	}
-	s.st, err = store.Open(ctx, url, &store.Options{MaxConns: int32(cfg.DBMaxConns), Logger: log})
+	sto := &store.Options{MaxConns: int32(cfg.DBMaxConns), Logger: log}
+	if keys != nil {
+		sto.Sealer = keys
+	}
+	s.st, err = store.Open(ctx, url, sto)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/pushproxy/pushproxy/internal/pglocal"
+	"github.com/pushproxy/pushproxy/internal/seal"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// keyFileName is the key file the local-Postgres mode keeps in its data directory.
+const keyFileName = "secret-keys.json"
+
+// keyConfig is how serve finds the keys that seal forwarded credentials.
+type keyConfig struct {
+	File           string
+	AllowPlaintext bool
+}
+
+func (c *keyConfig) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.File, "secret-key-file", "", "key file sealing forwarded header values and URL queries at rest (AES-256-GCM; make one with `pushproxy keys generate`); empty with the local Postgres: "+keyFileName+" in --data-dir, made on first start")
+	fs.BoolVar(&c.AllowPlaintext, "insecure-plaintext-credentials", false, "with an external database and no --secret-key-file, store forwarded credentials in clear instead of refusing to start")
+}
+
+// keys returns the keys serve seals with (nil: in clear, as allowed). With the local
+// Postgres and no key file, the key file in dataDir is used, made on the first start.
+// With an external database, serve refuses to start without a key file unless told to
+// store credentials in clear.
+func (c *keyConfig) keys(ctx context.Context, local bool, dataDir string, log *slog.Logger) (*seal.Keys, error) {
+	switch {
+	case c.File != "" && c.AllowPlaintext:
+		return nil, errors.New("--secret-key-file and --insecure-plaintext-credentials: choose one")
+	case c.File != "":
+		return seal.Load(c.File)
+	case c.AllowPlaintext:
+		log.WarnContext(ctx, "forwarded credentials are stored in clear (--insecure-plaintext-credentials)")
+		return nil, nil
+	case !local:
+		return nil, errors.New("no --secret-key-file: with an external database, forwarded credentials are sealed under a key file you keep " +
+			"(make one with `pushproxy keys generate --secret-key-file FILE`); --insecure-plaintext-credentials stores them in clear instead")
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dataDir, keyFileName)
+	k, created, err := seal.LoadOrCreate(path)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.InfoContext(ctx, "made a key for sealing forwarded credentials; back it up with the database", slog.String("file", path))
+	}
+	return k, nil
+}
+
+const keysUsage = `Usage:
+  pushproxy keys generate [--secret-key-file FILE] [--if-missing]
+  pushproxy keys rotate [--secret-key-file FILE] [--database-url URL] [--keep-old-keys]
+
+generate  makes a key file of one key, or adds a new primary key to an existing one (the old
+          keys stay, to open what they sealed); --if-missing leaves an existing file alone.
+rotate    re-seals every stream's forwarded credentials under the primary key, in batches,
+          while instances keep running, then removes the other keys from the file.
+
+Rotating keys: keys generate; restart every instance with the new file (they seal under the
+new key and open both); keys rotate; restart them again, or not: they keep the old key in
+memory only. Without --secret-key-file, the file is ` + keyFileName + ` in --data-dir.`
+
+// runKeys runs `pushproxy keys generate|rotate`.
+func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) < 1 || (args[0] != "generate" && args[0] != "rotate") {
+		fmt.Fprintln(stderr, keysUsage)
+		return 2
+	}
+	action := args[0]
+	fs := flag.NewFlagSet("keys "+action, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		file, dataDir, dbURL string
+		ifMissing, keepOld   bool
+		lc                   logConfig
+		ro                   store.ResealOptions
+	)
+	fs.StringVar(&file, "secret-key-file", "", "the key file (empty: "+keyFileName+" in --data-dir)")
+	fs.StringVar(&dataDir, "data-dir", "pushproxy-data", "data directory of the local Postgres and its key file")
+	if action == "generate" {
+		fs.BoolVar(&ifMissing, "if-missing", false, "only make the file when it does not exist (for a deployment's first start)")
+	} else {
+		fs.StringVar(&dbURL, "database-url", "", "Postgres URL (DATABASE_URL is read too); empty: the local Postgres in --data-dir, which must not be running")
+		fs.BoolVar(&keepOld, "keep-old-keys", false, "keep the other keys in the file after re-sealing")
+		fs.IntVar(&ro.Batch, "batch", 500, "streams re-sealed per transaction")
+		fs.DurationVar(&ro.Pause, "pause", 10*time.Millisecond, "pause between transactions")
+		lc.flags(fs, "info")
+	}
+	fs.Usage = usage(fs, stderr, keysUsage)
+	if code, ok := parseCommand(fs, "keys "+action, args[1:], getenv, stderr); !ok {
+		return code
+	}
+	if file == "" {
+		file = filepath.Join(dataDir, keyFileName)
+	}
+	var err error
+	if action == "generate" {
+		err = generateKeys(file, ifMissing, stdout)
+	} else {
+		err = rotateKeys(ctx, file, dbURL, dataDir, keepOld, ro, lc, stdout, stderr, getenv)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "pushproxy keys %s: %v\n", action, err)
+		return 1
+	}
+	return 0
+}
+
+func generateKeys(file string, ifMissing bool, stdout io.Writer) error {
+	k, err := seal.Load(file)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+			return err
+		}
+		k, created, err := seal.LoadOrCreate(file)
+		if err != nil {
+			return err
+		}
+		if created {
+			fmt.Fprintf(stdout, "wrote %s: key %d (primary)\n", file, k.Primary())
+		}
+		return nil
+	case err != nil:
+		return err
+	case ifMissing:
+		fmt.Fprintf(stdout, "%s exists: primary key %d, keys %v\n", file, k.Primary(), k.IDs())
+		return nil
+	}
+	k, err = k.WithNewPrimary()
+	if err != nil {
+		return err
+	}
+	if err := k.WriteFile(file); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "added key %d to %s as primary; keys %v\nrestart every instance with this file, then run `pushproxy keys rotate`\n", k.Primary(), file, k.IDs())
+	return nil
+}
+
+func rotateKeys(ctx context.Context, file, dbURL, dataDir string, keepOld bool, ro store.ResealOptions, lc logConfig, stdout, stderr io.Writer, getenv func(string) string) error {
+	log, err := lc.logger(stderr)
+	if err != nil {
+		return err
+	}
+	k, err := seal.Load(file)
+	if err != nil {
+		return err
+	}
+	url := databaseURL(dbURL, getenv)
+	if url == "" {
+		dir, err := filepath.Abs(dataDir)
+		if err != nil {
+			return err
+		}
+		pg, err := pglocal.Start(ctx, pglocal.Options{DataDir: filepath.Join(dir, "postgres"), Logger: log})
+		if err != nil {
+			return fmt.Errorf("local postgres (stop pushproxy serve first): %w", err)
+		}
+		defer pg.Stop()
+		url = pg.URL("pushproxy")
+	}
+	if err := store.CheckSchema(ctx, url); err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, url, &store.Options{MaxConns: 2, Logger: log, Sealer: k})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	start := time.Now()
+	res, err := st.Reseal(ctx, ro)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "re-sealed %d streams under key %d, sealed %d stored in clear, dropped the clear credentials of %d ended streams, in %s\n",
+		res.Resealed, k.Primary(), res.Sealed, res.Dropped, time.Since(start).Round(time.Millisecond))
+	if keepOld || len(k.IDs()) == 1 {
+		return nil
+	}
+	k2, err := k.PrimaryOnly()
+	if err != nil {
+		return err
+	}
+	if err := k2.WriteFile(file); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "removed keys other than %d from %s\n", k2.Primary(), file)
+	return nil
+}
