@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -313,5 +314,36 @@ func TestServeRefusesWithoutKeys(t *testing.T) {
 		if code := run(context.Background(), args, io.Discard, &stderr, func(string) string { return "" }); code != 1 || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("serve %v: exit %d, want 1 with %q:\n%s", tc.args, code, tc.want, stderr.String())
 		}
+	}
+}
+
+// TestLocalModeMakesItsKeyFile: with the local Postgres and no key file, serve makes one in
+// its data directory (mode 0600) on the first start and uses the same one after.
+func TestLocalModeMakesItsKeyFile(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	var c keyConfig
+	log := slog.New(slog.DiscardHandler)
+	k1, err := c.keys(context.Background(), true, dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, keyFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %04o, want 0600", fi.Mode().Perm())
+	}
+	k2, err := c.keys(context.Background(), true, dir, log)
+	if err != nil || k2.Primary() != k1.Primary() {
+		t.Fatalf("second start: %v, key %d then %d", err, k1.Primary(), k2.Primary())
+	}
+	// An external database without a key file: refused, unless told to store in clear.
+	if _, err := c.keys(context.Background(), false, dir, log); err == nil {
+		t.Fatal("an external database without a key file was accepted")
+	}
+	c.AllowPlaintext = true
+	if k, err := c.keys(context.Background(), false, dir, log); err != nil || k != nil {
+		t.Fatalf("--insecure-plaintext-credentials: %v, %v", k, err)
 	}
 }
