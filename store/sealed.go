@@ -361,3 +361,27 @@ func (s *Store) resealBatch(ctx context.Context, after string, limit int, res *R
 	}
 	return changed, last, nil
 }
+
+// KeyCount is a number of streams sealed under one key, named by its prefix.
+type KeyCount struct {
+	Prefix  []byte
+	Streams int64
+}
+
+// UnopenableHeld counts the held streams sealed under keys the sealer lacks, by key: this
+// instance leaves them to others (an operator should hear of it at start-up). It reads every
+// held stream once.
+func (s *Store) UnopenableHeld(ctx context.Context) ([]KeyCount, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT substring(c.credentials_sealed FOR 5), count(*) FROM streams c
+		WHERE c.state = 'held' AND c.credentials_sealed IS NOT NULL AND NOT `+openableSQL(1)+`
+		GROUP BY 1 ORDER BY 2 DESC`, s.prefixes())
+	if err != nil {
+		return nil, fmt.Errorf("count unopenable streams: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[KeyCount])
+	if err != nil {
+		return nil, fmt.Errorf("count unopenable streams: %w", err)
+	}
+	return out, nil
+}

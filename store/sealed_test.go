@@ -152,8 +152,15 @@ func TestCredentialsAreSealedAtRestAndRotate(t *testing.T) {
 		}
 	}
 	rel("clear")
-	if got := claimAll(t, openStore(t, b.url, other), "other"); len(got) != 2 {
+	otherStore := openStore(t, b.url, other)
+	if got := claimAll(t, otherStore, "other"); len(got) != 2 {
 		t.Fatalf("an instance with other keys claimed %d streams", len(got))
+	}
+	if u, err := otherStore.UnopenableHeld(ctx); err != nil || len(u) != 1 || u[0].Streams != 3 || !bytes.Equal(u[0].Prefix, k1.PrimaryPrefix()) {
+		t.Fatalf("unopenable streams for another key file: %+v, %v", u, err)
+	}
+	if u, err := st1.UnopenableHeld(ctx); err != nil || len(u) != 0 {
+		t.Fatalf("unopenable streams for the right key file: %+v, %v", u, err)
 	}
 	rel("other")
 

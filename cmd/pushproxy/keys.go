@@ -202,3 +202,19 @@ func rotateKeys(ctx context.Context, file, dbURL, dataDir string, keepOld bool, 
 	fmt.Fprintf(stdout, "removed keys other than %d from %s\n", k2.Primary(), file)
 	return nil
 }
+
+// warnUnopenable logs, at start-up, the held streams sealed under keys this instance lacks:
+// it never claims them, so without another instance holding those keys they wait unheld.
+func warnUnopenable(ctx context.Context, st *store.Store, log *slog.Logger) {
+	counts, err := st.UnopenableHeld(ctx)
+	if err != nil {
+		log.WarnContext(ctx, "could not check the keys of held streams", slog.String("error", err.Error()))
+		return
+	}
+	for _, c := range counts {
+		id, _ := seal.KeyID(c.Prefix)
+		log.ErrorContext(ctx, "held streams are sealed under a key the key file lacks: this instance leaves them to instances that have it; add the key to --secret-key-file",
+			slog.Int64("streams", c.Streams), slog.Uint64("key_id", uint64(id)))
+	}
+}
+

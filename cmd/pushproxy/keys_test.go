@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -280,6 +281,17 @@ func TestSealedCredentialsEndToEnd(t *testing.T) {
 	flowing(4)
 	checkNoSecrets("pg_dump --data-only after the rotation", pgtest.DumpData(t, dbURL))
 	checkNoSecrets("API documents after the rotation", docs())
+
+	// An instance started with the removed key alone says so, and claims none of them.
+	oldFile := filepath.Join(t.TempDir(), "old.json")
+	if err := k1.WriteFile(oldFile); err != nil {
+		t.Fatal(err)
+	}
+	_, wrong := startProxy(t, dbURL, "--secret-key-file", oldFile) // returns once it serves
+	re := regexp.MustCompile(fmt.Sprintf(`level=ERROR msg="held streams are sealed under a key the key file lacks.*streams=4 key_id=%d`, k2.Primary()))
+	if !re.MatchString(wrong.output()) {
+		t.Fatalf("an instance with the removed key alone did not say so:\n%s", wrong.output())
+	}
 }
 
 // TestServeRefusesWithoutKeys: with an external database, no key file is a clear start-up

@@ -178,6 +178,7 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	if err != nil {
 		return nil, err
 	}
+	warnUnopenable(ctx, s.st, log)
 	po := cfg.Proxy
 	po.Upstream, po.Logger = allow, log
 	ao := cfg.API
