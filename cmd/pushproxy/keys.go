@@ -217,4 +217,3 @@ func warnUnopenable(ctx context.Context, st *store.Store, log *slog.Logger) {
 			slog.Int64("streams", c.Streams), slog.Uint64("key_id", uint64(id)))
 	}
 }
-
