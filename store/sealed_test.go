@@ -313,3 +313,79 @@ func TestEndedStreamsLoseTheirCredentials(t *testing.T) {
 	}
 	assertNoSecrets(t, "pg_dump --data-only", pgDump(t, b.url), allSecrets...)
 }
+
+// TestResealWhileHoldersCommit: a rotation over many streams, in small batches, while their
+// holder commits events to every one of them: every commit keeps its lease, every row ends
+// under the new key, and a claim after it opens each stream's exact credentials.
+func TestResealWhileHoldersCommit(t *testing.T) {
+	ctx := context.Background()
+	_, b := setup(t)
+	k1, _ := seal.Generate()
+	st1 := openStore(t, b.url, k1)
+	const n = 300
+	for range n {
+		createUnheld(t, st1, sealedURL, sealedHeaders)
+	}
+	claims := claimAll(t, st1, owner)
+	if len(claims) != n {
+		t.Fatalf("claimed %d of %d", len(claims), n)
+	}
+	k2, _ := k1.WithNewPrimary()
+	st2 := openStore(t, b.url, k2)
+
+	done := make(chan struct{})
+	commits := make(chan int)
+	go func() {
+		rounds := 0
+		defer func() { commits <- rounds }()
+		for seq := int64(1); ; seq++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			var as []store.Append
+			for id, c := range claims {
+				as = append(as, store.Append{StreamID: id, Epoch: c.Epoch, Events: events(seq, seq, seqID), HeadSeq: seq, ResumeID: seqID(seq)})
+			}
+			res, err := st1.Commit(ctx, owner, as, store.CommitOptions{})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if len(res.Lost) != 0 {
+				t.Errorf("round %d: %d streams lost their lease during the rotation", seq, len(res.Lost))
+				return
+			}
+			rounds++
+		}
+	}()
+	res, err := st2.Reseal(ctx, store.ResealOptions{Batch: 7})
+	close(done)
+	rounds := <-commits
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Resealed != n || rounds == 0 {
+		t.Fatalf("re-sealed %d of %d during %d commit rounds", res.Resealed, n, rounds)
+	}
+	t.Logf("re-sealed %d streams in batches of 7 during %d commit rounds", res.Resealed, rounds)
+	for id, v := range sealedPrefixes(t, st2) {
+		if kid, _ := seal.KeyID(v); kid != k2.Primary() {
+			t.Fatalf("stream %s under key %d after the rotation", id, kid)
+		}
+	}
+	if err := st1.ReleaseLeases(ctx, owner); err != nil {
+		t.Fatal(err)
+	}
+	k3, _ := k2.PrimaryOnly()
+	got := claimAll(t, openStore(t, b.url, k3), "after")
+	if len(got) != n {
+		t.Fatalf("claimed %d of %d after the rotation", len(got), n)
+	}
+	for _, c := range got {
+		if c.Stream.URL != sealedURL || !mapsEqual(c.Stream.Headers, sealedHeaders) || c.Stream.HeadSeq != int64(rounds) {
+			t.Fatalf("after the rotation: %q %v head %d of %d", c.Stream.URL, c.Stream.Headers, c.Stream.HeadSeq, rounds)
+		}
+	}
+}
