@@ -70,13 +70,18 @@ generate  makes a key file of one key, or adds a new primary key to an existing 
 rotate    re-seals every stream's forwarded credentials under the primary key, in batches,
           while instances keep running, then removes the other keys from the file.
 
-Rotating keys: keys generate; restart every instance with the new file (they seal under the
-new key and open both); keys rotate; restart them again, or not: they keep the old key in
-memory only. Without --secret-key-file, the file is ` + keyFileName + ` in --data-dir.`
+To rotate: keys generate; restart every instance with the new file (they seal under the new
+key and open both); keys rotate; copy the file to every instance again (a restart is not
+needed: they only keep the removed key in memory). Without --secret-key-file, the file is
+` + keyFileName + ` in --data-dir.`
 
 // runKeys runs `pushproxy keys generate|rotate`.
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	if len(args) < 1 || (args[0] != "generate" && args[0] != "rotate") {
+		if len(args) == 1 && (args[0] == "help" || args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+			fmt.Fprintln(stdout, keysUsage)
+			return 0
+		}
 		fmt.Fprintln(stderr, keysUsage)
 		return 2
 	}
@@ -96,8 +101,8 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	} else {
 		fs.StringVar(&dbURL, "database-url", "", "Postgres URL (DATABASE_URL is read too); empty: the local Postgres in --data-dir, which must not be running")
 		fs.BoolVar(&keepOld, "keep-old-keys", false, "keep the other keys in the file after re-sealing")
-		fs.IntVar(&ro.Batch, "batch", 500, "streams re-sealed per transaction")
-		fs.DurationVar(&ro.Pause, "pause", 10*time.Millisecond, "pause between transactions")
+		fs.IntVar(&ro.Batch, "reseal-batch", 500, "streams re-sealed per transaction")
+		fs.DurationVar(&ro.Pause, "reseal-pause", 10*time.Millisecond, "pause between transactions")
 		lc.flags(fs, "info")
 	}
 	fs.Usage = usage(fs, stderr, keysUsage)

@@ -246,7 +246,7 @@ func TestSealedCredentialsEndToEnd(t *testing.T) {
 	<-p.done
 	api, p = start()
 	waitFor(t, "reconnects after the restart with the new key", func() bool { return o.requests(query, headers) >= 12 })
-	out = pushproxyCmd("keys", "rotate", "--secret-key-file", keyFile, "--database-url", dbURL, "--batch", "3")
+	out = pushproxyCmd("keys", "rotate", "--secret-key-file", keyFile, "--database-url", dbURL, "--reseal-batch", "3")
 	if !strings.Contains(out, "re-sealed 4 streams") || !strings.Contains(out, "removed keys") {
 		t.Fatalf("keys rotate: %s", out)
 	}
