@@ -7,9 +7,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/tern/v2/migrate"
+
 	"github.com/pushproxy/pushproxy"
 	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/internal/seal"
+	"github.com/pushproxy/pushproxy/migrations"
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -388,4 +392,40 @@ func TestResealWhileHoldersCommit(t *testing.T) {
 			t.Fatalf("after the rotation: %q %v head %d of %d", c.Stream.URL, c.Stream.Headers, c.Stream.HeadSeq, rounds)
 		}
 	}
+}
+
+// The sealing migration goes down (a held stream whose credentials are sealed fails: they
+// cannot be put back in clear) and up again.
+func TestSealingMigrationDownAndUp(t *testing.T) {
+	ctx := context.Background()
+	_, b := setup(t)
+	k, _ := seal.Generate()
+	st := openStore(t, b.url, k)
+	s := createUnheld(t, st, sealedURL, sealedHeaders)
+	plain := createUnheld(t, st, "http://origin.test/plain", nil)
+	conn, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	m, err := migrate.NewMigrator(ctx, conn, "pushproxy_schema_version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.LoadMigrations(migrations.FS); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.MigrateTo(ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{s.ID: pushproxy.StateFailed, plain.ID: pushproxy.StateHeld} {
+		var state string
+		if err := conn.QueryRow(ctx, `SELECT state FROM streams WHERE id = $1`, id).Scan(&state); err != nil || state != want {
+			t.Fatalf("after the down migration: %s, %v; want %s", state, err, want)
+		}
+	}
+	if err := m.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	createUnheld(t, st, sealedURL, sealedHeaders)
 }
