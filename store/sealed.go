@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -151,6 +152,23 @@ func (s *Store) prefixes() [][]byte {
 	return s.sealer.Prefixes()
 }
 
+// failUnreadableSQL fails the held streams $1 whose credentials do not open.
+const failUnreadableSQL = `
+	UPDATE streams SET state = 'failed', lease_owner = NULL, connected = false,
+		state_reason = 'the forwarded credentials do not decrypt with the key file: wrong key or damaged row',
+		closed_at = now(), updated_at = now()
+	WHERE id = ANY($1::uuid[]) AND state = 'held'`
+
+// canOpen reports whether sealed starts with the prefix of one of the sealer's keys.
+func (s *Store) canOpen(sealed []byte) bool {
+	for _, p := range s.prefixes() {
+		if bytes.HasPrefix(sealed, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // openClaims opens the credentials of claimed streams. A stream whose credentials do not
 // authenticate (damaged, or sealed under another key with the same id) fails with that
 // reason: it cannot be held, and nothing in clear is made up for it.
@@ -167,11 +185,7 @@ func (s *Store) openClaims(ctx context.Context, claims []Claim, sealed [][]byte)
 		kept = append(kept, c)
 	}
 	if len(bad) > 0 {
-		_, err := s.pool.Exec(ctx, `
-			UPDATE streams SET state = 'failed', lease_owner = NULL, connected = false,
-				state_reason = 'the forwarded credentials do not decrypt with the key file: wrong key or damaged row',
-				closed_at = now(), updated_at = now()
-			WHERE id = ANY($1::uuid[]) AND state = 'held'`, bad)
+		_, err := s.pool.Exec(ctx, failUnreadableSQL, bad)
 		if err != nil {
 			return nil, fmt.Errorf("fail streams with unreadable credentials: %w", err)
 		}
@@ -216,6 +230,7 @@ type ResealResult struct {
 	Resealed int64 // sealed values re-sealed under the primary key
 	Sealed   int64 // held streams' credentials in clear, sealed
 	Dropped  int64 // ended streams' credentials in clear, dropped
+	Failed   int64 // held streams whose sealed value does not open (damaged): failed
 }
 
 // Reseal re-seals every stream's credentials under the sealer's primary key, in batches of
@@ -329,7 +344,15 @@ func (s *Store) resealBatch(ctx context.Context, after string, limit int, res *R
 		for _, r := range todo {
 			if r.sealed != nil {
 				if err := s.openRow(&r.st, r.sealed); err != nil {
-					return fmt.Errorf("stream %s: %w", r.st.ID, err)
+					if !s.canOpen(r.sealed) {
+						return fmt.Errorf("stream %s: %w; add that key to the file and rotate again", r.st.ID, err)
+					}
+					// Damaged, or moved from another row: it fails as a claim would fail it.
+					s.log.ErrorContext(ctx, "a stream's forwarded credentials do not open; failing it",
+						"stream", r.st.ID, "error", err.Error())
+					b.Queue(failUnreadableSQL, []string{r.st.ID})
+					res.Failed++
+					continue
 				}
 				res.Resealed++
 			} else if r.st.State != pushproxy.StateHeld {

@@ -3,6 +3,7 @@ package store_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -277,11 +278,30 @@ func TestUnopenableCredentialsFailTheStream(t *testing.T) {
 	if _, err := st.Pool().Exec(ctx, `UPDATE streams SET credentials_sealed = overlay(credentials_sealed PLACING '\xff'::bytea FROM 20) WHERE id = $1`, damaged.ID); err != nil {
 		t.Fatal(err)
 	}
-	got := claimAll(t, st, "one")
+	// A rotation that meets one fails it too, and carries on.
+	unclaimed := createUnheld(t, st, sealedURL, sealedHeaders)
+	if _, err := st.Pool().Exec(ctx, `UPDATE streams SET credentials_sealed = (SELECT credentials_sealed FROM streams WHERE id = $1) WHERE id = $2`, ok.ID, unclaimed.ID); err != nil {
+		t.Fatal(err)
+	}
+	k2, _ := k.WithNewPrimary()
+	st2 := openStore(t, b.url, k2)
+	if res, err := st2.Reseal(ctx, store.ResealOptions{}); err != nil || res.Failed != 3 || res.Resealed != 2 {
+		t.Fatalf("reseal over unopenable values: %+v, %v", res, err)
+	}
+	got := claimAll(t, st2, "one")
 	if len(got) != 2 || got[ok.ID].Stream.URL != sealedURL || got[a.ID].Stream.URL != sealedURL {
 		t.Fatalf("claimed %v", got)
 	}
-	for _, id := range []string{moved.ID, damaged.ID} {
+	// A rotation with a key file that lacks the rows' key stops with a clear error and
+	// changes nothing.
+	other, _ := seal.Generate()
+	if _, err := openStore(t, b.url, other).Reseal(ctx, store.ResealOptions{}); !errors.Is(err, seal.ErrUnknownKey) || !strings.Contains(err.Error(), "add that key") {
+		t.Fatalf("reseal with another key file: %v", err)
+	}
+	if p := sealedPrefixes(t, st); !bytes.HasPrefix(p[ok.ID], k2.PrimaryPrefix()) {
+		t.Fatalf("a failed rotation changed a row: %x", p[ok.ID][:5])
+	}
+	for _, id := range []string{moved.ID, damaged.ID, unclaimed.ID} {
 		s, err := st.GetStream(ctx, id)
 		if err != nil {
 			t.Fatal(err)
@@ -289,9 +309,6 @@ func TestUnopenableCredentialsFailTheStream(t *testing.T) {
 		if s.State != pushproxy.StateFailed || !strings.Contains(s.StateReason, "do not decrypt") {
 			t.Fatalf("stream with an unopenable value: %s %q", s.State, s.StateReason)
 		}
-	}
-	if res, err := st.Reseal(ctx, store.ResealOptions{}); err != nil || res.Resealed != 0 {
-		t.Fatalf("reseal after failures: %+v %v", res, err)
 	}
 }
 

@@ -194,6 +194,9 @@ func rotateKeys(ctx context.Context, file, dbURL, dataDir string, keepOld bool, 
 	}
 	fmt.Fprintf(stdout, "re-sealed %d streams under key %d, sealed %d stored in clear, dropped the clear credentials of %d ended streams, in %s\n",
 		res.Resealed, k.Primary(), res.Sealed, res.Dropped, time.Since(start).Round(time.Millisecond))
+	if res.Failed > 0 {
+		fmt.Fprintf(stdout, "failed %d streams whose sealed credentials do not decrypt (damaged or copied from another row)\n", res.Failed)
+	}
 	if keepOld || len(k.IDs()) == 1 {
 		return nil
 	}
