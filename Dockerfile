@@ -7,9 +7,13 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/pushproxy ./cmd/origin
+# An empty /keys owned by nonroot: a volume mounted there (the key file sealing forwarded
+# credentials, docker-compose.yml) starts with that owner.
+RUN mkdir -m 0700 /keys
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/pushproxy /out/origin /usr/local/bin/
+COPY --from=build --chown=nonroot:nonroot /keys /keys
 USER nonroot
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/pushproxy"]

@@ -282,7 +282,7 @@ type upstreamResponse struct {
 
 func toStreamResponse(st pushproxy.Stream) streamResponse {
 	resp := streamResponse{
-		ID: st.ID, URL: st.URL, State: st.State, StateReason: st.StateReason,
+		ID: st.ID, URL: store.WithoutQuery(st.URL), State: st.State, StateReason: st.StateReason,
 		Backlog: st.Backlog(), AckedEventID: st.AckedID, ResumeEventID: st.ResumeID,
 		HasPush: st.DeviceID != "", CreatedAt: st.CreatedAt, UrgentEvents: st.UrgentEvents,
 		Upstream: upstreamResponse{Status: st.UpstreamStatus, Connected: st.Connected, Connects: st.Connects, LastError: st.LastError},

@@ -42,6 +42,10 @@ type Options struct {
 	// pushproxy.EUNAVAILABLE ("busy, retry") instead of hanging (0: DefaultLockTimeout). The
 	// statement timeout ends a longer wait anyway.
 	LockTimeout time.Duration
+	// Sealer, when set, seals new streams' forwarded credentials (header values, the URL's
+	// query) and opens them when a stream is claimed. Without it they are stored in clear,
+	// and streams sealed by other instances are left to them.
+	Sealer Sealer
 }
 
 // Defaults of the session timeouts.
@@ -80,6 +84,7 @@ type Store struct {
 	// lockBegin begins a transaction of a request that waits for a stream's row lock at
 	// most the lock timeout.
 	lockBegin string
+	sealer    Sealer
 }
 
 // Open connects to the database at url and checks that it answers.
@@ -125,6 +130,7 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 		pool:      db{pool},
 		log:       log,
 		lockBegin: fmt.Sprintf("BEGIN; SET LOCAL lock_timeout = %d", lock.Milliseconds()),
+		sealer:    opts.Sealer,
 	}, nil
 }
 

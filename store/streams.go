@@ -113,24 +113,24 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 			owner = &ns.LeaseOwner
 			epochStart = 1
 		}
-		headers := ns.Headers
-		if headers == nil {
-			headers = map[string]string{}
+		row, err := s.sealRow(ns.URL, ns.Headers)
+		if err != nil {
+			return err
 		}
 		urgent := ns.UrgentEvents
 		if urgent == nil {
 			urgent = []string{}
 		}
-		row := tx.QueryRow(ctx, `
-			INSERT INTO streams AS s (device_id, url, headers, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events)
-			VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8)
+		st, epoch, err = scanStream(tx.QueryRow(ctx, `
+			INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)
 			RETURNING `+streamColumns,
-			deviceID, ns.URL, headers, ns.TokenHash, []byte(ns.ResumeID), owner, epochStart, urgent)
-		var err error
-		st, epoch, err = scanStream(row)
+			row.ID, deviceID, row.URL, row.Headers, row.Sealed, ns.TokenHash, []byte(ns.ResumeID), owner, epochStart, urgent))
 		if err != nil {
 			return fmt.Errorf("insert stream: %w", err)
 		}
+		// The holder this instance starts gets the credentials in clear, as a claim would.
+		st.URL, st.Headers = ns.URL, ns.Headers
 		return nil
 	})
 	return st, epoch, err
@@ -253,21 +253,25 @@ func (s *Store) ClaimStreams(ctx context.Context, owner string, ttl time.Duratio
 			SELECT c.id FROM streams c
 			WHERE c.state = 'held' AND (c.lease_owner IS NULL OR c.lease_owner = ANY (ARRAY(
 				SELECT i.id FROM instances i WHERE i.expires_at <= now())))
+				AND `+openableSQL(3)+`
 			ORDER BY c.created_at
 			LIMIT $2
 			FOR UPDATE SKIP LOCKED)
-		RETURNING `+streamColumns, owner, limit)
+		RETURNING `+streamColumns+`, s.credentials_sealed`, owner, limit, s.prefixes())
 	if err != nil {
 		return nil, fmt.Errorf("claim streams: %w", err)
 	}
+	var sealed [][]byte
 	claims, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Claim, error) {
-		st, epoch, err := scanStream(row)
+		var b []byte
+		st, epoch, err := scanStreamWith(row, &b)
+		sealed = append(sealed, b)
 		return Claim{Stream: st, Epoch: epoch}, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim streams: %w", err)
 	}
-	return claims, nil
+	return s.openClaims(ctx, claims, sealed)
 }
 
 // RenewLeases renews owner's instance lease and returns the ids of the streams it still

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pushproxy/pushproxy/internal/seal"
 )
 
 // child is a process started by the benchmark, with the lines it prints.
@@ -146,8 +148,12 @@ func runHeld(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	keyFile := filepath.Join(dir, "secret-keys.json")
+	if _, _, err := seal.LoadOrCreate(keyFile); err != nil {
+		return err
+	}
 	pargs := []string{"serve", "--listen", "127.0.0.1:0", "--database-url", url, "--upstream-allow", "127.0.0.0/8",
-		"--db-max-conns", "10", "--claim-interval", "1h"}
+		"--db-max-conns", "10", "--claim-interval", "1h", "--secret-key-file", keyFile}
 	if *proto == "h2" {
 		pargs = append(pargs, "--upstream-h2c")
 	}

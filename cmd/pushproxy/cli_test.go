@@ -7,12 +7,14 @@ import (
 	"flag"
 	"log/slog"
 	"net/http/httptest"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/internal/seal"
 	"github.com/pushproxy/pushproxy/origin"
 )
 
@@ -31,6 +33,10 @@ func TestOperatorCommands(t *testing.T) {
 	cfg.Listen, cfg.DatabaseURL = "127.0.0.1:0", pgtest.NewDatabase(t)
 	cfg.Allow = listFlag{"127.0.0.0/8"}
 	cfg.API.AdminToken = "op-secret"
+	cfg.Keys.File = filepath.Join(t.TempDir(), "keys.json")
+	if _, _, err := seal.LoadOrCreate(cfg.Keys.File); err != nil {
+		t.Fatal(err)
+	}
 	srv, err := openServer(ctx, cfg, slog.New(slog.DiscardHandler), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)

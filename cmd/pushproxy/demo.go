@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy/internal/pglocal"
+	"github.com/pushproxy/pushproxy/internal/seal"
 	"github.com/pushproxy/pushproxy/origin"
 	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/wakeup"
@@ -119,11 +120,16 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 		return err
 	}
 	tl.say("fcm", "fake Firebase Cloud Messaging at %s", fcm.URL())
+	keyFile := filepath.Join(dir, "secret-keys.json")
+	if _, _, err := seal.LoadOrCreate(keyFile); err != nil {
+		return err
+	}
 
 	var sc serveConfig
 	sc.flags(flag.NewFlagSet("", flag.ContinueOnError)) // the defaults
 	sc.Listen, sc.DatabaseURL = "127.0.0.1:0", url
 	sc.Allow = listFlag{"127.0.0.0/8"}
+	sc.Keys.File = keyFile
 	sc.API.Heartbeat = 15 * time.Second
 	sc.Wake.Debounce, sc.Wake.Sched.Jitter = cfg.Sleep, time.Millisecond
 	sc.Wake.FCM = wakeup.FCMOptions{CredentialsFile: credFile, URL: fcm.URL()}

@@ -5,6 +5,7 @@
 //	pushproxy migrate   apply database migrations, or show their status
 //	pushproxy demo      run the whole flow on this machine and print a timeline
 //	pushproxy fakes     run a fake APNs and a fake FCM, for integrating apps
+//	pushproxy keys      generate and rotate the keys sealing forwarded credentials
 //	pushproxy streams, backlog, devices, origins, wakeups
 //	                    look at a running instance through its admin API
 //	pushproxy version   print the version and the VCS revision it was built from
@@ -62,12 +63,14 @@ type group struct{ name, summary string }
 // commands is the command line: each command, in the order --help lists them.
 func commands() []command {
 	cs := []command{serveCommand(), migrateCommand(), demoCommand(), fakesCommand()}
+	cs = append(cs, keysCommands()...)
 	cs = append(cs, operatorCommands()...)
 	return append(cs, versionCommand())
 }
 
 // groups are the operator commands' first words, with what --help says of each.
 var groups = []group{
+	{"keys", "make and rotate the keys sealing forwarded credentials (generate | rotate)"},
 	{"streams", "list, show or close streams (list | show ID | close ID)"},
 	{"backlog", "the largest backlogs, and the totals (top | totals)"},
 	{"devices", "a device and its wake-ups, or the devices whose token died (show ID | dead)"},

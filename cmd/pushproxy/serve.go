@@ -40,6 +40,7 @@ type serveConfig struct {
 
 	Allow   listFlag
 	APIKeys secretListFlag
+	Keys    keyConfig
 	Proxy   proxy.Options
 	API     api.Options
 	Wake    wakeConfig
@@ -63,6 +64,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.API.AdminToken, "admin-token", "", "bearer token of the admin API (/v1/admin/...) and the dashboard (/admin/); empty: both are off")
 	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
 	c.Wake.flags(fs)
+	c.Keys.flags(fs)
 	p := &c.Proxy
 	fs.StringVar(&p.InstanceID, "instance-id", "", "name of this instance in leases; unique per running instance, kept across restarts so a restarted instance takes its streams back at once (empty: with a local Postgres, an id kept in its data directory; otherwise host-pid-random)")
 	fs.DurationVar(&p.LeaseTTL, "lease-ttl", d.LeaseTTL, "how long a stream lease lasts unrenewed; a dead instance's streams move after this")
@@ -141,6 +143,10 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 		return nil, err
 	}
 	url := databaseURL(cfg.DatabaseURL, getenv)
+	keys, err := cfg.Keys.keys(ctx, url == "", cfg.DataDir, log)
+	if err != nil {
+		return nil, err
+	}
 	if url == "" {
 		dir, err := filepath.Abs(cfg.DataDir)
 		if err != nil {
@@ -170,10 +176,14 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	}
 	dbo := cfg.DB
 	dbo.MaxConns, dbo.Logger, dbo.LeaseTTL = int32(cfg.DBMaxConns), log, cfg.Proxy.LeaseTTL
+	if keys != nil {
+		dbo.Sealer = keys
+	}
 	s.st, err = store.Open(ctx, url, &dbo)
 	if err != nil {
 		return nil, err
 	}
+	warnUnopenable(ctx, s.st, log)
 	po := cfg.Proxy
 	po.Upstream, po.Logger = allow, log
 	ao := cfg.API
