@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -52,6 +54,43 @@ func readAll(t *testing.T, s *h2client.Stream) ([]byte, error) {
 		t.Fatal("the stream did not end")
 		return nil, nil
 	}
+}
+
+// openAll opens a stream on each URL at once, and fails the test if one fails. The streams
+// are closed when the test ends.
+func openAll(t *testing.T, p *h2client.Pool, urls []string) ([]*h2client.Stream, []*h2client.Response) {
+	t.Helper()
+	streams := make([]*h2client.Stream, len(urls))
+	heads := make([]*h2client.Response, len(urls))
+	errs := make([]error, len(urls))
+	var wg sync.WaitGroup
+	for i, u := range urls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			pu, err := url.Parse(u)
+			if err == nil {
+				streams[i], heads[i], err = p.Open(ctx, pu, nil)
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("open %s: %w", u, err)
+			}
+		}()
+	}
+	wg.Wait()
+	t.Cleanup(func() {
+		for _, s := range streams {
+			if s != nil {
+				s.Close()
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return streams, heads
 }
 
 // check reports a server-side error to the test (servers run on their own goroutines).
@@ -429,27 +468,7 @@ func TestStreamLimitTwo(t *testing.T) {
 	p := newPool(t, h2client.Options{H2C: true})
 	u := mustURL(t, srv.URL)
 	const n = 40
-	streams := make([]*h2client.Stream, n)
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			s, _, err := p.Open(ctx, u, nil)
-			streams[i] = s
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	streams, _ := openAll(t, p, slices.Repeat([]string{srv.URL}, n))
 	if a := srv.accepted.Load(); a != n/2 {
 		t.Fatalf("%d connections for %d streams at 2 per connection, want %d", a, n, n/2)
 	}

@@ -22,11 +22,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pushproxy/pushproxy/internal/h2client"
+	"github.com/pushproxy/pushproxy/internal/nginxtest"
 	"github.com/pushproxy/pushproxy/internal/streamio"
 )
 
@@ -105,42 +105,22 @@ type sseStream struct {
 // openStreams opens n streams on base+"/s<i>" at once, and reads each to its end.
 func openStreams(t *testing.T, p *h2client.Pool, base string, from, n int) []*sseStream {
 	t.Helper()
-	out := make([]*sseStream, n)
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
+	var urls []string
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			path := fmt.Sprintf("/s%d", from+i)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			s, resp, err := p.Open(ctx, mustURL(t, base+path), nil)
-			if err == nil && (resp.Status != 200 || resp.Header.Get("Content-Type") != "text/event-stream") {
-				s.Close()
-				err = fmt.Errorf("head %d %v", resp.Status, resp.Header)
-			}
-			if err != nil {
-				errs <- fmt.Errorf("open %s: %w", path, err)
-				return
-			}
-			st := &sseStream{path: path, s: s, done: make(chan struct{})}
-			go func() {
-				defer close(st.done)
-				st.got, st.err = io.ReadAll(streamio.Blocking(s))
-			}()
-			out[i] = st
-		}()
+		urls = append(urls, fmt.Sprintf("%s/s%d", base, from+i))
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		for _, st := range out {
-			if st != nil {
-				st.s.Close()
-			}
+	streams, heads := openAll(t, p, urls)
+	out := make([]*sseStream, n)
+	for i, s := range streams {
+		if heads[i].Status != 200 || heads[i].Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("%s: head %d %v", urls[i], heads[i].Status, heads[i].Header)
 		}
-		t.Fatal(err)
+		st := &sseStream{path: fmt.Sprintf("/s%d", from+i), s: s, done: make(chan struct{})}
+		go func() {
+			defer close(st.done)
+			st.got, st.err = io.ReadAll(streamio.Blocking(s))
+		}()
+		out[i] = st
 	}
 	t.Cleanup(func() {
 		for _, st := range out {
@@ -347,84 +327,27 @@ func (h *hub) end() {
 	h.open.Wait()
 }
 
-// startNginx runs Debian's nginx with HTTP/2 over TLS in front of backend, its settings
+// startNginx runs nginx with HTTP/2 over TLS in front of backend, its settings
 // (http2_max_concurrent_streams and the like) at their defaults but for extra lines in the
 // server block, and returns its https URL.
-func startNginx(t *testing.T, bin, backend, certFile, keyFile, extra string) string {
+func startNginx(t *testing.T, backend, certFile, keyFile, extra string) string {
 	t.Helper()
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	conf := filepath.Join(dir, "nginx.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf(`
-daemon off;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log warn;
-%[2]s
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path %[1]s/body;
-    proxy_temp_path %[1]s/proxy;
-    fastcgi_temp_path %[1]s/fastcgi;
-    uwsgi_temp_path %[1]s/uwsgi;
-    scgi_temp_path %[1]s/scgi;
+	addr := nginxtest.FreeAddr(t)
+	nginxtest.Start(t, t.TempDir(), addr, fmt.Sprintf(`
     server {
-        listen %[3]s ssl http2;
-        ssl_certificate %[4]s;
-        ssl_certificate_key %[5]s;
-        %[7]s
+        listen %s ssl http2;
+        ssl_certificate %s;
+        ssl_certificate_key %s;
+        %s
         location / {
-            proxy_pass http://%[6]s;
+            proxy_pass http://%s;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
             proxy_read_timeout 1h;
         }
     }
-}
-`, dir, map[bool]string{true: "user root;", false: ""}[os.Geteuid() == 0], addr, certFile, keyFile, backend, extra)), 0o600)
-	cmd := exec.Command(bin, "-p", dir, "-c", conf)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGQUIT) // graceful: it waits for its streams, closed first
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Logf("nginx error.log:\n%s", b)
-		}
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Fatalf("nginx exited:\n%s", b)
-		default:
-		}
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("nginx does not listen")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+`, addr, certFile, keyFile, extra, backend))
 	return "https://" + addr
 }
 
@@ -433,7 +356,10 @@ http {
 // reached keepalive_requests gets nginx's GOAWAY, and its streams finish while new ones go
 // to new connections.
 func TestInteropNginx(t *testing.T) {
-	bin := external(t, "PUSHPROXY_REQUIRE_NGINX", "apt-get install nginx-light", "/usr/sbin/nginx", "nginx")
+	if testing.Short() {
+		t.Skip("runs nginx")
+	}
+	nginxtest.Binary(t)
 	h := &hub{streams: map[chan string]string{}}
 	backend := httptest.NewServer(h)
 	defer backend.Close()
@@ -441,7 +367,7 @@ func TestInteropNginx(t *testing.T) {
 	certFile, keyFile, cfg := selfSigned(t, t.TempDir())
 
 	t.Run("limit", func(t *testing.T) {
-		base := startNginx(t, bin, strings.TrimPrefix(backend.URL, "http://"), certFile, keyFile, "")
+		base := startNginx(t, strings.TrimPrefix(backend.URL, "http://"), certFile, keyFile, "")
 		var dials atomic.Int32
 		p := newPool(t, h2client.Options{TLSConfig: cfg, Dial: countingDial(&dials), StreamWindow: 16 << 10})
 		streams := openStreams(t, p, base, 0, 300)
@@ -454,7 +380,7 @@ func TestInteropNginx(t *testing.T) {
 	})
 
 	t.Run("goaway", func(t *testing.T) {
-		base := startNginx(t, bin, strings.TrimPrefix(backend.URL, "http://"), certFile, keyFile, "keepalive_requests 10;")
+		base := startNginx(t, strings.TrimPrefix(backend.URL, "http://"), certFile, keyFile, "keepalive_requests 10;")
 		var dials atomic.Int32
 		p := newPool(t, h2client.Options{TLSConfig: cfg, Dial: countingDial(&dials), StreamWindow: 16 << 10})
 		first := openStreams(t, p, base, 0, 10) // the tenth request makes nginx send GOAWAY
