@@ -234,7 +234,7 @@ func (c *conn) open(u *url.URL, header http.Header) (*Stream, error) {
 	}
 	err = c.checkQueueLocked(err)
 	c.wmu.Unlock()
-	if err = c.queued1(err); err != nil {
+	if err = c.afterQueue(err); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -292,7 +292,7 @@ func (c *conn) queue(write func(fr *http2.Framer) error) error {
 	}
 	err = c.checkQueueLocked(err)
 	c.wmu.Unlock()
-	return c.queued1(err)
+	return c.afterQueue(err)
 }
 
 // checkQueueLocked follows the encoding of frames, under wmu, with its error: a queue too
@@ -304,9 +304,9 @@ func (c *conn) checkQueueLocked(err error) error {
 	return err
 }
 
-// queued1 wakes the writer after frames were queued, or closes the connection when that
+// afterQueue wakes the writer after frames were queued, or closes the connection when that
 // failed (err from checkQueueLocked).
-func (c *conn) queued1(err error) error {
+func (c *conn) afterQueue(err error) error {
 	if err != nil {
 		c.close(err)
 		return err
