@@ -69,7 +69,9 @@ type Options struct {
 
 // Pool holds HTTP/2 connections to origins, by scheme and authority.
 type Pool struct {
-	o Options
+	o      Options
+	ctx    context.Context // the dials' context, canceled by Close
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	origins map[string]*origin   // by key
@@ -118,7 +120,8 @@ func NewPool(o Options) *Pool {
 	o.WriteTimeout = cmp.Or(o.WriteTimeout, 10*time.Second)
 	o.IdleTimeout = cmp.Or(o.IdleTimeout, 90*time.Second)
 	o.NotHTTP2TTL = cmp.Or(o.NotHTTP2TTL, 10*time.Minute)
-	return &Pool{o: o, origins: map[string]*origin{}, noH2: map[string]time.Time{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool{o: o, ctx: ctx, cancel: cancel, origins: map[string]*origin{}, noH2: map[string]time.Time{}}
 }
 
 // Usable tells whether Open may serve u: an http:// URL needs H2C, and an https:// origin
@@ -138,8 +141,10 @@ func (p *Pool) Usable(u *url.URL) bool {
 
 var errPoolClosed = errors.New("h2client: pool closed")
 
-// Close closes every connection; their streams fail, and so do the callers waiting.
+// Close closes every connection; their streams fail, and so do the callers waiting and the
+// dials under way.
 func (p *Pool) Close() {
+	p.cancel()
 	p.mu.Lock()
 	p.closed = true
 	var all []*conn
@@ -267,10 +272,10 @@ func (p *Pool) dialMoreLocked(k string, o *origin, u *url.URL) {
 	}
 }
 
-// dial makes a connection for key k on its own context (it serves every caller waiting),
-// and hands its room to the waiters.
+// dial makes a connection for key k on the pool's context rather than a caller's (it serves
+// every caller waiting), and hands its room to the waiters.
 func (p *Pool) dial(k string, u *url.URL) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(p.ctx, 30*time.Second)
 	defer cancel()
 	c, err := p.newConn(ctx, u)
 	p.mu.Lock()

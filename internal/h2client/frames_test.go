@@ -553,3 +553,81 @@ func TestEndedStreamServesAWaitingCaller(t *testing.T) {
 		t.Fatalf("%d dials, want 2", d)
 	}
 }
+
+// TestServerChangesItsStreamLimit: a server that raises SETTINGS_MAX_CONCURRENT_STREAMS
+// serves a caller waiting for room at once, on the same connection; one that lowers it gets
+// no stream beyond the new limit.
+func TestServerChangesItsStreamLimit(t *testing.T) {
+	limit := make(chan uint32)
+	acked := make(chan struct{}, 10)
+	dialing := make(chan struct{}, 10)
+	var o *rawOrigin
+	o = newRawOrigin(t, []http2.Setting{{ID: http2.SettingMaxConcurrentStreams, Val: 1}}, func(n int, rc *rawConn) {
+		for {
+			select {
+			case f, ok := <-rc.in:
+				if !ok {
+					return
+				}
+				switch {
+				case f.typ == http2.FrameHeaders:
+					check(t, rc.head(f.streamID, false, ":status", "200"))
+				case f.typ == http2.FrameSettings && f.flags.Has(http2.FlagSettingsAck):
+					acked <- struct{}{}
+				}
+			case v := <-limit:
+				check(t, rc.fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: v}))
+			case <-o.done:
+				return
+			}
+		}
+	})
+	o.beforeDial = func(ctx context.Context, n int) error {
+		if n > 1 { // only one connection: later dials hang
+			dialing <- struct{}{}
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	}
+	p, u := o.pool(h2client.Options{})
+	first, _ := open(t, p, u.String())
+	<-acked // the SETTINGS of the handshake
+
+	type result struct {
+		s   *h2client.Stream
+		err error
+	}
+	waiting := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s, _, err := p.Open(ctx, u, nil)
+		waiting <- result{s, err}
+	}()
+	<-dialing // the caller waits for room
+	limit <- 2
+	second := <-waiting
+	if second.err != nil {
+		t.Fatalf("a caller waiting when the limit went up: %v", second.err)
+	}
+	defer second.s.Close()
+	<-acked
+
+	limit <- 1
+	<-acked
+	first.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if s, _, err := p.Open(ctx, u, nil); !errors.Is(err, context.DeadlineExceeded) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("open with one stream open at a limit of one: %v, want to wait", err)
+	}
+	second.s.Close()
+	open(t, p, u.String())
+	if d := o.dialed.Load(); d != 2 {
+		t.Fatalf("%d dials, want 2", d)
+	}
+}
