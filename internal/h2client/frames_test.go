@@ -202,7 +202,7 @@ func TestWriteWithoutProgressClosesTheConnection(t *testing.T) {
 		check(t, rc.fr.WritePing(false, [8]byte{1}))
 		o.await(nil)
 	})
-	p, u := o.pool(h2client.Options{WriteTimeout: 100 * time.Millisecond})
+	p, u := o.pool(h2client.Options{WriteTimeout: 500 * time.Millisecond})
 	s, _ := open(t, p, u.String())
 	_, err := readAll(t, s)
 	if err == nil || !strings.Contains(err.Error(), "no progress") {
