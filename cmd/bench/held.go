@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +25,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pushproxy/pushproxy/internal/seal"
+	"github.com/pushproxy/pushproxy/origin"
+	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
 )
 
 // child is a process started by the benchmark, with the lines it prints.
@@ -30,9 +35,9 @@ type child struct {
 	lines chan string
 }
 
-func startChild(ctx context.Context, bin string, args ...string) (*child, error) {
+func startChild(ctx context.Context, env []string, bin string, args ...string) (*child, error) {
 	c := &child{cmd: exec.CommandContext(ctx, bin, args...), lines: make(chan string, 256)}
-	c.cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	c.cmd.Env = append(append(os.Environ(), "GOMAXPROCS=2"), env...)
 	out, err := c.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -122,7 +127,12 @@ func runHeld(ctx context.Context, args []string) error {
 	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
 	debug := fs.String("debug-listen", "", "passed to the proxy: serve its profiler there")
 	hold := fs.Bool("hold", false, "after measuring, keep everything running until interrupted (to profile)")
+	maxStreams := fs.Int("origin-max-streams", 0, "serve the reference origin in this process behind an HTTP/2 server allowing this many concurrent streams per connection (nginx: 128, Go: 250), so that the proxy needs a connection per so many streams; 0: run the origin binary, which allows a million")
+	originTLS := fs.Bool("origin-tls", false, "with --origin-max-streams: serve the origin over TLS (HTTP/2 by ALPN; the proxy trusts a throwaway CA through SSL_CERT_FILE) instead of cleartext")
 	fs.Parse(args)
+	if *originTLS && *maxStreams == 0 {
+		return errors.New("--origin-tls needs --origin-max-streams")
+	}
 
 	dir, err := buildBinaries()
 	if err != nil {
@@ -135,18 +145,33 @@ func runHeld(ctx context.Context, args []string) error {
 	}
 	defer stopPG()
 
-	var listen []string
-	for i := 0; i < *addrs; i++ {
-		listen = append(listen, fmt.Sprintf("127.0.0.%d:0", i+2))
-	}
-	org, err := startChild(ctx, filepath.Join(dir, "origin"), "--listen", strings.Join(listen, ","), "--rate", "0", "--log-level", "warn")
-	if err != nil {
-		return err
-	}
-	defer org.stop()
-	origins, err := org.waitLines(regexp.MustCompile(`listening on (http://\S+)`), *addrs)
-	if err != nil {
-		return err
+	var (
+		origins   []string
+		env       []string
+		originRSS func() int64
+	)
+	if *maxStreams > 0 {
+		var stop func()
+		origins, env, stop, err = serveLimitedOrigin(ctx, *addrs, *maxStreams, *originTLS, dir)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		originRSS = func() int64 { return rssKiB(os.Getpid()) }
+	} else {
+		var listen []string
+		for i := 0; i < *addrs; i++ {
+			listen = append(listen, fmt.Sprintf("127.0.0.%d:0", i+2))
+		}
+		org, err := startChild(ctx, nil, filepath.Join(dir, "origin"), "--listen", strings.Join(listen, ","), "--rate", "0", "--log-level", "warn")
+		if err != nil {
+			return err
+		}
+		defer org.stop()
+		if origins, err = org.waitLines(regexp.MustCompile(`listening on (http://\S+)`), *addrs); err != nil {
+			return err
+		}
+		originRSS = func() int64 { return rssKiB(org.cmd.Process.Pid) }
 	}
 	keyFile := filepath.Join(dir, "secret-keys.json")
 	if _, _, err := seal.LoadOrCreate(keyFile); err != nil {
@@ -154,13 +179,13 @@ func runHeld(ctx context.Context, args []string) error {
 	}
 	pargs := []string{"serve", "--listen", "127.0.0.1:0", "--database-url", url, "--upstream-allow", "127.0.0.0/8",
 		"--db-max-conns", "10", "--claim-interval", "1h", "--secret-key-file", keyFile}
-	if *proto == "h2" {
+	if *proto == "h2" && !*originTLS {
 		pargs = append(pargs, "--upstream-h2c")
 	}
 	if *debug != "" {
 		pargs = append(pargs, "--debug-listen", *debug)
 	}
-	px, err := startChild(ctx, filepath.Join(dir, "pushproxy"), pargs...)
+	px, err := startChild(ctx, env, filepath.Join(dir, "pushproxy"), pargs...)
 	if err != nil {
 		return err
 	}
@@ -172,7 +197,12 @@ func runHeld(ctx context.Context, args []string) error {
 	api := "http://" + apiAddr[0]
 	time.Sleep(2 * time.Second) // let the freshly started process reach its steady state
 	base := rssKiB(px.cmd.Process.Pid)
-	fmt.Printf("held: %d streams over %s to %d origin addresses; proxy RSS at start %d KiB\n", *n, *proto, *addrs, base)
+	limit := "a million (the origin binary)"
+	if *maxStreams > 0 {
+		limit = fmt.Sprint(*maxStreams)
+	}
+	fmt.Printf("held: %d streams over %s%s to %d origin addresses allowing %s streams per connection; proxy RSS at start %d KiB\n",
+		*n, *proto, map[bool]string{true: " with TLS", false: ""}[*originTLS], *addrs, limit, base)
 
 	// Hand off from 32 workers.
 	var next atomic.Int64
@@ -244,9 +274,69 @@ func runHeld(ctx context.Context, args []string) error {
 	}
 	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", px.cmd.Process.Pid))
 	fmt.Printf("result: proxy RSS %d KiB with %d held streams (peak %d KiB while settling), %d open files: %.2f KiB per stream over the start-up RSS; origin RSS %d KiB\n",
-		last, *n, peak, len(fds), float64(last-base)/float64(*n), rssKiB(org.cmd.Process.Pid))
+		last, *n, peak, len(fds), float64(last-base)/float64(*n), originRSS())
 	if *hold {
 		<-ctx.Done()
 	}
 	return nil
+}
+
+// serveLimitedOrigin serves the reference origin (no ticks) in this process on addrs
+// addresses 127.0.0.2, 127.0.0.3, ..., behind its HTTP/2 server with its stream limit
+// lowered to maxStreams, over TLS or cleartext (HTTP/1.1 and h2c). It returns the origins'
+// URLs, the environment that makes the proxy trust them, and a function that stops them.
+func serveLimitedOrigin(ctx context.Context, addrs, maxStreams int, tlsOn bool, dir string) ([]string, []string, func(), error) {
+	opts := origin.DefaultOptions()
+	opts.Rate = 0
+	org := origin.New(&opts)
+	org.Start(ctx)
+	var (
+		urls []string
+		env  []string
+		srvs []*http.Server
+	)
+	stop := func() {
+		org.Close() // before the servers: it ends the streams
+		for _, srv := range srvs {
+			srv.Close()
+		}
+	}
+	var cert tls.Certificate
+	if tlsOn {
+		ca, err := fakeapns.NewCA()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		var hosts []string
+		for i := 0; i < addrs; i++ {
+			hosts = append(hosts, fmt.Sprintf("127.0.0.%d", i+2))
+		}
+		if cert, err = ca.ServerCertificate(hosts...); err != nil {
+			return nil, nil, nil, err
+		}
+		caFile := filepath.Join(dir, "origin-ca.pem")
+		if err := ca.WriteCertFile(caFile); err != nil {
+			return nil, nil, nil, err
+		}
+		env = append(env, "SSL_CERT_FILE="+caFile)
+	}
+	for i := 0; i < addrs; i++ {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:0", i+2))
+		if err != nil {
+			stop()
+			return nil, nil, nil, err
+		}
+		srv := org.HTTPServer()
+		srv.HTTP2.MaxConcurrentStreams = maxStreams // read by the HTTP/2 server per connection
+		srvs = append(srvs, srv)
+		if tlsOn {
+			srv.TLSConfig.Certificates = []tls.Certificate{cert}
+			go srv.ServeTLS(ln, "", "")
+			urls = append(urls, "https://"+ln.Addr().String())
+		} else {
+			go srv.Serve(ln)
+			urls = append(urls, "http://"+ln.Addr().String())
+		}
+	}
+	return urls, env, stop, nil
 }

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -20,40 +19,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushproxy/pushproxy/internal/nginxtest"
 	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
 )
 
-// nginxBinary returns Debian's nginx, or skips. CI sets PUSHPROXY_REQUIRE_NGINX=1 so that a
-// missing nginx fails instead.
-func nginxBinary(t *testing.T) string {
-	for _, p := range []string{"/usr/sbin/nginx", "/usr/bin/nginx"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("PUSHPROXY_REQUIRE_NGINX") != "" {
-		t.Fatal("no nginx and PUSHPROXY_REQUIRE_NGINX is set: apt-get install nginx-light")
-	}
-	t.Skip("no nginx: apt-get install nginx-light to run this test")
-	return ""
-}
-
 // startNginx runs deploy/nginx/pushproxy.conf, with only its marked lines rewritten, in front
 // of upstreams, and returns its https URL.
 func startNginx(t *testing.T, upstreams []string, ca *fakeapns.CA) string {
 	t.Helper()
-	bin := nginxBinary(t)
 	dir := t.TempDir()
 	certFile, keyFile := writeServerCert(t, ca, dir)
-
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := nginxtest.FreeAddr(t)
 
 	src, err := os.ReadFile("../../deploy/nginx/pushproxy.conf")
 	if err != nil {
@@ -85,61 +63,7 @@ func startNginx(t *testing.T, upstreams []string, ca *fakeapns.CA) string {
 	}
 	site := filepath.Join(dir, "pushproxy.conf")
 	os.WriteFile(site, []byte(strings.Join(out, "\n")), 0o600)
-	temp := filepath.Join(dir, "temp")
-	os.Mkdir(temp, 0o700)
-	main := fmt.Sprintf(`
-daemon off;
-worker_processes 1;
-pid %[1]s/nginx.pid;
-error_log %[1]s/error.log warn;
-%[3]s
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path %[2]s/body;
-    proxy_temp_path %[2]s/proxy;
-    fastcgi_temp_path %[2]s/fastcgi;
-    uwsgi_temp_path %[2]s/uwsgi;
-    scgi_temp_path %[2]s/scgi;
-    include %[1]s/pushproxy.conf;
-}
-`, dir, temp, map[bool]string{true: "user root;", false: ""}[os.Geteuid() == 0])
-	conf := filepath.Join(dir, "nginx.conf")
-	os.WriteFile(conf, []byte(main), 0o600)
-
-	cmd := exec.Command(bin, "-p", dir, "-c", conf)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Logf("nginx error.log:\n%s", b)
-		}
-	})
-	waitFor(t, "nginx to listen", func() bool {
-		select {
-		case <-done:
-			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
-			t.Fatalf("nginx exited:\n%s", b)
-		default:
-		}
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	nginxtest.Start(t, dir, addr, "    include "+site+";")
 	return "https://" + addr
 }
 
@@ -172,7 +96,7 @@ func nginxTestCA(t *testing.T) *fakeapns.CA {
 	if testing.Short() {
 		t.Skip("runs processes")
 	}
-	nginxBinary(t)
+	nginxtest.Binary(t)
 	ca, err := fakeapns.NewCA()
 	if err != nil {
 		t.Fatal(err)

@@ -13,8 +13,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -153,26 +153,7 @@ func TestManyStreamsShareOneConnection(t *testing.T) {
 	p := newPool(t, h2client.Options{H2C: true})
 	u := mustURL(t, srv.URL)
 	const n = 300
-	streams := make([]*h2client.Stream, n)
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s, _, err := p.Open(context.Background(), u, nil)
-			if err != nil {
-				errs <- err
-				return
-			}
-			streams[i] = s
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	streams, _ := openAll(t, p, slices.Repeat([]string{u.String()}, n))
 	if a := srv.accepted.Load(); a != 1 {
 		t.Fatalf("%d connections for %d streams, want 1", a, n)
 	}
