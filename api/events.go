@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -83,9 +82,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	id, provided := lastEventID(r)
-	if len(id) > maxLastEventIDLength {
-		s.writeError(w, r, invalid("Last-Event-ID: longer than %d bytes", maxLastEventIDLength))
+	id, provided, err := lastEventID(r)
+	if err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	if wantsJSON(r) {
@@ -96,14 +95,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy.Stream, id string, provided bool) {
-	limit := defaultPageLimit
-	if v := r.URL.Query().Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxPageLimit {
-			s.writeError(w, r, invalid("limit: must be an integer from 1 to %d", maxPageLimit))
-			return
-		}
-		limit = n
+	limit, err := parseLimit(r.URL.Query().Get("limit"), defaultPageLimit, maxPageLimit)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	cur, err := s.store.Resume(r.Context(), st.ID, id, provided)
 	if err != nil {
