@@ -30,17 +30,17 @@ func (s *Server) Handler() http.Handler {
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, pushproxy.ENOTFOUND, "no such route: "+r.Method+" "+r.URL.Path)
 	})
-	r.MethodNotAllowed(methodNotAllowed(r))
+	routes := &routeTable{mux: r}
+	r.MethodNotAllowed(methodNotAllowed(routes))
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.handleReady)
-	root := r
 	r.Route("/v1/streams", func(r chi.Router) {
 		if cors := newCORS(s.opts.CORSOrigins); cors != nil {
 			r.Use(cors)
 			for _, p := range []string{"/", "/{id}", "/{id}/events"} {
-				r.Options(p, preflight(root))
+				r.Options(p, preflight(routes))
 			}
 		}
 		r.Post("/", s.handleHandoff)

@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"strings"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/cors"
 
 	"github.com/pushproxy/pushproxy"
@@ -66,10 +65,10 @@ func newCORS(origins []string) func(http.Handler) http.Handler {
 // preflight answers an OPTIONS request on a device route once the CORS middleware has
 // looked at it: 204 when it allowed the request, a 403 problem when it refused the origin,
 // method or headers. An OPTIONS that is no preflight learns the route's methods (Allow).
-func preflight(root *chi.Mux) http.HandlerFunc {
+func preflight(routes *routeTable) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Origin") == "" || r.Header.Get("Access-Control-Request-Method") == "" {
-			w.Header().Set("Allow", strings.Join(allowedMethods(root, r.URL.Path), ", "))
+			w.Header().Set("Allow", strings.Join(routes.allowed(r.URL.Path), ", "))
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}

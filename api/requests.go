@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"syscall"
 	"unicode/utf8"
 
@@ -122,9 +123,9 @@ func checkLastEventID(id string) error {
 
 // methodNotAllowed answers a method no route at the path takes, with the methods that are
 // taken in Allow. A path no method reaches is not found.
-func methodNotAllowed(mux *chi.Mux) http.HandlerFunc {
+func methodNotAllowed(routes *routeTable) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		allow := allowedMethods(mux, r.URL.Path)
+		allow := routes.allowed(r.URL.Path)
 		if len(allow) == 0 {
 			writeProblem(w, http.StatusNotFound, pushproxy.ENOTFOUND, "no such route: "+r.URL.Path)
 			return
@@ -134,15 +135,58 @@ func methodNotAllowed(mux *chi.Mux) http.HandlerFunc {
 	}
 }
 
-// allowedMethods lists the methods some route of mux takes at path.
-func allowedMethods(mux *chi.Mux, path string) []string {
+// routeTable lists a router's routes, read once from the finished router (chi's own
+// matching cannot tell which methods a mounted router's bare path takes).
+type routeTable struct {
+	mux    *chi.Mux
+	once   sync.Once
+	routes []routeEntry
+}
+
+type routeEntry struct {
+	method string
+	segs   []string // "{…}" matches one segment, "*" the rest
+}
+
+func (t *routeTable) load() {
+	_ = chi.Walk(t.mux, func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+		t.routes = append(t.routes, routeEntry{method: method, segs: strings.Split(strings.Trim(route, "/"), "/")})
+		return nil
+	})
+}
+
+// allowed lists the methods some route takes at path, in a fixed order.
+func (t *routeTable) allowed(path string) []string {
+	t.once.Do(t.load)
+	segs := strings.Split(strings.Trim(path, "/"), "/")
 	var allow []string
 	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
-		if mux.Match(chi.NewRouteContext(), m, path) {
-			allow = append(allow, m)
+		for _, e := range t.routes {
+			if e.method == m && e.matches(segs) {
+				allow = append(allow, m)
+				break
+			}
 		}
 	}
 	return allow
+}
+
+func (e routeEntry) matches(segs []string) bool {
+	for i, p := range e.segs {
+		switch {
+		case p == "*":
+			return true
+		case i >= len(segs):
+			return false
+		case strings.HasPrefix(p, "{"):
+			if segs[i] == "" {
+				return false
+			}
+		case p != segs[i]:
+			return false
+		}
+	}
+	return len(segs) == len(e.segs)
 }
 
 // statusClientClosed is what the logs and metrics record for a request whose client went
