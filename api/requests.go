@@ -198,9 +198,12 @@ func clientGone(r *http.Request) bool {
 	return errors.Is(r.Context().Err(), context.Canceled)
 }
 
-// retryAfterSeconds is the Retry-After of a 503, and (in milliseconds) the retry: an event
-// reader is told when the database is out.
+// retryAfterSeconds is the Retry-After of a 503.
 const retryAfterSeconds = 2
+
+// readerRetryMS is the retry: an event reader is told when the database is out: it
+// reconnects that soon, so that it is back within about a second of the database.
+const readerRetryMS = 1000
 
 // unavailable reports whether err means the database (or another dependency) is out for now:
 // an error the store classified as EUNAVAILABLE, or — until every store path classifies its

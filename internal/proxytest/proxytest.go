@@ -53,8 +53,13 @@ type Bundle struct {
 // run on 127.0.0.1, so loopback is allowed unless opts says otherwise.
 func Start(t *testing.T, opts *proxy.Options, httpOpts *api.Options) (*proxy.Service, *Bundle) {
 	t.Helper()
+	return StartOn(t, pgtest.NewDatabase(t), opts, httpOpts)
+}
+
+// StartOn is Start on the database at url (a test's own cluster, say), which it migrates.
+func StartOn(t *testing.T, url string, opts *proxy.Options, httpOpts *api.Options) (*proxy.Service, *Bundle) {
+	t.Helper()
 	ctx := context.Background()
-	url := pgtest.NewDatabase(t)
 	if err := store.Migrate(ctx, url, nil); err != nil {
 		t.Fatal(err)
 	}
