@@ -143,6 +143,9 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	if err != nil {
 		return nil, err
 	}
+	if err := api.CheckCORSOrigins(cfg.CORSOrigins); err != nil {
+		return nil, fmt.Errorf("--cors-origins: %w", err)
+	}
 	url := databaseURL(cfg.DatabaseURL, getenv)
 	if url == "" {
 		dir, err := filepath.Abs(cfg.DataDir)
@@ -174,9 +177,6 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	po.Upstream, po.Logger = allow, log
 	ao := cfg.API
 	ao.APIKeys, ao.Logger, ao.CORSOrigins = cfg.APIKeys.listFlag, log, cfg.CORSOrigins
-	if err := api.CheckCORSOrigins(ao.CORSOrigins); err != nil {
-		return nil, fmt.Errorf("--cors-origins: %w", err)
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := metrics.New(reg)

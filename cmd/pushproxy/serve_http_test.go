@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"flag"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -43,5 +46,26 @@ func TestWithMetricsLeavesEveryOtherPathToTheAPI(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "http://proxy/metrics", nil))
 	if rec.Code != 200 || !strings.HasPrefix(rec.Header().Get("Content-Type"), "text/plain") {
 		t.Fatalf("/metrics: %d %q", rec.Code, rec.Header().Get("Content-Type"))
+	}
+}
+
+// --cors-origins has its environment twin, and a value that is not an origin stops serve
+// before it touches anything.
+func TestCORSOriginsFlag(t *testing.T) {
+	var sc serveConfig
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	sc.flags(fs)
+	env := map[string]string{"PUSHPROXY_CORS_ORIGINS": "https://app.example,http://localhost:5173"}
+	if err := parseFlags(fs, nil, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(sc.CORSOrigins, " ") != "https://app.example http://localhost:5173" {
+		t.Fatalf("cors origins %q", sc.CORSOrigins)
+	}
+	sc.CORSOrigins = listFlag{"app.example"}
+	sc.DatabaseURL = "postgres://postgres@127.0.0.1:1/none?connect_timeout=1"
+	_, err := openServer(context.Background(), sc, slog.New(slog.DiscardHandler), func(string) string { return "" })
+	if err == nil || !strings.Contains(err.Error(), "--cors-origins") {
+		t.Fatalf("openServer with a bad origin: %v", err)
 	}
 }
