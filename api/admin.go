@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -154,27 +155,10 @@ type adminStreamsPage struct {
 }
 
 func (s *Server) handleAdminStreams(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	f := store.StreamFilter{Sort: q.Get("sort"), State: q.Get("state"), Host: q.Get("host"), Limit: 50}
-	switch f.State {
-	case "", pushproxy.StateHeld, pushproxy.StateClosed, pushproxy.StateFailed:
-	default:
-		s.writeError(w, r, invalid("state: must be held, closed or failed"))
-		return
-	}
-	var err error
-	if f.Limit, err = limitParam(r, 50); err != nil {
+	f, err := parseStreamsQuery(r.URL.Query())
+	if err != nil {
 		s.writeError(w, r, err)
 		return
-	}
-	if c := q.Get("cursor"); c != "" {
-		var k store.StreamKey
-		b, err := base64.RawURLEncoding.DecodeString(c)
-		if err != nil || json.Unmarshal(b, &k) != nil {
-			s.writeError(w, r, invalid("cursor: not a cursor this API made"))
-			return
-		}
-		f.After = &k
 	}
 	rows, err := s.store.ListStreams(r.Context(), f)
 	if err != nil {
@@ -235,15 +219,51 @@ func toAdminWakeup(h store.WakeupRecord) adminWakeup {
 		SentAt: timePtr(h.SentAt), FinishedAt: timePtr(h.FinishedAt), Attempts: h.Attempts, Outcome: h.Outcome, Error: h.Error, Pending: h.Pending}
 }
 
+// parseStreamsQuery reads the query of GET /v1/admin/streams: state, sort, host, limit and
+// cursor.
+func parseStreamsQuery(q url.Values) (store.StreamFilter, error) {
+	f := store.StreamFilter{Sort: q.Get("sort"), State: q.Get("state"), Host: q.Get("host"), Limit: 50}
+	switch f.State {
+	case "", pushproxy.StateHeld, pushproxy.StateClosed, pushproxy.StateFailed:
+	default:
+		return f, invalid("state: must be held, closed or failed")
+	}
+	switch f.Sort {
+	case "", store.SortBacklog, store.SortAge, store.SortErrors:
+	default:
+		return f, invalid("sort: must be %s, %s or %s", store.SortBacklog, store.SortAge, store.SortErrors)
+	}
+	if !cleanText(f.Host) || len(f.Host) > maxURLLength {
+		return f, invalid("host: must be a host name: UTF-8 text without control characters, at most %d bytes", maxURLLength)
+	}
+	var err error
+	if f.Limit, err = parseLimit(q.Get("limit"), 50, maxAdminPage); err != nil {
+		return f, err
+	}
+	if c := q.Get("cursor"); c != "" {
+		var k store.StreamKey
+		b, err := base64.RawURLEncoding.DecodeString(c)
+		if err != nil || json.Unmarshal(b, &k) != nil || !pushproxy.IsUUID(k.ID) {
+			return f, invalid("cursor: not a cursor this API made")
+		}
+		f.After = &k
+	}
+	return f, nil
+}
+
 // limitParam reads ?limit=, from 1 to maxAdminPage, def when absent.
 func limitParam(r *http.Request, def int) (int, error) {
-	v := r.URL.Query().Get("limit")
+	return parseLimit(r.URL.Query().Get("limit"), def, maxAdminPage)
+}
+
+// parseLimit reads a page size from 1 to most, def when v is empty.
+func parseLimit(v string, def, most int) (int, error) {
 	if v == "" {
 		return def, nil
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > maxAdminPage {
-		return 0, invalid("limit: must be an integer from 1 to %d", maxAdminPage)
+	if err != nil || n < 1 || n > most {
+		return 0, invalid("limit: must be an integer from 1 to %d", most)
 	}
 	return n, nil
 }

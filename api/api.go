@@ -26,17 +26,23 @@ func (s *Server) Handler() http.Handler {
 	r.Use(middleware.RequestID)
 	r.Use(s.logRequests)
 	r.Use(s.recoverer)
+	r.Use(checkRequest)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusNotFound, pushproxy.ENOTFOUND, "no such route: "+r.Method+" "+r.URL.Path)
 	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeProblem(w, http.StatusMethodNotAllowed, "method-not-allowed", r.Method+" is not allowed on "+r.URL.Path)
-	})
+	routes := &routeTable{mux: r}
+	r.MethodNotAllowed(methodNotAllowed(routes))
 	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.handleReady)
 	r.Route("/v1/streams", func(r chi.Router) {
+		if cors := newCORS(s.opts.CORSOrigins); cors != nil {
+			r.Use(cors)
+			for _, p := range []string{"/", "/{id}", "/{id}/events"} {
+				r.Options(p, preflight(routes))
+			}
+		}
 		r.Post("/", s.handleHandoff)
 		r.Get("/{id}", s.handleGetStream)
 		r.Delete("/{id}", s.handleCloseStream)
@@ -345,7 +351,12 @@ func (s *Server) handleCloseStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A Last-Event-ID (header or query) acknowledges what the device read before the close.
-	if id, ok := lastEventID(r); ok {
+	id, ok, err := lastEventID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if ok {
 		if _, err := s.store.Resume(r.Context(), st.ID, id, true); err != nil {
 			s.writeError(w, r, err)
 			return
@@ -366,17 +377,4 @@ func (s *Server) closeStream(w http.ResponseWriter, r *http.Request, id string) 
 		ID: res.Stream.ID, State: res.Stream.State, LastEventID: res.Stream.AckedID,
 		UpstreamLastEventID: res.Stream.ResumeID, Discarded: res.Discarded,
 	})
-}
-
-// lastEventID returns the reader's Last-Event-ID: the header, else the last_event_id query
-// parameter (for a first EventSource connect, which cannot set the header).
-func lastEventID(r *http.Request) (string, bool) {
-	if v, ok := r.Header["Last-Event-Id"]; ok && len(v) > 0 {
-		return v[0], true
-	}
-	q := r.URL.Query()
-	if q.Has("last_event_id") {
-		return q.Get("last_event_id"), true
-	}
-	return "", false
 }

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -80,12 +79,12 @@ func startEventStream(w http.ResponseWriter) (*sse.Writer, *http.ResponseControl
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	st, err := s.authorizedStream(r)
 	if err != nil {
-		s.writeError(w, r, err)
+		s.readerError(w, r, err)
 		return
 	}
-	id, provided := lastEventID(r)
-	if len(id) > maxLastEventIDLength {
-		s.writeError(w, r, invalid("Last-Event-ID: longer than %d bytes", maxLastEventIDLength))
+	id, provided, err := lastEventID(r)
+	if err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	if wantsJSON(r) {
@@ -96,14 +95,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy.Stream, id string, provided bool) {
-	limit := defaultPageLimit
-	if v := r.URL.Query().Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxPageLimit {
-			s.writeError(w, r, invalid("limit: must be an integer from 1 to %d", maxPageLimit))
-			return
-		}
-		limit = n
+	limit, err := parseLimit(r.URL.Query().Get("limit"), defaultPageLimit, maxPageLimit)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
 	}
 	cur, err := s.store.Resume(r.Context(), st.ID, id, provided)
 	if err != nil {
@@ -145,7 +140,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.S
 	defer unsubscribe()
 	cur, err := s.store.Resume(ctx, st.ID, id, provided)
 	if err != nil {
-		s.writeError(w, r, err)
+		s.readerError(w, r, err)
 		return
 	}
 	if st.State != pushproxy.StateHeld && cur.After >= st.HeadSeq {
@@ -155,7 +150,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.S
 	}
 	readerID, err := s.svc.OpenReader(ctx, st)
 	if err != nil {
-		s.writeError(w, r, err)
+		s.readerError(w, r, err)
 		return
 	}
 	after := cur.After
@@ -168,7 +163,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.S
 		}
 	}()
 	if err := s.svc.MarkRead(ctx, st.DeviceID); err != nil {
-		s.writeError(w, r, err)
+		s.readerError(w, r, err)
 		return
 	}
 
@@ -197,9 +192,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.S
 	for {
 		evs, err := s.store.EventsAfter(ctx, st.ID, after, ssePage)
 		if err != nil {
-			if ctx.Err() == nil {
-				s.log.ErrorContext(ctx, "reading events failed", slog.String("stream", st.ID), slog.String("error", err.Error()))
-			}
+			s.endReader(ctx, sw, rc, st.ID, err)
 			return
 		}
 		if len(evs) > 0 && evs[0].Seq > after+1 {
@@ -228,8 +221,12 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.S
 		if len(evs) == 0 {
 			// Woken with nothing new: the stream may have ended.
 			cur, err := s.store.GetStream(ctx, st.ID)
+			if err != nil {
+				s.endReader(ctx, sw, rc, st.ID, err)
+				return
+			}
 			// (Events may have been dropped unread, by a close: the floor counts as read.)
-			if err != nil || (cur.State != pushproxy.StateHeld && max(after, cur.FloorSeq) >= cur.HeadSeq) {
+			if cur.State != pushproxy.StateHeld && max(after, cur.FloorSeq) >= cur.HeadSeq {
 				return
 			}
 		}
@@ -249,5 +246,41 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.S
 				return
 			}
 		}
+	}
+}
+
+// An EventSource treats any answer but 200 (and 204, "stop") as final: it stops reconnecting.
+// So while the database is out, an event reader is never answered 503: it is answered 200 with
+// an event stream that holds only a retry: field and ends at once, and an open reader whose
+// reads fail ends the same way. The EventSource reconnects by itself after the retry delay,
+// with its Last-Event-ID, until the database is back. JSON pages get the 503 problem with
+// Retry-After like every other request.
+
+// readerError answers an event reader's request that failed before its stream started.
+func (s *Server) readerError(w http.ResponseWriter, r *http.Request, err error) {
+	if wantsJSON(r) || !unavailable(err) || clientGone(r) {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.WarnContext(r.Context(), "event reader told to reconnect: database unavailable", slog.String("error", err.Error()))
+	sw, rc, werr := startEventStream(w)
+	if werr == nil && sw.WriteRetry(readerRetryMS) == nil {
+		_ = rc.Flush()
+	}
+}
+
+// endReader ends an open event stream whose reads failed: with a retry: hint when the
+// database is out (the reader comes back with its Last-Event-ID), silently when the reader
+// is gone.
+func (s *Server) endReader(ctx context.Context, sw *sse.Writer, rc *http.ResponseController, streamID string, err error) {
+	switch {
+	case ctx.Err() != nil:
+	case unavailable(err):
+		s.log.WarnContext(ctx, "event reader ended: database unavailable", slog.String("stream", streamID), slog.String("error", err.Error()))
+		if sw.WriteRetry(readerRetryMS) == nil {
+			_ = rc.Flush()
+		}
+	default:
+		s.log.ErrorContext(ctx, "reading events failed", slog.String("stream", streamID), slog.String("error", err.Error()))
 	}
 }

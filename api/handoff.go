@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -115,10 +116,18 @@ func invalid(format string, args ...any) error {
 	return pushproxy.Errorf(pushproxy.EINVALID, format, args...)
 }
 
-// decodeJSON decodes exactly one JSON object into v, refusing unknown fields, and turns
-// decoder errors into messages a client can act on.
+// decodeJSON decodes exactly one JSON object into v, refusing unknown fields and text that
+// would not arrive unaltered (see checkJSONText), and turns decoder errors into messages a
+// client can act on.
 func decodeJSON(body io.Reader, v any) error {
-	dec := json.NewDecoder(body)
+	raw, err := io.ReadAll(body)
+	if err != nil {
+		return jsonError(err)
+	}
+	if err := checkJSONText(raw); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"strconv"
 
 	"github.com/pushproxy/pushproxy"
 )
@@ -37,20 +38,32 @@ var statusOf = map[string]int{
 }
 
 // writeError maps err to its status and writes it as a problem document. Internal errors are
-// logged with their detail and shown without it.
+// logged with their detail and shown without it. A database outage is 503 with Retry-After.
+// A client that went away is told nothing and logged at debug: not the server's error.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	code := pushproxy.ErrorCode(err)
+	if clientGone(r) {
+		s.log.DebugContext(r.Context(), "client went away", slog.String("method", r.Method), slog.String("route", routePattern(r)), slog.String("error", err.Error()))
+		w.WriteHeader(statusClientClosed)
+		return
+	}
+	code, msg := pushproxy.ErrorCode(err), pushproxy.ErrorMessage(err)
+	if code != pushproxy.EUNAVAILABLE && unavailable(err) {
+		code, msg = pushproxy.EUNAVAILABLE, "the database is unreachable: try again later"
+	}
 	status, ok := statusOf[code]
 	if !ok {
 		status = http.StatusInternalServerError
 	}
-	if code == pushproxy.EINTERNAL {
+	switch {
+	case status == http.StatusInternalServerError:
 		s.log.ErrorContext(r.Context(), "request failed", slog.String("method", r.Method), slog.String("route", routePattern(r)), slog.String("error", err.Error()))
-	}
-	if status == http.StatusUnauthorized {
+	case status == http.StatusServiceUnavailable:
+		s.log.WarnContext(r.Context(), "request failed: unavailable", slog.String("method", r.Method), slog.String("route", routePattern(r)), slog.String("error", err.Error()))
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
+	case status == http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="pushproxy"`)
 	}
-	writeProblem(w, status, code, pushproxy.ErrorMessage(err))
+	writeProblem(w, status, code, msg)
 }
 
 func writeProblem(w http.ResponseWriter, status int, code, detail string) {

@@ -18,6 +18,10 @@ type Options struct {
 	APIKeys []string
 	// AdminToken is required (as a Bearer token) by the admin API; "" turns it off.
 	AdminToken string
+	// CORSOrigins are the web origins (scheme://host[:port]) whose pages may call the
+	// device routes (/v1/streams...); "*" allows any. Empty: no CORS. Check them with
+	// CheckCORSOrigins.
+	CORSOrigins []string
 	// MaxBodyBytes bounds API request bodies.
 	MaxBodyBytes int64
 	// Heartbeat is the interval of comment heartbeats to event readers.

@@ -38,12 +38,13 @@ type serveConfig struct {
 	DB              store.Options // the session timeouts
 	Log             logConfig
 
-	Allow   listFlag
-	APIKeys secretListFlag
-	Keys    keyConfig
-	Proxy   proxy.Options
-	API     api.Options
-	Wake    wakeConfig
+	Allow       listFlag
+	CORSOrigins listFlag
+	APIKeys     secretListFlag
+	Keys        keyConfig
+	Proxy       proxy.Options
+	API         api.Options
+	Wake        wakeConfig
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
@@ -62,6 +63,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 
 	fs.Var(&c.Allow, "upstream-allow", "upstreams the proxy may dial: comma-separated hosts, host:port, CIDRs, or * for any public host (empty: any public host; loopback and private addresses only when listed)")
 	fs.StringVar(&c.API.AdminToken, "admin-token", "", "bearer token of the admin API (/v1/admin/...) and the dashboard (/admin/); empty: both are off")
+	fs.Var(&c.CORSOrigins, "cors-origins", "comma-separated web origins (https://app.example.com) whose pages may call the device routes /v1/streams...; * for any (no credentials are ever allowed); empty: no CORS")
 	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
 	c.Wake.flags(fs)
 	c.Keys.flags(fs)
@@ -142,6 +144,9 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	if err != nil {
 		return nil, err
 	}
+	if err := api.CheckCORSOrigins(cfg.CORSOrigins); err != nil {
+		return nil, fmt.Errorf("--cors-origins: %w", err)
+	}
 	url := databaseURL(cfg.DatabaseURL, getenv)
 	keys, err := cfg.Keys.keys(ctx, url == "", cfg.DataDir, log)
 	if err != nil {
@@ -187,7 +192,7 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	po := cfg.Proxy
 	po.Upstream, po.Logger = allow, log
 	ao := cfg.API
-	ao.APIKeys, ao.Logger = cfg.APIKeys.listFlag, log
+	ao.APIKeys, ao.Logger, ao.CORSOrigins = cfg.APIKeys.listFlag, log, cfg.CORSOrigins
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := metrics.New(reg)
@@ -240,12 +245,19 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	return s, nil
 }
 
-// withMetrics serves the Prometheus metrics of reg at /metrics, and everything else with h.
+// withMetrics serves the Prometheus metrics of reg at GET /metrics, and everything else with
+// h. Not an http.ServeMux: it would answer paths with "..", "." or "//" with its own
+// redirect (an HTML page, the query with its tokens repeated in Location) before h could
+// answer them as the API answers everything else.
 func withMetrics(h http.Handler, reg *prometheus.Registry) http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.Handle("/", h)
-	return mux
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+			metrics.ServeHTTP(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // debugHandler serves the Go profiler.

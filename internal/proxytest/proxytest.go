@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -52,8 +53,13 @@ type Bundle struct {
 // run on 127.0.0.1, so loopback is allowed unless opts says otherwise.
 func Start(t *testing.T, opts *proxy.Options, httpOpts *api.Options) (*proxy.Service, *Bundle) {
 	t.Helper()
+	return StartOn(t, pgtest.NewDatabase(t), opts, httpOpts)
+}
+
+// StartOn is Start on the database at url (a test's own cluster, say), which it migrates.
+func StartOn(t *testing.T, url string, opts *proxy.Options, httpOpts *api.Options) (*proxy.Service, *Bundle) {
+	t.Helper()
 	ctx := context.Background()
-	url := pgtest.NewDatabase(t)
 	if err := store.Migrate(ctx, url, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -344,4 +350,60 @@ func AdminGet(t *testing.T, b *Bundle, path, token string, out any) int {
 		}
 	}
 	return resp.StatusCode
+}
+
+// SilentResolver returns a resolver whose DNS server never answers: every query is sent to a
+// UDP socket on loopback that reads and drops it. The channel receives once per query read,
+// so a test can wait until a lookup is under way. When the test ends, lookups still waiting
+// fail at once (Go's resolver goes on after its caller gives up, and would outlive the test).
+func SilentResolver(t testing.TB) (*net.Resolver, <-chan struct{}) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	queried := make(chan struct{}, 64)
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			select {
+			case queried <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	var (
+		mu     sync.Mutex
+		conns  []net.Conn
+		closed bool
+	)
+	t.Cleanup(func() {
+		mu.Lock()
+		closed = true
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		pc.Close()
+	})
+	addr := pc.LocalAddr().String()
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if closed {
+				return nil, net.ErrClosed
+			}
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "udp", addr)
+			if err == nil {
+				conns = append(conns, c)
+			}
+			return c, err
+		},
+	}, queried
 }

@@ -31,6 +31,17 @@ type AllowList struct {
 	hosts     map[string]bool // lower-case host names
 	hostPorts map[string]bool // lower-case "host:port"
 	nets      []netPort
+
+	// Resolver resolves host names for CheckHost and for Dialer when its net.Dialer has no
+	// resolver of its own; nil means net.DefaultResolver.
+	Resolver *net.Resolver
+}
+
+func (a *AllowList) resolver() *net.Resolver {
+	if a.Resolver != nil {
+		return a.Resolver
+	}
+	return net.DefaultResolver
 }
 
 // netPort is an address or network entry, on one port or ("") any.
@@ -203,7 +214,7 @@ func resolve(ctx context.Context, r *net.Resolver, host string) ([]netip.Addr, e
 // itself and dials the checked address, so DNS cannot answer differently between the check
 // and the dial.
 func (a *AllowList) Dialer(d *net.Dialer) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	r := net.DefaultResolver
+	r := a.resolver()
 	if d.Resolver != nil {
 		r = d.Resolver
 	}
@@ -245,18 +256,19 @@ func (a *AllowList) Dialer(d *net.Dialer) func(ctx context.Context, network, add
 
 // CheckHost tells a client at handoff time whether the proxy may dial host:port, so that a
 // forbidden URL gets a clear 4xx rather than a stream that fails later. The dial-time check
-// still applies.
+// still applies. A name that does not exist is EINVALID; a resolver that fails or does not
+// answer before ctx ends is EUNAVAILABLE (the caller bounds the wait with ctx).
 func (a *AllowList) CheckHost(ctx context.Context, host, port string) error {
-	ips, err := resolve(ctx, net.DefaultResolver, host)
+	ips, err := resolve(ctx, a.resolver(), host)
 	if err != nil {
 		var dnsErr *net.DNSError
 		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
 			return pushproxy.Errorf(pushproxy.EINVALID, "url: host %q does not resolve", host)
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
 		return pushproxy.Errorf(pushproxy.EUNAVAILABLE, "url: cannot resolve host %q now: try again", host)
+	}
+	if len(ips) == 0 {
+		return pushproxy.Errorf(pushproxy.EINVALID, "url: host %q has no addresses", host)
 	}
 	for _, ip := range ips {
 		if a.permits(host, port, ip) {
