@@ -118,7 +118,7 @@ func runHeld(ctx context.Context, args []string) error {
 	addrs := fs.Int("origin-addrs", 8, "origin listens on this many addresses 127.0.0.2, 127.0.0.3, ...")
 	settle := fs.Duration("settle", 30*time.Second, "time to let the proxy settle before reading its RSS")
 	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
-	debug := fs.String("debug-listen", "", "passed to the proxy: serve its profiler there")
+	debug := fs.String("debug-listen", "", "passed to the proxy as --admin-listen: serve its profiler (and /metrics) there (empty: off)")
 	hold := fs.Bool("hold", false, "after measuring, keep everything running until interrupted (to profile)")
 	fs.Parse(args)
 
@@ -151,9 +151,7 @@ func runHeld(ctx context.Context, args []string) error {
 	if *proto == "h2" {
 		pargs = append(pargs, "--upstream-h2c")
 	}
-	if *debug != "" {
-		pargs = append(pargs, "--debug-listen", *debug)
-	}
+	pargs = append(pargs, "--admin-listen", *debug)
 	px, err := startChild(ctx, filepath.Join(dir, "pushproxy"), pargs...)
 	if err != nil {
 		return err

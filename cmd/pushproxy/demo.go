@@ -111,7 +111,7 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 
 	var sc serveConfig
 	sc.flags(flag.NewFlagSet("", flag.ContinueOnError)) // the defaults
-	sc.Listen, sc.DatabaseURL = "127.0.0.1:0", url
+	sc.Listen, sc.AdminListen, sc.DatabaseURL = "127.0.0.1:0", "", url
 	sc.Allow = listFlag{"127.0.0.0/8"}
 	sc.API.Heartbeat = 15 * time.Second
 	sc.Wake.Debounce, sc.Wake.Sched.Jitter = cfg.Sleep, time.Millisecond
