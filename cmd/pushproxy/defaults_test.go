@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -273,5 +274,44 @@ func TestServeTLSReloadsOnSIGHUP(t *testing.T) {
 	px.waitLine(regexp.MustCompile(`msg="certificate reload failed; serving the previous one"`))
 	if third := handshake(); !bytes.Equal(third.PeerCertificates[0].Raw, second.PeerCertificates[0].Raw) {
 		t.Fatal("after a failed reload the certificate changed")
+	}
+}
+
+// TestServeRunsItsLocalPostgresOnASocketOnly starts serve with no database URL: the local
+// Postgres it runs is reached through a socket in a private directory inside the data
+// directory, and listens on no TCP address.
+func TestServeRunsItsLocalPostgresOnASocketOnly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs processes")
+	}
+	// The parents must be reachable by the postgres user when run as root.
+	dir, err := os.MkdirTemp("", "pushproxy-local-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	api, px := startProxy(t, "", "--data-dir", dir)
+	if resp, err := http.Get(api + "/readyz"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("readyz: %v %v", resp.Status, err)
+	}
+	sock := filepath.Join(dir, "postgres", "socket")
+	fi, err := os.Stat(filepath.Join(sock, ".s.PGSQL.5432"))
+	if err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("the local Postgres's socket: %v %v", fi, err)
+	}
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("socket directory: %v %v", fi, err)
+	}
+	m := regexp.MustCompile(`msg="local postgres running" dir=\S+ socket_dir=(\S+)`).FindStringSubmatch(px.output())
+	if m == nil || m[1] != sock {
+		t.Fatalf("the log does not say the local Postgres runs on %s:\n%s", sock, px.output())
+	}
+	pglog, _ := os.ReadFile(filepath.Join(dir, "postgres.log"))
+	if !strings.Contains(string(pglog), `listening on Unix socket "`+sock+`/.s.PGSQL.5432"`) ||
+		strings.Contains(string(pglog), "listening on IPv4") || strings.Contains(string(pglog), "listening on IPv6") {
+		t.Fatalf("the local Postgres's log does not show it on its socket only:\n%s", pglog)
 	}
 }

@@ -35,7 +35,7 @@ func Main(m *testing.M) int {
 		return m.Run()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	c, err := pglocal.Start(ctx, pglocal.Options{Fast: true})
+	c, err := pglocal.Start(ctx, pglocal.Options{Fast: true, TCP: true})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: cannot start a throwaway PostgreSQL (set DATABASE_URL to use an existing server): %v\n", err)
@@ -123,7 +123,7 @@ func NewCluster(tb testing.TB) *Cluster {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		tb.Fatalf("pgtest: %v", err)
 	}
-	c := &Cluster{tb: tb, opts: pglocal.Options{DataDir: filepath.Join(dir, "pg"), Fast: true}}
+	c := &Cluster{tb: tb, opts: pglocal.Options{DataDir: filepath.Join(dir, "pg"), Fast: true, TCP: true}}
 	c.Start()
 	tb.Cleanup(func() {
 		if c.c != nil {
