@@ -201,7 +201,8 @@ func (s *Server) handleDashboard(w http.ResponseWriter, r *http.Request) {
 // OverviewEventType is the SSE event type of the dashboard feed's snapshots.
 const OverviewEventType = "overview"
 
-// handleDashboardLive streams the overview: the current one at once, then each change.
+// handleDashboardLive streams the overview: the current one at once, then each change,
+// while the session lasts (checked at each heartbeat).
 func (s *Server) handleDashboardLive(w http.ResponseWriter, r *http.Request) {
 	snaps, stop := s.dash.subscribe()
 	defer stop()
@@ -221,7 +222,8 @@ func (s *Server) handleDashboardLive(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-heartbeat.C:
-			if sw.WriteComment("") != nil || rc.Flush() != nil {
+			// A session that ended (signed out, expired) ends its feed too.
+			if !s.dashboardAccess(r) || sw.WriteComment("") != nil || rc.Flush() != nil {
 				return
 			}
 		case <-r.Context().Done():

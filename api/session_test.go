@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -66,7 +67,7 @@ func TestDashboardSessionExpires(t *testing.T) {
 func TestDashboardSignOutEndsTheSessionEverywhere(t *testing.T) {
 	t.Parallel()
 	const admin = "dash-secret"
-	svc, b := setup(t, &api.Options{AdminToken: admin})
+	svc, b := setup(t, &api.Options{AdminToken: admin, Heartbeat: 50 * time.Millisecond})
 	other := httptest.NewServer(api.New(svc, b.Store, &api.Options{AdminToken: admin}).Handler())
 	t.Cleanup(other.Close)
 	rotated := httptest.NewServer(api.New(svc, b.Store, &api.Options{AdminToken: "new-secret"}).Handler())
@@ -104,6 +105,35 @@ func TestDashboardSignOutEndsTheSessionEverywhere(t *testing.T) {
 			t.Fatalf("the other browser's session on %s: %d", base, got)
 		}
 	}
+	// The live feed of a session ends once it is signed out, at its next heartbeat.
+	third := signIn(t, b.API.URL, admin)
+	lreq, _ := http.NewRequest("GET", b.API.URL+"/admin/live", nil)
+	lreq.AddCookie(third)
+	live, err := http.DefaultClient.Do(lreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Body.Close()
+	if live.StatusCode != http.StatusOK {
+		t.Fatalf("live feed: %d", live.StatusCode)
+	}
+	ended := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, live.Body); ended <- err }()
+	req, _ = http.NewRequest("POST", b.API.URL+"/admin/logout", nil)
+	req.AddCookie(third)
+	if resp, err = noRedirects.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Fatalf("live feed: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the live feed of a signed-out session goes on")
+	}
+
 	// The old fixed cookie (an HMAC of the token) means nothing now; neither does a guess.
 	for _, v := range []string{"", "x", strconv.Itoa(12345), first.Value + "x"} {
 		if got := dashboardStatus(t, b.API.URL, &http.Cookie{Name: "pushproxy_admin", Value: v}); got != http.StatusUnauthorized {
