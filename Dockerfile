@@ -11,6 +11,9 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/pushproxy .
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/pushproxy /out/origin /usr/local/bin/
 USER nonroot
+# Inside a container loopback is useless: listen on every interface. serve then refuses to
+# start unless PUSHPROXY_API_KEYS (or PUSHPROXY_OPEN_HANDOFF=true) is set.
+ENV PUSHPROXY_LISTEN=:8080
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/pushproxy"]
 CMD ["serve"]
