@@ -284,15 +284,7 @@ func TestServeRunsItsLocalPostgresOnASocketOnly(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs processes")
 	}
-	// The parents must be reachable by the postgres user when run as root.
-	dir, err := os.MkdirTemp("", "pushproxy-local-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := pgtest.ReachableDir(t)
 	api, px := startProxy(t, "", "--data-dir", dir)
 	if resp, err := http.Get(api + "/readyz"); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("readyz: %v %v", resp.Status, err)

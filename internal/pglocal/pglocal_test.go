@@ -19,15 +19,7 @@ func TestClusterListensOnlyOnAPrivateSocket(t *testing.T) {
 		t.Skip("starts a cluster")
 	}
 	t.Parallel()
-	// The parents must be reachable by the postgres user when run as root.
-	dir, err := os.MkdirTemp("", "pglocal-sock-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := reachableDir(t)
 	deep := filepath.Join(dir, strings.Repeat("d", 60), strings.Repeat("e", 60))
 	if err := os.MkdirAll(deep, 0o755); err != nil {
 		t.Fatal(err)
@@ -77,4 +69,20 @@ func TestClusterListensOnlyOnAPrivateSocket(t *testing.T) {
 			t.Errorf("%s: after Stop, socket directory exists: %v", c.name, err == nil)
 		}
 	}
+}
+
+// reachableDir is a temporary directory, removed when the test ends, in which the postgres
+// user can reach a data directory when the tests run as root (t.TempDir's are private).
+// (pgtest.ReachableDir, which this package cannot import.)
+func reachableDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pglocal-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

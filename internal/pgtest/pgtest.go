@@ -110,12 +110,11 @@ type Cluster struct {
 	c    *pglocal.Cluster
 }
 
-// NewCluster starts a cluster for the test, stopped and removed when the test ends.
-func NewCluster(tb testing.TB) *Cluster {
+// ReachableDir is a temporary directory, removed when the test ends, in which the postgres
+// user can reach a data directory when the tests run as root (t.TempDir's are private).
+func ReachableDir(tb testing.TB) string {
 	tb.Helper()
-	// The data directory's parents must be reachable by the postgres user when the tests
-	// run as root (t.TempDir's are private).
-	dir, err := os.MkdirTemp("", "pgtest-cluster-")
+	dir, err := os.MkdirTemp("", "pgtest-")
 	if err != nil {
 		tb.Fatalf("pgtest: %v", err)
 	}
@@ -123,6 +122,13 @@ func NewCluster(tb testing.TB) *Cluster {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		tb.Fatalf("pgtest: %v", err)
 	}
+	return dir
+}
+
+// NewCluster starts a cluster for the test, stopped and removed when the test ends.
+func NewCluster(tb testing.TB) *Cluster {
+	tb.Helper()
+	dir := ReachableDir(tb)
 	c := &Cluster{tb: tb, opts: pglocal.Options{DataDir: filepath.Join(dir, "pg"), Fast: true, TCP: true}}
 	c.Start()
 	tb.Cleanup(func() {
