@@ -307,3 +307,56 @@ func TestServeRunsItsLocalPostgresOnASocketOnly(t *testing.T) {
 		t.Fatalf("the local Postgres's log does not show it on its socket only:\n%s", pglog)
 	}
 }
+
+// TestSlowBodyIsCutOverHTTP2 sends a handoff body one byte at a time over HTTP/2 (TLS, ALPN)
+// to the proxy serving TLS itself: the request ends about when --read-body-timeout says, not
+// when the body would.
+func TestSlowBodyIsCutOverHTTP2(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for a timeout")
+	}
+	const timeout = time.Second
+	ca, err := fakeapns.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := writeServerCert(t, ca, t.TempDir())
+	srv := startServer(t, testServeConfig(t, pgtest.NewDatabase(t), "--tls-cert", certFile, "--tls-key", keyFile,
+		"--read-body-timeout", timeout.String()))
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for _, b := range []byte(`{"url": "http://127.0.0.1:1/events"}` + strings.Repeat(" ", 64)) {
+			select {
+			case <-stop:
+				pw.Close()
+				return
+			case <-tick.C:
+				if _, err := pw.Write([]byte{b}); err != nil {
+					return
+				}
+			}
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", "https://"+srv.Addr()+"/v1/streams", pr)
+	req.Header.Set("Content-Type", "application/json")
+	start := time.Now()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	took := time.Since(start)
+	if err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode == http.StatusCreated {
+			t.Fatalf("slow body over %s answered %s", resp.Proto, resp.Status)
+		}
+	}
+	if took < timeout || took > 4*timeout {
+		t.Fatalf("the slow HTTP/2 body was cut after %s (%v), want about %s", took, err, timeout)
+	}
+}
