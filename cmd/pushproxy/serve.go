@@ -260,7 +260,7 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	}
 	if cfg.AdminListen != "" {
 		if s.aln, err = net.Listen("tcp", cfg.AdminListen); err != nil {
-			return nil, fmt.Errorf("--admin-listen: %w", err)
+			return nil, fmt.Errorf("--admin-listen %s (/metrics, /debug/pprof/): %w; with several instances on one host give each its own, or \"\" to turn it off", cfg.AdminListen, err)
 		}
 		s.admin = &http.Server{Handler: adminHandler(reg), ReadHeaderTimeout: cfg.Timeouts.ReadHeader,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
