@@ -15,6 +15,9 @@ FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/pushproxy /out/origin /usr/local/bin/
 COPY --from=build --chown=nonroot:nonroot /keys /keys
 USER nonroot
+# Inside a container loopback is useless: listen on every interface. serve then refuses to
+# start unless PUSHPROXY_API_KEYS (or PUSHPROXY_OPEN_HANDOFF=true) is set.
+ENV PUSHPROXY_LISTEN=:8080
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/pushproxy"]
 CMD ["serve"]

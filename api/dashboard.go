@@ -3,9 +3,10 @@ package api
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"embed"
-	"encoding/hex"
+	"encoding/base64"
 	"encoding/json"
 	"html/template"
 	"io/fs"
@@ -23,9 +24,11 @@ import (
 // over SSE (/admin/live). It is plain files embedded in the binary: no build step.
 //
 // A browser cannot put the admin token in an EventSource's headers, so the page takes it once
-// in a login form and keeps a session cookie: an HMAC of a fixed label under the admin token.
-// Every instance sharing the token accepts it, and changing the token logs everyone out.
-// Requests with the token as a Bearer header are served too (scripts, tests).
+// in a login form and keeps a session cookie: a random session id. The database keeps its
+// hash (admin_sessions), its expiry (Options.SessionTTL after sign-in) and a mark of the admin
+// token it was opened with: every instance sharing the database accepts it until it expires,
+// signing out deletes it everywhere, and changing the token ends every session. Requests with
+// the token as a Bearer header are served too (scripts, tests).
 
 //go:embed dashboard
 var dashboardFiles embed.FS
@@ -68,17 +71,33 @@ func dashboardHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// sessionValue is the cookie value that proves the admin token was given ("" without one).
-func sessionValue(adminToken string) string {
+// tokenMark is the mark of the admin token a session is opened with ("" without one): an
+// HMAC of a fixed label under the token, so the database never holds the token itself.
+func tokenMark(adminToken string) []byte {
 	if adminToken == "" {
-		return ""
+		return nil
 	}
 	m := hmac.New(sha256.New, []byte(adminToken))
 	m.Write([]byte(sessionLabel))
-	return hex.EncodeToString(m.Sum(nil))
+	return m.Sum(nil)
 }
 
-// dashboardAccess tells whether r carries the admin token (Bearer) or a session cookie.
+// sessionHash is what the database keeps of a session id.
+func sessionHash(id string) []byte {
+	h := sha256.Sum256([]byte(id))
+	return h[:]
+}
+
+// sessionIDLen is the length of a session id: 32 random bytes, base64url without padding.
+const sessionIDLen = 43
+
+func newSessionID() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// dashboardAccess tells whether r carries the admin token (Bearer) or a live session cookie.
 func (s *Server) dashboardAccess(r *http.Request) bool {
 	if s.opts.AdminToken == "" {
 		return false
@@ -87,7 +106,15 @@ func (s *Server) dashboardAccess(r *http.Request) bool {
 		return s.isAdminToken(tok)
 	}
 	c, err := r.Cookie(sessionCookie)
-	return err == nil && hmac.Equal([]byte(c.Value), []byte(s.session))
+	if err != nil || len(c.Value) != sessionIDLen {
+		return false
+	}
+	ok, err := s.store.AdminSessionValid(r.Context(), sessionHash(c.Value), s.tokenMark)
+	if err != nil {
+		s.log.WarnContext(r.Context(), "dashboard session check failed", slog.String("error", err.Error()))
+		return false
+	}
+	return ok
 }
 
 // requireSession serves the login form, with 401, to requests without access.
@@ -128,14 +155,28 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 		s.renderLogin(w, http.StatusUnauthorized, "That is not the admin token.")
 		return
 	}
+	id := newSessionID()
+	if err := s.store.CreateAdminSession(r.Context(), sessionHash(id), s.tokenMark, s.opts.SessionTTL); err != nil {
+		s.log.WarnContext(r.Context(), "dashboard sign-in failed", slog.String("error", err.Error()))
+		s.renderLogin(w, http.StatusServiceUnavailable, "The database is unavailable: try again shortly.")
+		return
+	}
 	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: s.session, Path: "/admin/",
+		Name: sessionCookie, Value: id, Path: "/admin/", MaxAge: int(s.opts.SessionTTL / time.Second),
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: isHTTPS(r),
 	})
 	http.Redirect(w, r, "/admin/", http.StatusSeeOther)
 }
 
+// handleLogout ends the session on every instance and clears the cookie.
 func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request) {
+	if c, err := r.Cookie(sessionCookie); err == nil && len(c.Value) == sessionIDLen {
+		if err := s.store.DeleteAdminSession(r.Context(), sessionHash(c.Value)); err != nil {
+			s.log.WarnContext(r.Context(), "dashboard sign-out failed", slog.String("error", err.Error()))
+			s.renderLogin(w, http.StatusServiceUnavailable, "The database is unavailable: the session is still open; try again shortly.")
+			return
+		}
+	}
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Path: "/admin/", MaxAge: -1, HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, Secure: isHTTPS(r)})
 	http.Redirect(w, r, "/admin/", http.StatusSeeOther)
@@ -160,7 +201,8 @@ func (s *Server) handleDashboard(w http.ResponseWriter, r *http.Request) {
 // OverviewEventType is the SSE event type of the dashboard feed's snapshots.
 const OverviewEventType = "overview"
 
-// handleDashboardLive streams the overview: the current one at once, then each change.
+// handleDashboardLive streams the overview: the current one at once, then each change,
+// while the session lasts (checked at each heartbeat).
 func (s *Server) handleDashboardLive(w http.ResponseWriter, r *http.Request) {
 	snaps, stop := s.dash.subscribe()
 	defer stop()
@@ -180,7 +222,8 @@ func (s *Server) handleDashboardLive(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-heartbeat.C:
-			if sw.WriteComment("") != nil || rc.Flush() != nil {
+			// A session that ended (signed out, expired) ends its feed too.
+			if !s.dashboardAccess(r) || sw.WriteComment("") != nil || rc.Flush() != nil {
 				return
 			}
 		case <-r.Context().Done():

@@ -29,6 +29,8 @@ type Options struct {
 	// DashboardRefresh is how often the dashboard's numbers are recomputed while someone
 	// watches.
 	DashboardRefresh time.Duration
+	// SessionTTL is how long a dashboard sign-in lasts.
+	SessionTTL time.Duration
 
 	Logger  *slog.Logger
 	Metrics Metrics
@@ -39,6 +41,7 @@ var DefaultOptions = Options{
 	MaxBodyBytes:     64 << 10,
 	Heartbeat:        15 * time.Second,
 	DashboardRefresh: 2 * time.Second,
+	SessionTTL:       12 * time.Hour,
 }
 
 func (o *Options) withDefaults() Options {
@@ -47,6 +50,7 @@ func (o *Options) withDefaults() Options {
 	r.MaxBodyBytes = cmp.Or(r.MaxBodyBytes, d.MaxBodyBytes)
 	r.Heartbeat = cmp.Or(r.Heartbeat, d.Heartbeat)
 	r.DashboardRefresh = cmp.Or(r.DashboardRefresh, d.DashboardRefresh)
+	r.SessionTTL = cmp.Or(r.SessionTTL, d.SessionTTL)
 	if r.Logger == nil {
 		r.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -77,7 +81,7 @@ type Server struct {
 	log        *slog.Logger
 	dash       *feed         // the dashboard's overview
 	loginLimit *rate.Limiter // dashboard logins
-	session    string        // the dashboard's session cookie value
+	tokenMark  []byte        // the mark of the admin token in dashboard sessions
 }
 
 // New returns the HTTP surface of svc, which runs on st.
@@ -89,7 +93,7 @@ func New(svc *proxy.Service, st *store.Store, opts *Options) *Server {
 	s := &Server{svc: svc, store: st, opts: o, log: o.Logger}
 	s.dash = newFeed(o.DashboardRefresh, s.computeOverview, s.overviewFailed)
 	s.loginLimit = rate.NewLimiter(loginRate, loginBurst)
-	s.session = sessionValue(o.AdminToken)
+	s.tokenMark = tokenMark(o.AdminToken)
 	return s
 }
 

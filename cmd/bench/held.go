@@ -125,7 +125,7 @@ func runHeld(ctx context.Context, args []string) error {
 	addrs := fs.Int("origin-addrs", 8, "origin listens on this many addresses 127.0.0.2, 127.0.0.3, ...")
 	settle := fs.Duration("settle", 30*time.Second, "time to let the proxy settle before reading its RSS")
 	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
-	debug := fs.String("debug-listen", "", "passed to the proxy: serve its profiler there")
+	debug := fs.String("debug-listen", "", "passed to the proxy as --admin-listen: serve its profiler (and /metrics) there (empty: off)")
 	hold := fs.Bool("hold", false, "after measuring, keep everything running until interrupted (to profile)")
 	maxStreams := fs.Int("origin-max-streams", 0, "serve the reference origin in this process behind an HTTP/2 server allowing this many concurrent streams per connection (nginx: 128, Go: 250), so that the proxy needs a connection per so many streams; 0: run the origin binary, which allows a million")
 	originTLS := fs.Bool("origin-tls", false, "with --origin-max-streams: serve the origin over TLS (HTTP/2 by ALPN; the proxy trusts a throwaway CA through SSL_CERT_FILE) instead of cleartext")
@@ -182,9 +182,7 @@ func runHeld(ctx context.Context, args []string) error {
 	if *proto == "h2" && !*originTLS {
 		pargs = append(pargs, "--upstream-h2c")
 	}
-	if *debug != "" {
-		pargs = append(pargs, "--debug-listen", *debug)
-	}
+	pargs = append(pargs, "--admin-listen", *debug)
 	px, err := startChild(ctx, env, filepath.Join(dir, "pushproxy"), pargs...)
 	if err != nil {
 		return err

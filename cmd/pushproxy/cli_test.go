@@ -30,7 +30,7 @@ func TestOperatorCommands(t *testing.T) {
 
 	var cfg serveConfig
 	cfg.flags(flag.NewFlagSet("", flag.ContinueOnError))
-	cfg.Listen, cfg.DatabaseURL = "127.0.0.1:0", pgtest.NewDatabase(t)
+	cfg.Listen, cfg.AdminListen, cfg.DatabaseURL = "127.0.0.1:0", "127.0.0.1:0", pgtest.NewDatabase(t)
 	cfg.Allow = listFlag{"127.0.0.0/8"}
 	cfg.API.AdminToken = "op-secret"
 	cfg.Keys.File = filepath.Join(t.TempDir(), "keys.json")

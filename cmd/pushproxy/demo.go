@@ -90,7 +90,7 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 			return err
 		}
 		url = pg.URL("pushproxy")
-		tl.say("postgres", "running on 127.0.0.1:%d", pg.Port())
+		tl.say("postgres", "running on a Unix socket in %s", pg.SocketDir())
 	}
 
 	org := origin.New(&origin.Options{Rate: cfg.Rate, Retry: time.Second, History: 10000, Heartbeat: 15 * time.Second, Symbols: 8, Seed: 1})
@@ -127,7 +127,7 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 
 	var sc serveConfig
 	sc.flags(flag.NewFlagSet("", flag.ContinueOnError)) // the defaults
-	sc.Listen, sc.DatabaseURL = "127.0.0.1:0", url
+	sc.Listen, sc.AdminListen, sc.DatabaseURL = "127.0.0.1:0", "", url
 	sc.Allow = listFlag{"127.0.0.0/8"}
 	sc.Keys.File = keyFile
 	sc.API.Heartbeat = 15 * time.Second

@@ -67,6 +67,7 @@ type process struct {
 	done  chan struct{}
 	mu    sync.Mutex
 	out   bytes.Buffer
+	admin string // a proxy's operators' listener (/metrics), as http://host:port
 }
 
 func startProcess(t *testing.T, name, bin string, args ...string) *process {
@@ -158,7 +159,7 @@ func (p *process) waitLine(re *regexp.Regexp) []string {
 
 var (
 	originListening = regexp.MustCompile(`listening on (http://\S+)`)
-	proxyServing    = regexp.MustCompile(`msg="pushproxy serving" addr=(\S+)`)
+	proxyServing    = regexp.MustCompile(`msg="pushproxy serving" addr=(\S+) scheme=(\S+) admin=(\S+)`)
 )
 
 func startOrigin(t *testing.T, args ...string) (string, *process) {
@@ -173,10 +174,12 @@ func startProxy(t *testing.T, dbURL string, args ...string) (string, *process) {
 
 func startProxyEnv(t *testing.T, dbURL string, env []string, args ...string) (string, *process) {
 	bin, _ := binaries(t)
-	base := []string{"serve", "--listen", "127.0.0.1:0", "--database-url", dbURL, "--upstream-allow", "127.0.0.0/8",
-		"--upstream-backoff-max", "200ms", "--log-level", "debug", "--secret-key-file", e2eKeyFile(t)}
+	base := []string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database-url", dbURL,
+		"--upstream-allow", "127.0.0.0/8", "--upstream-backoff-max", "200ms", "--log-level", "debug", "--secret-key-file", e2eKeyFile(t)}
 	p := startProcessEnv(t, "pushproxy", bin, env, append(base, args...)...)
-	return "http://" + p.waitLine(proxyServing)[1], p
+	m := p.waitLine(proxyServing)
+	p.admin = "http://" + m[3]
+	return m[2] + "://" + m[1], p
 }
 
 func handoffURL(t *testing.T, api, upstream string) (id, eventsURL string) {

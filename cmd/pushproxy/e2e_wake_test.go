@@ -305,7 +305,7 @@ func TestEndToEndWakeups(t *testing.T) {
 
 	// The same story in the proxy's metrics.
 	waitFor(t, "the metrics", func() bool {
-		m := metricsText(t, api)
+		m := metricsText(t, px)
 		return strings.Contains(m, `pushproxy_wakeups_total{outcome="sent",platform="apns"} 3`+"\n") &&
 			strings.Contains(m, "pushproxy_events_committed_total 28\n") &&
 			strings.Contains(m, `pushproxy_http_requests_total{method="POST",route="/v1/streams",status="201"} 2`+"\n") &&
@@ -325,9 +325,10 @@ func TestEndToEndWakeups(t *testing.T) {
 	}
 }
 
-func metricsText(t *testing.T, api string) string {
+// metricsText is what a proxy's operators' listener serves at /metrics.
+func metricsText(t *testing.T, px *process) string {
 	t.Helper()
-	resp, err := http.Get(api + "/metrics")
+	resp, err := http.Get(px.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +369,7 @@ func TestEndToEndDeadTokensAndRetries(t *testing.T) {
 	}
 	fakes := startPushFakes(t)
 	originURL, _ := startOrigin(t, "--rate", "0", "--allow-emit", "--retry", "10ms")
-	api, _ := startProxyEnv(t, pgtest.NewDatabase(t), fakes.env, append(fakes.flags, "--wake-debounce", "100ms")...)
+	api, px := startProxyEnv(t, pgtest.NewDatabase(t), fakes.env, append(fakes.flags, "--wake-debounce", "100ms")...)
 
 	goneAPNs := strings.Repeat("ab", 32)
 	goneFCM := "fcm-token-gone:0000000000000001"
@@ -415,7 +416,7 @@ func TestEndToEndDeadTokensAndRetries(t *testing.T) {
 	if len(flaky) != 2 {
 		t.Fatalf("flaky FCM token saw %d messages, want the failure and the retry", len(flaky))
 	}
-	m := metricsText(t, api)
+	m := metricsText(t, px)
 	for _, want := range []string{
 		`pushproxy_wakeups_total{outcome="token-gone",platform="apns"} 1`,
 		`pushproxy_wakeups_total{outcome="token-gone",platform="fcm"} 1`,

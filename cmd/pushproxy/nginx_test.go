@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -28,6 +29,13 @@ import (
 // startNginx runs deploy/nginx/pushproxy.conf, with only its marked lines rewritten, in front
 // of upstreams, and returns its https URL.
 func startNginx(t *testing.T, upstreams []string, ca *fakeapns.CA) string {
+	t.Helper()
+	edge, _ := startNginxLogged(t, upstreams, ca)
+	return edge
+}
+
+// startNginxLogged is startNginx, and also returns the path of the access log.
+func startNginxLogged(t *testing.T, upstreams []string, ca *fakeapns.CA) (edge, accessLog string) {
 	t.Helper()
 	dir := t.TempDir()
 	certFile, keyFile := writeServerCert(t, ca, dir)
@@ -55,16 +63,19 @@ func startNginx(t *testing.T, upstreams []string, ca *fakeapns.CA) string {
 			line = regexp.MustCompile(`/\S+;`).ReplaceAllString(line, certFile+";")
 		case strings.HasSuffix(line, "# certificate-key"):
 			line = regexp.MustCompile(`/\S+;`).ReplaceAllString(line, keyFile+";")
+		case strings.HasSuffix(line, "# access-log"):
+			accessLog = filepath.Join(dir, "access.log")
+			line = regexp.MustCompile(`access_log /[^\s;]+`).ReplaceAllString(line, "access_log "+accessLog)
 		}
 		out = append(out, line)
 	}
-	if servers == 0 {
-		t.Fatal("deploy/nginx/pushproxy.conf has no marked upstream servers")
+	if servers == 0 || accessLog == "" {
+		t.Fatal("deploy/nginx/pushproxy.conf has no marked upstream servers or access log")
 	}
 	site := filepath.Join(dir, "pushproxy.conf")
 	os.WriteFile(site, []byte(strings.Join(out, "\n")), 0o600)
 	nginxtest.Start(t, dir, addr, "    include "+site+";")
-	return "https://" + addr
+	return "https://" + addr, accessLog
 }
 
 // writeServerCert writes a certificate for 127.0.0.1 and localhost, issued by ca, and its
@@ -219,7 +230,7 @@ func TestNginxConfigDoesNotBuffer(t *testing.T) {
 	defer tr.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, edge+"/events", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, edge+"/v1/streams/s/events", nil)
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		t.Fatalf("no response headers through nginx: %v", err)
@@ -234,5 +245,91 @@ func TestNginxConfigDoesNotBuffer(t *testing.T) {
 	}
 	if ev.LastEventID != "1" || ev.Data != "one" {
 		t.Fatalf("got %+v", ev)
+	}
+}
+
+// TestNginxHidesOperatorPathsAndLogsNoQuery runs the repo's nginx configuration in front of
+// a proxy with an admin token: the admin API, the dashboard, /metrics and the profiler are
+// not reachable through it in any spelling (they are, directly), and its access log shows
+// the events requests without their ?token= query.
+func TestNginxHidesOperatorPathsAndLogsNoQuery(t *testing.T) {
+	ca := nginxTestCA(t)
+	const admin = "nginx-admin-secret"
+	originURL, _ := startOrigin(t, "--rate", "0", "--allow-emit", "--retry", "10ms")
+	api, _ := startProxy(t, pgtest.NewDatabase(t), "--admin-token", admin)
+	edge, accessLog := startNginxLogged(t, []string{strings.TrimPrefix(api, "http://")}, ca)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(base, path string) int {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+admin)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// The same requests straight to the instance succeed: the refusals below are nginx's.
+	if got := get(api, "/v1/admin/totals"); got != http.StatusOK {
+		t.Fatalf("the admin API on the instance: %d", got)
+	}
+	for path, want := range map[string]int{
+		"/v1/admin/totals":            http.StatusNotFound,
+		"/v1/admin":                   http.StatusNotFound,
+		"/admin/":                     http.StatusNotFound,
+		"/admin":                      http.StatusNotFound,
+		"/admin/login":                http.StatusNotFound,
+		"/metrics":                    http.StatusNotFound,
+		"/debug/pprof/":               http.StatusNotFound,
+		"/v1/streams/../admin/totals": http.StatusBadRequest,
+		"/v1/admin/../streams/x":      http.StatusBadRequest,
+		"/v1//admin/totals":           http.StatusBadRequest,
+		"/v1/%61dmin/totals":          http.StatusNotFound,
+		"/v1/streams/%2e%2e/admin/x":  http.StatusBadRequest,
+		"/v1/streams%2F..%2Fadmin/x":  http.StatusBadRequest,
+		"/healthz":                    http.StatusOK,
+		"/readyz":                     http.StatusOK,
+	} {
+		if got := get(edge, path); got != want {
+			t.Errorf("GET %s through nginx: %d, want %d", path, got, want)
+		}
+	}
+
+	// An events request with its token in the query, read and ended, and one with a wrong
+	// token: both are logged, neither with its query.
+	st := handoffPush(t, api, originURL+"/events", nil)
+	u, _ := url.Parse(st.EventsURL)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, edge+u.RequestURI(), nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("events through nginx: %s", resp.Status)
+	}
+	resp.Body.Close()
+	const wrong = "wrong-token-0123456789"
+	if got := get(edge, "/v1/streams/"+st.ID+"/events?token="+wrong); got != http.StatusUnauthorized {
+		t.Fatalf("events with a wrong token: %d", got)
+	}
+	var logged string
+	waitFor(t, "both events requests in the access log", func() bool {
+		b, _ := os.ReadFile(accessLog)
+		logged = string(b)
+		return strings.Count(logged, "/v1/streams/"+st.ID+"/events") == 2
+	})
+	for _, secret := range []string{st.Token, wrong, "token=", "?", admin} {
+		if strings.Contains(logged, secret) {
+			t.Errorf("the access log holds %q:\n%s", secret, logged)
+		}
 	}
 }

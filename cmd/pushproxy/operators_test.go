@@ -179,7 +179,15 @@ func TestOperatorsSeeTheScriptedFlow(t *testing.T) {
 	})
 
 	// /metrics, exactly.
-	m := metricsText(t, api)
+	m := metricsText(t, proxyProc)
+	// Only there: the public listener does not serve them.
+	for _, p := range []string{"/metrics", "/debug/pprof/"} {
+		if resp, err := http.Get(api + p); err != nil || resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("%s on the public listener: %v %v", p, resp.Status, err)
+		} else {
+			resp.Body.Close()
+		}
+	}
 	for _, want := range []string{
 		`pushproxy_streams{state="held"} 3`,
 		`pushproxy_streams{state="failed"} 1`,

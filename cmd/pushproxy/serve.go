@@ -9,13 +9,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
+	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pushproxy/pushproxy/api"
 	"github.com/pushproxy/pushproxy/internal/pglocal"
@@ -29,7 +30,10 @@ import (
 // serveConfig is everything `pushproxy serve` is told.
 type serveConfig struct {
 	Listen          string
-	DebugListen     string
+	OpenHandoff     bool
+	AdminListen     string
+	TLS             tlsConfig
+	Timeouts        timeouts
 	DatabaseURL     string
 	DataDir         string
 	Migrate         bool
@@ -49,7 +53,11 @@ type serveConfig struct {
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
 	d, da := proxy.DefaultOptions, api.DefaultOptions
-	fs.StringVar(&c.Listen, "listen", ":8080", "address the HTTP API listens on")
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "address the HTTP API listens on; on an address other than loopback, handoff needs --api-keys or --open-handoff")
+	fs.BoolVar(&c.OpenHandoff, "open-handoff", false, "let anyone who reaches --listen hand off streams without an API key, on a non-loopback address too (without it, serve refuses to start open on such an address)")
+	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:9091", "address of the operators' listener: Prometheus /metrics and the Go profiler /debug/pprof/; keep it private (empty: off)")
+	c.TLS.flags(fs)
+	c.Timeouts.flags(fs)
 	fs.StringVar(&c.DatabaseURL, "database-url", "", "Postgres URL (DATABASE_URL is read too); empty: run a local Postgres in --data-dir")
 	fs.StringVar(&c.DataDir, "data-dir", "pushproxy-data", "where the local Postgres keeps its data when no database URL is given")
 	fs.BoolVar(&c.Migrate, "migrate", true, "apply pending database migrations at start-up")
@@ -58,12 +66,12 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DB.StatementTimeout, "db-statement-timeout", 0, "longest a database statement may run; below --lease-ttl (0: a third of --lease-ttl)")
 	fs.DurationVar(&c.DB.IdleInTransactionTimeout, "db-idle-in-transaction-timeout", 0, "a database session idle this long inside a transaction (a frozen instance) is ended and its locks released; below --lease-ttl (0: a third of --lease-ttl)")
 	fs.DurationVar(&c.DB.LockTimeout, "db-lock-timeout", 2*time.Second, "longest a request waits for a stream's lock (acknowledging read, close) before answering 503")
-	fs.StringVar(&c.DebugListen, "debug-listen", "", "address of the Go profiler (/debug/pprof/); keep it private (empty: off)")
 	c.Log.flags(fs, "info")
 
 	fs.Var(&c.Allow, "upstream-allow", "upstreams the proxy may dial: comma-separated hosts, host:port, CIDRs, or * for any public host (empty: any public host; loopback and private addresses only when listed)")
 	fs.StringVar(&c.API.AdminToken, "admin-token", "", "bearer token of the admin API (/v1/admin/...) and the dashboard (/admin/); empty: both are off")
 	fs.Var(&c.CORSOrigins, "cors-origins", "comma-separated web origins (https://app.example.com) whose pages may call the device routes /v1/streams...; * for any (no credentials are ever allowed); empty: no CORS")
+	fs.DurationVar(&c.API.SessionTTL, "admin-session-ttl", api.DefaultOptions.SessionTTL, "how long a dashboard sign-in lasts; signing out ends it on every instance")
 	fs.Var(&c.APIKeys, "api-keys", "comma-separated API keys; when set, handing off a stream requires Authorization: Bearer <key>")
 	c.Wake.flags(fs)
 	c.Keys.flags(fs)
@@ -124,13 +132,31 @@ type Server struct {
 	api   *api.Server
 	wake  *wakeup.Scheduler
 	http  *http.Server
-	debug *http.Server
+	admin *http.Server
 	ln    net.Listener
+	aln   net.Listener
+	cert  *certificate // nil without --tls-cert
 	done  chan error
 }
 
 // Addr is the address the API listens on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// AdminAddr is the address of the operators' listener ("" when it is off).
+func (s *Server) AdminAddr() string {
+	if s.aln == nil {
+		return ""
+	}
+	return s.aln.Addr().String()
+}
+
+// ReloadTLS reads the certificate and key files again (what SIGHUP does); on an error the
+// certificate in use stays. Without TLS it does nothing.
+func (s *Server) ReloadTLS(ctx context.Context) {
+	if s.cert != nil {
+		s.cert.reloadLogged(ctx)
+	}
+}
 
 // openServer starts everything; on error it undoes what it started.
 func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv func(string) string) (_ *Server, err error) {
@@ -140,12 +166,20 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 			s.close(context.WithoutCancel(ctx))
 		}
 	}()
+	if err := checkOpenHandoff(cfg.Listen, cfg.APIKeys.listFlag, cfg.OpenHandoff); err != nil {
+		return nil, err
+	}
 	allow, err := upstream.ParseAllowList(cfg.Allow)
 	if err != nil {
 		return nil, err
 	}
 	if err := api.CheckCORSOrigins(cfg.CORSOrigins); err != nil {
 		return nil, fmt.Errorf("--cors-origins: %w", err)
+	}
+	if cfg.TLS.on() {
+		if s.cert, err = loadCertificate(cfg.TLS, log); err != nil {
+			return nil, err
+		}
 	}
 	url := databaseURL(cfg.DatabaseURL, getenv)
 	keys, err := cfg.Keys.keys(ctx, url == "", cfg.DataDir, log)
@@ -225,50 +259,34 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 		return nil, err
 	}
 	s.http = &http.Server{
-		Handler:           withMetrics(s.api.Handler(), reg),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           bodyDeadline(cfg.Timeouts.ReadBody, s.api.Handler()),
+		ReadHeaderTimeout: cfg.Timeouts.ReadHeader,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	s.done = make(chan error, 1)
-	go func() { s.done <- s.http.Serve(s.ln) }()
-	if cfg.DebugListen != "" {
-		dln, err := net.Listen("tcp", cfg.DebugListen)
-		if err != nil {
-			return nil, fmt.Errorf("--debug-listen: %w", err)
-		}
-		s.debug = &http.Server{Handler: debugHandler(), ReadHeaderTimeout: 10 * time.Second}
-		go s.debug.Serve(dln)
-		log.InfoContext(ctx, "profiler listening", slog.String("addr", dln.Addr().String()))
+	scheme := "http"
+	if s.cert != nil {
+		s.http.TLSConfig, scheme = s.cert.config(), "https"
 	}
-	log.InfoContext(ctx, "pushproxy serving", slog.String("addr", s.Addr()), slog.String("instance", s.svc.InstanceID()))
-	return s, nil
-}
-
-// withMetrics serves the Prometheus metrics of reg at GET /metrics, and everything else with
-// h. Not an http.ServeMux: it would answer paths with "..", "." or "//" with its own
-// redirect (an HTML page, the query with its tokens repeated in Location) before h could
-// answer them as the API answers everything else.
-func withMetrics(h http.Handler, reg *prometheus.Registry) http.Handler {
-	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/metrics" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
-			metrics.ServeHTTP(w, r)
-			return
+	if cfg.AdminListen != "" {
+		if s.aln, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			return nil, fmt.Errorf("--admin-listen %s (/metrics, /debug/pprof/): %w; with several instances on one host give each its own, or \"\" to turn it off", cfg.AdminListen, err)
 		}
-		h.ServeHTTP(w, r)
-	})
-}
-
-// debugHandler serves the Go profiler.
-func debugHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
+		s.admin = &http.Server{Handler: adminHandler(reg), ReadHeaderTimeout: cfg.Timeouts.ReadHeader,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		go s.admin.Serve(s.aln)
+	}
+	s.done = make(chan error, 1)
+	go func() {
+		if s.cert != nil {
+			s.done <- s.http.ServeTLS(s.ln, "", "")
+		} else {
+			s.done <- s.http.Serve(s.ln)
+		}
+	}()
+	log.InfoContext(ctx, "pushproxy serving", slog.String("addr", s.Addr()), slog.String("scheme", scheme),
+		slog.String("admin", s.AdminAddr()), slog.String("instance", s.svc.InstanceID()))
+	return s, nil
 }
 
 // close shuts down in order: stop taking requests (open streams end), stop holders and
@@ -297,8 +315,10 @@ func (s *Server) close(ctx context.Context) error {
 	if s.wake != nil {
 		s.wake.Stop()
 	}
-	if s.debug != nil {
-		s.debug.Close()
+	if s.admin != nil {
+		s.admin.Close()
+	} else if s.aln != nil {
+		s.aln.Close()
 	}
 	if s.st != nil {
 		s.st.Close()
@@ -334,11 +354,21 @@ func runServe(ctx context.Context, cfg serveConfig, stderr io.Writer, getenv fun
 		log.Error("start-up failed", slog.String("error", err.Error()))
 		return 1
 	}
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case err := <-srv.done:
-		log.Error("http server stopped", slog.String("error", err.Error()))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+wait:
+	for {
+		select {
+		case <-hup:
+			srv.ReloadTLS(ctx)
+		case <-ctx.Done():
+			log.Info("shutting down")
+			break wait
+		case err := <-srv.done:
+			log.Error("http server stopped", slog.String("error", err.Error()))
+			break wait
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()

@@ -80,15 +80,7 @@ func TestClusterKeepsItsInstanceIDAcrossRestarts(t *testing.T) {
 		t.Skip("starts a cluster")
 	}
 	t.Parallel()
-	// The parents must be reachable by the postgres user when run as root.
-	dir, err := os.MkdirTemp("", "pglocal-id-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := reachableDir(t)
 	var ids []string
 	for range 2 {
 		c, err := Start(t.Context(), Options{DataDir: filepath.Join(dir, "pg"), Fast: true})

@@ -2,10 +2,12 @@
 // machine: `pushproxy serve` uses it when no database URL is given, and tests and benchmarks
 // use it for a throwaway cluster.
 //
-// The cluster listens on 127.0.0.1 only (no Unix socket) with trust authentication for the
-// "postgres" role, so it must never be exposed: it is a convenience for one machine. PostgreSQL
-// refuses to run as root; when the caller is root, initdb and postgres run as the "postgres"
-// system user and the data directory is handed to that user.
+// The cluster trusts its "postgres" role, so it listens only where nobody else reaches: a Unix
+// socket in a directory of mode 0700 inside its data directory (no TCP at all), which only its
+// owner (and root) can enter. Throwaway test clusters may ask for TCP on 127.0.0.1 instead
+// (Options.TCP), for tools given a host and port; a cluster that keeps data never should.
+// PostgreSQL refuses to run as root; when the caller is root, initdb and postgres run as the
+// "postgres" system user and the data directory is handed to that user.
 package pglocal
 
 import (
@@ -15,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -37,7 +40,12 @@ type Options struct {
 	// BinDir holds initdb and postgres. Empty means the PGBIN environment variable, then
 	// the newest /usr/lib/postgresql/*/bin, then PATH.
 	BinDir string
-	// Port to listen on at 127.0.0.1; 0 picks a free one.
+	// TCP makes the server listen on 127.0.0.1:Port, with trust authentication, instead of
+	// the private Unix socket: for throwaway test clusters only, since any local user can
+	// then connect as the superuser.
+	TCP bool
+	// Port to listen on at 127.0.0.1 with TCP (0 picks a free one); without TCP, the number
+	// in the socket's name (0: 5432).
 	Port int
 	// Fast turns off fsync and full-page writes: for throwaway test clusters only, where a
 	// power cut may lose everything anyway. Never for data that must survive.
@@ -55,6 +63,8 @@ type Cluster struct {
 	dir       string
 	throwaway bool
 	port      int
+	socketDir string // without TCP: the directory of the Unix socket
+	tempSock  bool   // socketDir is a temporary directory of its own, removed on Stop
 	cmd       *exec.Cmd
 	exited    chan struct{}
 	exitErr   error
@@ -126,6 +136,18 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if timeout <= 0 {
 		timeout = time.Minute
 	}
+	if !opts.TCP {
+		c.port = cmpOr(opts.Port, 5432)
+		if err := c.makeSocketDir(cred); err != nil {
+			return fail(err)
+		}
+		if err := c.start(ctx, bin, cred, opts, timeout); err != nil {
+			c.removeTempSocket()
+			return fail(err)
+		}
+		log.InfoContext(ctx, "local postgres running", slog.String("dir", c.dir), slog.String("socket_dir", c.socketDir))
+		return c, nil
+	}
 	for attempt := 0; ; attempt++ {
 		c.port = opts.Port
 		if c.port == 0 {
@@ -149,6 +171,57 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 
 var errExited = errors.New("postgres exited")
 
+// maxSocketPath is the longest path of a Unix socket (sun_path holds 108 bytes with the NUL).
+const maxSocketPath = 107
+
+// makeSocketDir makes the directory of the server's Unix socket, mode 0700 and owned by the
+// server's user: "socket" inside the data directory, or, when the socket's path would be too
+// long for a Unix socket there, a private temporary directory.
+func (c *Cluster) makeSocketDir(cred *syscall.Credential) error {
+	c.socketDir = filepath.Join(c.dir, "socket")
+	if len(c.socketPath()) > maxSocketPath {
+		dir, err := os.MkdirTemp("", "pushproxy-pgsock-")
+		if err != nil {
+			return fmt.Errorf("pglocal: socket directory: %w", err)
+		}
+		c.socketDir, c.tempSock = dir, true
+		if len(c.socketPath()) > maxSocketPath {
+			c.removeTempSocket()
+			return fmt.Errorf("pglocal: no socket directory short enough for a Unix socket (set TMPDIR to a short path)")
+		}
+	} else if err := os.Mkdir(c.socketDir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("pglocal: socket directory: %w", err)
+	}
+	if err := os.Chmod(c.socketDir, 0o700); err != nil {
+		c.removeTempSocket()
+		return fmt.Errorf("pglocal: socket directory: %w", err)
+	}
+	if cred != nil {
+		if err := os.Lchown(c.socketDir, int(cred.Uid), int(cred.Gid)); err != nil {
+			c.removeTempSocket()
+			return fmt.Errorf("pglocal: hand the socket directory to the postgres user: %w", err)
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) socketPath() string {
+	return filepath.Join(c.socketDir, ".s.PGSQL."+strconv.Itoa(c.port))
+}
+
+func (c *Cluster) removeTempSocket() {
+	if c.tempSock {
+		os.RemoveAll(c.socketDir)
+	}
+}
+
+func cmpOr(a, b int) int {
+	if a != 0 {
+		return a
+	}
+	return b
+}
+
 func (c *Cluster) start(ctx context.Context, bin string, cred *syscall.Credential, opts Options, timeout time.Duration) error {
 	var err error
 	c.logFile, err = os.OpenFile(filepath.Join(filepath.Dir(c.dir), filepath.Base(c.dir)+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -160,6 +233,11 @@ func (c *Cluster) start(ctx context.Context, bin string, cred *syscall.Credentia
 		"port":                    strconv.Itoa(c.port),
 		"unix_socket_directories": "",
 		"max_connections":         "300",
+	}
+	if c.socketDir != "" {
+		settings["listen_addresses"] = ""
+		settings["unix_socket_directories"] = c.socketDir
+		settings["unix_socket_permissions"] = "0700"
 	}
 	if opts.Fast {
 		settings["fsync"] = "off"
@@ -219,13 +297,22 @@ func (c *Cluster) start(ctx context.Context, bin string, cred *syscall.Credentia
 	}
 }
 
-// URL is the connection URL of database db on the cluster.
+// URL is the connection URL of database db on the cluster: through its Unix socket, or
+// 127.0.0.1 with TCP.
 func (c *Cluster) URL(db string) string {
+	if c.socketDir != "" {
+		q := url.Values{"host": {c.socketDir}, "port": {strconv.Itoa(c.port)}, "sslmode": {"disable"}}
+		return (&url.URL{Scheme: "postgres", User: url.User("postgres"), Path: "/" + db, RawQuery: q.Encode()}).String()
+	}
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.port, db)
 }
 
-// Port is the TCP port the server listens on at 127.0.0.1.
+// Port is the TCP port the server listens on at 127.0.0.1 (with TCP), or the number in its
+// socket's name.
 func (c *Cluster) Port() int { return c.port }
+
+// SocketDir is the directory of the server's Unix socket ("" with TCP).
+func (c *Cluster) SocketDir() string { return c.socketDir }
 
 // Dir is the data directory.
 func (c *Cluster) Dir() string { return c.dir }
@@ -267,6 +354,7 @@ func (c *Cluster) Stop() error {
 			c.kill()
 		}
 		c.logFile.Close()
+		c.removeTempSocket()
 		if c.throwaway {
 			c.stopErr = os.RemoveAll(c.dir)
 			os.Remove(c.logFile.Name())

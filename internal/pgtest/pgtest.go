@@ -35,7 +35,7 @@ func Main(m *testing.M) int {
 		return m.Run()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	c, err := pglocal.Start(ctx, pglocal.Options{Fast: true})
+	c, err := pglocal.Start(ctx, pglocal.Options{Fast: true, TCP: true})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: cannot start a throwaway PostgreSQL (set DATABASE_URL to use an existing server): %v\n", err)
@@ -110,12 +110,11 @@ type Cluster struct {
 	c    *pglocal.Cluster
 }
 
-// NewCluster starts a cluster for the test, stopped and removed when the test ends.
-func NewCluster(tb testing.TB) *Cluster {
+// ReachableDir is a temporary directory, removed when the test ends, in which the postgres
+// user can reach a data directory when the tests run as root (t.TempDir's are private).
+func ReachableDir(tb testing.TB) string {
 	tb.Helper()
-	// The data directory's parents must be reachable by the postgres user when the tests
-	// run as root (t.TempDir's are private).
-	dir, err := os.MkdirTemp("", "pgtest-cluster-")
+	dir, err := os.MkdirTemp("", "pgtest-")
 	if err != nil {
 		tb.Fatalf("pgtest: %v", err)
 	}
@@ -123,7 +122,14 @@ func NewCluster(tb testing.TB) *Cluster {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		tb.Fatalf("pgtest: %v", err)
 	}
-	c := &Cluster{tb: tb, opts: pglocal.Options{DataDir: filepath.Join(dir, "pg"), Fast: true}}
+	return dir
+}
+
+// NewCluster starts a cluster for the test, stopped and removed when the test ends.
+func NewCluster(tb testing.TB) *Cluster {
+	tb.Helper()
+	dir := ReachableDir(tb)
+	c := &Cluster{tb: tb, opts: pglocal.Options{DataDir: filepath.Join(dir, "pg"), Fast: true, TCP: true}}
 	c.Start()
 	tb.Cleanup(func() {
 		if c.c != nil {

@@ -93,7 +93,10 @@ export async function startStack({ originArgs = [], proxyArgs = [] } = {}) {
       });
       const u = new URL(process.env.DATABASE_URL);
       u.pathname = "/" + name;
-      dbArgs = ["--database-url", u.href];
+      // An external database needs a key file for the forwarded credentials.
+      const keys = join(dir, "secret-keys.json");
+      execFileSync(join(dir, "bin", "pushproxy"), ["keys", "generate", "--secret-key-file", keys], { stdio: "ignore" });
+      dbArgs = ["--database-url", u.href, "--secret-key-file", keys];
     } else {
       dbArgs = ["--data-dir", join(dir, "pg")];
     }
@@ -109,7 +112,7 @@ export async function startStack({ originArgs = [], proxyArgs = [] } = {}) {
 
     const proxy = await startProcess(
       join(dir, "bin", "pushproxy"),
-      ["serve", "--listen", "127.0.0.1:0", ...dbArgs, "--upstream-allow", "127.0.0.1", "--admin-token", ADMIN_TOKEN, "--shutdown-timeout", "5s", ...proxyArgs],
+      ["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", ...dbArgs, "--upstream-allow", "127.0.0.1", "--admin-token", ADMIN_TOKEN, "--shutdown-timeout", "5s", ...proxyArgs],
       /msg="pushproxy serving" addr=(\S+)/,
       "pushproxy",
     );
