@@ -126,7 +126,7 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 			return false
 		case <-t.C:
 		}
-		backoff = min(2*backoff, 5*time.Second)
+		backoff = min(2*backoff, time.Second) // one attempt a second at most while the database is away: recovery within a second of its return
 	}
 	lost := make(map[store.Lease]bool, len(total.Lost))
 	for _, l := range total.Lost {
