@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 
@@ -31,6 +32,12 @@ var statusOf = map[string]int{
 	pushproxy.ETOOLARGE:      http.StatusRequestEntityTooLarge,
 	pushproxy.EUNAVAILABLE:   http.StatusServiceUnavailable,
 	pushproxy.EINTERNAL:      http.StatusInternalServerError,
+
+	pushproxy.EDEVICESECRETREQUIRED: http.StatusUnauthorized,
+	pushproxy.EDEVICESECRETMISMATCH: http.StatusForbidden,
+	pushproxy.ERATELIMITED:          http.StatusTooManyRequests,
+	pushproxy.EKEYLIMIT:             http.StatusConflict,
+	pushproxy.EREADERLIMIT:          http.StatusConflict,
 	"unsupported-media-type": http.StatusUnsupportedMediaType,
 	"method-not-allowed":     http.StatusMethodNotAllowed,
 	"not-acceptable":         http.StatusNotAcceptable,
@@ -49,6 +56,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="pushproxy"`)
+	}
+	if rl := (*rateLimited)(nil); errors.As(err, &rl) {
+		w.Header().Set("Retry-After", retryAfter(rl.retry))
 	}
 	writeProblem(w, status, code, pushproxy.ErrorMessage(err))
 }

@@ -3,9 +3,8 @@ package api
 import (
 	"cmp"
 	"log/slog"
+	"net/netip"
 	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
@@ -26,6 +25,17 @@ type Options struct {
 	// watches.
 	DashboardRefresh time.Duration
 
+	// Rate limits (see limits.go). A rate is per second; 0 is no limit, except for
+	// LoginRatePerAddress, which has a default. Bursts are HandoffBurst requests (at least
+	// one second's worth).
+	HandoffRatePerKey     float64
+	HandoffRatePerAddress float64
+	HandoffBurst          int
+	LoginRatePerAddress   float64
+	// TrustedProxies are the peers whose X-Forwarded-For names the client (for the limits
+	// per address); nobody else's is believed.
+	TrustedProxies []netip.Prefix
+
 	Logger  *slog.Logger
 	Metrics Metrics
 }
@@ -35,6 +45,9 @@ var DefaultOptions = Options{
 	MaxBodyBytes:     64 << 10,
 	Heartbeat:        15 * time.Second,
 	DashboardRefresh: 2 * time.Second,
+	HandoffBurst:     20,
+	// A few sign-in attempts per second per client address.
+	LoginRatePerAddress: 1,
 }
 
 func (o *Options) withDefaults() Options {
@@ -43,6 +56,8 @@ func (o *Options) withDefaults() Options {
 	r.MaxBodyBytes = cmp.Or(r.MaxBodyBytes, d.MaxBodyBytes)
 	r.Heartbeat = cmp.Or(r.Heartbeat, d.Heartbeat)
 	r.DashboardRefresh = cmp.Or(r.DashboardRefresh, d.DashboardRefresh)
+	r.HandoffBurst = cmp.Or(r.HandoffBurst, d.HandoffBurst)
+	r.LoginRatePerAddress = cmp.Or(r.LoginRatePerAddress, d.LoginRatePerAddress)
 	if r.Logger == nil {
 		r.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -72,7 +87,10 @@ type Server struct {
 	opts       Options
 	log        *slog.Logger
 	dash       *feed         // the dashboard's overview
-	loginLimit *rate.Limiter // dashboard logins
+	loginLimit *keyedLimiter // dashboard sign-ins, per client address
+	// handoffs per client address and per API key (nil: no limit)
+	addrLimit, keyLimit *keyedLimiter
+	proxies             trustedProxies
 	session    string        // the dashboard's session cookie value
 }
 
@@ -84,7 +102,10 @@ func New(svc *proxy.Service, st *store.Store, opts *Options) *Server {
 	o := opts.withDefaults()
 	s := &Server{svc: svc, store: st, opts: o, log: o.Logger}
 	s.dash = newFeed(o.DashboardRefresh, s.computeOverview, s.overviewFailed)
-	s.loginLimit = rate.NewLimiter(loginRate, loginBurst)
+	s.loginLimit = newKeyedLimiter(o.LoginRatePerAddress, loginBurst)
+	s.addrLimit = newKeyedLimiter(o.HandoffRatePerAddress, o.HandoffBurst)
+	s.keyLimit = newKeyedLimiter(o.HandoffRatePerKey, o.HandoffBurst)
+	s.proxies = trustedProxies(o.TrustedProxies)
 	s.session = sessionValue(o.AdminToken)
 	return s
 }
