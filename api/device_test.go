@@ -226,7 +226,7 @@ func TestPushTokenShapes(t *testing.T) {
 	}{
 		{"apns", apnsToken(3), true},
 		{"apns", strings.Repeat("AB", 50), true},
-		{"apns", strings.Repeat("ab", 31), false},      // 62 hex characters
+		{"apns", strings.Repeat("ab", 31), false},       // 62 hex characters
 		{"apns", strings.Repeat("ab", 32) + "a", false}, // odd
 		{"apns", strings.Repeat("ab", 101), false},      // 202
 		{"apns", strings.Repeat("zz", 32), false},

@@ -23,24 +23,24 @@ type problem struct {
 const ProblemTypePrefix = "urn:pushproxy:problem:"
 
 var statusOf = map[string]int{
-	pushproxy.EINVALID:       http.StatusBadRequest,
-	pushproxy.EUNAUTHORIZED:  http.StatusUnauthorized,
-	pushproxy.EFORBIDDEN:     http.StatusForbidden,
-	pushproxy.ENOTFOUND:      http.StatusNotFound,
-	pushproxy.ECONFLICT:      http.StatusConflict,
-	pushproxy.ELIMIT:         http.StatusConflict,
-	pushproxy.ETOOLARGE:      http.StatusRequestEntityTooLarge,
-	pushproxy.EUNAVAILABLE:   http.StatusServiceUnavailable,
-	pushproxy.EINTERNAL:      http.StatusInternalServerError,
+	pushproxy.EINVALID:      http.StatusBadRequest,
+	pushproxy.EUNAUTHORIZED: http.StatusUnauthorized,
+	pushproxy.EFORBIDDEN:    http.StatusForbidden,
+	pushproxy.ENOTFOUND:     http.StatusNotFound,
+	pushproxy.ECONFLICT:     http.StatusConflict,
+	pushproxy.ELIMIT:        http.StatusConflict,
+	pushproxy.ETOOLARGE:     http.StatusRequestEntityTooLarge,
+	pushproxy.EUNAVAILABLE:  http.StatusServiceUnavailable,
+	pushproxy.EINTERNAL:     http.StatusInternalServerError,
 
 	pushproxy.EDEVICESECRETREQUIRED: http.StatusUnauthorized,
 	pushproxy.EDEVICESECRETMISMATCH: http.StatusForbidden,
 	pushproxy.ERATELIMITED:          http.StatusTooManyRequests,
 	pushproxy.EKEYLIMIT:             http.StatusConflict,
 	pushproxy.EREADERLIMIT:          http.StatusConflict,
-	"unsupported-media-type": http.StatusUnsupportedMediaType,
-	"method-not-allowed":     http.StatusMethodNotAllowed,
-	"not-acceptable":         http.StatusNotAcceptable,
+	"unsupported-media-type":        http.StatusUnsupportedMediaType,
+	"method-not-allowed":            http.StatusMethodNotAllowed,
+	"not-acceptable":                http.StatusNotAcceptable,
 }
 
 // writeError maps err to its status and writes it as a problem document. Internal errors are

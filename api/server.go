@@ -91,7 +91,7 @@ type Server struct {
 	// handoffs per client address and per API key (nil: no limit)
 	addrLimit, keyLimit *keyedLimiter
 	proxies             trustedProxies
-	session    string        // the dashboard's session cookie value
+	session             string // the dashboard's session cookie value
 }
 
 // New returns the HTTP surface of svc, which runs on st.
