@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/internal/proxytest"
 	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
 	"github.com/pushproxy/pushproxy/wakeup/fakefcm"
@@ -371,9 +372,9 @@ func TestEndToEndDeadTokensAndRetries(t *testing.T) {
 	api, _ := startProxyEnv(t, pgtest.NewDatabase(t), fakes.env, append(fakes.flags, "--wake-debounce", "100ms")...)
 
 	goneAPNs := strings.Repeat("ab", 32)
-	goneFCM := "fcm-token-gone:0000000000000001"
+	goneFCM := proxytest.FCMToken("fcm-token-gone")
 	throttledAPNs := strings.Repeat("cd", 32)
-	flakyFCM := "fcm-token-flaky:000000000000002"
+	flakyFCM := proxytest.FCMToken("fcm-token-flaky")
 	fakes.apns.Unregister(goneAPNs)
 	fakes.fcm.Unregister(goneFCM)
 	fakes.apns.FailToken(throttledAPNs, http.StatusTooManyRequests, "TooManyRequests", 1)
