@@ -232,3 +232,27 @@ func decodeHandoff(t *testing.T, body []byte) handoffResult {
 	}
 	return h
 }
+
+// TestStreamsPerDevice: a device that holds --max-streams-per-device streams is answered 409
+// limit-exceeded, even for its own app; another device is unaffected. (A stranger cannot
+// fill it: without the device secret every handoff for its token is refused.)
+func TestStreamsPerDevice(t *testing.T) {
+	t.Parallel()
+	_, b := proxytest.Start(t, &proxy.Options{MaxStreamsPerDevice: 2}, nil)
+	o := newScriptOrigin(t, 0)
+	secret := randomSecret()
+	body := func(tok string) map[string]any {
+		return map[string]any{"url": o.Srv.URL, "push": map[string]any{"platform": "fcm", "token": tok, "device_secret": secret}}
+	}
+	for i := range 2 {
+		if status, code, _ := postHandoff(t, b, body(fcmToken("full")), nil); status != 201 {
+			t.Fatalf("handoff %d: %d %s", i, status, code)
+		}
+	}
+	if status, code, _ := postHandoff(t, b, body(fcmToken("full")), nil); status != 409 || code != "limit-exceeded" {
+		t.Fatalf("third stream of one device: %d %s", status, code)
+	}
+	if status, code, _ := postHandoff(t, b, body(fcmToken("other")), nil); status != 201 {
+		t.Fatalf("another device: %d %s", status, code)
+	}
+}
