@@ -41,9 +41,9 @@ type serveConfig struct {
 	Allow          listFlag
 	APIKeys        secretListFlag
 	TrustedProxies listFlag
-	Proxy   proxy.Options
-	API     api.Options
-	Wake    wakeConfig
+	Proxy          proxy.Options
+	API            api.Options
+	Wake           wakeConfig
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
