@@ -43,6 +43,9 @@ type Options struct {
 	MaxEventSize int
 	// MaxBacklog bounds the events queued per stream; older ones are dropped.
 	MaxBacklog int64
+	// MaxBacklogBytes bounds the stored bytes queued per stream (0: no bound); older events
+	// are dropped.
+	MaxBacklogBytes int64
 	// MaxStreamsPerDevice bounds the streams held for one device.
 	MaxStreamsPerDevice int
 	// MaxStreamsPerKey bounds the streams held under one API key (0: no bound).
@@ -249,7 +252,7 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		in:       s.commits,
 		store:    st,
 		owner:    o.InstanceID,
-		opts:     store.CommitOptions{MaxBacklog: o.MaxBacklog, Wake: o.Wake},
+		opts:     store.CommitOptions{MaxBacklog: o.MaxBacklog, MaxBacklogBytes: o.MaxBacklogBytes, Wake: o.Wake},
 		maxBatch: o.CommitBatch,
 		log:      o.Logger,
 		onLost:   s.lost,

@@ -96,6 +96,7 @@ func (c *serveConfig) limitFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.API.HandoffBurst, "handoff-burst", da.HandoffBurst, "handoffs a client address or API key may make at once before its rate applies (at least one second's worth)")
 	fs.Var(&c.TrustedProxies, "trusted-proxies", "comma-separated addresses and CIDRs of reverse proxies whose X-Forwarded-For names the client, for the limits per address (empty: the connection's peer is the client)")
 	fs.IntVar(&p.MaxStreamsPerKey, "max-streams-per-key", 0, "most streams held under one API key; beyond it 409 key-stream-limit (0: no bound)")
+	fs.Int64Var(&p.MaxBacklogBytes, "max-backlog-bytes", 64<<20, "most stored bytes (ids, types and data) queued per stream; the oldest events are dropped beyond it, the newest always kept (readers get a gap signal) (0: no bound)")
 	fs.IntVar(&p.MaxReadersPerStream, "max-readers-per-stream", 8, "most events readers open at once on one stream, over all instances; beyond it 409 reader-limit (0: no bound)")
 	fs.Float64Var(&c.API.LoginRatePerAddress, "admin-login-rate", da.LoginRatePerAddress, "most dashboard sign-in attempts per second from one client address, in bursts of 10; beyond it 429")
 }
