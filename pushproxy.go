@@ -96,6 +96,18 @@ const (
 	EFORBIDDEN    = "forbidden"
 	ELIMIT        = "limit-exceeded"
 	EUNAVAILABLE  = "unavailable"
+
+	// EDEVICESECRETREQUIRED: the handoff names a push token whose device has a secret, and
+	// presents none.
+	EDEVICESECRETREQUIRED = "device-secret-required"
+	// EDEVICESECRETMISMATCH: the handoff presents a device secret that is not the device's.
+	EDEVICESECRETMISMATCH = "device-secret-mismatch"
+	// ERATELIMITED: too many requests from one client address or API key; retry later.
+	ERATELIMITED = "rate-limited"
+	// EKEYLIMIT: the API key holds as many streams as it may (--max-streams-per-key).
+	EKEYLIMIT = "key-stream-limit"
+	// EREADERLIMIT: the stream has as many open readers as it may (--max-readers-per-stream).
+	EREADERLIMIT = "reader-limit"
 )
 
 // Error is an error a client can act on: a code from the list above and a message that says

@@ -173,6 +173,7 @@ func TestAdminDeviceViewAndActions(t *testing.T) {
 	o := newScriptOrigin(t, 0)
 	push := map[string]any{"platform": "apns", "token": strings.Repeat("ab", 32)}
 	h1 := handoff(t, b, map[string]any{"url": o.Srv.URL + "/1", "push": push})
+	push["device_secret"] = h1.DeviceSecret // the device's later handoffs present its secret
 	h2 := handoff(t, b, map[string]any{"url": o.Srv.URL + "/2", "push": push})
 	o.PublishN(2)
 	eventually(t, 20*time.Second, "the backlog", func() bool { return getStream(t, b, h1).Backlog == 2 })

@@ -131,20 +131,21 @@ func bearer(r *http.Request) (string, bool) {
 	return tok, tok != ""
 }
 
-func (s *Server) checkAPIKey(r *http.Request) error {
+// checkAPIKey checks the handoff's API key and returns it ("" when none is required).
+func (s *Server) checkAPIKey(r *http.Request) (string, error) {
 	if len(s.opts.APIKeys) == 0 {
-		return nil
+		return "", nil
 	}
 	tok, ok := bearer(r)
 	if !ok {
-		return pushproxy.Errorf(pushproxy.EUNAUTHORIZED, "an API key is required: Authorization: Bearer <key>")
+		return "", pushproxy.Errorf(pushproxy.EUNAUTHORIZED, "an API key is required: Authorization: Bearer <key>")
 	}
 	for _, k := range s.opts.APIKeys {
 		if subtle.ConstantTimeCompare([]byte(tok), []byte(k)) == 1 {
-			return nil
+			return k, nil
 		}
 	}
-	return pushproxy.Errorf(pushproxy.EUNAUTHORIZED, "the API key is not valid")
+	return "", pushproxy.Errorf(pushproxy.EUNAUTHORIZED, "the API key is not valid")
 }
 
 func hashToken(tok string) []byte {
@@ -164,10 +165,14 @@ type handoffResponse struct {
 	Token     string `json:"token"`
 	EventsURL string `json:"events_url"`
 	State     string `json:"state"`
+	// DeviceSecret is the device's new secret, answered once: by the handoff that created
+	// the device (or gave a device of an older release its first secret).
+	DeviceSecret string `json:"device_secret,omitempty"`
 }
 
 func (s *Server) handleHandoff(w http.ResponseWriter, r *http.Request) {
-	if err := s.checkAPIKey(r); err != nil {
+	key, err := s.admitHandoff(r)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -190,24 +195,36 @@ func (s *Server) handleHandoff(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tok := newToken()
-	st, err := s.svc.Handoff(r.Context(), store.NewStream{
+	ns := store.NewStream{
 		URL:          h.URL.String(),
 		Headers:      h.Headers,
 		ResumeID:     h.LastEventID,
 		TokenHash:    hashToken(tok),
 		Push:         h.Push,
 		UrgentEvents: h.UrgentEvents,
-	})
+		APIKeyHash:   keyHash(key),
+	}
+	var issued string // a new device secret, answered if the handoff creates the device
+	if h.Push != nil {
+		if h.DeviceSecret != "" {
+			ns.DeviceSecretHash, ns.DeviceSecretGiven = hashToken(h.DeviceSecret), true
+		} else {
+			issued = newDeviceSecret()
+			ns.DeviceSecretHash = hashToken(issued)
+		}
+	}
+	st, err := s.svc.Handoff(r.Context(), ns)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	w.Header().Set("Location", "/v1/streams/"+st.ID)
 	writeJSON(w, http.StatusCreated, handoffResponse{
-		ID:        st.ID,
-		Token:     tok,
-		EventsURL: "/v1/streams/" + st.ID + "/events?token=" + url.QueryEscape(tok),
-		State:     st.State,
+		ID:           st.ID,
+		Token:        tok,
+		EventsURL:    "/v1/streams/" + st.ID + "/events?token=" + url.QueryEscape(tok),
+		State:        st.State,
+		DeviceSecret: issued,
 	})
 }
 

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"golang.org/x/time/rate"
 
 	"github.com/pushproxy/pushproxy/sse"
 )
@@ -140,12 +139,14 @@ func (s *Server) renderLogin(w http.ResponseWriter, status int, msg string) {
 	}{msg, s.opts.AdminToken != ""})
 }
 
-// loginLimiter bounds token guesses: a few per second across all clients.
-var loginBurst, loginRate = 10, rate.Every(time.Second)
+// loginBurst is the burst of sign-in attempts per client address; the rate is
+// Options.LoginRatePerAddress. Per address, so that a stranger guessing cannot lock the
+// operator out.
+const loginBurst = 10
 
 func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
-	if !s.loginLimit.Allow() {
-		w.Header().Set("Retry-After", "1")
+	if ok, retry := s.loginLimit.allow(addrKey(s.proxies.clientAddr(r))); !ok {
+		w.Header().Set("Retry-After", retryAfter(retry))
 		s.renderLogin(w, http.StatusTooManyRequests, "Too many attempts: wait a second and try again.")
 		return
 	}

@@ -65,7 +65,7 @@ func TestReaderGetsBacklogThenLiveEvents(t *testing.T) {
 	svc, b := setup(t, nil)
 	_ = svc
 	o := newScriptOrigin(t, 0)
-	h := handoff(t, b, map[string]any{"url": o.Srv.URL, "push": map[string]string{"platform": "fcm", "token": "device-1"}})
+	h := handoff(t, b, map[string]any{"url": o.Srv.URL, "push": map[string]string{"platform": "fcm", "token": fcmToken("device-1")}})
 	o.PublishN(3)
 	eventually(t, 20*time.Second, "3 events queued", func() bool { return getStream(t, b, h).Backlog == 3 })
 

@@ -2,7 +2,6 @@ package api
 
 import (
 	"bytes"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +35,8 @@ type pushRequest struct {
 	Token       string `json:"token"`
 	Topic       string `json:"topic"`
 	Environment string `json:"environment"`
+	// DeviceSecret is the device's credential, answered by its first handoff.
+	DeviceSecret string `json:"device_secret"`
 }
 
 // Limits on a handoff's parts.
@@ -66,6 +67,8 @@ type handoff struct {
 	LastEventID string
 	Headers     map[string]string // canonical names
 	Push        *pushproxy.PushAddress
+	// DeviceSecret is the device secret the handoff presented ("": none).
+	DeviceSecret string
 	// UrgentEvents are the event types that wake the device at once.
 	UrgentEvents []string
 }
@@ -99,6 +102,11 @@ func parseHandoff(body io.Reader) (handoff, error) {
 	if req.Push != nil {
 		if h.Push, err = validatePush(req.Push); err != nil {
 			return h, err
+		}
+		if req.Push.DeviceSecret != "" {
+			if h.DeviceSecret, err = parseDeviceSecret(req.Push.DeviceSecret); err != nil {
+				return h, err
+			}
 		}
 	}
 	if req.Wake != nil {
@@ -269,8 +277,8 @@ func validatePush(p *pushRequest) (*pushproxy.PushAddress, error) {
 	}
 	switch p.Platform {
 	case pushproxy.PlatformAPNs:
-		if _, err := hex.DecodeString(p.Token); err != nil || len(p.Token) < 32 {
-			return nil, invalid("push.token: an APNs device token is a hex string")
+		if err := checkAPNsToken(p.Token); err != nil {
+			return nil, err
 		}
 		a.Token = strings.ToLower(p.Token)
 		switch p.Environment {
@@ -281,10 +289,8 @@ func validatePush(p *pushRequest) (*pushproxy.PushAddress, error) {
 			return nil, invalid(`push.environment: must be "production" or "development"`)
 		}
 	case pushproxy.PlatformFCM:
-		if strings.ContainsFunc(p.Token, func(r rune) bool {
-			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == ':' || r == '.')
-		}) {
-			return nil, invalid("push.token: an FCM registration token holds only letters, digits and _-:.")
+		if err := checkFCMToken(p.Token); err != nil {
+			return nil, err
 		}
 		if p.Environment != "" {
 			return nil, invalid("push.environment: applies to apns only")

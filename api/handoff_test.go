@@ -13,9 +13,11 @@ import (
 // FuzzParseHandoff: any body either parses into a handoff that is safe to act on, or is
 // refused with a client error; never a panic, never an internal error.
 func FuzzParseHandoff(f *testing.F) {
+	const fcmSeedToken = "cXz1AbCdEfGhIjKlMnOpQr:APA91bH" + "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789-_"
 	seeds := []string{
 		`{"url":"https://example.com/events"}`,
-		`{"url":"http://127.0.0.1:9000/events?x=1#frag","last_event_id":"42","headers":{"Authorization":"Bearer x"},"push":{"platform":"fcm","token":"abc:DEF_-."}}`,
+		`{"url":"http://127.0.0.1:9000/events?x=1#frag","last_event_id":"42","headers":{"Authorization":"Bearer x"},"push":{"platform":"fcm","token":"` + fcmSeedToken + `"}}`,
+		`{"url":"https://h/","push":{"platform":"fcm","token":"` + fcmSeedToken + `","device_secret":"` + newDeviceSecret() + `"}}`,
 		`{"url":"https://h/","push":{"platform":"apns","token":"` + strings.Repeat("0f", 32) + `","topic":"com.example.app","environment":"development"}}`,
 		`{"url":"http://[::1]:80/","headers":{"x-a":"1","X-A":"2"}}`,
 		`{"url":"http://h/","headers":{"Bad Name":"x"}}`,

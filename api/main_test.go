@@ -26,6 +26,8 @@ var (
 	eventually      = proxytest.Eventually
 	newOrigin       = proxytest.NewOrigin
 	newScriptOrigin = proxytest.NewScriptOrigin
+	fcmToken        = proxytest.FCMToken
+	apnsToken       = proxytest.APNsToken
 )
 
 // setup starts a proxy.Service and its HTTP API (with opts) on a fresh database.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -23,18 +24,24 @@ type problem struct {
 const ProblemTypePrefix = "urn:pushproxy:problem:"
 
 var statusOf = map[string]int{
-	pushproxy.EINVALID:       http.StatusBadRequest,
-	pushproxy.EUNAUTHORIZED:  http.StatusUnauthorized,
-	pushproxy.EFORBIDDEN:     http.StatusForbidden,
-	pushproxy.ENOTFOUND:      http.StatusNotFound,
-	pushproxy.ECONFLICT:      http.StatusConflict,
-	pushproxy.ELIMIT:         http.StatusConflict,
-	pushproxy.ETOOLARGE:      http.StatusRequestEntityTooLarge,
-	pushproxy.EUNAVAILABLE:   http.StatusServiceUnavailable,
-	pushproxy.EINTERNAL:      http.StatusInternalServerError,
-	"unsupported-media-type": http.StatusUnsupportedMediaType,
-	"method-not-allowed":     http.StatusMethodNotAllowed,
-	"not-acceptable":         http.StatusNotAcceptable,
+	pushproxy.EINVALID:      http.StatusBadRequest,
+	pushproxy.EUNAUTHORIZED: http.StatusUnauthorized,
+	pushproxy.EFORBIDDEN:    http.StatusForbidden,
+	pushproxy.ENOTFOUND:     http.StatusNotFound,
+	pushproxy.ECONFLICT:     http.StatusConflict,
+	pushproxy.ELIMIT:        http.StatusConflict,
+	pushproxy.ETOOLARGE:     http.StatusRequestEntityTooLarge,
+	pushproxy.EUNAVAILABLE:  http.StatusServiceUnavailable,
+	pushproxy.EINTERNAL:     http.StatusInternalServerError,
+
+	pushproxy.EDEVICESECRETREQUIRED: http.StatusUnauthorized,
+	pushproxy.EDEVICESECRETMISMATCH: http.StatusForbidden,
+	pushproxy.ERATELIMITED:          http.StatusTooManyRequests,
+	pushproxy.EKEYLIMIT:             http.StatusConflict,
+	pushproxy.EREADERLIMIT:          http.StatusConflict,
+	"unsupported-media-type":        http.StatusUnsupportedMediaType,
+	"method-not-allowed":            http.StatusMethodNotAllowed,
+	"not-acceptable":                http.StatusNotAcceptable,
 }
 
 // writeError maps err to its status and writes it as a problem document. Internal errors are
@@ -62,6 +69,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
 	case status == http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="pushproxy"`)
+	}
+	if rl := (*rateLimited)(nil); errors.As(err, &rl) {
+		w.Header().Set("Retry-After", retryAfter(rl.retry))
 	}
 	writeProblem(w, status, code, msg)
 }

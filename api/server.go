@@ -3,9 +3,8 @@ package api
 import (
 	"cmp"
 	"log/slog"
+	"net/netip"
 	"time"
-
-	"golang.org/x/time/rate"
 
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
@@ -32,6 +31,17 @@ type Options struct {
 	// SessionTTL is how long a dashboard sign-in lasts.
 	SessionTTL time.Duration
 
+	// Rate limits (see limits.go). A rate is per second; 0 is no limit, except for
+	// LoginRatePerAddress, which has a default. Bursts are HandoffBurst requests (at least
+	// one second's worth).
+	HandoffRatePerKey     float64
+	HandoffRatePerAddress float64
+	HandoffBurst          int
+	LoginRatePerAddress   float64
+	// TrustedProxies are the peers whose X-Forwarded-For names the client (for the limits
+	// per address); nobody else's is believed.
+	TrustedProxies []netip.Prefix
+
 	Logger  *slog.Logger
 	Metrics Metrics
 }
@@ -42,6 +52,9 @@ var DefaultOptions = Options{
 	Heartbeat:        15 * time.Second,
 	DashboardRefresh: 2 * time.Second,
 	SessionTTL:       12 * time.Hour,
+	HandoffBurst:     20,
+	// A few sign-in attempts per second per client address.
+	LoginRatePerAddress: 1,
 }
 
 func (o *Options) withDefaults() Options {
@@ -51,6 +64,8 @@ func (o *Options) withDefaults() Options {
 	r.Heartbeat = cmp.Or(r.Heartbeat, d.Heartbeat)
 	r.DashboardRefresh = cmp.Or(r.DashboardRefresh, d.DashboardRefresh)
 	r.SessionTTL = cmp.Or(r.SessionTTL, d.SessionTTL)
+	r.HandoffBurst = cmp.Or(r.HandoffBurst, d.HandoffBurst)
+	r.LoginRatePerAddress = cmp.Or(r.LoginRatePerAddress, d.LoginRatePerAddress)
 	if r.Logger == nil {
 		r.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -80,8 +95,11 @@ type Server struct {
 	opts       Options
 	log        *slog.Logger
 	dash       *feed         // the dashboard's overview
-	loginLimit *rate.Limiter // dashboard logins
 	tokenMark  []byte        // the mark of the admin token in dashboard sessions
+	loginLimit *keyedLimiter // dashboard sign-ins, per client address
+	// handoffs per client address and per API key (nil: no limit)
+	addrLimit, keyLimit *keyedLimiter
+	proxies             trustedProxies
 }
 
 // New returns the HTTP surface of svc, which runs on st.
@@ -92,8 +110,11 @@ func New(svc *proxy.Service, st *store.Store, opts *Options) *Server {
 	o := opts.withDefaults()
 	s := &Server{svc: svc, store: st, opts: o, log: o.Logger}
 	s.dash = newFeed(o.DashboardRefresh, s.computeOverview, s.overviewFailed)
-	s.loginLimit = rate.NewLimiter(loginRate, loginBurst)
 	s.tokenMark = tokenMark(o.AdminToken)
+	s.loginLimit = newKeyedLimiter(o.LoginRatePerAddress, loginBurst)
+	s.addrLimit = newKeyedLimiter(o.HandoffRatePerAddress, o.HandoffBurst)
+	s.keyLimit = newKeyedLimiter(o.HandoffRatePerKey, o.HandoffBurst)
+	s.proxies = trustedProxies(o.TrustedProxies)
 	return s
 }
 

@@ -43,8 +43,16 @@ type Options struct {
 	MaxEventSize int
 	// MaxBacklog bounds the events queued per stream; older ones are dropped.
 	MaxBacklog int64
+	// MaxBacklogBytes bounds the stored bytes queued per stream (0: no bound); older events
+	// are dropped.
+	MaxBacklogBytes int64
 	// MaxStreamsPerDevice bounds the streams held for one device.
 	MaxStreamsPerDevice int
+	// MaxStreamsPerKey bounds the streams held under one API key (0: no bound).
+	MaxStreamsPerKey int
+	// MaxReadersPerStream bounds the events readers open at once on one stream, over all
+	// instances (0: no bound).
+	MaxReadersPerStream int
 	// CommitBatch bounds the events committed in one transaction.
 	CommitBatch int
 	// CommitQueue bounds the events waiting for the committer; holders block beyond it.
@@ -244,7 +252,7 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		in:       s.commits,
 		store:    st,
 		owner:    o.InstanceID,
-		opts:     store.CommitOptions{MaxBacklog: o.MaxBacklog, Wake: o.Wake},
+		opts:     store.CommitOptions{MaxBacklog: o.MaxBacklog, MaxBacklogBytes: o.MaxBacklogBytes, Wake: o.Wake},
 		maxBatch: o.CommitBatch,
 		log:      o.Logger,
 		onLost:   s.lost,
@@ -574,13 +582,13 @@ func (s *Service) CheckUpstream(ctx context.Context, u *url.URL) error {
 
 // Handoff creates a stream and holds it on this instance, unless this instance is stopping
 // or holds Options.MaxHeldStreams already: then another instance claims it. It fills in
-// ns.MaxPerDevice and ns.LeaseOwner.
+// ns.MaxPerDevice, ns.MaxPerKey and ns.LeaseOwner.
 func (s *Service) Handoff(ctx context.Context, ns store.NewStream) (pushproxy.Stream, error) {
 	owner := s.opts.InstanceID
 	if s.Stopped() || (s.opts.MaxHeldStreams > 0 && s.Held() >= s.opts.MaxHeldStreams) {
 		owner = "" // another instance claims it
 	}
-	ns.MaxPerDevice, ns.LeaseOwner = s.opts.MaxStreamsPerDevice, owner
+	ns.MaxPerDevice, ns.MaxPerKey, ns.LeaseOwner = s.opts.MaxStreamsPerDevice, s.opts.MaxStreamsPerKey, owner
 	st, epoch, err := s.store.CreateStream(ctx, ns)
 	if err != nil {
 		return st, err
@@ -618,7 +626,7 @@ func (s *Service) Subscribe(streamID string) (news <-chan struct{}, unsubscribe 
 // OpenReader records an open reader of st on this instance: its device counts as awake
 // until CloseReader (or until this instance stops refreshing it for Options.ReaderTTL).
 func (s *Service) OpenReader(ctx context.Context, st pushproxy.Stream) (readerID string, err error) {
-	return s.store.OpenReader(ctx, st.ID, st.DeviceID, s.opts.InstanceID, s.opts.ReaderTTL)
+	return s.store.OpenReaderLimited(ctx, st.ID, st.DeviceID, s.opts.InstanceID, s.opts.ReaderTTL, s.opts.MaxReadersPerStream)
 }
 
 // CloseReader closes a reader that was sent the events of streamID up to delivered. If its

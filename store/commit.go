@@ -73,6 +73,9 @@ type CommitOptions struct {
 	// MaxBacklog is the most events a stream keeps queued; older ones are trimmed (readers
 	// then see a gap signal). 0: no bound.
 	MaxBacklog int64
+	// MaxBacklogBytes is the most stored bytes (EventSize) a stream keeps queued; the oldest
+	// events beyond it are trimmed, as by MaxBacklog. 0: no bound.
+	MaxBacklogBytes int64
 	// Wake, when set, queues a wake-up for the sleeping devices of streams that got events,
 	// in the same transaction.
 	Wake *WakePolicy
@@ -145,9 +148,9 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 					updated_at = now()
 				FROM u
 				WHERE s.id = u.id AND s.lease_owner = $13 AND s.lease_epoch = u.epoch AND s.state = 'held'
-				RETURNING s.id, s.floor_seq
+				RETURNING s.id, s.floor_seq, s.backlog_bytes
 			)
-			SELECT upd.id::text, upd.floor_seq, old.floor_seq FROM upd JOIN streams old ON old.id = upd.id`,
+			SELECT upd.id::text, upd.floor_seq, old.floor_seq, upd.backlog_bytes FROM upd JOIN streams old ON old.id = upd.id`,
 			ids, epochs, heads, resumes, retries, states, reasons, statuses, connected, connects, errs,
 			maxBacklog, owner, sizes)
 		if err != nil {
@@ -156,11 +159,15 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		type floors struct{ before, after int64 }
 		fenced := make(map[string]floors, n)
 		var (
-			id            string
-			after, before int64
+			id                   string
+			after, before, bytes int64
+			overBytes            []string // streams that may be over opts.MaxBacklogBytes
 		)
-		_, err = pgx.ForEachRow(rows, []any{&id, &after, &before}, func() error {
+		_, err = pgx.ForEachRow(rows, []any{&id, &after, &before, &bytes}, func() error {
 			fenced[id] = floors{before, after}
+			if opts.MaxBacklogBytes > 0 && bytes > opts.MaxBacklogBytes {
+				overBytes = append(overBytes, id)
+			}
 			return nil
 		})
 		if err != nil {
@@ -227,6 +234,9 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 			if err != nil {
 				return fmt.Errorf("trim backlogs: %w", err)
 			}
+		}
+		if err := trimBacklogBytes(ctx, tx, overBytes, opts.MaxBacklogBytes); err != nil {
+			return err
 		}
 		if opts.Wake != nil && len(woken) > 0 {
 			if res.Wakeups, err = scheduleWakeups(ctx, tx, opts.Wake, woken, urgent); err != nil {

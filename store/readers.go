@@ -6,20 +6,48 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pushproxy/pushproxy"
 )
 
 // OpenReader records an open events reader of a stream (and so of its device, which counts
 // as awake while it has one). It returns the reader's id.
 func (s *Store) OpenReader(ctx context.Context, streamID, deviceID, instance string, ttl time.Duration) (string, error) {
+	return s.OpenReaderLimited(ctx, streamID, deviceID, instance, ttl, 0)
+}
+
+// OpenReaderLimited is OpenReader, refused with EREADERLIMIT when the stream has max
+// unexpired readers open already, on any instance (max 0: no bound).
+func (s *Store) OpenReaderLimited(ctx context.Context, streamID, deviceID, instance string, ttl time.Duration, max int) (string, error) {
 	var dev *string
 	if deviceID != "" {
 		dev = &deviceID
 	}
 	var id string
-	err := s.pool.QueryRow(ctx, `
-		INSERT INTO readers (stream_id, device_id, instance_id, expires_at)
-		VALUES ($1, $2, $3, now() + $4::interval) RETURNING id::text`,
-		streamID, dev, instance, ttl).Scan(&id)
+	insert := func(q pgx.Tx) error {
+		return q.QueryRow(ctx, `
+			INSERT INTO readers (stream_id, device_id, instance_id, expires_at)
+			VALUES ($1, $2, $3, now() + $4::interval) RETURNING id::text`,
+			streamID, dev, instance, ttl).Scan(&id)
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if max <= 0 {
+			return insert(tx)
+		}
+		// Readers of one stream opening at once are counted one after the other.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, lockClassReaders, streamID); err != nil {
+			return err
+		}
+		var n int
+		err := tx.QueryRow(ctx, `SELECT count(*) FROM readers WHERE stream_id = $1 AND expires_at > now()`, streamID).Scan(&n)
+		if err != nil {
+			return err
+		}
+		if n >= max {
+			return pushproxy.Errorf(pushproxy.EREADERLIMIT, "this stream has %d readers open, the most allowed; close one first", n)
+		}
+		return insert(tx)
+	})
 	if err != nil {
 		return "", fmt.Errorf("open reader: %w", err)
 	}

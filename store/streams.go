@@ -20,6 +20,15 @@ type NewStream struct {
 	Push      *pushproxy.PushAddress // nil: the stream wakes nobody
 	// MaxPerDevice bounds the streams a device may have held at once (0: no bound).
 	MaxPerDevice int
+	// DeviceSecretHash is the SHA-256 of the device secret (see handoffDevice): the one the
+	// handoff presented when DeviceSecretGiven, else a new one, stored if the handoff
+	// creates the device. nil: none (a device created so has no secret).
+	DeviceSecretHash  []byte
+	DeviceSecretGiven bool
+	// APIKeyHash is the SHA-256 of the API key the stream is handed off with (nil: none);
+	// MaxPerKey bounds the streams held under one key (0: no bound).
+	APIKeyHash []byte
+	MaxPerKey  int
 	// LeaseOwner, when set, takes the lease at once: the instance that accepted the handoff
 	// starts holding it. It must be an instance whose row exists (RenewInstance) and is not
 	// being released (ReleaseLeases): a stream whose owner has no instance row is never
@@ -82,30 +91,17 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var deviceID *string
 		if ns.Push != nil {
-			var id string
-			err := tx.QueryRow(ctx, `
-				INSERT INTO devices (platform, token, topic, environment) VALUES ($1, $2, $3, $4)
-				ON CONFLICT (platform, token) DO UPDATE
-				SET topic = excluded.topic, environment = excluded.environment, updated_at = now(),
-					-- A handoff with a token reported dead means the app registered it again.
-					dead_at = NULL, dead_reason = NULL
-				RETURNING id`,
-				ns.Push.Platform, ns.Push.Token, ns.Push.Topic, ns.Push.Environment).Scan(&id)
+			id, err := handoffDevice(ctx, tx, &ns)
 			if err != nil {
-				return fmt.Errorf("upsert device: %w", err)
+				return err
 			}
-			if ns.MaxPerDevice > 0 {
-				var n int
-				// The device row is locked by the upsert, so concurrent handoffs for one
-				// device count one after the other.
-				if err := tx.QueryRow(ctx, `SELECT count(*) FROM streams WHERE device_id = $1 AND state = 'held'`, id).Scan(&n); err != nil {
-					return fmt.Errorf("count device streams: %w", err)
-				}
-				if n >= ns.MaxPerDevice {
-					return pushproxy.Errorf(pushproxy.ELIMIT, "this device already has %d held streams, the most allowed; close one first", n)
-				}
+			if err := checkDeviceQuota(ctx, tx, id, ns.MaxPerDevice); err != nil {
+				return err
 			}
 			deviceID = &id
+		}
+		if err := checkKeyQuota(ctx, tx, ns.APIKeyHash, ns.MaxPerKey); err != nil {
+			return err
 		}
 		var owner *string
 		epochStart := int64(0)
@@ -122,10 +118,10 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 			urgent = []string{}
 		}
 		st, epoch, err = scanStream(tx.QueryRow(ctx, `
-			INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)
+			INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11)
 			RETURNING `+streamColumns,
-			row.ID, deviceID, row.URL, row.Headers, row.Sealed, ns.TokenHash, []byte(ns.ResumeID), owner, epochStart, urgent))
+			row.ID, deviceID, row.URL, row.Headers, row.Sealed, ns.TokenHash, []byte(ns.ResumeID), owner, epochStart, urgent, ns.APIKeyHash))
 		if err != nil {
 			return fmt.Errorf("insert stream: %w", err)
 		}

@@ -152,7 +152,9 @@ func demo(ctx context.Context, cfg demoConfig, log *slog.Logger, stdout io.Write
 	lastID := first[len(first)-1].LastEventID
 
 	// 2. It is going to sleep: hand the stream off.
-	const deviceToken = "demo-device:registration-token-0001"
+	// A made-up FCM registration token of the real shape (an installation id, ":", then
+	// base64url): the proxy refuses tokens of other shapes.
+	deviceToken := "dEmOdEvIcE0001InstallId:APA91b" + strings.Repeat("DemoRegistrationToken_-", 6)
 	body := fmt.Sprintf(`{"url": %q, "last_event_id": %q, "push": {"platform": "fcm", "token": %q}}`, originURL, lastID, deviceToken)
 	var ho struct {
 		ID        string `json:"id"`

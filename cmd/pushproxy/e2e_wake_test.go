@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/internal/proxytest"
 	"github.com/pushproxy/pushproxy/sse"
 	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
 	"github.com/pushproxy/pushproxy/wakeup/fakefcm"
@@ -73,6 +74,7 @@ func startPushFakes(t *testing.T) *pushFakes {
 
 type e2eStream struct {
 	ID, Token, EventsURL string
+	DeviceSecret         string // answered by the handoff that created the device
 }
 
 func handoffPush(t *testing.T, api, upstream string, push map[string]string) e2eStream {
@@ -93,11 +95,12 @@ func handoffPush(t *testing.T, api, upstream string, push map[string]string) e2e
 		ID        string `json:"id"`
 		Token     string `json:"token"`
 		EventsURL string `json:"events_url"`
+		Secret    string `json:"device_secret"`
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatal(err)
 	}
-	return e2eStream{s.ID, s.Token, api + s.EventsURL}
+	return e2eStream{s.ID, s.Token, api + s.EventsURL, s.Secret}
 }
 
 type e2eStreamInfo struct {
@@ -206,6 +209,7 @@ func TestEndToEndWakeups(t *testing.T) {
 	api, px := startProxyEnv(t, pgtest.NewDatabase(t), fakes.env, append(fakes.flags, "--wake-debounce", "1s")...)
 	push := map[string]string{"platform": "apns", "token": apnsTokenA}
 	s1 := handoffPush(t, api, originURL+"/events?symbols=A", push)
+	push["device_secret"] = s1.DeviceSecret // the device's later handoffs present its secret
 	s2 := handoffPush(t, api, originURL+"/events?symbols=B", push)
 	waitFor(t, "both upstreams connected", func() bool { return streamInfo(t, api, s1).State == "held" && streamInfo(t, api, s2).State == "held" })
 	waitForConnected(t, api, s1, s2)
@@ -318,7 +322,7 @@ func TestEndToEndWakeups(t *testing.T) {
 	if !regexp.MustCompile(`msg=request request_id=\S+ method=GET route=/v1/streams/\{id\}/events status=200`).MatchString(out) {
 		t.Error("no request line with its request id for the events reader")
 	}
-	for _, secret := range []string{s1.Token, s2.Token, "token=", apnsTokenA} {
+	for _, secret := range []string{s1.Token, s2.Token, "token=", apnsTokenA, s1.DeviceSecret} {
 		if strings.Contains(out, secret) {
 			t.Errorf("the proxy's log holds a secret (%.12s...)", secret)
 		}
@@ -372,9 +376,9 @@ func TestEndToEndDeadTokensAndRetries(t *testing.T) {
 	api, px := startProxyEnv(t, pgtest.NewDatabase(t), fakes.env, append(fakes.flags, "--wake-debounce", "100ms")...)
 
 	goneAPNs := strings.Repeat("ab", 32)
-	goneFCM := "fcm-token-gone:0000000000000001"
+	goneFCM := proxytest.FCMToken("fcm-token-gone")
 	throttledAPNs := strings.Repeat("cd", 32)
-	flakyFCM := "fcm-token-flaky:000000000000002"
+	flakyFCM := proxytest.FCMToken("fcm-token-flaky")
 	fakes.apns.Unregister(goneAPNs)
 	fakes.fcm.Unregister(goneFCM)
 	fakes.apns.FailToken(throttledAPNs, http.StatusTooManyRequests, "TooManyRequests", 1)

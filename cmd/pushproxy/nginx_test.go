@@ -157,7 +157,7 @@ func TestNginxHTTP2Unbuffered(t *testing.T) {
 			EventsURL string `json:"events_url"`
 		}
 		json.Unmarshal(b, &s)
-		streams = append(streams, e2eStream{s.ID, s.Token, edge + s.EventsURL})
+		streams = append(streams, e2eStream{ID: s.ID, Token: s.Token, EventsURL: edge + s.EventsURL})
 	}
 	waitForConnected(t, apiA, streams...)
 

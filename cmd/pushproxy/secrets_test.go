@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/internal/proxytest"
 )
 
 // TestNoSecretInLogsOrAdminDocuments runs a scripted flow with known secrets through a real
@@ -37,8 +38,9 @@ func TestNoSecretInLogsOrAdminDocuments(t *testing.T) {
 		failingQuery = "query-5ecret-0008"
 		refusedQuery = "query-5ecret-0009"
 		wrongToken   = "streamtoken-wrong-0010"
-		fcmToken     = "fcm-5ecret-registration-token:APA91bH0011"
 	)
+	// A made-up FCM registration token of the real shape, marked so a leak is recognised.
+	fcmToken := "fcm5ecret0011" + proxytest.FCMToken("secrets")[13:]
 	apnsToken, deadAPNsToken := "5ec1"+apnsTokenA[4:], "dead"+apnsTokenA[4:]
 	secrets := map[string]string{
 		"API key": apiKey, "wrong API key": wrongAPIKey, "admin token": admin,
@@ -95,14 +97,15 @@ func TestNoSecretInLogsOrAdminDocuments(t *testing.T) {
 			t.Fatalf("handoff of %s: %d %s", upstream, code, b)
 		}
 		var r struct {
-			ID        string `json:"id"`
-			Token     string `json:"token"`
-			EventsURL string `json:"events_url"`
+			ID           string `json:"id"`
+			Token        string `json:"token"`
+			EventsURL    string `json:"events_url"`
+			DeviceSecret string `json:"device_secret"`
 		}
 		if err := json.Unmarshal(b, &r); err != nil || r.Token == "" {
 			t.Fatalf("handoff answer: %v %s", err, b)
 		}
-		return e2eStream{r.ID, r.Token, api + r.EventsURL}
+		return e2eStream{r.ID, r.Token, api + r.EventsURL, r.DeviceSecret}
 	}
 
 	// Handoffs: a wrong key, then streams of an APNs device, an FCM device, a dead token, a
@@ -118,6 +121,9 @@ func TestNoSecretInLogsOrAdminDocuments(t *testing.T) {
 	streams := []e2eStream{apns, fcm, dead, failed, unreachable}
 	for _, s := range streams {
 		secrets["stream token of "+s.ID] = s.Token
+		if s.DeviceSecret != "" {
+			secrets["device secret of "+s.ID] = s.DeviceSecret
+		}
 	}
 	waitForConnected(t, api, apns, fcm, dead)
 	waitFor(t, "the failing origin's stream to fail", func() bool { return streamInfo(t, api, failed).State == "failed" })

@@ -42,13 +42,14 @@ type serveConfig struct {
 	DB              store.Options // the session timeouts
 	Log             logConfig
 
-	Allow       listFlag
-	CORSOrigins listFlag
-	APIKeys     secretListFlag
-	Keys        keyConfig
-	Proxy       proxy.Options
-	API         api.Options
-	Wake        wakeConfig
+	Allow          listFlag
+	CORSOrigins    listFlag
+	APIKeys        secretListFlag
+	TrustedProxies listFlag
+	Keys           keyConfig
+	Proxy          proxy.Options
+	API            api.Options
+	Wake           wakeConfig
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
@@ -85,6 +86,7 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.Int64Var(&p.MaxBacklog, "max-backlog", d.MaxBacklog, "most events queued per stream; the oldest are dropped beyond it (readers get a gap signal)")
 	fs.IntVar(&p.MaxStreamsPerDevice, "max-streams-per-device", d.MaxStreamsPerDevice, "most streams held for one device")
 	fs.Int64Var(&c.API.MaxBodyBytes, "max-body-bytes", da.MaxBodyBytes, "largest API request body, in bytes")
+	c.limitFlags(fs)
 	fs.IntVar(&p.CommitBatch, "commit-batch", d.CommitBatch, "most events committed in one transaction")
 	fs.IntVar(&p.CommitQueue, "commit-queue", d.CommitQueue, "most events waiting to be committed; upstream reads pause beyond it")
 	fs.BoolVar(&p.UpstreamH2C, "upstream-h2c", false, "HTTP/2 without TLS (prior knowledge) to http:// origins (https:// origins get HTTP/2 whenever they offer it by ALPN, with or without this)")
@@ -96,6 +98,19 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.API.Heartbeat, "heartbeat", da.Heartbeat, "interval of comment heartbeats to event readers")
 	fs.DurationVar(&c.API.DashboardRefresh, "dashboard-refresh", da.DashboardRefresh, "how often the dashboard's numbers are recomputed while a dashboard is open")
 	fs.DurationVar(&p.ReaderTTL, "reader-ttl", d.ReaderTTL, "how long a reader counts as open after its instance stops refreshing it")
+}
+
+// limitFlags declares the quotas and rate limits of clients.
+func (c *serveConfig) limitFlags(fs *flag.FlagSet) {
+	p, da := &c.Proxy, api.DefaultOptions
+	fs.Float64Var(&c.API.HandoffRatePerAddress, "handoff-rate-per-address", 10, "most handoffs per second from one client address (an IPv6 /64), in bursts of --handoff-burst; beyond it 429 rate-limited (0: no limit)")
+	fs.Float64Var(&c.API.HandoffRatePerKey, "handoff-rate-per-key", 0, "most handoffs per second under one API key, in bursts of --handoff-burst; beyond it 429 rate-limited (0: no limit)")
+	fs.IntVar(&c.API.HandoffBurst, "handoff-burst", da.HandoffBurst, "handoffs a client address or API key may make at once before its rate applies (at least one second's worth)")
+	fs.Var(&c.TrustedProxies, "trusted-proxies", "comma-separated addresses and CIDRs of reverse proxies whose X-Forwarded-For names the client, for the limits per address (empty: the connection's peer is the client)")
+	fs.IntVar(&p.MaxStreamsPerKey, "max-streams-per-key", 0, "most streams held under one API key; beyond it 409 key-stream-limit (0: no bound)")
+	fs.Int64Var(&p.MaxBacklogBytes, "max-backlog-bytes", 64<<20, "most stored bytes (ids, types and data) queued per stream; the oldest events are dropped beyond it, the newest always kept (readers get a gap signal) (0: no bound)")
+	fs.IntVar(&p.MaxReadersPerStream, "max-readers-per-stream", 8, "most events readers open at once on one stream, over all instances; beyond it 409 reader-limit (0: no bound)")
+	fs.Float64Var(&c.API.LoginRatePerAddress, "admin-login-rate", da.LoginRatePerAddress, "most dashboard sign-in attempts per second from one client address, in bursts of 10; beyond it 429")
 }
 
 // logConfig is the logging flags shared by subcommands.
@@ -227,6 +242,9 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	po.Upstream, po.Logger = allow, log
 	ao := cfg.API
 	ao.APIKeys, ao.Logger, ao.CORSOrigins = cfg.APIKeys.listFlag, log, cfg.CORSOrigins
+	if ao.TrustedProxies, err = api.ParseTrustedProxies(cfg.TrustedProxies); err != nil {
+		return nil, fmt.Errorf("--trusted-proxies: %w", err)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m, err := metrics.New(reg)

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
@@ -134,6 +135,8 @@ type HandoffResult struct {
 	Token     string `json:"token"`
 	EventsURL string `json:"events_url"`
 	State     string `json:"state"`
+	// DeviceSecret is answered by the handoff that created the stream's device.
+	DeviceSecret string `json:"device_secret"`
 }
 
 // Do sends a request and returns the response with its whole body.
@@ -406,4 +409,25 @@ func SilentResolver(t testing.TB) (*net.Resolver, <-chan struct{}) {
 			return c, err
 		},
 	}, queried
+}
+
+// FCMToken returns a made-up FCM registration token of the real shape (an installation id,
+// ":", then 140 characters of base64url), distinct per name.
+func FCMToken(name string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	seed := h.Sum64()
+	b := make([]byte, 22+1+140)
+	for i := range b {
+		seed = seed*6364136223846793005 + 1442695040888963407
+		b[i] = alphabet[seed>>58]
+	}
+	b[22] = ':'
+	return string(b)
+}
+
+// APNsToken returns a made-up APNs device token (64 hex characters), distinct per n.
+func APNsToken(n int) string {
+	return fmt.Sprintf("%064x", uint64(n)+0xa11ce)
 }

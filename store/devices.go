@@ -1,0 +1,144 @@
+package store
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pushproxy/pushproxy"
+)
+
+// Advisory lock classes (the first key of pg_advisory_xact_lock(int, int)), so that the
+// store's locks never meet another's.
+const (
+	lockClassAPIKey  = 0x70700001 // streams held per API key
+	lockClassReaders = 0x70700002 // open readers per stream
+)
+
+// handoffDevice finds or creates the device of a handoff's push address, inside the
+// handoff's transaction, and returns its id. The row is locked until the transaction ends,
+// so concurrent handoffs for one device are decided one after the other.
+//
+// A device's attributes (topic, environment) are fixed by its first handoff, which stores
+// ns.DeviceSecretHash. A later handoff for the same push token must present the same secret
+// (ns.DeviceSecretGiven): with it, the handoff may change the attributes and revives a
+// device reported dead; without it, or with another, it is refused and the row is left
+// unchanged. Devices without a secret (created before secrets existed, or by callers that
+// give none) take the first secret presented, provided the attributes stay what they were
+// and the device is not dead.
+func handoffDevice(ctx context.Context, tx pgx.Tx, ns *NewStream) (string, error) {
+	p := ns.Push
+	var secret []byte
+	if len(ns.DeviceSecretHash) > 0 {
+		secret = ns.DeviceSecretHash
+	}
+	var id string
+	err := tx.QueryRow(ctx, `
+		INSERT INTO devices (platform, token, topic, environment, secret_hash) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (platform, token) DO NOTHING
+		RETURNING id`, p.Platform, p.Token, p.Topic, p.Environment, secret).Scan(&id)
+	if err == nil {
+		return id, nil // a new device: its attributes and secret are the handoff's
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return "", fmt.Errorf("insert device: %w", err)
+	}
+	var (
+		topic, env string
+		stored     []byte
+		dead       bool
+	)
+	err = tx.QueryRow(ctx, `
+		SELECT id, topic, environment, secret_hash, dead_at IS NOT NULL FROM devices
+		WHERE platform = $1 AND token = $2 FOR UPDATE`, p.Platform, p.Token).Scan(&id, &topic, &env, &stored, &dead)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Forgotten between the insert and the select (an operator's DELETE): the caller
+		// may retry; it is rare enough to answer as a conflict.
+		return "", pushproxy.Errorf(pushproxy.ECONFLICT, "the device changed during the handoff; try again")
+	}
+	if err != nil {
+		return "", fmt.Errorf("lock device: %w", err)
+	}
+	same := topic == p.Topic && env == p.Environment
+	if stored == nil {
+		// A device without a secret of its own: it takes the first one presented, but
+		// nothing proves who the caller is, so it changes nothing else.
+		switch {
+		case !same:
+			return "", pushproxy.Errorf(pushproxy.EDEVICESECRETMISMATCH, "this push token's device was registered with another topic or environment, which cannot change")
+		case dead:
+			return "", pushproxy.Errorf(pushproxy.EDEVICESECRETMISMATCH, "this push token was reported dead; register the app again for a new token")
+		}
+		if secret != nil {
+			if _, err := tx.Exec(ctx, `UPDATE devices SET secret_hash = $2, updated_at = now() WHERE id = $1`, id, secret); err != nil {
+				return "", fmt.Errorf("set device secret: %w", err)
+			}
+		}
+		return id, nil
+	}
+	switch {
+	case !ns.DeviceSecretGiven:
+		return "", pushproxy.Errorf(pushproxy.EDEVICESECRETREQUIRED, "this push token belongs to a device already: present its push.device_secret")
+	case subtle.ConstantTimeCompare(stored, secret) != 1:
+		return "", pushproxy.Errorf(pushproxy.EDEVICESECRETMISMATCH, "push.device_secret is not this device's secret")
+	}
+	if !same || dead {
+		// The device's own app, proven by its secret: a deliberate change of attributes,
+		// or a token registered again after it was reported dead.
+		_, err := tx.Exec(ctx, `
+			UPDATE devices SET topic = $2, environment = $3, updated_at = now(), dead_at = NULL, dead_reason = NULL
+			WHERE id = $1`, id, p.Topic, p.Environment)
+		if err != nil {
+			return "", fmt.Errorf("update device: %w", err)
+		}
+	}
+	return id, nil
+}
+
+// checkDeviceQuota refuses a handoff for a device that holds max streams already (max 0: no
+// bound). The device row is locked by handoffDevice.
+func checkDeviceQuota(ctx context.Context, tx pgx.Tx, deviceID string, max int) error {
+	if max <= 0 {
+		return nil
+	}
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM streams WHERE device_id = $1 AND state = 'held'`, deviceID).Scan(&n); err != nil {
+		return fmt.Errorf("count device streams: %w", err)
+	}
+	if n >= max {
+		return pushproxy.Errorf(pushproxy.ELIMIT, "this device already has %d held streams, the most allowed; close one first", n)
+	}
+	return nil
+}
+
+// checkKeyQuota refuses a handoff under an API key that holds max streams already (no key
+// or max 0: no bound). Handoffs under one key are counted one after the other (an advisory
+// lock held until the transaction ends).
+func checkKeyQuota(ctx context.Context, tx pgx.Tx, keyHash []byte, max int) error {
+	if max <= 0 || len(keyHash) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, lockClassAPIKey, lockKey(keyHash)); err != nil {
+		return fmt.Errorf("lock api key quota: %w", err)
+	}
+	var n int
+	err := tx.QueryRow(ctx, `SELECT count(*) FROM streams WHERE api_key_hash = $1 AND state = 'held'`, keyHash).Scan(&n)
+	if err != nil {
+		return fmt.Errorf("count api key streams: %w", err)
+	}
+	if n >= max {
+		return pushproxy.Errorf(pushproxy.EKEYLIMIT, "this API key already holds %d streams, the most allowed; close some first", n)
+	}
+	return nil
+}
+
+// lockKey folds bytes into the int4 second key of an advisory lock.
+func lockKey(b []byte) int32 {
+	var buf [4]byte
+	copy(buf[:], b)
+	return int32(binary.BigEndian.Uint32(buf[:]))
+}
