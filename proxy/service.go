@@ -43,6 +43,9 @@ type Options struct {
 	MaxEventSize int
 	// MaxBacklog bounds the events queued per stream; older ones are dropped.
 	MaxBacklog int64
+	// MaxBacklogBytes bounds the stored bytes (store.EventSize) queued per stream; the
+	// oldest events are dropped beyond it.
+	MaxBacklogBytes int64
 	// MaxStreamsPerDevice bounds the streams held for one device.
 	MaxStreamsPerDevice int
 	// CommitBatch bounds the events committed in one transaction.
@@ -117,6 +120,7 @@ var DefaultOptions = Options{
 	ClaimBatch:             1000,
 	MaxEventSize:           1 << 20,
 	MaxBacklog:             10000,
+	MaxBacklogBytes:        64 << 20,
 	MaxStreamsPerDevice:    32,
 	CommitBatch:            4096,
 	CommitQueue:            16384,
@@ -136,6 +140,7 @@ func (o *Options) withDefaults() Options {
 	r.ClaimBatch = cmp.Or(r.ClaimBatch, d.ClaimBatch)
 	r.MaxEventSize = cmp.Or(r.MaxEventSize, d.MaxEventSize)
 	r.MaxBacklog = cmp.Or(r.MaxBacklog, d.MaxBacklog)
+	r.MaxBacklogBytes = cmp.Or(r.MaxBacklogBytes, d.MaxBacklogBytes)
 	r.MaxStreamsPerDevice = cmp.Or(r.MaxStreamsPerDevice, d.MaxStreamsPerDevice)
 	r.CommitBatch = cmp.Or(r.CommitBatch, d.CommitBatch)
 	r.CommitQueue = cmp.Or(r.CommitQueue, d.CommitQueue)
@@ -244,7 +249,7 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		in:       s.commits,
 		store:    st,
 		owner:    o.InstanceID,
-		opts:     store.CommitOptions{MaxBacklog: o.MaxBacklog, Wake: o.Wake},
+		opts:     store.CommitOptions{MaxBacklog: o.MaxBacklog, MaxBacklogBytes: o.MaxBacklogBytes, Wake: o.Wake},
 		maxBatch: o.CommitBatch,
 		log:      o.Logger,
 		onLost:   s.lost,

@@ -73,6 +73,10 @@ type CommitOptions struct {
 	// MaxBacklog is the most events a stream keeps queued; older ones are trimmed (readers
 	// then see a gap signal). 0: no bound.
 	MaxBacklog int64
+	// MaxBacklogBytes is the most stored bytes (EventSize) a stream keeps queued; the
+	// oldest events are trimmed to keep within it (readers then see a gap signal). 0: no
+	// bound.
+	MaxBacklogBytes int64
 	// Wake, when set, queues a wake-up for the sleeping devices of streams that got events,
 	// in the same transaction.
 	Wake *WakePolicy
@@ -228,6 +232,11 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 				return fmt.Errorf("trim backlogs: %w", err)
 			}
 		}
+		if opts.MaxBacklogBytes > 0 && len(woken) > 0 {
+			if err := trimBacklogBytes(ctx, tx, woken, opts.MaxBacklogBytes); err != nil {
+				return err
+			}
+		}
 		if opts.Wake != nil && len(woken) > 0 {
 			if res.Wakeups, err = scheduleWakeups(ctx, tx, opts.Wake, woken, urgent); err != nil {
 				return err
@@ -245,6 +254,41 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		return CommitResult{}, err
 	}
 	return res, nil
+}
+
+// trimBacklogBytes drops the oldest events of those of streams whose backlog exceeds max
+// bytes, down to within it: the floor moves past them, as the count trim does. The caller
+// holds the streams' row locks (Commit's update). Only a stream over its bound reads its
+// backlog, and only as far as the events to drop.
+func trimBacklogBytes(ctx context.Context, tx pgx.Tx, streams []string, max int64) error {
+	rows, err := tx.Query(ctx, `
+		SELECT o.id::text, o.floor_seq, coalesce((
+			SELECT c.seq FROM (
+				SELECT e.seq, sum(`+sizeExpr+`) OVER (ORDER BY e.seq) AS cum
+				FROM events e WHERE e.stream_id = o.id AND e.seq > o.floor_seq) c
+			WHERE c.cum >= o.backlog_bytes - $2 ORDER BY c.seq LIMIT 1), o.head_seq)
+		FROM streams o WHERE o.id = ANY($1::uuid[]) AND o.backlog_bytes > $2`, streams, max)
+	if err != nil {
+		return fmt.Errorf("trim backlog bytes: %w", err)
+	}
+	var (
+		ids    []string
+		lo, hi []int64
+		id     string
+		l, h   int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&id, &l, &h}, func() error {
+		ids, lo, hi = append(ids, id), append(lo, l), append(hi, h)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("trim backlog bytes: %w", err)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	_, err = trimEvents(ctx, tx, ids, lo, hi)
+	return err
 }
 
 // EventSize is what an event counts for in a backlog's size: the stored bytes of its
