@@ -38,6 +38,9 @@ WHERE state <> 'held' AND (headers <> '{}' OR url ~ '[?#@]');
 CREATE INDEX CONCURRENTLY IF NOT EXISTS streams_ended ON streams (closed_at) WHERE state <> 'held';
 CREATE INDEX CONCURRENTLY IF NOT EXISTS streams_held_read ON streams (read_at) WHERE state = 'held';
 CREATE INDEX CONCURRENTLY IF NOT EXISTS devices_dead ON devices (dead_at) WHERE dead_at IS NOT NULL;
+-- Deleting a device cascades to its wake-ups: by this index, not by a scan of them all (it
+-- serves a device's history, newest first, too).
+CREATE INDEX CONCURRENTLY IF NOT EXISTS wakeups_device ON wakeups (device_id, created_at);
 
 -- The maintenance leader: one instance at a time runs retention, dead-device failing,
 -- wake-up history trimming and the database-wide gauges. The lease is a row with an expiry
@@ -90,6 +93,7 @@ ALTER TABLE devices RESET (fillfactor);
 ALTER TABLE streams RESET (fillfactor, autovacuum_vacuum_scale_factor, autovacuum_analyze_scale_factor);
 DROP TABLE gauges;
 DROP TABLE maintenance_leader;
+DROP INDEX wakeups_device;
 DROP INDEX devices_dead;
 DROP INDEX streams_held_read;
 DROP INDEX streams_ended;

@@ -94,13 +94,13 @@ func (s *Store) CloseIdleStreams(ctx context.Context, f Fence, ttl time.Duration
 		WITH c AS (
 			UPDATE streams s SET state = 'closed', state_reason = $3, closed_at = now(), updated_at = now(),
 				lease_owner = NULL, connected = false
-			WHERE s.id IN (
+			WHERE s.id = ANY (ARRAY(
 				SELECT i.id FROM streams i
 				WHERE i.state = 'held' AND i.read_at < now() - $1::interval
 					AND NOT EXISTS (SELECT 1 FROM readers r WHERE r.stream_id = i.id AND r.expires_at > now())
 				ORDER BY i.read_at
 				LIMIT $2
-				FOR NO KEY UPDATE SKIP LOCKED)
+				FOR NO KEY UPDATE SKIP LOCKED))
 			AND s.state = 'held' AND `+fenceSQL(5)+`
 			RETURNING s.id::text
 		)
@@ -121,11 +121,14 @@ func (s *Store) FailDeadDevices(ctx context.Context, f Fence, now time.Time, gra
 				lease_owner = NULL, connected = false,
 				closed_at = now(), updated_at = now()
 			FROM devices d
-			WHERE s.id IN (
-				SELECT i.id FROM devices dd JOIN streams i ON i.device_id = dd.id
-				WHERE dd.dead_at < $1::timestamptz - $2::interval AND i.state = 'held'
+			WHERE s.id = ANY (ARRAY(
+				SELECT i.id FROM (SELECT id FROM devices WHERE dead_at < $1::timestamptz - $2::interval
+					ORDER BY dead_at LIMIT $4) dd
+				-- The LIMIT keeps the lateral a nested loop over streams_device_id.
+				CROSS JOIN LATERAL (SELECT id FROM streams WHERE device_id = dd.id AND state = 'held' LIMIT $4) c
+				JOIN streams i ON i.id = c.id
 				LIMIT $4
-				FOR NO KEY UPDATE OF i SKIP LOCKED)
+				FOR NO KEY UPDATE OF i SKIP LOCKED))
 			AND s.device_id = d.id AND s.state = 'held' AND `+fenceSQL(5)+`
 			RETURNING s.id::text
 		)
@@ -188,10 +191,10 @@ func (s *Store) DeleteStreams(ctx context.Context, f Fence, streams []string) (n
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
 			WITH d AS (
-				DELETE FROM streams s WHERE s.id IN (
+				DELETE FROM streams s WHERE s.id = ANY (ARRAY(
 					SELECT i.id FROM streams i WHERE i.id = ANY($1::uuid[]) AND i.state <> 'held'
 						AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = i.id)
-					FOR UPDATE SKIP LOCKED)
+					FOR UPDATE SKIP LOCKED))
 				AND `+fenceSQL(2)+`
 				RETURNING s.id, s.device_id
 			), r AS (DELETE FROM readers WHERE stream_id IN (SELECT id FROM d))
@@ -260,22 +263,30 @@ func (s *Store) DeleteDeadDevices(ctx context.Context, f Fence, now time.Time, g
 func (s *Store) ReleaseGoneInstances(ctx context.Context, f Fence, gone time.Duration, limit int) (int64, error) {
 	var n int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `
-			UPDATE streams s SET lease_owner = NULL, connected = false
-			WHERE s.id IN (
-				SELECT c.id FROM streams c
-				WHERE c.state = 'held' AND c.lease_owner = ANY (ARRAY(
-					SELECT i.id FROM instances i WHERE i.expires_at < now() - $1::interval))
-				LIMIT $2
-				FOR NO KEY UPDATE SKIP LOCKED)
-			AND `+fenceSQL(3), gone, limit, f.Leader, f.Epoch)
+		rows, err := tx.Query(ctx, `SELECT id FROM instances WHERE expires_at < now() - $1::interval`, gone)
 		if err != nil {
 			return err
 		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil || len(ids) == 0 {
+			return err
+		}
+		for _, id := range ids {
+			_, err := tx.Exec(ctx, `
+				UPDATE streams s SET lease_owner = NULL, connected = false
+				WHERE s.id = ANY (ARRAY(
+					SELECT c.id FROM streams c WHERE c.state = 'held' AND c.lease_owner = $1
+					LIMIT $2
+					FOR NO KEY UPDATE SKIP LOCKED))
+				AND `+fenceSQL(3), id, limit, f.Leader, f.Epoch)
+			if err != nil {
+				return err
+			}
+		}
 		tag, err := tx.Exec(ctx, `
-			DELETE FROM instances i WHERE i.expires_at < now() - $1::interval
+			DELETE FROM instances i WHERE i.id = ANY($1) AND i.expires_at < now() - $2::interval
 				AND NOT EXISTS (SELECT 1 FROM streams s WHERE s.lease_owner = i.id AND s.state = 'held')
-				AND `+fenceSQL(2), gone, f.Leader, f.Epoch)
+				AND `+fenceSQL(3), ids, gone, f.Leader, f.Epoch)
 		n = tag.RowsAffected()
 		return err
 	})
@@ -295,7 +306,7 @@ func (s *Store) TrimOldEvents(ctx context.Context, f Fence, maxAge time.Duration
 	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var ids []string
-		rows, err := tx.Query(ctx, `SELECT id::text FROM streams WHERE id > $1 AND state = 'held' ORDER BY id LIMIT $2`, after, limit)
+		rows, err := tx.Query(ctx, `SELECT s.id::text FROM streams s WHERE s.id > $1 AND s.state = 'held' ORDER BY s.id LIMIT $2`, after, limit)
 		if err != nil {
 			return err
 		}
@@ -360,8 +371,9 @@ func trimEvents(ctx context.Context, tx pgx.Tx, ids []string, lo, hi []int64) (i
 			RETURNING e.stream_id, `+sizeExpr+` AS n
 		), u AS (
 			UPDATE streams s SET floor_seq = GREATEST(s.floor_seq, t.hi),
-				backlog_bytes = s.backlog_bytes - coalesce((SELECT sum(n) FROM d WHERE d.stream_id = s.id), 0)
-			FROM t WHERE s.id = t.id
+				backlog_bytes = s.backlog_bytes - coalesce(g.n, 0)
+			FROM t LEFT JOIN (SELECT stream_id, sum(n) AS n FROM d GROUP BY stream_id) g ON g.stream_id = t.id
+			WHERE s.id = t.id
 		)
 		SELECT count(*) FROM d`, ids, lo, hi).Scan(&n)
 	if err != nil {

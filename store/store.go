@@ -42,6 +42,9 @@ type Options struct {
 	// pushproxy.EUNAVAILABLE ("busy, retry") instead of hanging (0: DefaultLockTimeout). The
 	// statement timeout ends a longer wait anyway.
 	LockTimeout time.Duration
+	// Tracer, when set, sees every statement of the pool (tests record the statements to
+	// check their query plans).
+	Tracer pgx.QueryTracer
 }
 
 // Defaults of the session timeouts.
@@ -97,6 +100,9 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 	}
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
+	}
+	if opts.Tracer != nil {
+		cfg.ConnConfig.Tracer = opts.Tracer
 	}
 	rp := cfg.ConnConfig.RuntimeParams
 	// Plan every statement for its actual parameters. The batch statements take arrays
