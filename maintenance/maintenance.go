@@ -172,6 +172,9 @@ func (r *Runner) Abandon() {
 	r.loop.Stop()
 }
 
+// ID is the id the runner leads under.
+func (r *Runner) ID() string { return r.opts.InstanceID }
+
 // Leading reports whether the runner holds the lease now (as of its last renewal).
 func (r *Runner) Leading() bool {
 	r.mu.Lock()
