@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -402,39 +403,46 @@ type Gauges struct {
 var GaugeAgeBuckets = []float64{1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600}
 
 // RefreshGauges computes the database-wide gauges and stores them in the one row every
-// instance reads (GetGauges), under f.
+// instance reads (GetGauges), under f. It is one statement: the ages of the streams' oldest
+// unread events are summed into the histogram in the database, not sent over.
 func (s *Store) RefreshGauges(ctx context.Context, f Fence) error {
-	b, err := s.GetBacklogStats(ctx)
+	_, err := s.pool.Exec(ctx, refreshGaugesSQL, f.Leader, f.Epoch)
 	if err != nil {
-		return err
-	}
-	g := Gauges{Streams: b.Streams, Connected: b.Connected, Events: b.Events, Bytes: b.Bytes,
-		AgeCounts: make([]uint64, len(GaugeAgeBuckets))}
-	for _, a := range b.OldestAges {
-		sec := a.Seconds()
-		g.OldestAge = max(g.OldestAge, sec)
-		g.AgeSum += sec
-		g.AgeCount++
-		for i, ub := range GaugeAgeBuckets {
-			if sec <= ub {
-				g.AgeCounts[i]++
-			}
-		}
-	}
-	v, err := json.Marshal(g)
-	if err != nil {
-		return err
-	}
-	_, err = s.pool.Exec(ctx, `
-		INSERT INTO gauges (name, computed_at, leader_id, value)
-		SELECT 'backlog', now(), $1, $3 WHERE `+fenceSQL(1)+`
-		ON CONFLICT (name) DO UPDATE SET computed_at = excluded.computed_at, leader_id = excluded.leader_id, value = excluded.value`,
-		f.Leader, f.Epoch, v)
-	if err != nil {
-		return fmt.Errorf("store gauges: %w", err)
+		return fmt.Errorf("compute gauges: %w", err)
 	}
 	return nil
 }
+
+// refreshGaugesSQL computes Gauges as JSON and stores them, fenced by $1 and $2.
+var refreshGaugesSQL = func() string {
+	var buckets []string
+	for _, ub := range GaugeAgeBuckets {
+		buckets = append(buckets, fmt.Sprintf("count(*) FILTER (WHERE a <= %g)", ub))
+	}
+	return `
+		WITH st AS (
+			SELECT s.state, count(*) AS n, count(*) FILTER (WHERE ` + connectedExpr + `) AS c,
+				coalesce(sum(s.head_seq - s.floor_seq), 0) AS ev, coalesce(sum(s.backlog_bytes), 0) AS b
+			FROM streams s GROUP BY s.state
+		), ages AS (
+			SELECT extract(epoch FROM now() - e.created_at)::float8 AS a
+			FROM streams s JOIN events e ON e.stream_id = s.id AND e.seq = s.floor_seq + 1
+			WHERE s.head_seq > s.floor_seq
+		), h AS (
+			SELECT count(*) AS n, coalesce(sum(a), 0) AS sum, coalesce(max(a), 0) AS mx,
+				ARRAY[` + strings.Join(buckets, ", ") + `] AS counts
+			FROM ages
+		)
+		INSERT INTO gauges (name, computed_at, leader_id, value)
+		SELECT 'backlog', now(), $1, jsonb_build_object(
+			'streams', coalesce((SELECT jsonb_object_agg(state, n) FROM st), '{}'),
+			'connected', coalesce((SELECT sum(c) FROM st), 0),
+			'events', coalesce((SELECT sum(ev) FROM st), 0),
+			'bytes', coalesce((SELECT sum(b) FROM st), 0),
+			'oldest_age', h.mx, 'age_count', h.n, 'age_sum', h.sum, 'age_counts', to_jsonb(h.counts))
+		FROM h WHERE ` + fenceSQL(1) + `
+		ON CONFLICT (name) DO UPDATE SET computed_at = excluded.computed_at, leader_id = excluded.leader_id, value = excluded.value`
+}()
 
 // GetGauges reads the gauges the maintenance leader last computed; ok is false before the
 // first computation.
