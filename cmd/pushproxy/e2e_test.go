@@ -174,7 +174,7 @@ func startProxy(t *testing.T, dbURL string, args ...string) (string, *process) {
 func startProxyEnv(t *testing.T, dbURL string, env []string, args ...string) (string, *process) {
 	bin, _ := binaries(t)
 	base := []string{"serve", "--listen", "127.0.0.1:0", "--database-url", dbURL, "--upstream-allow", "127.0.0.0/8",
-		"--upstream-backoff-max", "200ms", "--log-level", "debug"}
+		"--upstream-backoff-max", "200ms", "--log-level", "debug", "--gauges-interval", "100ms"}
 	p := startProcessEnv(t, "pushproxy", bin, env, append(base, args...)...)
 	return "http://" + p.waitLine(proxyServing)[1], p
 }
