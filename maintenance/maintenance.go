@@ -199,11 +199,17 @@ func (r *Runner) run(ctx context.Context) {
 	}()
 	var lastPass time.Time
 	for ctx.Err() == nil {
-		if r.tick(ctx) && time.Since(lastPass) >= r.opts.Interval {
-			lastPass = time.Now()
-			r.pass(ctx)
+		// A follower looks at the lease every third of it; the leader wakes for whatever is
+		// due first: a renewal, the gauges, the next pass.
+		wait := r.opts.LeaseTTL / 3
+		if r.tick(ctx) {
+			if time.Since(lastPass) >= r.opts.Interval {
+				lastPass = time.Now()
+				r.pass(ctx)
+			}
+			wait = min(wait, r.opts.GaugeInterval, max(0, r.opts.Interval-time.Since(lastPass)))
 		}
-		if !sleep(ctx, r.opts.LeaseTTL/3+rand.N(r.opts.LeaseTTL/30+1)) {
+		if !sleep(ctx, wait+rand.N(wait/10+1)) {
 			return
 		}
 	}
