@@ -425,8 +425,11 @@ var refreshGaugesSQL = func() string {
 				coalesce(sum(s.head_seq - s.floor_seq), 0) AS ev, coalesce(sum(s.backlog_bytes), 0) AS b
 			FROM streams s GROUP BY s.state
 		), ages AS (
+			-- One index probe per stream with a backlog (the LIMIT keeps it a nested loop),
+			-- not a scan of every queued event.
 			SELECT extract(epoch FROM now() - e.created_at)::float8 AS a
-			FROM streams s JOIN events e ON e.stream_id = s.id AND e.seq = s.floor_seq + 1
+			FROM streams s CROSS JOIN LATERAL (SELECT created_at FROM events e
+				WHERE e.stream_id = s.id AND e.seq = s.floor_seq + 1 LIMIT 1) e
 			WHERE s.head_seq > s.floor_seq
 		), h AS (
 			SELECT count(*) AS n, coalesce(sum(a), 0) AS sum, coalesce(max(a), 0) AS mx,
