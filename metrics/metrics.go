@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pushproxy/pushproxy/api"
+	"github.com/pushproxy/pushproxy/maintenance"
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
 	"github.com/pushproxy/pushproxy/wakeup"
@@ -26,12 +27,15 @@ type Metrics struct {
 	pushSeconds     *prometheus.HistogramVec
 	requests        *prometheus.CounterVec
 	requestSeconds  *prometheus.HistogramVec
+	retention       *prometheus.CounterVec
+	leader          prometheus.Gauge
 }
 
 var (
-	_ proxy.Metrics  = (*Metrics)(nil)
-	_ api.Metrics    = (*Metrics)(nil)
-	_ wakeup.Metrics = (*Metrics)(nil)
+	_ proxy.Metrics       = (*Metrics)(nil)
+	_ api.Metrics         = (*Metrics)(nil)
+	_ wakeup.Metrics      = (*Metrics)(nil)
+	_ maintenance.Metrics = (*Metrics)(nil)
 )
 
 // New creates the metrics and registers them on reg.
@@ -77,7 +81,15 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 		Help:    "API request duration by route pattern (event streams last as long as the reader stays).",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 	}, []string{"route"})
-	for _, c := range []prometheus.Collector{m.reconnects, m.eventsCommitted, m.bytesCommitted, m.commits, m.commitSeconds, m.wakeups, m.pushSeconds, m.requests, m.requestSeconds} {
+	m.retention = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pushproxy_retention_rows_total",
+		Help: "Rows deleted or closed by this instance's maintenance (while it led), by rule (closed_streams, closed_events, idle_streams, backlog_age, dead_streams, dead_devices, orphan_devices, wakeup_history, gone_instances).",
+	}, []string{"rule"})
+	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "pushproxy_maintenance_leader",
+		Help: "1 while this instance is the maintenance leader (runs retention and computes the database-wide gauges), else 0.",
+	})
+	for _, c := range []prometheus.Collector{m.reconnects, m.eventsCommitted, m.bytesCommitted, m.commits, m.commitSeconds, m.wakeups, m.pushSeconds, m.requests, m.requestSeconds, m.retention, m.leader} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -108,4 +120,16 @@ func (m *Metrics) Wakeup(platform, outcome string, latency time.Duration) {
 	if latency > 0 {
 		m.pushSeconds.WithLabelValues(platform).Observe(latency.Seconds())
 	}
+}
+
+// Retention counts rows deleted or closed by a maintenance rule.
+func (m *Metrics) Retention(rule string, n int64) { m.retention.WithLabelValues(rule).Add(float64(n)) }
+
+// Leading records whether this instance leads maintenance.
+func (m *Metrics) Leading(on bool) {
+	v := 0.0
+	if on {
+		v = 1
+	}
+	m.leader.Set(v)
 }

@@ -31,6 +31,9 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 	if !pushproxy.IsUUID(streamID) {
 		return Cursor{}, errNoStream(streamID)
 	}
+	if err := s.touchRead(ctx, streamID); err != nil {
+		return Cursor{}, err
+	}
 	var cur Cursor
 	err := s.lockingTx(ctx, func(tx pgx.Tx) error {
 		var (
@@ -89,6 +92,20 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 		return ack(ctx, tx, streamID, seq, lastEventID)
 	})
 	return cur, err
+}
+
+// touchRead records that a device read the stream, so it is not idle (--stream-idle-ttl):
+// at most once a minute per stream, and without waiting for the row's lock (a commit holding
+// it means the read is recorded by the next one).
+func (s *Store) touchRead(ctx context.Context, streamID string) error {
+	_, err := s.pool.Exec(ctx, `
+		UPDATE streams SET read_at = now() WHERE id = (
+			SELECT id FROM streams WHERE id = $1 AND read_at < now() - interval '1 minute'
+			FOR NO KEY UPDATE SKIP LOCKED)`, streamID)
+	if err != nil {
+		return fmt.Errorf("record read: %w", err)
+	}
+	return nil
 }
 
 // ack records that the reader has everything up to seq, and deletes it.

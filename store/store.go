@@ -46,6 +46,9 @@ type Options struct {
 	// query) and opens them when a stream is claimed. Without it they are stored in clear,
 	// and streams sealed by other instances are left to them.
 	Sealer Sealer
+	// Tracer, when set, sees every statement of the pool (tests record the statements to
+	// check their query plans).
+	Tracer pgx.QueryTracer
 }
 
 // Defaults of the session timeouts.
@@ -102,6 +105,9 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 	}
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
+	}
+	if opts.Tracer != nil {
+		cfg.ConnConfig.Tracer = opts.Tracer
 	}
 	rp := cfg.ConnConfig.RuntimeParams
 	// Plan every statement for its actual parameters. The batch statements take arrays

@@ -291,34 +291,6 @@ func (s *Store) NextWakeupDue(ctx context.Context) (time.Time, bool, error) {
 	return *t, true, nil
 }
 
-// FailDeadDevices stops holding the streams of devices whose token was reported dead more
-// than grace ago. It returns how many streams it failed.
-func (s *Store) FailDeadDevices(ctx context.Context, now time.Time, grace time.Duration) (int64, error) {
-	tag, err := s.pool.Exec(ctx, `
-		WITH f AS (
-			UPDATE streams s SET state = 'failed',
-				state_reason = 'the device''s push token was reported dead: ' || coalesce(d.dead_reason, ''),
-				lease_owner = NULL, connected = false,
-				closed_at = now(), updated_at = now()
-			FROM devices d
-			WHERE s.device_id = d.id AND s.state = 'held' AND d.dead_at < $1::timestamptz - $2::interval
-			RETURNING s.id::text
-		)
-		SELECT pg_notify($3, id) FROM f`, now, grace, EventsChannel)
-	if err != nil {
-		return 0, fmt.Errorf("fail dead devices: %w", err)
-	}
-	return tag.RowsAffected(), nil
-}
-
-// TrimWakeups deletes the history of wake-ups finished before t.
-func (s *Store) TrimWakeups(ctx context.Context, before time.Time) error {
-	if _, err := s.pool.Exec(ctx, `DELETE FROM wakeups WHERE finished_at < $1`, before); err != nil {
-		return fmt.Errorf("trim wake-ups: %w", err)
-	}
-	return nil
-}
-
 // DeviceWakeState returns a device's wake-up state.
 func (s *Store) DeviceWakeState(ctx context.Context, deviceID string) (pushproxy.WakeState, error) {
 	var (

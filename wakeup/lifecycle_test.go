@@ -29,12 +29,6 @@ func (q *blockingQueue) ClaimWakeups(ctx context.Context, _ string, _ time.Time,
 	return nil, ctx.Err()
 }
 
-func (q *blockingQueue) FailDeadDevices(context.Context, time.Time, time.Duration) (int64, error) {
-	return 0, nil
-}
-
-func (q *blockingQueue) TrimWakeups(context.Context, time.Time) error { return nil }
-
 // TestStopWaitsForEveryDispatcher: Stop returns only once every dispatcher has left the
 // queue, and a second Start after Stop runs (and stops) again.
 func TestStopWaitsForEveryDispatcher(t *testing.T) {

@@ -18,8 +18,6 @@ type Queue interface {
 	ClaimWakeups(ctx context.Context, owner string, now time.Time, ttl time.Duration, limit int, window time.Duration) ([]pushproxy.Wakeup, error)
 	FinishWakeups(ctx context.Context, owner string, now time.Time, results []pushproxy.WakeupResult) error
 	NextWakeupDue(ctx context.Context) (time.Time, bool, error)
-	FailDeadDevices(ctx context.Context, now time.Time, grace time.Duration) (int64, error)
-	TrimWakeups(ctx context.Context, before time.Time) error
 }
 
 // Metrics receives what the scheduler measures. The default does nothing.
@@ -56,10 +54,6 @@ type Options struct {
 	RetryBase, RetryMax time.Duration
 	// PushTTL is how long a platform keeps an undelivered push.
 	PushTTL time.Duration
-	// DeadGrace is how long the streams of a device whose token died are still held.
-	DeadGrace time.Duration
-	// History is how long finished wake-ups are kept.
-	History time.Duration
 	// PollInterval bounds the wait between looks at the queue when nothing kicks it (wake-ups
 	// queued by other instances, retries).
 	PollInterval time.Duration
@@ -89,8 +83,6 @@ var DefaultOptions = Options{
 	RetryBase:    time.Second,
 	RetryMax:     5 * time.Minute,
 	PushTTL:      time.Hour,
-	DeadGrace:    24 * time.Hour,
-	History:      7 * 24 * time.Hour,
 	PollInterval: time.Second,
 }
 
@@ -107,8 +99,6 @@ func (o *Options) withDefaults() Options {
 	r.RetryBase = cmp.Or(r.RetryBase, d.RetryBase)
 	r.RetryMax = cmp.Or(r.RetryMax, d.RetryMax)
 	r.PushTTL = cmp.Or(r.PushTTL, d.PushTTL)
-	r.DeadGrace = cmp.Or(r.DeadGrace, d.DeadGrace)
-	r.History = cmp.Or(r.History, d.History)
 	r.PollInterval = cmp.Or(r.PollInterval, d.PollInterval)
 	if r.Now == nil {
 		r.Now = time.Now
@@ -163,8 +153,8 @@ func (s *Scheduler) Kick() {
 func (s *Scheduler) Start(ctx context.Context) {
 	s.dispatch.Start(context.WithoutCancel(ctx), func(ctx context.Context) {
 		var wg sync.WaitGroup
-		for i := range s.opts.Dispatchers {
-			wg.Go(func() { s.loop(ctx, i == 0) })
+		for range s.opts.Dispatchers {
+			wg.Go(func() { s.loop(ctx) })
 		}
 		wg.Wait()
 	})
@@ -176,14 +166,9 @@ func (s *Scheduler) Stop() { s.dispatch.Stop() }
 // Stopped returns a channel closed once the scheduler has stopped (see startstop.Loop).
 func (s *Scheduler) Stopped() <-chan struct{} { return s.dispatch.Stopped() }
 
-func (s *Scheduler) loop(ctx context.Context, maintainer bool) {
-	var lastMaintenance time.Time
+func (s *Scheduler) loop(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
-		if now := s.opts.Now(); maintainer && now.Sub(lastMaintenance) > time.Minute {
-			s.maintain(ctx, now)
-			lastMaintenance = now
-		}
 		n, err := s.RunOnce(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -208,18 +193,6 @@ func (s *Scheduler) loop(ctx context.Context, maintainer bool) {
 		if !sleep(ctx, wait, s.kick) {
 			return
 		}
-	}
-}
-
-// maintain stops holding the streams of long-dead devices and trims the history.
-func (s *Scheduler) maintain(ctx context.Context, now time.Time) {
-	if n, err := s.q.FailDeadDevices(ctx, now, s.opts.DeadGrace); err != nil {
-		s.log.WarnContext(ctx, "failing streams of dead devices", slog.String("error", err.Error()))
-	} else if n > 0 {
-		s.log.InfoContext(ctx, "stopped holding streams of devices with dead push tokens", slog.Int64("streams", n))
-	}
-	if err := s.q.TrimWakeups(ctx, now.Add(-s.opts.History)); err != nil {
-		s.log.WarnContext(ctx, "trimming wake-up history", slog.String("error", err.Error()))
 	}
 }
 

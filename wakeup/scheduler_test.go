@@ -394,7 +394,7 @@ func TestUrgentEventsSkipTheDebounce(t *testing.T) {
 
 func TestDeadTokenMarksTheDeviceAndStopsItsStreamsAfterTheGrace(t *testing.T) {
 	t.Parallel()
-	b := setup(t, &wakeup.Options{DeadGrace: time.Hour})
+	b := setup(t, nil)
 	s := b.stream(t, tokenA)
 	dev := b.device(t, s)
 	b.sender.fail = []error{&wakeup.SendError{Kind: wakeup.KindTokenGone, Reason: "Unregistered", Status: 410}}
@@ -412,11 +412,11 @@ func TestDeadTokenMarksTheDeviceAndStopsItsStreamsAfterTheGrace(t *testing.T) {
 		t.Fatalf("claimed %d for a dead device", n)
 	}
 	ctx := context.Background()
-	if n, _ := b.st.FailDeadDevices(ctx, b.clock.Now(), time.Hour); n != 0 {
+	if n, _ := b.st.FailDeadDevices(ctx, store.Fence{}, b.clock.Now(), time.Hour, 1000); n != 0 {
 		t.Fatal("failed streams within the grace period")
 	}
 	b.clock.Advance(time.Hour)
-	if n, err := b.st.FailDeadDevices(ctx, b.clock.Now(), time.Hour); err != nil || n != 1 {
+	if n, err := b.st.FailDeadDevices(ctx, store.Fence{}, b.clock.Now(), time.Hour, 1000); err != nil || n != 1 {
 		t.Fatalf("failed %d streams after the grace: %v", n, err)
 	}
 	if st, _ := b.st.GetStream(ctx, s); st.State != pushproxy.StateFailed {

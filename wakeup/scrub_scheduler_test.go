@@ -128,7 +128,7 @@ func TestStoreMasksTheTokenInErrors(t *testing.T) {
 			if ws.DeadAt.IsZero() || ws.DeadReason != "token [push token] unregistered" {
 				t.Fatalf("wake state %+v, want a dead device", ws)
 			}
-			if _, err := b.st.FailDeadDevices(context.Background(), b.clock.Now().Add(48*time.Hour), time.Hour); err != nil {
+			if _, err := b.st.FailDeadDevices(context.Background(), store.Fence{}, b.clock.Now().Add(48*time.Hour), time.Hour, 1000); err != nil {
 				t.Fatal(err)
 			}
 			texts := b.storedTexts(t, s)

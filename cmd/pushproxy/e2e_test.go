@@ -175,7 +175,8 @@ func startProxy(t *testing.T, dbURL string, args ...string) (string, *process) {
 func startProxyEnv(t *testing.T, dbURL string, env []string, args ...string) (string, *process) {
 	bin, _ := binaries(t)
 	base := []string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database-url", dbURL,
-		"--upstream-allow", "127.0.0.0/8", "--upstream-backoff-max", "200ms", "--log-level", "debug", "--secret-key-file", e2eKeyFile(t)}
+		"--upstream-allow", "127.0.0.0/8", "--upstream-backoff-max", "200ms", "--log-level", "debug", "--secret-key-file", e2eKeyFile(t),
+		"--gauges-interval", "100ms"}
 	p := startProcessEnv(t, "pushproxy", bin, env, append(base, args...)...)
 	m := p.waitLine(proxyServing)
 	p.admin = "http://" + m[3]

@@ -21,6 +21,7 @@ import (
 	"github.com/pushproxy/pushproxy/api"
 	"github.com/pushproxy/pushproxy/internal/pglocal"
 	"github.com/pushproxy/pushproxy/internal/upstream"
+	"github.com/pushproxy/pushproxy/maintenance"
 	"github.com/pushproxy/pushproxy/metrics"
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
@@ -50,6 +51,7 @@ type serveConfig struct {
 	Proxy          proxy.Options
 	API            api.Options
 	Wake           wakeConfig
+	Maint          maintenance.Options
 }
 
 func (c *serveConfig) flags(fs *flag.FlagSet) {
@@ -98,6 +100,14 @@ func (c *serveConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.API.Heartbeat, "heartbeat", da.Heartbeat, "interval of comment heartbeats to event readers")
 	fs.DurationVar(&c.API.DashboardRefresh, "dashboard-refresh", da.DashboardRefresh, "how often the dashboard's numbers are recomputed while a dashboard is open")
 	fs.DurationVar(&p.ReaderTTL, "reader-ttl", d.ReaderTTL, "how long a reader counts as open after its instance stops refreshing it")
+	m, dm := &c.Maint, maintenance.DefaultOptions
+	fs.DurationVar(&m.MaxBacklogAge, "max-backlog-age", 0, "queued events older than this are dropped (readers get a gap signal; 0: no bound)")
+	fs.DurationVar(&m.ClosedRetention, "closed-retention", dm.ClosedRetention, "a closed or failed stream's row and events are deleted this long after it ended (its forwarded headers and URL query are erased at once)")
+	fs.DurationVar(&m.StreamIdleTTL, "stream-idle-ttl", dm.StreamIdleTTL, "a held stream its device has not read for this long (and with no reader open) is closed and its upstream released")
+	fs.DurationVar(&m.Interval, "maintenance-interval", dm.Interval, "how often the maintenance leader runs the retention rules")
+	fs.DurationVar(&m.GaugeInterval, "gauges-interval", dm.GaugeInterval, "how often the maintenance leader recomputes the database-wide gauges every instance's /metrics serves")
+	fs.IntVar(&m.BatchSize, "maintenance-batch", dm.BatchSize, "most rows one retention statement deletes or closes")
+	fs.DurationVar(&m.BatchPause, "maintenance-pause", dm.BatchPause, "pause between two retention batches")
 }
 
 // limitFlags declares the quotas and rate limits of clients.
@@ -146,6 +156,7 @@ type Server struct {
 	svc   *proxy.Service
 	api   *api.Server
 	wake  *wakeup.Scheduler
+	maint *maintenance.Runner
 	http  *http.Server
 	admin *http.Server
 	ln    net.Listener
@@ -271,6 +282,12 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 		return nil, err
 	}
 	s.wake.Start(ctx)
+	mo := cfg.Maint
+	mo.DeadGrace, mo.WakeupHistory = cfg.Wake.DeadGrace, cfg.Wake.History
+	mo.InstanceID, mo.LeaseTTL, mo.InstanceGone = s.svc.InstanceID(), po.LeaseTTL, po.LeaseTTL
+	mo.Logger, mo.Metrics = log, m
+	s.maint = maintenance.New(s.st, &mo)
+	s.maint.Start(ctx)
 	s.api = api.New(s.svc, s.st, &ao)
 	s.ln, err = net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -332,6 +349,9 @@ func (s *Server) close(ctx context.Context) error {
 	}
 	if s.wake != nil {
 		s.wake.Stop()
+	}
+	if s.maint != nil {
+		s.maint.Stop()
 	}
 	if s.admin != nil {
 		s.admin.Close()

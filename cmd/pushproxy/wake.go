@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/maintenance"
 	"github.com/pushproxy/pushproxy/store"
 	"github.com/pushproxy/pushproxy/wakeup"
 )
@@ -17,6 +18,8 @@ type wakeConfig struct {
 	Debounce time.Duration
 	Rewake   time.Duration
 	Sched    wakeup.Options
+	// Run by the maintenance leader (package maintenance).
+	DeadGrace, History time.Duration
 
 	APNs wakeup.APNsOptions
 	FCM  wakeup.FCMOptions
@@ -34,8 +37,9 @@ func (c *wakeConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.RetryBase, "wake-retry", d.RetryBase, "first retry delay of a push that failed with a server or network error (doubles per attempt)")
 	fs.DurationVar(&o.RetryMax, "wake-retry-max", d.RetryMax, "longest retry delay of a failed push")
 	fs.DurationVar(&o.PushTTL, "wake-push-ttl", d.PushTTL, "how long APNs/FCM keep an undelivered push (apns-expiration, FCM ttl)")
-	fs.DurationVar(&o.DeadGrace, "wake-dead-grace", d.DeadGrace, "how long the streams of a device whose push token was reported dead are still held")
-	fs.DurationVar(&o.History, "wake-history", d.History, "how long finished wake-ups are kept as history")
+	dm := maintenance.DefaultOptions
+	fs.DurationVar(&c.DeadGrace, "wake-dead-grace", dm.DeadGrace, "how long the streams of a device whose push token was reported dead are still held (the device is then deleted)")
+	fs.DurationVar(&c.History, "wake-history", dm.WakeupHistory, "how long finished wake-ups are kept as history")
 	fs.IntVar(&o.MaxInFlight, "wake-max-in-flight", d.MaxInFlight, "most pushes in flight at once")
 	fs.IntVar(&o.ClaimBatch, "wake-claim-batch", d.ClaimBatch, "most wake-ups taken from the queue at once")
 	fs.IntVar(&o.Dispatchers, "wake-dispatchers", d.Dispatchers, "claim-send-record loops run at once, so one batch's database round trips overlap another's sends")
