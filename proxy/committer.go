@@ -20,6 +20,9 @@ import (
 type commitItem struct {
 	store.Append
 	done chan<- bool // true: committed; false: the lease was lost
+	// flush, with no Append, only asks for done once everything queued before it is
+	// committed.
+	flush bool
 }
 
 // committer turns the events of every holder of the instance into batched transactions:
@@ -160,6 +163,9 @@ func isDataError(err error) bool {
 func merge(items []commitItem) ([]store.Append, map[int]bool) {
 	newest := make(map[string]int64, len(items))
 	for _, it := range items {
+		if it.flush {
+			continue
+		}
 		if e, ok := newest[it.StreamID]; !ok || it.Epoch > e {
 			newest[it.StreamID] = it.Epoch
 		}
@@ -168,6 +174,9 @@ func merge(items []commitItem) ([]store.Append, map[int]bool) {
 	out := make([]store.Append, 0, len(newest))
 	var stale map[int]bool
 	for k, it := range items {
+		if it.flush {
+			continue
+		}
 		if it.Epoch != newest[it.StreamID] {
 			if stale == nil {
 				stale = map[int]bool{}
