@@ -233,7 +233,7 @@ type Service struct {
 
 	// testClaim, when set (by tests), is called as each claim begins (true) and ends.
 	testClaim func(begin bool)
-	// testHandoff, when set (by tests), is called between a handoff's insert and its hold.
+	// testHandoff, when set (by tests), is called as a handoff has chosen its lease owner.
 	testHandoff func()
 }
 
@@ -637,12 +637,12 @@ func (s *Service) Handoff(ctx context.Context, ns store.NewStream) (pushproxy.St
 		owner = "" // another instance claims it
 	}
 	ns.MaxPerDevice, ns.LeaseOwner = s.opts.MaxStreamsPerDevice, owner
+	if s.testHandoff != nil {
+		s.testHandoff()
+	}
 	st, epoch, err := s.store.CreateStream(ctx, ns)
 	if err != nil {
 		return st, err
-	}
-	if s.testHandoff != nil {
-		s.testHandoff()
 	}
 	if owner != "" && !s.hold(store.Claim{Stream: st, Epoch: epoch}, 0) {
 		// Stop began after the check above: its release of this instance's leases may have
