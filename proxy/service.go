@@ -244,11 +244,11 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 	}
 	o := opts.withDefaults()
 	s := &Service{
-		opts:    o,
-		store:   st,
-		dbURL:   dbURL,
-		log:     o.Logger,
-		metrics: o.Metrics,
+		opts:     o,
+		store:    st,
+		dbURL:    dbURL,
+		log:      o.Logger,
+		metrics:  o.Metrics,
 		holders:  map[string]*holder{},
 		hub:      newHub(),
 		claimNow: make(chan struct{}, 1),
