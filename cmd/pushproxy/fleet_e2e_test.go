@@ -42,6 +42,7 @@ type fleetMember struct {
 	id   string
 	api  string
 	proc *process
+	gen  int // counts setUp calls: a request that began in another generation is not judged
 }
 
 type fleetStream struct {
@@ -80,6 +81,7 @@ func (f *fleet) start(id string) *fleetMember {
 func (f *fleet) setUp(m *fleetMember, up bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	m.gen++
 	if up {
 		f.up[m.id] = m
 	} else {
@@ -172,6 +174,9 @@ func (f *fleet) probe(ctx context.Context, streams []fleetStream, wg *sync.WaitG
 			continue
 		}
 		m := apis[i%len(apis)]
+		f.mu.Lock()
+		gen := m.gen
+		f.mu.Unlock()
 		s := streams[i%len(streams)]
 		req, _ := http.NewRequest("GET", m.api+"/v1/streams/"+s.id, nil)
 		req.Header.Set("Authorization", "Bearer "+s.token)
@@ -189,8 +194,9 @@ func (f *fleet) probe(ctx context.Context, streams []fleetStream, wg *sync.WaitG
 			status = resp.StatusCode
 		}
 		f.mu.Lock()
-		// An instance taken down while the request ran answers nothing: not a hang.
-		if _, still := f.up[m.id]; still {
+		// An instance taken down (killed, frozen) while the request ran answers late or
+		// not at all: not a hang of a live instance.
+		if m.gen == gen {
 			f.probes.n++
 			f.probes.slowest = max(f.probes.slowest, took)
 			if took > time.Second && len(f.probes.slow) < 10 {
