@@ -121,8 +121,9 @@ func (s *Service) handOver(ctx context.Context, hs []*holder) int {
 		s.unhold(h)
 	}
 	// Every holder ends soon after stop (its stream is closed, its timer stopped); the wait
-	// is bounded anyway, and the lease fence keeps a late one harmless.
-	wait := time.NewTimer(5 * time.Second)
+	// is bounded anyway, well within a renewal period (the lease loop waits meanwhile), and
+	// the lease fence keeps a late one harmless.
+	wait := time.NewTimer(min(5*time.Second, s.opts.LeaseTTL/4))
 	defer wait.Stop()
 	for _, g := range gone {
 		select {
