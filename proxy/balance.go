@@ -79,7 +79,14 @@ func (s *Service) rebalance(ctx context.Context) time.Duration {
 		s.mu.Unlock()
 		return s.opts.RebalanceInterval
 	}
-	n := min(excess, max(1, int(float64(s.opts.RebalanceRate)*shedStep.Seconds())))
+	// The streams due since the last hand-over at RebalanceRate (a slow hand-over, with
+	// Postgres busy, makes the next one larger), at most a second's worth.
+	since := shedStep
+	if !s.lastShed.IsZero() {
+		since = min(time.Since(s.lastShed), time.Second)
+	}
+	s.lastShed = time.Now()
+	n := min(excess, max(1, int(float64(s.opts.RebalanceRate)*since.Seconds())))
 	shed := make([]*holder, 0, n)
 	for _, h := range s.holders { // map order: no preference among streams
 		if len(shed) == n {
@@ -94,6 +101,7 @@ func (s *Service) rebalance(ctx context.Context) time.Duration {
 	if excess > n {
 		return shedStep
 	}
+	s.lastShed = time.Time{}
 	return s.opts.RebalanceInterval
 }
 
@@ -112,7 +120,6 @@ func (s *Service) handOver(ctx context.Context, hs []*holder) int {
 	s.holdWG.Add(1)
 	s.mu.Unlock()
 	defer s.holdWG.Done()
-	stopping := s.holdCtx.Done()
 	gone := make([]<-chan struct{}, len(hs))
 	ids := make([]string, len(hs))
 	for i, h := range hs {
@@ -120,33 +127,34 @@ func (s *Service) handOver(ctx context.Context, hs []*holder) int {
 		ids[i] = h.id
 		s.unhold(h)
 	}
-	// Every holder ends soon after stop (its stream is closed, its timer stopped); the wait
-	// is bounded anyway, well within a renewal period (the lease loop waits meanwhile), and
-	// the lease fence keeps a late one harmless.
-	wait := time.NewTimer(min(5*time.Second, s.opts.LeaseTTL/4))
-	defer wait.Stop()
+	// Every holder ends soon after stop (its stream is closed, its timer stopped), and what
+	// the holders queued before they ended is committed before the release: the committer
+	// takes its input in order, and a flush item is answered after the commit of everything
+	// queued before it. Both waits are bounded (the lease loop waits meanwhile, and a
+	// committer that lags must not slow the hand-over down): past the bound the leases are
+	// released anyway, the lease fence refuses what the old holders still commit, and the
+	// next holders fetch it again from the origin.
+	wctx, cancel := context.WithTimeout(s.holdCtx, min(time.Second, s.opts.LeaseTTL/8))
+	defer cancel()
 	for _, g := range gone {
 		select {
 		case <-g:
-		case <-wait.C:
-		case <-stopping:
-			return 0
+		case <-wctx.Done():
 		}
 	}
-	// What the holders queued before they ended is committed before the release: the
-	// committer takes its input in order, and a flush item is answered after the commit of
-	// everything queued before it.
-	done := make(chan bool, 1)
-	select {
-	case s.commits <- commitItem{flush: true, done: done}:
+	if wctx.Err() == nil {
+		done := make(chan bool, 1)
 		select {
-		case <-done:
-		case <-wait.C:
-		case <-stopping:
-			return 0
+		case s.commits <- commitItem{flush: true, done: done}:
+			select {
+			case <-done:
+			case <-wctx.Done():
+			}
+		case <-wctx.Done():
 		}
-	case <-stopping:
-		return 0
+	}
+	if s.holdCtx.Err() != nil {
+		return 0 // stopping: Stop releases every lease
 	}
 	n, err := s.store.HandOver(ctx, s.opts.InstanceID, ids)
 	if err != nil && ctx.Err() == nil {

@@ -19,25 +19,8 @@ import (
 func TestHandoffRacingStopLeavesTheStreamClaimable(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	url := pgtest.NewDatabase(t)
-	if err := store.Migrate(ctx, url, nil); err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(ctx, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.WriteHeader(http.StatusOK)
-		w.(http.Flusher).Flush()
-		<-r.Context().Done()
-	}))
-	defer func() {
-		origin.CloseClientConnections()
-		origin.Close()
-	}()
+	url, st := internalStore(t)
+	origin := quietOrigin(t)
 	allow, _ := upstream.ParseAllowList([]string{"127.0.0.0/8"})
 	// Long leases: no renewal (nor its sweep of ownerless leases) runs during the test.
 	opts := Options{Upstream: allow, LeaseTTL: time.Minute, ClaimInterval: 20 * time.Millisecond}
@@ -87,4 +70,37 @@ func deref(s *string) string {
 		return "none"
 	}
 	return *s
+}
+
+// internalStore creates a migrated database for the test and opens a store on it, closed when
+// the test ends.
+func internalStore(t *testing.T) (string, *store.Store) {
+	t.Helper()
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	if err := store.Migrate(ctx, url, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Close)
+	return url, st
+}
+
+// quietOrigin is an origin whose event streams never send anything, closed when the test
+// ends.
+func quietOrigin(t *testing.T) *httptest.Server {
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	t.Cleanup(func() {
+		origin.CloseClientConnections()
+		origin.Close()
+	})
+	return origin
 }

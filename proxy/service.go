@@ -217,6 +217,7 @@ type Service struct {
 	stopped bool
 
 	nextConnect time.Time     // the next free slot for a claimed stream's first connect
+	lastShed    time.Time     // the last hand-over of a series (lease loop only)
 	claimNow    chan struct{} // rung when another instance handed streams over
 
 	stopOnce sync.Once
@@ -384,6 +385,8 @@ func (s *Service) stop(ctx context.Context) error {
 	defer rcancel()
 	var errs []error
 	if err := s.store.ReleaseLeases(rctx, s.opts.InstanceID); err != nil {
+		errs = append(errs, err)
+	} else if err := s.store.NotifyClaim(rctx); err != nil {
 		errs = append(errs, err)
 	}
 	if devices, err := s.store.DropReaders(rctx, s.opts.InstanceID); err != nil {

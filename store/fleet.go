@@ -71,3 +71,12 @@ func (s *Store) ReleaseOwnerless(ctx context.Context) (int64, error) {
 	}
 	return tag.RowsAffected(), nil
 }
+
+// NotifyClaim tells the other instances (ClaimNote) that streams were released, so that they
+// claim them now rather than at their next claim interval.
+func (s *Store) NotifyClaim(ctx context.Context) error {
+	if _, err := s.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, EventsChannel, ClaimNote); err != nil {
+		return fmt.Errorf("notify claim: %w", err)
+	}
+	return nil
+}

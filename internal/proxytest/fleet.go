@@ -89,15 +89,14 @@ func startOn(t *testing.T, dbURL, poolURL, listenURL, name string, opts *proxy.O
 	m := &Member{Service: svc, Bundle: &Bundle{API: ts, HTTP: srv, Store: st, DBURL: dbURL}, stopped: make(chan struct{})}
 	t.Cleanup(func() {
 		m.Stop(t)
-		srv.Close()
 		ts.Close()
 		st.Close()
 	})
 	return m
 }
 
-// Stop stops the member's Service (within 10 s) and fails the test if it fails. It is
-// idempotent.
+// Stop stops the member's Service (within 10 s) and its HTTP API's background work, and fails
+// the test if the Service's Stop fails. It is idempotent.
 func (m *Member) Stop(t *testing.T) {
 	t.Helper()
 	select {
@@ -109,6 +108,7 @@ func (m *Member) Stop(t *testing.T) {
 	defer cancel()
 	stopped := make(chan error, 1)
 	go func() { stopped <- m.Service.Stop(ctx) }()
+	m.HTTP.Close()
 	if err := <-stopped; err != nil {
 		t.Errorf("stop %s: %v", m.InstanceID(), err)
 	}
