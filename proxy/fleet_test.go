@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -440,4 +441,68 @@ func TestFleetCommitAnswerLost(t *testing.T) {
 	}
 	origin.PublishN(3)
 	waitBacklogs(t, b.Store, []string{h.ID}, 15)
+}
+
+// TestTakeoverConnectsSpreadHandoffsImmediate: an instance that claims 150 streams at once
+// with a takeover rate of 100/s connects them over about 1.5 s, never more than a few per
+// 100 ms, while a handoff made meanwhile connects at once.
+func TestTakeoverConnectsSpreadHandoffsImmediate(t *testing.T) {
+	t.Parallel()
+	db := proxytest.MigratedDatabase(t)
+	var (
+		mu       sync.Mutex
+		connects = map[string]time.Time{}
+	)
+	origin := newOrigin(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		connects[r.URL.Path] = time.Now()
+		mu.Unlock()
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+	}))
+	setup := proxytest.StartOn(t, db, "setup", &proxy.Options{ClaimInterval: time.Hour, RebalanceInterval: -1})
+	setup.Stop(t)
+	const n, rate = 150, 100
+	fleetStreams(t, setup.Store, origin.URL+"/s", n)
+	start := time.Now()
+	a := proxytest.StartOn(t, db, "a", &proxy.Options{TakeoverRate: rate, RebalanceInterval: -1})
+	eventually(t, 10*time.Second, "the streams claimed", func() bool { return a.Held() == n })
+	time.Sleep(200 * time.Millisecond) // into the takeover
+	handoffAt := time.Now()
+	handoff(t, a.Bundle, map[string]any{"url": origin.URL + "/handoff"})
+	eventually(t, 10*time.Second, "every stream connected", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(connects) == n+1
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if d := connects["/handoff"].Sub(handoffAt); d > 300*time.Millisecond {
+		t.Errorf("the handoff connected %s after it was made, behind the takeover", d)
+	}
+	var times []time.Time
+	for p, at := range connects {
+		if p != "/handoff" {
+			times = append(times, at)
+		}
+	}
+	slices.SortFunc(times, time.Time.Compare)
+	span := times[len(times)-1].Sub(times[0])
+	busiest := 0
+	for i, j := 0, 0; i < len(times); i++ {
+		for times[i].Sub(times[j]) > 100*time.Millisecond {
+			j++
+		}
+		busiest = max(busiest, i-j+1)
+	}
+	t.Logf("%d takeover connects over %s (first %s after start), at most %d in 100 ms; the handoff connected %s after it was made",
+		n, span.Round(time.Millisecond), times[0].Sub(start).Round(time.Millisecond), busiest, connects["/handoff"].Sub(handoffAt).Round(time.Millisecond))
+	if span < time.Duration(n-rate/5)*time.Second/rate {
+		t.Errorf("%d takeover connects within %s: faster than %d/s", n, span, rate)
+	}
+	if busiest > rate/10+5 {
+		t.Errorf("%d takeover connects within 100 ms, at %d/s", busiest, rate)
+	}
 }
