@@ -38,18 +38,18 @@ func WithAppName(t *testing.T, dbURL, name string) string {
 	return u.String()
 }
 
-// Member is one of several Services started on one database by StartOn.
+// Member is one of several Services started on one database by StartMember.
 type Member struct {
 	*proxy.Service
 	*Bundle
 	stopped chan struct{} // closed once Stop returned
 }
 
-// StartOn starts a Service (with opts) and its HTTP API on the database at dbURL, which other
+// StartMember starts a Service (with opts) and its HTTP API on the database at dbURL, which other
 // Services may share: several instances of one fleet in one test. Its pool's sessions are
 // named <name>-pool and its listener's <name>-listen (application_name); its instance id is
 // name unless opts sets one. The test's cleanup stops it, unless the test did.
-func StartOn(t *testing.T, dbURL, name string, opts *proxy.Options) *Member {
+func StartMember(t *testing.T, dbURL, name string, opts *proxy.Options) *Member {
 	t.Helper()
 	return startOn(t, dbURL, WithAppName(t, dbURL, name+"-pool"), WithAppName(t, dbURL, name+"-listen"), name, opts, nil)
 }
@@ -119,9 +119,9 @@ func (m *Member) Stop(t *testing.T) {
 	}
 }
 
-// StartOnURLs is StartOn with the URLs of the pool's and the listener's sessions given (a
+// StartMemberURLs is StartMember with the URLs of the pool's and the listener's sessions given (a
 // test may route one through a proxy of its own).
-func StartOnURLs(t *testing.T, dbURL, poolURL, listenURL, name string, opts *proxy.Options) *Member {
+func StartMemberURLs(t *testing.T, dbURL, poolURL, listenURL, name string, opts *proxy.Options) *Member {
 	t.Helper()
 	return startOn(t, dbURL, poolURL, listenURL, name, opts, nil)
 }

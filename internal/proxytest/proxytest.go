@@ -4,6 +4,7 @@
 package proxytest
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/pushproxy/pushproxy/api"
 	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
 )
@@ -50,9 +52,47 @@ type Bundle struct {
 // run on 127.0.0.1, so loopback is allowed unless opts says otherwise.
 func Start(t *testing.T, opts *proxy.Options, httpOpts *api.Options) (*proxy.Service, *Bundle) {
 	t.Helper()
-	url := MigratedDatabase(t)
-	m := startOn(t, url, url, url, "", opts, httpOpts)
-	return m.Service, m.Bundle
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	if err := store.Migrate(ctx, url, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := proxy.Options{}
+	if opts != nil {
+		o = *opts
+	}
+	if o.Upstream == nil {
+		o.Upstream, _ = upstream.ParseAllowList([]string{"127.0.0.0/8"})
+	}
+	if o.UpstreamRetry == 0 {
+		o.UpstreamRetry = 20 * time.Millisecond
+	}
+	if o.UpstreamBackoffMax == 0 {
+		o.UpstreamBackoffMax = 200 * time.Millisecond
+	}
+	svc := proxy.New(st, url, &o)
+	if err := svc.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := api.New(svc, st, httpOpts)
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stopped := make(chan error, 1)
+		go func() { stopped <- svc.Stop(sctx) }()
+		srv.Close()
+		ts.Close()
+		if err := <-stopped; err != nil {
+			t.Errorf("stop: %v", err)
+		}
+		st.Close()
+	})
+	return svc, &Bundle{API: ts, HTTP: srv, Store: st, DBURL: url}
 }
 
 // NewOrigin starts a test origin. Its cleanup cuts the proxy's open upstream connections
