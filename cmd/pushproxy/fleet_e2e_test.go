@@ -70,7 +70,9 @@ func (f *fleet) start(id string) *fleetMember {
 	q := u.Query()
 	q.Set("application_name", id)
 	u.RawQuery = q.Encode()
-	api, p := startProxy(f.t, u.String(), "--instance-id", id, "--lease-ttl", fleetTTL.String(),
+	// One test client hands off every stream: no per-address handoff limit (where there is one).
+	env := []string{"PUSHPROXY_HANDOFF_RATE_PER_ADDRESS=0"}
+	api, p := startProxyEnv(f.t, u.String(), env, "--instance-id", id, "--lease-ttl", fleetTTL.String(),
 		"--claim-interval", fleetClaim.String(), "--rebalance-interval", "500ms", "--rebalance-rate", "200",
 		"--log-level", "info")
 	m := &fleetMember{id: id, api: api, proc: p}
