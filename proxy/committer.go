@@ -85,6 +85,9 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 	var (
 		total    store.CommitResult
 		oneByOne bool // after Postgres refused the batch for its data: find the culprit
+		// The last attempt failed in a way that leaves its outcome unknown (the connection
+		// dropped, maybe after COMMIT was sent): it may have committed.
+		uncertain bool
 	)
 	for len(appends) > 0 {
 		start := time.Now()
@@ -106,6 +109,15 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 			continue
 		case ctx.Err() != nil:
 			return false
+		case uncertain && alreadyStored(err):
+			// The previous attempt committed, but its answer was lost: events past the
+			// committed head are written only under this lease epoch, which the fence
+			// (passed again by this attempt) says is still ours, so the rows it found are
+			// that attempt's, and the transaction wrote the whole batch or nothing.
+			c.log.WarnContext(ctx, "a commit whose answer was lost had been committed; not committing it again", slog.Int("streams", len(batch)))
+			appends = appends[len(batch):]
+			uncertain = false
+			continue
 		case isDataError(err) && !oneByOne:
 			// One stream's data must not stop every stream of the instance: commit them
 			// one by one to find it.
@@ -121,6 +133,7 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 			appends = appends[1:]
 			continue
 		}
+		uncertain = true
 		c.log.ErrorContext(ctx, "commit failed; retrying", slog.String("error", err.Error()), slog.Duration("backoff", backoff))
 		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
 		select {
@@ -155,6 +168,13 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 func isDataError(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23"))
+}
+
+// alreadyStored reports whether a commit failed because its events are stored already (a
+// unique violation on the events table's key).
+func alreadyStored(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505" && (pe.TableName == "events" || pe.ConstraintName == "events_pkey")
 }
 
 // merge folds the items of one batch into one Append per stream, in order. Items of an older

@@ -414,7 +414,8 @@ func (c *commitCutter) serve(client net.Conn) {
 
 // TestFleetCommitAnswerLost: the answer to a commit of events is lost after Postgres
 // committed it (the connection drops between COMMIT and its reply): the committer retries,
-// and no event is lost or doubled.
+// finds the events stored, and goes on; no event is lost or doubled, and the stream stays with
+// its holder (same lease epoch: it was not dropped and claimed again).
 func TestFleetCommitAnswerLost(t *testing.T) {
 	t.Parallel()
 	db := proxytest.MigratedDatabase(t)
@@ -431,16 +432,30 @@ func TestFleetCommitAnswerLost(t *testing.T) {
 	h := handoff(t, b.Bundle, map[string]any{"url": origin.Srv.URL})
 	origin.PublishN(3)
 	waitBacklogs(t, b.Store, []string{h.ID}, 3)
+	epoch := func() (e int64) {
+		t.Helper()
+		if err := b.Store.Pool().QueryRow(context.Background(), `SELECT lease_epoch FROM streams WHERE id = $1`, h.ID).Scan(&e); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	first := epoch()
 	for round := 1; round <= 3; round++ {
 		cutter.armed.Store(true)
 		start := time.Now()
 		origin.PublishN(3)
 		eventually(t, 20*time.Second, "a commit cut", func() bool { return int(cutter.cut.Load()) == round })
-		waitBacklogs(t, b.Store, []string{h.ID}, 3+3*round)
+		waitBacklogs(t, b.Store, []string{h.ID}, 3+4*round-1)
 		t.Logf("round %d: the events of the cut commit stored once after %s", round, time.Since(start))
+		// One more event, after the retry: stored by the same holder.
+		origin.PublishN(1)
+		waitBacklogs(t, b.Store, []string{h.ID}, 3+4*round)
+		if e := epoch(); e != first || b.Held() != 1 {
+			t.Fatalf("round %d: lease epoch %d (was %d), b holds %d streams: the holder was dropped", round, e, first, b.Held())
+		}
 	}
 	origin.PublishN(3)
-	waitBacklogs(t, b.Store, []string{h.ID}, 15)
+	waitBacklogs(t, b.Store, []string{h.ID}, 18)
 }
 
 // TestTakeoverConnectsSpreadHandoffsImmediate: an instance that claims 150 streams at once
