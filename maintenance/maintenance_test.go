@@ -459,7 +459,14 @@ func TestOneLeaderRunsMaintenanceAndAnotherTakesOverWhenItDies(t *testing.T) {
 		t.Fatalf("the follower leads (%v) or ran maintenance (%d rows)", follower.Leading(), fc.total())
 	}
 	waitFor(t, 5*time.Second, "gauges", func() bool { _, ok, _ := stA.GetGauges(ctx); return ok })
-	ga, gb := gather(t, stA), gather(t, stB)
+	// Both read the one row: compare two scrapes of the same computation (the leader may
+	// recompute between them).
+	var ga, gb map[string]string
+	waitFor(t, 5*time.Second, "two scrapes of one computation", func() bool {
+		ga, gb = gather(t, stA), gather(t, stB)
+		const at = "pushproxy_gauges_computed_timestamp_seconds"
+		return ga[at] != "" && ga[at] == gb[at]
+	})
 	if len(ga) == 0 || len(ga) != len(gb) {
 		t.Fatalf("gauges: %d and %d series", len(ga), len(gb))
 	}

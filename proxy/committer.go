@@ -20,6 +20,9 @@ import (
 type commitItem struct {
 	store.Append
 	done chan<- bool // true: committed; false: the lease was lost
+	// flush, with no Append, only asks for done once everything queued before it is
+	// committed.
+	flush bool
 }
 
 // committer turns the events of every holder of the instance into batched transactions:
@@ -82,6 +85,9 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 	var (
 		total    store.CommitResult
 		oneByOne bool // after Postgres refused the batch for its data: find the culprit
+		// The last attempt failed in a way that leaves its outcome unknown (the connection
+		// dropped, maybe after COMMIT was sent): it may have committed.
+		uncertain bool
 	)
 	for len(appends) > 0 {
 		start := time.Now()
@@ -103,6 +109,15 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 			continue
 		case ctx.Err() != nil:
 			return false
+		case uncertain && alreadyStored(err):
+			// The previous attempt committed, but its answer was lost: events past the
+			// committed head are written only under this lease epoch, which the fence
+			// (passed again by this attempt) says is still ours, so the rows it found are
+			// that attempt's, and the transaction wrote the whole batch or nothing.
+			c.log.WarnContext(ctx, "a commit whose answer was lost had been committed; not committing it again", slog.Int("streams", len(batch)))
+			appends = appends[len(batch):]
+			uncertain = false
+			continue
 		case isDataError(err) && !oneByOne:
 			// One stream's data must not stop every stream of the instance: commit them
 			// one by one to find it.
@@ -118,6 +133,7 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 			appends = appends[1:]
 			continue
 		}
+		uncertain = true
 		c.log.ErrorContext(ctx, "commit failed; retrying", slog.String("error", err.Error()), slog.Duration("backoff", backoff))
 		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
 		select {
@@ -154,12 +170,22 @@ func isDataError(err error) bool {
 	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23"))
 }
 
+// alreadyStored reports whether a commit failed because its events are stored already (a
+// unique violation on the events table's key).
+func alreadyStored(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505" && (pe.TableName == "events" || pe.ConstraintName == "events_pkey")
+}
+
 // merge folds the items of one batch into one Append per stream, in order. Items of an older
 // lease epoch of a stream than another item in the batch are stale (their holder was
 // replaced): they are dropped, and reported by index.
 func merge(items []commitItem) ([]store.Append, map[int]bool) {
 	newest := make(map[string]int64, len(items))
 	for _, it := range items {
+		if it.flush {
+			continue
+		}
 		if e, ok := newest[it.StreamID]; !ok || it.Epoch > e {
 			newest[it.StreamID] = it.Epoch
 		}
@@ -168,6 +194,9 @@ func merge(items []commitItem) ([]store.Append, map[int]bool) {
 	out := make([]store.Append, 0, len(newest))
 	var stale map[int]bool
 	for k, it := range items {
+		if it.flush {
+			continue
+		}
 		if it.Epoch != newest[it.StreamID] {
 			if stale == nil {
 				stale = map[int]bool{}

@@ -48,6 +48,8 @@ type holder struct {
 	cur      originStream // the stream being read, if any
 	retry    *time.Timer  // the reconnect after a backoff, if one is due
 	stopped  bool
+	ended    bool          // finish ran
+	gone     chan struct{} // made by onFinish, closed by finish
 	finished sync.Once
 }
 
@@ -135,6 +137,11 @@ func (h *holder) after(ctx context.Context, out outcome) {
 	h.s.log.DebugContext(ctx, "upstream reconnecting", slog.String("stream", h.id), slog.String("reason", out.reason), slog.Duration("delay", delay))
 	// No goroutine waits out the backoff (an origin outage may put every stream of it
 	// here at once): a timer connects again, and stop cancels it.
+	h.runLater(ctx, delay)
+}
+
+// runLater runs the holder's next connect after delay, on a timer that stop cancels.
+func (h *holder) runLater(ctx context.Context, delay time.Duration) {
 	h.mu.Lock()
 	if h.stopped {
 		h.mu.Unlock()
@@ -157,7 +164,28 @@ func (h *holder) after(ctx context.Context, out outcome) {
 
 // finish marks the holder as ended.
 func (h *holder) finish() {
-	h.finished.Do(func() { h.s.finished(h) })
+	h.finished.Do(func() {
+		h.mu.Lock()
+		h.ended = true
+		if h.gone != nil {
+			close(h.gone)
+		}
+		h.mu.Unlock()
+		h.s.finished(h)
+	})
+}
+
+// onFinish returns a channel closed once the holder has ended (at once if it has).
+func (h *holder) onFinish() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.gone == nil {
+		h.gone = make(chan struct{})
+		if h.ended {
+			close(h.gone)
+		}
+	}
+	return h.gone
 }
 
 func errIf(b bool, s string) string {

@@ -2,14 +2,11 @@ package proxy
 
 import (
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/store"
 )
@@ -21,25 +18,8 @@ import (
 func TestClaimsStayInTheLeaseLoopAndStopWaitsForEveryLoop(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	url := pgtest.NewDatabase(t)
-	if err := store.Migrate(ctx, url, nil); err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(ctx, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.WriteHeader(http.StatusOK)
-		w.(http.Flusher).Flush()
-		<-r.Context().Done()
-	}))
-	defer func() {
-		origin.CloseClientConnections()
-		origin.Close()
-	}()
+	url, st := internalStore(t)
+	origin := quietOrigin(t)
 	// Streams nobody holds: every claim of one is a full batch.
 	const streams = 40
 	for i := range streams {

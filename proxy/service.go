@@ -38,6 +38,17 @@ type Options struct {
 	ClaimBatch int
 	// MaxHeldStreams bounds the streams this instance holds (0: no bound).
 	MaxHeldStreams int
+	// RebalanceInterval is how often the instance compares the streams it holds with its
+	// fair share (held streams / live instances) and hands the excess over to the others;
+	// claims then take no more than the share. Negative: no balancing (claims take what
+	// they find, nothing is handed over).
+	RebalanceInterval time.Duration
+	// RebalanceRate bounds the streams handed over per second while above the share.
+	RebalanceRate int
+	// TakeoverRate bounds the first connects per second of streams this instance claims
+	// (taken over from a dead or stopped instance, or handed over), spread with jitter;
+	// handoffs to this instance connect at once. Negative: no bound.
+	TakeoverRate int
 
 	// MaxEventSize bounds one upstream event (and line), in bytes.
 	MaxEventSize int
@@ -123,6 +134,9 @@ var DefaultOptions = Options{
 	LeaseTTL:               30 * time.Second,
 	ClaimInterval:          2 * time.Second,
 	ClaimBatch:             1000,
+	RebalanceInterval:      5 * time.Second,
+	RebalanceRate:          500,
+	TakeoverRate:           1000,
 	MaxEventSize:           1 << 20,
 	MaxBacklog:             10000,
 	MaxStreamsPerDevice:    32,
@@ -142,6 +156,9 @@ func (o *Options) withDefaults() Options {
 	r.LeaseTTL = cmp.Or(r.LeaseTTL, d.LeaseTTL)
 	r.ClaimInterval = cmp.Or(r.ClaimInterval, d.ClaimInterval)
 	r.ClaimBatch = cmp.Or(r.ClaimBatch, d.ClaimBatch)
+	r.RebalanceInterval = cmp.Or(r.RebalanceInterval, d.RebalanceInterval)
+	r.RebalanceRate = cmp.Or(r.RebalanceRate, d.RebalanceRate)
+	r.TakeoverRate = cmp.Or(r.TakeoverRate, d.TakeoverRate)
 	r.MaxEventSize = cmp.Or(r.MaxEventSize, d.MaxEventSize)
 	r.MaxBacklog = cmp.Or(r.MaxBacklog, d.MaxBacklog)
 	r.MaxStreamsPerDevice = cmp.Or(r.MaxStreamsPerDevice, d.MaxStreamsPerDevice)
@@ -207,6 +224,10 @@ type Service struct {
 	orphans map[string]bool    // streams leased to us without a holder at the last renewal
 	stopped bool
 
+	nextConnect time.Time     // the next free slot for a claimed stream's first connect
+	lastShed    time.Time     // the last hand-over of a series (lease loop only)
+	claimNow    chan struct{} // rung when another instance handed streams over
+
 	stopOnce sync.Once
 	stopErr  error
 
@@ -221,6 +242,8 @@ type Service struct {
 
 	// testClaim, when set (by tests), is called as each claim begins (true) and ends.
 	testClaim func(begin bool)
+	// testHandoff, when set (by tests), is called as a handoff has chosen its lease owner.
+	testHandoff func()
 }
 
 // New returns a Service on st. dbURL is used for the LISTEN connection.
@@ -230,13 +253,14 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 	}
 	o := opts.withDefaults()
 	s := &Service{
-		opts:    o,
-		store:   st,
-		dbURL:   dbURL,
-		log:     o.Logger,
-		metrics: o.Metrics,
-		holders: map[string]*holder{},
-		hub:     newHub(),
+		opts:     o,
+		store:    st,
+		dbURL:    dbURL,
+		log:      o.Logger,
+		metrics:  o.Metrics,
+		holders:  map[string]*holder{},
+		hub:      newHub(),
+		claimNow: make(chan struct{}, 1),
 	}
 	dial := o.Upstream.Dialer(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second})
 	s.h1 = h1client.New(h1client.Options{Dial: dial})
@@ -288,7 +312,7 @@ func (s *Service) Start(ctx context.Context) error {
 		s.cancel()
 		return err
 	}
-	s.listener = store.NewListener(s.dbURL, store.EventsChannel, s.log, s.hub.notify, s.hub.notifyAll)
+	s.listener = store.NewListener(s.dbURL, store.EventsChannel, s.log, s.onNote, s.hub.notifyAll)
 	if err := s.listener.Start(ctx); err != nil {
 		s.cancel()
 		return err
@@ -370,6 +394,8 @@ func (s *Service) stop(ctx context.Context) error {
 	var errs []error
 	if err := s.store.ReleaseLeases(rctx, s.opts.InstanceID); err != nil {
 		errs = append(errs, err)
+	} else if err := s.store.NotifyClaim(rctx); err != nil {
+		errs = append(errs, err)
 	}
 	if devices, err := s.store.DropReaders(rctx, s.opts.InstanceID); err != nil {
 		errs = append(errs, err)
@@ -390,20 +416,45 @@ func (s *Service) runLeases(ctx context.Context) {
 	defer claim.Stop()
 	renew := time.NewTicker(s.opts.LeaseTTL / 3)
 	defer renew.Stop()
+	var (
+		balance   <-chan time.Time // nil: no balancing
+		balanceAt *time.Timer
+	)
+	if s.balancing() {
+		balanceAt = time.NewTimer(s.opts.RebalanceInterval)
+		defer balanceAt.Stop()
+		balance = balanceAt.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-claim.C:
-			next := s.opts.ClaimInterval
-			if s.claim(ctx) {
-				next = min(next, claimAgain)
+		case <-s.claimNow:
+			if !claim.Stop() {
+				select { // a fire that raced the stop
+				case <-claim.C:
+				default:
+				}
 			}
-			claim.Reset(next)
+			s.claimAndReset(ctx, claim)
+		case <-claim.C:
+			s.claimAndReset(ctx, claim)
 		case <-renew.C:
 			s.renew(ctx)
+		case <-balance:
+			balanceAt.Reset(s.rebalance(ctx))
 		}
 	}
+}
+
+// claimAndReset claims and sets the claim timer: a claim that took a full batch is followed
+// by another soon.
+func (s *Service) claimAndReset(ctx context.Context, claim *time.Timer) {
+	next := s.opts.ClaimInterval
+	if s.claim(ctx) {
+		next = min(next, claimAgain)
+	}
+	claim.Reset(next)
 }
 
 // claim takes streams nobody holds and starts their holders. It reports whether it took a
@@ -413,14 +464,9 @@ func (s *Service) claim(ctx context.Context) bool {
 		s.testClaim(true)
 		defer s.testClaim(false)
 	}
-	limit := s.opts.ClaimBatch
-	if s.opts.MaxHeldStreams > 0 {
-		s.mu.Lock()
-		limit = min(limit, s.opts.MaxHeldStreams-len(s.holders))
-		s.mu.Unlock()
-		if limit <= 0 {
-			return false
-		}
+	limit := s.claimLimit(ctx)
+	if limit <= 0 {
+		return false
 	}
 	claims, err := s.store.ClaimStreams(ctx, s.opts.InstanceID, s.opts.LeaseTTL, limit)
 	if err != nil {
@@ -430,7 +476,7 @@ func (s *Service) claim(ctx context.Context) bool {
 		return false
 	}
 	for _, c := range claims {
-		s.hold(c)
+		s.hold(c, s.connectDelay())
 	}
 	if len(claims) > 0 {
 		s.log.InfoContext(ctx, "claimed streams", slog.Int("count", len(claims)))
@@ -484,6 +530,13 @@ func (s *Service) renew(ctx context.Context) {
 			s.log.ErrorContext(ctx, "releasing orphaned leases failed", slog.String("error", err.Error()))
 		}
 	}
+	// Leases of instances without a row (whatever left them) would never be claimed.
+	if n, err := s.store.ReleaseOwnerless(ctx); err != nil && ctx.Err() == nil {
+		s.log.ErrorContext(ctx, "releasing ownerless leases failed", slog.String("error", err.Error()))
+	} else if n > 0 {
+		s.log.WarnContext(ctx, "released leases of instances that no longer exist", slog.Int64("count", n))
+		s.claimSoon()
+	}
 	devices, err := s.store.RefreshReaders(ctx, s.opts.InstanceID, s.opts.ReaderTTL)
 	if err != nil && ctx.Err() == nil {
 		s.log.ErrorContext(ctx, "refreshing readers failed", slog.String("error", err.Error()))
@@ -491,12 +544,13 @@ func (s *Service) renew(ctx context.Context) {
 	s.wakeAfterReaders(ctx, devices)
 }
 
-// hold starts a holder for a claimed stream, replacing any older one.
-func (s *Service) hold(c store.Claim) {
+// hold starts a holder for a claimed stream, replacing any older one; its first connect
+// waits delay. It reports false if the service is stopping: nothing holds the stream.
+func (s *Service) hold(c store.Claim, delay time.Duration) bool {
 	s.mu.Lock()
 	if s.stopped {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	old := s.holders[c.Stream.ID]
 	s.holdSeq++
@@ -519,7 +573,12 @@ func (s *Service) hold(c store.Claim) {
 	if old != nil {
 		old.stop()
 	}
-	go h.run(&h.ctx)
+	if delay > 0 {
+		h.runLater(&h.ctx, delay)
+	} else {
+		go h.run(&h.ctx)
+	}
+	return true
 }
 
 // finished forgets a holder that has ended.
@@ -589,12 +648,20 @@ func (s *Service) Handoff(ctx context.Context, ns store.NewStream) (pushproxy.St
 		owner = "" // another instance claims it
 	}
 	ns.MaxPerDevice, ns.MaxPerKey, ns.LeaseOwner = s.opts.MaxStreamsPerDevice, s.opts.MaxStreamsPerKey, owner
+	if s.testHandoff != nil {
+		s.testHandoff()
+	}
 	st, epoch, err := s.store.CreateStream(ctx, ns)
 	if err != nil {
 		return st, err
 	}
-	if owner != "" {
-		s.hold(store.Claim{Stream: st, Epoch: epoch})
+	if owner != "" && !s.hold(store.Claim{Stream: st, Epoch: epoch}, 0) {
+		// Stop began after the check above: its release of this instance's leases may have
+		// run before the insert committed, and deleted the instance's row, so no claim would
+		// ever take the stream. Release it now, for another instance to claim.
+		if err := s.store.ReleaseStreams(context.WithoutCancel(ctx), owner, []string{st.ID}); err != nil {
+			s.log.ErrorContext(ctx, "releasing a stream handed off while stopping failed", slog.String("error", err.Error()))
+		}
 	}
 	return st, nil
 }

@@ -5,6 +5,8 @@
 //	go run ./cmd/bench held [flags]     proxy RSS per idle held stream, HTTP/1.1 or HTTP/2
 //	go run ./cmd/bench wakelatency      commit of an event to its wake-up push leaving, debounce 0
 //	go run ./cmd/bench wakeburst        wake-ups dispatched per second from the outbox to the fake APNs
+//	go run ./cmd/bench takeover         takeover time and connect rate after an instance holding every stream dies
+//	go run ./cmd/bench rebalance        time for a joining instance to reach its share; events lost or doubled
 //
 // Both start a private PostgreSQL with durable settings (fsync and synchronous_commit on),
 // unless --database-url is given.
@@ -22,7 +24,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -35,8 +37,12 @@ func main() {
 		err = runWakeLatency(ctx, os.Args[2:])
 	case "wakeburst":
 		err = runWakeBurst(ctx, os.Args[2:])
+	case "takeover":
+		err = runTakeover(ctx, os.Args[2:])
+	case "rebalance":
+		err = runRebalance(ctx, os.Args[2:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance [flags]")
 		os.Exit(2)
 	}
 	if err != nil {
