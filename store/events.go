@@ -20,7 +20,9 @@ type Cursor struct {
 }
 
 // Resume resolves a reader's Last-Event-ID into a cursor and acknowledges everything up to
-// it: those events no longer count as backlog and are deleted.
+// it: those events no longer count as backlog. Acknowledging moves the stream's floor and
+// queues the rows below it in events_reclaim; ReclaimAcked deletes them later, in batches,
+// so the stream's row lock is held for one small update, never for a delete of the backlog.
 //
 // The id is matched, in order, against: the id of the reader's previous acknowledgement;
 // the oldest queued event replayed with that id (the oldest, so that events which inherited
@@ -31,6 +33,20 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 	if !pushproxy.IsUUID(streamID) {
 		return Cursor{}, errNoStream(streamID)
 	}
+	for {
+		cur, err := s.resume(ctx, streamID, lastEventID, provided)
+		if !errors.Is(err, errFloorMoved) {
+			return cur, err
+		}
+		// A commit trimmed the backlog between our read of the floor and the update: the
+		// acknowledged size is stale. Read again.
+	}
+}
+
+// errFloorMoved: the stream's floor changed under an acknowledgement.
+var errFloorMoved = errors.New("floor moved")
+
+func (s *Store) resume(ctx context.Context, streamID, lastEventID string, provided bool) (Cursor, error) {
 	var cur Cursor
 	err := s.lockingTx(ctx, func(tx pgx.Tx) error {
 		var (
@@ -75,7 +91,7 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 			// Signal the gap once: the reader's id becomes the acknowledged position, so
 			// coming back with it again resumes without a new gap signal.
 			cur = Cursor{After: floor, Gap: true}
-			return ack(ctx, tx, streamID, floor, lastEventID)
+			return ack(ctx, tx, streamID, floor, floor, lastEventID)
 		}
 		if seq < floor {
 			// Acknowledged (or trimmed) already; trimmed events past it are missing.
@@ -86,36 +102,114 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 		if seq == ackedSeq && lastEventID == string(ackedID) {
 			return nil
 		}
-		return ack(ctx, tx, streamID, seq, lastEventID)
+		return ack(ctx, tx, streamID, floor, seq, lastEventID)
 	})
 	return cur, err
 }
 
-// ack records that the reader has everything up to seq, and deletes it.
-func ack(ctx context.Context, tx pgx.Tx, streamID string, seq int64, lastEventID string) error {
-	_, err := tx.Exec(ctx, `
-		UPDATE streams SET acked_seq = $2, acked_id = $3, floor_seq = GREATEST(floor_seq, $2), updated_at = now()
-		WHERE id = $1 AND acked_seq <= $2`, streamID, seq, []byte(lastEventID))
+// ack records that the reader has everything up to seq (>= floor, the floor read before):
+// the floor moves to seq, the backlog's size drops by the acknowledged events', and their
+// rows are queued for ReclaimAcked. Their size is summed before the stream's row is locked,
+// and the update applies only if the floor has not moved since (else errFloorMoved): the
+// lock is held for one row's update.
+func ack(ctx context.Context, tx pgx.Tx, streamID string, floor, seq int64, lastEventID string) error {
+	var bytes int64
+	if seq > floor {
+		err := tx.QueryRow(ctx, `
+			SELECT coalesce(sum(`+sizeExpr+`), 0) FROM events e WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3`,
+			streamID, floor, seq).Scan(&bytes)
+		if err != nil {
+			return fmt.Errorf("acknowledge: %w", err)
+		}
+	}
+	// The rows go to the reclaimer's queue first, so that the stream's row lock is taken by
+	// the transaction's last statement.
+	if seq > floor {
+		if err := queueReclaim(ctx, tx, streamID, seq); err != nil {
+			return err
+		}
+	}
+	tag, err := tx.Exec(ctx, `
+		UPDATE streams SET acked_seq = $3, acked_id = $4, floor_seq = $3,
+			backlog_bytes = backlog_bytes - $5, updated_at = now()
+		WHERE id = $1 AND floor_seq = $2`, streamID, floor, seq, []byte(lastEventID), bytes)
 	if err != nil {
 		return fmt.Errorf("acknowledge: %w", err)
 	}
-	// The UPDATE above locked the stream's row first, as Commit does, so the two never
-	// deadlock over its events.
-	_, err = tx.Exec(ctx, `
-		WITH d AS (DELETE FROM events e WHERE e.stream_id = $1 AND e.seq <= $2 RETURNING `+sizeExpr+` AS n)
-		UPDATE streams SET backlog_bytes = backlog_bytes - (SELECT coalesce(sum(n), 0) FROM d)
-		WHERE id = $1`, streamID, seq)
-	if err != nil {
-		return fmt.Errorf("delete acknowledged events: %w", err)
+	if tag.RowsAffected() == 0 {
+		return errFloorMoved
 	}
 	return nil
 }
 
+// queueReclaim records that the rows of streamID's events up to seq (at or below its floor)
+// are garbage, for ReclaimAcked.
+func queueReclaim(ctx context.Context, tx pgx.Tx, streamID string, seq int64) error {
+	_, err := tx.Exec(ctx, `
+		INSERT INTO events_reclaim (stream_id, upto_seq) VALUES ($1, $2)
+		ON CONFLICT (stream_id) DO UPDATE SET upto_seq = GREATEST(events_reclaim.upto_seq, excluded.upto_seq)`,
+		streamID, seq)
+	if err != nil {
+		return fmt.Errorf("queue reclaim: %w", err)
+	}
+	return nil
+}
+
+// ReclaimAcked deletes up to about limit rows of acknowledged events (those at or below
+// their stream's floor, queued in events_reclaim by acknowledgements), in statements of at
+// most batch rows, each its own short transaction. It never locks a stream's row, so it
+// holds up no request or commit. It returns how many rows it deleted; a caller loops (with a
+// pause between calls) while that is limit or more.
+func (s *Store) ReclaimAcked(ctx context.Context, batch, limit int) (int64, error) {
+	batch, limit = max(batch, 1), max(limit, 1)
+	rows, err := s.pool.Query(ctx, `SELECT stream_id::text, upto_seq FROM events_reclaim ORDER BY queued_at LIMIT 100`)
+	if err != nil {
+		return 0, fmt.Errorf("reclaim acknowledged events: %w", err)
+	}
+	type job struct {
+		id   string
+		upto int64
+	}
+	jobs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (job, error) {
+		var j job
+		return j, r.Scan(&j.id, &j.upto)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reclaim acknowledged events: %w", err)
+	}
+	var total int64
+	for _, j := range jobs {
+		for {
+			tag, err := s.pool.Exec(ctx, `
+				DELETE FROM events WHERE ctid = ANY (ARRAY(
+					SELECT ctid FROM events WHERE stream_id = $1 AND seq <= $2 ORDER BY seq LIMIT $3))`,
+				j.id, j.upto, batch)
+			if err != nil {
+				return total, fmt.Errorf("reclaim acknowledged events: %w", err)
+			}
+			total += tag.RowsAffected()
+			if tag.RowsAffected() < int64(batch) {
+				break
+			}
+			if total >= int64(limit) {
+				return total, nil
+			}
+		}
+		// Done with this stream unless another acknowledgement raised its mark meanwhile.
+		if _, err := s.pool.Exec(ctx, `DELETE FROM events_reclaim WHERE stream_id = $1 AND upto_seq = $2`, j.id, j.upto); err != nil {
+			return total, fmt.Errorf("reclaim acknowledged events: %w", err)
+		}
+		if total >= int64(limit) {
+			break
+		}
+	}
+	return total, nil
+}
+
 // EventsAfter returns up to limit queued events of a stream with seq > after, oldest first.
+// Events at or below the stream's floor are gone, whether or not their rows are reclaimed.
 func (s *Store) EventsAfter(ctx context.Context, streamID string, after int64, limit int) ([]pushproxy.Event, error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT seq, last_event_id, type, data FROM events
-		WHERE stream_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`, streamID, after, limit)
+	rows, err := s.pool.Query(ctx, pageSQL, streamID, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read events: %w", err)
 	}
@@ -133,3 +227,10 @@ func (s *Store) EventsAfter(ctx context.Context, streamID string, after int64, l
 	}
 	return evs, nil
 }
+
+// pageSQL reads a page of a stream's events after a position and above its floor: one
+// primary-key lookup of the stream, one index range scan of events.
+const pageSQL = `
+		SELECT e.seq, e.last_event_id, e.type, e.data FROM streams s
+		JOIN events e ON e.stream_id = s.id AND e.seq > GREATEST($2::bigint, s.floor_seq)
+		WHERE s.id = $1 ORDER BY e.seq LIMIT $3`

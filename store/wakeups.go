@@ -304,7 +304,7 @@ func (s *Store) FailDeadDevices(ctx context.Context, now time.Time, grace time.D
 			WHERE s.device_id = d.id AND s.state = 'held' AND d.dead_at < $1::timestamptz - $2::interval
 			RETURNING s.id::text
 		)
-		SELECT pg_notify($3, id) FROM f`, now, grace, EventsChannel)
+		SELECT pushproxy_notify_readers(array_agg(id)) FROM f`, now, grace)
 	if err != nil {
 		return 0, fmt.Errorf("fail dead devices: %w", err)
 	}
