@@ -1,14 +1,23 @@
 package proxy
 
-import "sync"
+import (
+	"strings"
+	"sync"
+
+	"github.com/pushproxy/pushproxy/store"
+)
 
 // hub wakes the event readers of this instance when their stream has news. Commits on any
-// instance NOTIFY store.EventsChannel with the stream id; the instance's one listener
-// connection hands each payload to notify. A reader then reads what is new from Postgres, so
-// a wake-up carries no data and a missed or doubled one costs nothing but a query.
+// instance notify this instance's channel (store.ReaderChannel) with the ids of the streams
+// it has readers of; the instance's one listener connection hands each payload to notify. A
+// reader then reads what is new from Postgres, so a wake-up carries no data and a missed or
+// doubled one costs nothing but a query. Notifications can be missed (the listener
+// reconnecting, a commit racing a reader's registration, a full notification queue): a slow
+// poll of the watched streams' heads (poll) rings whoever's stream moved.
 type hub struct {
 	mu     sync.Mutex
 	subs   map[string]map[*subscription]struct{}
+	marks  map[string]store.StreamMark // as of the last poll
 	closed bool
 }
 
@@ -18,7 +27,9 @@ type subscription struct {
 	stream string
 }
 
-func newHub() *hub { return &hub{subs: map[string]map[*subscription]struct{}{}} }
+func newHub() *hub {
+	return &hub{subs: map[string]map[*subscription]struct{}{}, marks: map[string]store.StreamMark{}}
+}
 
 // subscribe returns a subscription to streamID's news. Its channel is closed when the hub
 // shuts down.
@@ -46,6 +57,7 @@ func (h *hub) unsubscribe(sub *subscription) {
 		delete(m, sub)
 		if len(m) == 0 {
 			delete(h.subs, sub.stream)
+			delete(h.marks, sub.stream)
 		}
 	}
 }
@@ -57,12 +69,46 @@ func ring(sub *subscription) {
 	}
 }
 
-// notify rings the readers of one stream.
-func (h *hub) notify(streamID string) {
+// notify rings the readers of the streams in payload: comma-separated stream ids.
+func (h *hub) notify(payload string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for sub := range h.subs[streamID] {
-		ring(sub)
+	for payload != "" {
+		id, rest, _ := strings.Cut(payload, ",")
+		payload = rest
+		for sub := range h.subs[id] {
+			ring(sub)
+		}
+	}
+}
+
+// watched returns the streams that have readers.
+func (h *hub) watched() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ids := make([]string, 0, len(h.subs))
+	for id := range h.subs {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// poll rings the readers of every stream whose head or state differs from the last poll's,
+// or that the last poll did not see (a stream gone from marks rings too: it was deleted).
+func (h *hub) poll(marks map[string]store.StreamMark) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id, m := range h.subs {
+		old, seen := h.marks[id]
+		now, ok := marks[id]
+		if !seen || !ok || old != now {
+			for sub := range m {
+				ring(sub)
+			}
+		}
+		if ok {
+			h.marks[id] = now
+		}
 	}
 }
 

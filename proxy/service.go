@@ -69,6 +69,10 @@ type Options struct {
 
 	// ReaderTTL is how long a reader's presence outlives its instance's last refresh.
 	ReaderTTL time.Duration
+	// ReaderPoll is how often the instance polls the heads of the streams it has readers
+	// of, to ring readers whose notification was missed (a listener reconnecting, a full
+	// notification queue): the longest a reader waits for an event then.
+	ReaderPoll time.Duration
 
 	// Wake, when set, queues wake-ups for sleeping devices in the transactions that commit
 	// their events, and after a device's last reader closes with events undelivered.
@@ -126,6 +130,7 @@ var DefaultOptions = Options{
 	UpstreamConnectTimeout: 30 * time.Second,
 	UpstreamIdleTimeout:    10 * time.Minute,
 	ReaderTTL:              60 * time.Second,
+	ReaderPoll:             time.Second,
 }
 
 func (o *Options) withDefaults() Options {
@@ -144,6 +149,7 @@ func (o *Options) withDefaults() Options {
 	r.UpstreamMaxRedirects = cmp.Or(r.UpstreamMaxRedirects, d.UpstreamMaxRedirects)
 	r.UpstreamConnectTimeout = cmp.Or(r.UpstreamConnectTimeout, d.UpstreamConnectTimeout)
 	r.ReaderTTL = cmp.Or(r.ReaderTTL, d.ReaderTTL)
+	r.ReaderPoll = cmp.Or(r.ReaderPoll, d.ReaderPoll)
 	if r.InstanceID == "" {
 		host, _ := os.Hostname()
 		var b [4]byte
@@ -209,6 +215,7 @@ type Service struct {
 	listener   *store.Listener
 	committing startstop.Loop // the committer
 	leases     startstop.Loop // claims and renewals (runLeases)
+	polling    startstop.Loop // the readers' slow poll (runPoll)
 	running    bool           // Start succeeded
 
 	// testClaim, when set (by tests), is called as each claim begins (true) and ends.
@@ -280,13 +287,14 @@ func (s *Service) Start(ctx context.Context) error {
 		s.cancel()
 		return err
 	}
-	s.listener = store.NewListener(s.dbURL, store.EventsChannel, s.log, s.hub.notify, s.hub.notifyAll)
+	s.listener = store.NewListener(s.dbURL, store.ReaderChannel(s.opts.InstanceID), s.log, s.hub.notify, s.hub.notifyAll)
 	if err := s.listener.Start(ctx); err != nil {
 		s.cancel()
 		return err
 	}
 	s.committing.Start(s.ctx, s.com.run)
 	s.leases.Start(s.ctx, s.runLeases)
+	s.polling.Start(s.ctx, s.runPoll)
 	s.mu.Lock()
 	s.running = true
 	s.mu.Unlock()
@@ -354,6 +362,7 @@ func (s *Service) stop(ctx context.Context) error {
 	s.cancel()
 	s.committing.Stop()
 	s.leases.Stop()
+	s.polling.Stop()
 	s.listener.Stop()
 	s.h2.Close()
 	// The drain may have used up ctx; releasing the leases matters more than the deadline.
@@ -636,3 +645,29 @@ func (s *Service) MarkRead(ctx context.Context, deviceID string) error {
 
 // Kick tells the waker, if any, that wake-ups may have been queued (by an operator, say).
 func (s *Service) Kick() { s.kick() }
+
+// runPoll rings the readers whose stream moved since the last poll (hub.poll), every
+// ReaderPoll: notifications are an optimisation, this is the guarantee.
+func (s *Service) runPoll(ctx context.Context) {
+	t := time.NewTicker(s.opts.ReaderPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids := s.hub.watched()
+		if len(ids) == 0 {
+			continue
+		}
+		marks, err := s.store.StreamMarks(ctx, ids)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.WarnContext(ctx, "polling readers' streams failed", slog.String("error", err.Error()))
+			}
+			continue
+		}
+		s.hub.poll(marks)
+	}
+}
