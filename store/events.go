@@ -48,7 +48,11 @@ var errFloorMoved = errors.New("floor moved")
 
 func (s *Store) resume(ctx context.Context, streamID, lastEventID string, provided bool) (Cursor, error) {
 	var cur Cursor
-	err := s.lockingTx(ctx, func(tx pgx.Tx) error {
+	// An acknowledgement does not wait for its commit to be flushed (synchronous_commit
+	// off, in the BEGIN's round trip): one lost in a crash loses no event, the device is
+	// served again what it had, and acknowledges it again with its next Last-Event-ID.
+	begin := pgx.TxOptions{BeginQuery: s.lockBegin + "; SET LOCAL synchronous_commit = off"}
+	err := pgx.BeginTxFunc(ctx, s.pool, begin, func(tx pgx.Tx) error {
 		var (
 			head, floor, ackedSeq int64
 			ackedID               []byte
@@ -73,9 +77,13 @@ func (s *Store) resume(ctx context.Context, streamID, lastEventID string, provid
 			// Events without an origin id are replayed under proxy ids: an empty id names
 			// none of them.
 		default:
+			// The subquery (fenced by OFFSET 0) walks the stream's backlog in seq order and
+			// stops at the first match: unfenced, Postgres may estimate the match rare and
+			// scan the table and sort instead.
 			err := tx.QueryRow(ctx, `
-				SELECT seq FROM events WHERE stream_id = $1 AND seq > $2 AND last_event_id = $3
-				ORDER BY seq LIMIT 1`, streamID, floor, []byte(lastEventID)).Scan(&seq)
+				SELECT seq FROM (SELECT seq, last_event_id FROM events WHERE stream_id = $1 AND seq > $2
+					ORDER BY seq OFFSET 0) b
+				WHERE last_event_id = $3 LIMIT 1`, streamID, floor, []byte(lastEventID)).Scan(&seq)
 			switch {
 			case err == nil:
 				found = true
@@ -228,9 +236,11 @@ func (s *Store) EventsAfter(ctx context.Context, streamID string, after int64, l
 	return evs, nil
 }
 
-// pageSQL reads a page of a stream's events after a position and above its floor: one
-// primary-key lookup of the stream, one index range scan of events.
+// pageSQL reads a page of a stream's events after a position and above its floor. The floor
+// comes from a scalar subquery (evaluated once, before the scan) so that the bound is an
+// index condition of the range scan: as a join condition, Postgres filters the stream's
+// whole backlog row by row instead.
 const pageSQL = `
-		SELECT e.seq, e.last_event_id, e.type, e.data FROM streams s
-		JOIN events e ON e.stream_id = s.id AND e.seq > GREATEST($2::bigint, s.floor_seq)
-		WHERE s.id = $1 ORDER BY e.seq LIMIT $3`
+		SELECT seq, last_event_id, type, data FROM events
+		WHERE stream_id = $1 AND seq > GREATEST($2::bigint, (SELECT floor_seq FROM streams WHERE id = $1))
+		ORDER BY seq LIMIT $3`
