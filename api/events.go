@@ -195,7 +195,12 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.S
 	heartbeat := time.NewTicker(s.opts.Heartbeat)
 	defer heartbeat.Stop()
 	for {
-		evs, err := s.store.EventsAfter(ctx, st.ID, after, ssePage)
+		// A ring that came while the last page was read is answered by this read.
+		select {
+		case <-news:
+		default:
+		}
+		evs, err := s.svc.ReadEvents(ctx, st.ID, after, ssePage)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.log.ErrorContext(ctx, "reading events failed", slog.String("stream", st.ID), slog.String("error", err.Error()))

@@ -197,6 +197,7 @@ type Service struct {
 	commits chan commitItem
 	com     *committer
 	hub     *hub
+	pages   *pageReader
 
 	mu      sync.Mutex
 	holders map[string]*holder // by stream id
@@ -236,6 +237,7 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		metrics: o.Metrics,
 		holders: map[string]*holder{},
 		hub:     newHub(),
+		pages:   newPageReader(st),
 	}
 	dial := o.Upstream.Dialer(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second})
 	s.h1 = h1client.New(h1client.Options{Dial: dial})
@@ -670,4 +672,10 @@ func (s *Service) runPoll(ctx context.Context) {
 		}
 		s.hub.poll(marks)
 	}
+}
+
+// ReadEvents returns up to limit queued events of streamID after after, oldest first, as
+// store.EventsAfter does; the reads of many readers woken at once are served together.
+func (s *Service) ReadEvents(ctx context.Context, streamID string, after int64, limit int) ([]pushproxy.Event, error) {
+	return s.pages.read(ctx, streamID, after, limit)
 }

@@ -244,3 +244,50 @@ const pageSQL = `
 		SELECT seq, last_event_id, type, data FROM events
 		WHERE stream_id = $1 AND seq > GREATEST($2::bigint, (SELECT floor_seq FROM streams WHERE id = $1))
 		ORDER BY seq LIMIT $3`
+
+// PageRequest asks for up to Limit events of a stream after After (as EventsAfter).
+type PageRequest struct {
+	StreamID string
+	After    int64
+	Limit    int
+}
+
+// EventsAfterMany answers many page requests in one statement (one index range scan per
+// request): the readers woken by one commit are served by one query, not one each. The
+// result holds the events of reqs[i] at index i.
+func (s *Store) EventsAfterMany(ctx context.Context, reqs []PageRequest) ([][]pushproxy.Event, error) {
+	ids := make([]string, len(reqs))
+	afters := make([]int64, len(reqs))
+	limits := make([]int32, len(reqs))
+	for i, r := range reqs {
+		if !pushproxy.IsUUID(r.StreamID) {
+			return nil, errNoStream(r.StreamID)
+		}
+		ids[i], afters[i], limits[i] = r.StreamID, r.After, int32(r.Limit)
+	}
+	rows, err := s.pool.Query(ctx, `
+		SELECT w.i, e.seq, e.last_event_id, e.type, e.data
+		FROM unnest($1::uuid[], $2::bigint[], $3::int[]) WITH ORDINALITY AS w(id, after, lim, i)
+		CROSS JOIN LATERAL (
+			SELECT seq, last_event_id, type, data FROM events
+			WHERE stream_id = w.id AND seq > GREATEST(w.after, (SELECT floor_seq FROM streams WHERE id = w.id))
+			ORDER BY seq LIMIT w.lim) e
+		ORDER BY w.i, e.seq`, ids, afters, limits)
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	out := make([][]pushproxy.Event, len(reqs))
+	var (
+		i             int64
+		seq           int64
+		id, typ, data []byte
+	)
+	_, err = pgx.ForEachRow(rows, []any{&i, &seq, &id, &typ, &data}, func() error {
+		out[i-1] = append(out[i-1], pushproxy.Event{Seq: seq, LastEventID: string(id), Type: string(typ), Data: string(data)})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	return out, nil
+}

@@ -39,6 +39,8 @@ func main() {
 		err = runWakeBurst(ctx, os.Args[2:])
 	case "serve":
 		err = runServe(ctx, os.Args[2:])
+	case "live":
+		err = runLive(ctx, os.Args[2:])
 	default:
 		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|serve|live [flags]")
 		os.Exit(2)
