@@ -80,10 +80,7 @@ func (s *Store) resume(ctx context.Context, streamID, lastEventID string, provid
 			// The subquery (fenced by OFFSET 0) walks the stream's backlog in seq order and
 			// stops at the first match: unfenced, Postgres may estimate the match rare and
 			// scan the table and sort instead.
-			err := tx.QueryRow(ctx, `
-				SELECT seq FROM (SELECT seq, last_event_id FROM events WHERE stream_id = $1 AND seq > $2
-					ORDER BY seq OFFSET 0) b
-				WHERE last_event_id = $3 LIMIT 1`, streamID, floor, []byte(lastEventID)).Scan(&seq)
+			err := tx.QueryRow(ctx, lookupSQL, streamID, floor, []byte(lastEventID)).Scan(&seq)
 			switch {
 			case err == nil:
 				found = true
@@ -123,8 +120,7 @@ func (s *Store) resume(ctx context.Context, streamID, lastEventID string, provid
 func ack(ctx context.Context, tx pgx.Tx, streamID string, floor, seq int64, lastEventID string) error {
 	var bytes int64
 	if seq > floor {
-		err := tx.QueryRow(ctx, `
-			SELECT coalesce(sum(`+sizeExpr+`), 0) FROM events e WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3`,
+		err := tx.QueryRow(ctx, ackSizeSQL,
 			streamID, floor, seq).Scan(&bytes)
 		if err != nil {
 			return fmt.Errorf("acknowledge: %w", err)
@@ -137,10 +133,7 @@ func ack(ctx context.Context, tx pgx.Tx, streamID string, floor, seq int64, last
 			return err
 		}
 	}
-	tag, err := tx.Exec(ctx, `
-		UPDATE streams SET acked_seq = $3, acked_id = $4, floor_seq = $3,
-			backlog_bytes = backlog_bytes - $5, updated_at = now()
-		WHERE id = $1 AND floor_seq = $2`, streamID, floor, seq, []byte(lastEventID), bytes)
+	tag, err := tx.Exec(ctx, ackSQL, streamID, floor, seq, []byte(lastEventID), bytes)
 	if err != nil {
 		return fmt.Errorf("acknowledge: %w", err)
 	}
@@ -188,9 +181,7 @@ func (s *Store) ReclaimAcked(ctx context.Context, batch, limit int) (int64, erro
 	var total int64
 	for _, j := range jobs {
 		for {
-			tag, err := s.pool.Exec(ctx, `
-				DELETE FROM events WHERE ctid = ANY (ARRAY(
-					SELECT ctid FROM events WHERE stream_id = $1 AND seq <= $2 ORDER BY seq LIMIT $3))`,
+			tag, err := s.pool.Exec(ctx, reclaimSQL,
 				j.id, j.upto, batch)
 			if err != nil {
 				return total, fmt.Errorf("reclaim acknowledged events: %w", err)
@@ -265,14 +256,7 @@ func (s *Store) EventsAfterMany(ctx context.Context, reqs []PageRequest) ([][]pu
 		}
 		ids[i], afters[i], limits[i] = r.StreamID, r.After, int32(r.Limit)
 	}
-	rows, err := s.pool.Query(ctx, `
-		SELECT w.i, e.seq, e.last_event_id, e.type, e.data
-		FROM unnest($1::uuid[], $2::bigint[], $3::int[]) WITH ORDINALITY AS w(id, after, lim, i)
-		CROSS JOIN LATERAL (
-			SELECT seq, last_event_id, type, data FROM events
-			WHERE stream_id = w.id AND seq > GREATEST(w.after, (SELECT floor_seq FROM streams WHERE id = w.id))
-			ORDER BY seq LIMIT w.lim) e
-		ORDER BY w.i, e.seq`, ids, afters, limits)
+	rows, err := s.pool.Query(ctx, pagesSQL, ids, afters, limits)
 	if err != nil {
 		return nil, fmt.Errorf("read events: %w", err)
 	}
@@ -291,3 +275,34 @@ func (s *Store) EventsAfterMany(ctx context.Context, reqs []PageRequest) ([][]pu
 	}
 	return out, nil
 }
+
+// lookupSQL finds the oldest queued event with a Last-Event-ID.
+const lookupSQL = `
+				SELECT seq FROM (SELECT seq, last_event_id FROM events WHERE stream_id = $1 AND seq > $2
+					ORDER BY seq OFFSET 0) b
+				WHERE last_event_id = $3 LIMIT 1`
+
+// ackSizeSQL sums the size of the events an acknowledgement takes off the backlog.
+const ackSizeSQL = `
+			SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3`
+
+// ackSQL moves a stream's floor, if it is where the acknowledgement read it.
+const ackSQL = `
+		UPDATE streams SET acked_seq = $3, acked_id = $4, floor_seq = $3,
+			backlog_bytes = backlog_bytes - $5, updated_at = now()
+		WHERE id = $1 AND floor_seq = $2`
+
+// reclaimSQL deletes a batch of a stream's rows at or below a reclaim mark.
+const reclaimSQL = `
+				DELETE FROM events WHERE ctid = ANY (ARRAY(
+					SELECT ctid FROM events WHERE stream_id = $1 AND seq <= $2 ORDER BY seq LIMIT $3))`
+
+// pagesSQL reads pages of many streams (EventsAfterMany).
+const pagesSQL = `
+		SELECT w.i, e.seq, e.last_event_id, e.type, e.data
+		FROM unnest($1::uuid[], $2::bigint[], $3::int[]) WITH ORDINALITY AS w(id, after, lim, i)
+		CROSS JOIN LATERAL (
+			SELECT seq, last_event_id, type, data FROM events
+			WHERE stream_id = w.id AND seq > GREATEST(w.after, (SELECT floor_seq FROM streams WHERE id = w.id))
+			ORDER BY seq LIMIT w.lim) e
+		ORDER BY w.i, e.seq`
