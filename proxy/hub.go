@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/pushproxy/pushproxy"
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -17,7 +18,8 @@ import (
 type hub struct {
 	mu     sync.Mutex
 	subs   map[string]map[*subscription]struct{}
-	marks  map[string]store.StreamMark // as of the last poll
+	states map[string]string // streams' states as of the last poll
+	read   map[string]int64  // the newest seq a reader of the stream has read up to
 	closed bool
 }
 
@@ -28,7 +30,7 @@ type subscription struct {
 }
 
 func newHub() *hub {
-	return &hub{subs: map[string]map[*subscription]struct{}{}, marks: map[string]store.StreamMark{}}
+	return &hub{subs: map[string]map[*subscription]struct{}{}, states: map[string]string{}, read: map[string]int64{}}
 }
 
 // subscribe returns a subscription to streamID's news. Its channel is closed when the hub
@@ -57,7 +59,8 @@ func (h *hub) unsubscribe(sub *subscription) {
 		delete(m, sub)
 		if len(m) == 0 {
 			delete(h.subs, sub.stream)
-			delete(h.marks, sub.stream)
+			delete(h.states, sub.stream)
+			delete(h.read, sub.stream)
 		}
 	}
 }
@@ -93,21 +96,33 @@ func (h *hub) watched() []string {
 	return ids
 }
 
-// poll rings the readers of every stream whose head or state differs from the last poll's,
-// or that the last poll did not see (a stream gone from marks rings too: it was deleted).
+// readTo records that a reader of streamID has read everything up to seq: it waits for
+// news only once it has read all there was.
+func (h *hub) readTo(streamID string, seq int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.subs[streamID]; ok && seq > h.read[streamID] {
+		h.read[streamID] = seq
+	}
+}
+
+// poll rings the readers of every stream with events past what its readers have read
+// (their notification was missed), whose state changed since the last poll, or that the
+// poll did not find (deleted). A stream whose events were all delivered is left alone, so a
+// busy instance's poll does not wake every reader for nothing.
 func (h *hub) poll(marks map[string]store.StreamMark) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for id, m := range h.subs {
-		old, seen := h.marks[id]
 		now, ok := marks[id]
-		if !seen || !ok || old != now {
+		state, seen := h.states[id]
+		if !ok || now.Head > h.read[id] || (seen && state != now.State) || (!seen && now.State != pushproxy.StateHeld) {
 			for sub := range m {
 				ring(sub)
 			}
 		}
 		if ok {
-			h.marks[id] = now
+			h.states[id] = now.State
 		}
 	}
 }

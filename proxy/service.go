@@ -677,5 +677,14 @@ func (s *Service) runPoll(ctx context.Context) {
 // ReadEvents returns up to limit queued events of streamID after after, oldest first, as
 // store.EventsAfter does; the reads of many readers woken at once are served together.
 func (s *Service) ReadEvents(ctx context.Context, streamID string, after int64, limit int) ([]pushproxy.Event, error) {
-	return s.pages.read(ctx, streamID, after, limit)
+	evs, err := s.pages.read(ctx, streamID, after, limit)
+	if err == nil && len(evs) < limit {
+		// The reader has all there was and now waits: the poll rings it only for more.
+		upto := after
+		if len(evs) > 0 {
+			upto = evs[len(evs)-1].Seq
+		}
+		s.hub.readTo(streamID, upto)
+	}
+	return evs, err
 }

@@ -17,7 +17,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/sse"
+	"github.com/pushproxy/pushproxy/store"
 )
 
 // liveOrigin serves one SSE stream per path /s/{i}; publish writes an event carrying the
@@ -82,7 +84,7 @@ func runLive(ctx context.Context, args []string) error {
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measured ticks here")
 	fs.Parse(args)
 
-	env, cleanup, err := newServeEnv(ctx, *dbURL, nil)
+	env, cleanup, err := newServeEnv(ctx, *dbURL, &proxy.Options{InstanceID: "bench-proxy"})
 	if err != nil {
 		return err
 	}
@@ -161,10 +163,36 @@ func runLive(ctx context.Context, args []string) error {
 		defer f.Close()
 		pprof.StartCPUProfile(f)
 	}
+	// A listener of the bench's own on the proxy's channel splits the latency: origin write
+	// to notification (holder, committer, commit) and the rest (hub, page reads, writes).
+	var (
+		noteMu    sync.Mutex
+		noteStart time.Time
+		noted     int
+		noteLat   []time.Duration
+	)
+	l := store.NewListener(env.url, store.ReaderChannel("bench-proxy"), nil, func(p string) {
+		noteMu.Lock()
+		defer noteMu.Unlock()
+		noted += strings.Count(p, ",") + 1
+		if !noteStart.IsZero() && noted <= *readers {
+			noteLat = append(noteLat, time.Since(noteStart))
+		}
+	}, func() {})
+	if err := l.Start(ctx); err != nil {
+		return err
+	}
+	defer l.Stop()
 	const warm = 5
 	var all []time.Duration
 	for tick := 1; tick <= warm+*ticks; tick++ {
 		start := time.Now()
+		noteMu.Lock()
+		noted = 0
+		if tick > warm && *broadcast {
+			noteStart = start
+		}
+		noteMu.Unlock()
 		for i := range *readers {
 			if !*broadcast {
 				time.Sleep(time.Until(start.Add(*interval * time.Duration(i) / time.Duration(*readers))))
@@ -194,6 +222,12 @@ func runLive(ctx context.Context, args []string) error {
 	pprof.StopCPUProfile()
 	slices.Sort(all)
 	pct := func(p float64) time.Duration { return all[min(len(all)-1, int(p*float64(len(all))))] }
+	if len(noteLat) > 0 {
+		slices.Sort(noteLat)
+		q := func(p float64) time.Duration { return noteLat[min(len(noteLat)-1, int(p*float64(len(noteLat))))] }
+		fmt.Printf("broadcast: origin write to the proxy's notification (per notification of up to 200 streams): p50 %s p99 %s max %s\n",
+			q(0.5).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), noteLat[len(noteLat)-1].Round(10*time.Microsecond))
+	}
 	mode := "staggered"
 	if *broadcast {
 		mode = "broadcast"
