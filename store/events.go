@@ -126,13 +126,8 @@ func ack(ctx context.Context, tx pgx.Tx, streamID string, floor, seq int64, last
 			return fmt.Errorf("acknowledge: %w", err)
 		}
 	}
-	// The rows go to the reclaimer's queue first, so that the stream's row lock is taken by
-	// the transaction's last statement.
-	if seq > floor {
-		if err := queueReclaim(ctx, tx, streamID, seq); err != nil {
-			return err
-		}
-	}
+	// One statement, the transaction's last: the stream's row lock is held for one round
+	// trip and the commit.
 	tag, err := tx.Exec(ctx, ackSQL, streamID, floor, seq, []byte(lastEventID), bytes)
 	if err != nil {
 		return fmt.Errorf("acknowledge: %w", err)
@@ -286,8 +281,13 @@ const lookupSQL = `
 const ackSizeSQL = `
 			SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3`
 
-// ackSQL moves a stream's floor, if it is where the acknowledgement read it.
+// ackSQL moves a stream's floor, if it is where the acknowledgement read it, and queues the
+// rows below it for ReclaimAcked (when it moved).
 const ackSQL = `
+		WITH q AS (
+			INSERT INTO events_reclaim (stream_id, upto_seq) SELECT $1, $3 WHERE $3::bigint > $2::bigint
+			ON CONFLICT (stream_id) DO UPDATE SET upto_seq = GREATEST(events_reclaim.upto_seq, excluded.upto_seq)
+		)
 		UPDATE streams SET acked_seq = $3, acked_id = $4, floor_seq = $3,
 			backlog_bytes = backlog_bytes - $5, updated_at = now()
 		WHERE id = $1 AND floor_seq = $2`

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -17,25 +19,31 @@ func TestServingPlansUseIndexes(t *testing.T) {
 		t.Skip("fills 1,000,000 events")
 	}
 	t.Parallel()
-	st, _ := setup(t)
+	st, b := setup(t)
 	ctx := context.Background()
 	pool := st.Pool()
+	// The fill runs on a session of its own, without the store's statement timeout.
+	fill, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fill.Close(ctx)
 	const streams, perStream = 100000, 10
-	_, err := pool.Exec(ctx, `
+	_, err = fill.Exec(ctx, `
 		INSERT INTO streams (id, url, token_hash, head_seq, floor_seq, acked_seq)
 		SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(g), 12, '0'))::uuid, 'http://origin.test/s', '\x00', $1, 2, 2
 		FROM generate_series(1, $2::int) g`, perStream, streams)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = pool.Exec(ctx, `
+	_, err = fill.Exec(ctx, `
 		INSERT INTO events (stream_id, seq, last_event_id, type, data)
 		SELECT ('00000000-0000-0000-0000-' || lpad(to_hex(g), 12, '0'))::uuid, s, s::text::bytea, 'tick', '{"sym":"X","price":1}'
 		FROM generate_series(1, $2::int) g, generate_series(1, $1::int) s`, perStream, streams)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pool.Exec(ctx, `ANALYZE streams; ANALYZE events`); err != nil {
+	if _, err := fill.Exec(ctx, `ANALYZE streams; ANALYZE events`); err != nil {
 		t.Fatal(err)
 	}
 	id := "00000000-0000-0000-0000-000000001234"
