@@ -9,9 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -155,14 +152,11 @@ func runLive(ctx context.Context, args []string) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	fmt.Printf("%d streams held, %d readers open; %d ticks every %s, broadcast=%v\n", *readers, *readers, *ticks, *interval, *broadcast)
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		pprof.StartCPUProfile(f)
+	stopProfile, err := startCPUProfile(*cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	// A listener of the bench's own on the proxy's channel splits the latency: origin write
 	// to notification (holder, committer, commit) and the rest (hub, page reads, writes).
 	var (
@@ -219,21 +213,14 @@ func runLive(ctx context.Context, args []string) error {
 			return fmt.Errorf("tick %d: %d of %d readers got the event within 5 s", tick, got, *readers)
 		}
 	}
-	pprof.StopCPUProfile()
-	slices.Sort(all)
-	pct := func(p float64) time.Duration { return all[min(len(all)-1, int(p*float64(len(all))))] }
+	stopProfile()
 	if len(noteLat) > 0 {
-		slices.Sort(noteLat)
-		q := func(p float64) time.Duration { return noteLat[min(len(noteLat)-1, int(p*float64(len(noteLat))))] }
-		fmt.Printf("broadcast: origin write to the proxy's notification (per notification of up to 200 streams): p50 %s p99 %s max %s\n",
-			q(0.5).Round(10*time.Microsecond), q(0.99).Round(10*time.Microsecond), noteLat[len(noteLat)-1].Round(10*time.Microsecond))
+		fmt.Printf("broadcast: origin write to the proxy's notification (per notification of up to 200 streams): %s\n", quantiles(noteLat))
 	}
 	mode := "staggered"
 	if *broadcast {
 		mode = "broadcast"
 	}
-	fmt.Printf("result: %d readers, %s, %d deliveries: origin write to reader p50 %s p90 %s p99 %s max %s\n",
-		*readers, mode, len(all), pct(0.5).Round(10*time.Microsecond), pct(0.9).Round(10*time.Microsecond),
-		pct(0.99).Round(10*time.Microsecond), all[len(all)-1].Round(10*time.Microsecond))
+	fmt.Printf("result: %d readers, %s, %d deliveries: origin write to reader %s\n", *readers, mode, len(all), quantiles(all))
 	return nil
 }

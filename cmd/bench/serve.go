@@ -252,15 +252,11 @@ func runServe(ctx context.Context, args []string) error {
 	}
 	defer cleanup()
 	fmt.Printf("postgres: %s\n", pgSettings(ctx, env.url))
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile(*cpuProfile)
+	if err != nil {
+		return err
 	}
+	defer stopProfile()
 	best := map[string]float64{}
 	for r := 1; r <= *rounds; r++ {
 		a, err := env.newStream(ctx, "")
@@ -306,7 +302,7 @@ func runServe(ctx context.Context, args []string) error {
 		}
 		rate("SSE replay", n, time.Since(start))
 	}
-	pprof.StopCPUProfile()
+	stopProfile()
 	fmt.Printf("result: backlog of %d, best of %d: psql COPY %.0f/s, JSON %.0f/s (%.2fx COPY), SSE %.0f/s (%.2fx COPY)\n",
 		*backlog, *rounds, best["psql COPY out"], best["JSON pages of 1000"], best["JSON pages of 1000"]/best["psql COPY out"],
 		best["SSE replay"], best["SSE replay"]/best["psql COPY out"])
@@ -373,10 +369,34 @@ func runServe(ctx context.Context, args []string) error {
 	if ingErr != nil && !errors.Is(ingErr, context.Canceled) {
 		return ingErr
 	}
-	slices.Sort(lat)
-	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	fmt.Printf("result: small reads (20 events, JSON) under ingest of %.0f events/s into %d streams: p50 %s p90 %s p99 %s max %s (%d reads)\n",
-		float64(ingested.Load())/idur.Seconds(), len(ing), pct(0.5).Round(10*time.Microsecond), pct(0.9).Round(10*time.Microsecond),
-		pct(0.99).Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond), len(lat))
+	fmt.Printf("result: small reads (20 events, JSON) under ingest of %.0f events/s into %d streams: %s (%d reads)\n",
+		float64(ingested.Load())/idur.Seconds(), len(ing), quantiles(lat), len(lat))
 	return nil
+}
+
+// startCPUProfile profiles to path ("": not at all) until the returned function is called
+// (more calls do nothing).
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	var once sync.Once
+	return func() { once.Do(func() { pprof.StopCPUProfile(); f.Close() }) }, nil
+}
+
+// quantiles sorts lat and describes it: p50, p90, p99 and max.
+func quantiles(lat []time.Duration) string {
+	slices.Sort(lat)
+	q := func(p float64) time.Duration {
+		return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(10 * time.Microsecond)
+	}
+	return fmt.Sprintf("p50 %s p90 %s p99 %s max %s", q(0.5), q(0.9), q(0.99), q(1))
 }
