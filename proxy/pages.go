@@ -22,6 +22,9 @@ type pageReader struct {
 	mu       sync.Mutex
 	pending  []*pageRead
 	inFlight int
+
+	// testFetch, when set (by tests), is called with each batch's size before it is read.
+	testFetch func(n int)
 }
 
 type pageRead struct {
@@ -61,6 +64,9 @@ func (p *pageReader) startLocked() {
 }
 
 func (p *pageReader) fetch(batch []*pageRead) {
+	if p.testFetch != nil {
+		p.testFetch(len(batch))
+	}
 	reqs := make([]store.PageRequest, len(batch))
 	for i, r := range batch {
 		reqs[i] = r.req
