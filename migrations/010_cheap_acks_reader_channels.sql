@@ -19,15 +19,17 @@ ALTER TABLE readers ADD COLUMN channel text NOT NULL DEFAULT '';
 CREATE INDEX readers_stream_id ON readers (stream_id);
 
 -- pushproxy_notify_readers tells the instances with an open reader of any of ids that those
--- streams have news: at most one notification per instance per 200 streams. It notifies
+-- streams have news: at most one notification per instance per 200 streams. It returns the
+-- number of ids (0 for NULL), so that a statement notifying for the rows it changed can
+-- count them. It notifies
 -- nobody while the notification queue is over half full (a listener stalled): readers then
 -- catch up by their instance's slow poll, and commits never fail on a full queue.
 -- (plpgsql: PERFORM runs the query to its last row; a void SQL function could stop at its
 -- first. No text sorting: it costs milliseconds for hundreds of ids.)
-CREATE FUNCTION pushproxy_notify_readers(ids text[]) RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION pushproxy_notify_readers(ids text[]) RETURNS bigint LANGUAGE plpgsql AS $$
 BEGIN
     IF pg_notification_queue_usage() >= 0.5 THEN
-        RETURN;
+        RETURN coalesce(cardinality(ids), 0);
     END IF;
     PERFORM pg_notify(ch, string_agg(id::text, ','))
     FROM (
@@ -42,6 +44,7 @@ BEGIN
         ) n
     ) c
     GROUP BY ch, chunk;
+    RETURN coalesce(cardinality(ids), 0);
 END
 $$;
 ---- create above / drop below ----

@@ -294,7 +294,8 @@ func (s *Store) NextWakeupDue(ctx context.Context) (time.Time, bool, error) {
 // FailDeadDevices stops holding the streams of devices whose token was reported dead more
 // than grace ago. It returns how many streams it failed.
 func (s *Store) FailDeadDevices(ctx context.Context, now time.Time, grace time.Duration) (int64, error) {
-	tag, err := s.pool.Exec(ctx, `
+	var n int64
+	err := s.pool.QueryRow(ctx, `
 		WITH f AS (
 			UPDATE streams s SET state = 'failed',
 				state_reason = 'the device''s push token was reported dead: ' || coalesce(d.dead_reason, ''),
@@ -304,11 +305,11 @@ func (s *Store) FailDeadDevices(ctx context.Context, now time.Time, grace time.D
 			WHERE s.device_id = d.id AND s.state = 'held' AND d.dead_at < $1::timestamptz - $2::interval
 			RETURNING s.id::text
 		)
-		SELECT pushproxy_notify_readers(array_agg(id)) FROM f`, now, grace)
+		SELECT pushproxy_notify_readers(array_agg(id)) FROM f`, now, grace).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("fail dead devices: %w", err)
 	}
-	return tag.RowsAffected(), nil
+	return n, nil
 }
 
 // TrimWakeups deletes the history of wake-ups finished before t.
