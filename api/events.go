@@ -190,7 +190,12 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.S
 	heartbeat := time.NewTicker(s.opts.Heartbeat)
 	defer heartbeat.Stop()
 	for {
-		evs, err := s.store.EventsAfter(ctx, st.ID, after, ssePage)
+		// A ring that came while the last page was read is answered by this read.
+		select {
+		case <-news:
+		default:
+		}
+		evs, err := s.svc.ReadEvents(ctx, st.ID, after, ssePage)
 		if err != nil {
 			s.endReader(ctx, sw, rc, st.ID, err)
 			return

@@ -1,14 +1,25 @@
 package proxy
 
-import "sync"
+import (
+	"strings"
+	"sync"
+
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/store"
+)
 
 // hub wakes the event readers of this instance when their stream has news. Commits on any
-// instance NOTIFY store.EventsChannel with the stream id; the instance's one listener
-// connection hands each payload to notify. A reader then reads what is new from Postgres, so
-// a wake-up carries no data and a missed or doubled one costs nothing but a query.
+// instance notify this instance's channel (store.ReaderChannel) with the ids of the streams
+// it has readers of; the instance's one listener connection hands each payload to notify. A
+// reader then reads what is new from Postgres, so a wake-up carries no data and a missed or
+// doubled one costs nothing but a query. Notifications can be missed (the listener
+// reconnecting, a commit racing a reader's registration, a full notification queue): a slow
+// poll of the watched streams' heads (poll) rings whoever's stream moved.
 type hub struct {
 	mu     sync.Mutex
 	subs   map[string]map[*subscription]struct{}
+	states map[string]string // streams' states as of the last poll
+	read   map[string]int64  // the newest seq a reader of the stream has read up to
 	closed bool
 }
 
@@ -18,7 +29,9 @@ type subscription struct {
 	stream string
 }
 
-func newHub() *hub { return &hub{subs: map[string]map[*subscription]struct{}{}} }
+func newHub() *hub {
+	return &hub{subs: map[string]map[*subscription]struct{}{}, states: map[string]string{}, read: map[string]int64{}}
+}
 
 // subscribe returns a subscription to streamID's news. Its channel is closed when the hub
 // shuts down.
@@ -46,6 +59,8 @@ func (h *hub) unsubscribe(sub *subscription) {
 		delete(m, sub)
 		if len(m) == 0 {
 			delete(h.subs, sub.stream)
+			delete(h.states, sub.stream)
+			delete(h.read, sub.stream)
 		}
 	}
 }
@@ -57,12 +72,58 @@ func ring(sub *subscription) {
 	}
 }
 
-// notify rings the readers of one stream.
-func (h *hub) notify(streamID string) {
+// notify rings the readers of the streams in payload: comma-separated stream ids.
+func (h *hub) notify(payload string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for sub := range h.subs[streamID] {
-		ring(sub)
+	for payload != "" {
+		id, rest, _ := strings.Cut(payload, ",")
+		payload = rest
+		for sub := range h.subs[id] {
+			ring(sub)
+		}
+	}
+}
+
+// watched returns the streams that have readers.
+func (h *hub) watched() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ids := make([]string, 0, len(h.subs))
+	for id := range h.subs {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// readTo records that a reader of streamID has read everything up to seq: it waits for
+// news only once it has read all there was.
+func (h *hub) readTo(streamID string, seq int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.subs[streamID]; ok && seq > h.read[streamID] {
+		h.read[streamID] = seq
+	}
+}
+
+// poll rings the readers of every stream with events past what its readers have read
+// (their notification was missed), whose state changed since the last poll, or that the
+// poll did not find (deleted). A stream whose events were all delivered is left alone, so a
+// busy instance's poll does not wake every reader for nothing.
+func (h *hub) poll(marks map[string]store.StreamMark) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for id, m := range h.subs {
+		now, ok := marks[id]
+		state, seen := h.states[id]
+		if !ok || now.Head > h.read[id] || (seen && state != now.State) || (!seen && now.State != pushproxy.StateHeld) {
+			for sub := range m {
+				ring(sub)
+			}
+		}
+		if ok {
+			h.states[id] = now.State
+		}
 	}
 }
 

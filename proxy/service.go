@@ -88,6 +88,10 @@ type Options struct {
 
 	// ReaderTTL is how long a reader's presence outlives its instance's last refresh.
 	ReaderTTL time.Duration
+	// ReaderPoll is how often the instance polls the heads of the streams it has readers
+	// of, to ring readers whose notification was missed (a listener reconnecting, a full
+	// notification queue): the longest a reader waits for an event then.
+	ReaderPoll time.Duration
 
 	// Wake, when set, queues wake-ups for sleeping devices in the transactions that commit
 	// their events, and after a device's last reader closes with events undelivered.
@@ -148,6 +152,7 @@ var DefaultOptions = Options{
 	UpstreamConnectTimeout: 30 * time.Second,
 	UpstreamIdleTimeout:    10 * time.Minute,
 	ReaderTTL:              60 * time.Second,
+	ReaderPoll:             time.Second,
 }
 
 func (o *Options) withDefaults() Options {
@@ -169,6 +174,7 @@ func (o *Options) withDefaults() Options {
 	r.UpstreamMaxRedirects = cmp.Or(r.UpstreamMaxRedirects, d.UpstreamMaxRedirects)
 	r.UpstreamConnectTimeout = cmp.Or(r.UpstreamConnectTimeout, d.UpstreamConnectTimeout)
 	r.ReaderTTL = cmp.Or(r.ReaderTTL, d.ReaderTTL)
+	r.ReaderPoll = cmp.Or(r.ReaderPoll, d.ReaderPoll)
 	if r.InstanceID == "" {
 		host, _ := os.Hostname()
 		var b [4]byte
@@ -216,6 +222,7 @@ type Service struct {
 	commits chan commitItem
 	com     *committer
 	hub     *hub
+	pages   *pageReader
 
 	mu      sync.Mutex
 	holders map[string]*holder // by stream id
@@ -238,6 +245,7 @@ type Service struct {
 	listener   *store.Listener
 	committing startstop.Loop // the committer
 	leases     startstop.Loop // claims and renewals (runLeases)
+	polling    startstop.Loop // the readers' slow poll (runPoll)
 	running    bool           // Start succeeded
 
 	// testClaim, when set (by tests), is called as each claim begins (true) and ends.
@@ -261,6 +269,7 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		holders:  map[string]*holder{},
 		hub:      newHub(),
 		claimNow: make(chan struct{}, 1),
+		pages:    newPageReader(st),
 	}
 	dial := o.Upstream.Dialer(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second})
 	s.h1 = h1client.New(h1client.Options{Dial: dial})
@@ -312,13 +321,17 @@ func (s *Service) Start(ctx context.Context) error {
 		s.cancel()
 		return err
 	}
-	s.listener = store.NewListener(s.dbURL, store.EventsChannel, s.log, s.onNote, s.hub.notifyAll)
+	// Readers' notifications come on this instance's own channel; claim notes (streams
+	// released by another instance) on the shared one.
+	s.listener = store.NewListener(s.dbURL, store.ReaderChannel(s.opts.InstanceID), s.log, s.onNote, s.hub.notifyAll)
+	s.listener.Also(store.EventsChannel)
 	if err := s.listener.Start(ctx); err != nil {
 		s.cancel()
 		return err
 	}
 	s.committing.Start(s.ctx, s.com.run)
 	s.leases.Start(s.ctx, s.runLeases)
+	s.polling.Start(s.ctx, s.runPoll)
 	s.mu.Lock()
 	s.running = true
 	s.mu.Unlock()
@@ -386,6 +399,7 @@ func (s *Service) stop(ctx context.Context) error {
 	s.cancel()
 	s.committing.Stop()
 	s.leases.Stop()
+	s.polling.Stop()
 	s.listener.Stop()
 	s.h2.Close()
 	// The drain may have used up ctx; releasing the leases matters more than the deadline.
@@ -711,3 +725,44 @@ func (s *Service) MarkRead(ctx context.Context, deviceID string) error {
 
 // Kick tells the waker, if any, that wake-ups may have been queued (by an operator, say).
 func (s *Service) Kick() { s.kick() }
+
+// runPoll rings the readers whose stream moved since the last poll (hub.poll), every
+// ReaderPoll: notifications are an optimisation, this is the guarantee.
+func (s *Service) runPoll(ctx context.Context) {
+	t := time.NewTicker(s.opts.ReaderPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids := s.hub.watched()
+		if len(ids) == 0 {
+			continue
+		}
+		marks, err := s.store.StreamMarks(ctx, ids)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.WarnContext(ctx, "polling readers' streams failed", slog.String("error", err.Error()))
+			}
+			continue
+		}
+		s.hub.poll(marks)
+	}
+}
+
+// ReadEvents returns up to limit queued events of streamID after after, oldest first, as
+// store.EventsAfter does; the reads of many readers woken at once are served together.
+func (s *Service) ReadEvents(ctx context.Context, streamID string, after int64, limit int) ([]pushproxy.Event, error) {
+	evs, err := s.pages.read(ctx, streamID, after, limit)
+	if err == nil && len(evs) < limit {
+		// The reader has all there was and now waits: the poll rings it only for more.
+		upto := after
+		if len(evs) > 0 {
+			upto = evs[len(evs)-1].Seq
+		}
+		s.hub.readTo(streamID, upto)
+	}
+	return evs, err
+}

@@ -278,7 +278,7 @@ func (s *Store) ForgetDevice(ctx context.Context, id string) error {
 					lease_owner = NULL, connected = false, closed_at = now(), updated_at = now()
 				WHERE device_id = $1 AND state = 'held' RETURNING id::text
 			)
-			SELECT pg_notify($2, id) FROM f`, id, EventsChannel)
+			SELECT pushproxy_notify_readers(array_agg(id)) FROM f`, id)
 		if err != nil {
 			return fmt.Errorf("forget device: %w", err)
 		}

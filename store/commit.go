@@ -83,8 +83,8 @@ type CommitOptions struct {
 
 // Commit appends a batch of events for many streams in one transaction: each stream's
 // resume point and status are updated under its lease fence, the events of the streams that
-// pass the fence are copied in, overflowing backlogs are trimmed, and EventsChannel is
-// notified once per stream with new events. Appends must name distinct streams.
+// pass the fence are copied in, overflowing backlogs are trimmed, and the instances with a reader
+// open on a stream with new events are notified (pushproxy_notify_readers: once per commit). Appends must name distinct streams.
 func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts CommitOptions) (CommitResult, error) {
 	var res CommitResult
 	if len(appends) == 0 {
@@ -122,8 +122,10 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		}
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		// The outer SELECT reads streams as of the statement's snapshot, before the UPDATE:
-		// that gives each stream's floor before and after trimming.
+		// trim_from records the floor the UPDATE found on the locked row (SET reads the row
+		// before the update): the statement's snapshot may be older than that row when an
+		// acknowledgement moved the floor while the UPDATE waited for the lock, and the
+		// acknowledged rows, still there for ReclaimAcked, are not the trim's to delete.
 		rows, err := tx.Query(ctx, `
 			WITH u AS (
 				SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[],
@@ -135,6 +137,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 					resume_id = u.resume,
 					retry_ms = CASE WHEN u.retry >= 0 THEN u.retry ELSE s.retry_ms END,
 					floor_seq = GREATEST(s.floor_seq, u.head - $12::bigint),
+					trim_from = s.floor_seq,
 					backlog_bytes = s.backlog_bytes + u.size,
 					state = CASE WHEN u.state <> '' THEN u.state ELSE s.state END,
 					state_reason = CASE WHEN u.state <> '' THEN u.reason ELSE s.state_reason END,
@@ -148,9 +151,9 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 					updated_at = now()
 				FROM u
 				WHERE s.id = u.id AND s.lease_owner = $13 AND s.lease_epoch = u.epoch AND s.state = 'held'
-				RETURNING s.id, s.floor_seq, s.backlog_bytes
+				RETURNING s.id::text, s.floor_seq, s.trim_from, s.backlog_bytes
 			)
-			SELECT upd.id::text, upd.floor_seq, old.floor_seq, upd.backlog_bytes FROM upd JOIN streams old ON old.id = upd.id`,
+			SELECT * FROM upd`,
 			ids, epochs, heads, resumes, retries, states, reasons, statuses, connected, connects, errs,
 			maxBacklog, owner, sizes)
 		if err != nil {
@@ -244,7 +247,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 			}
 		}
 		if len(notify) > 0 {
-			_, err := tx.Exec(ctx, `SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id`, EventsChannel, notify)
+			_, err := tx.Exec(ctx, `SELECT pushproxy_notify_readers($1::text[])`, notify)
 			if err != nil {
 				return fmt.Errorf("notify: %w", err)
 			}

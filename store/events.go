@@ -20,7 +20,9 @@ type Cursor struct {
 }
 
 // Resume resolves a reader's Last-Event-ID into a cursor and acknowledges everything up to
-// it: those events no longer count as backlog and are deleted.
+// it: those events no longer count as backlog. Acknowledging moves the stream's floor and
+// queues the rows below it in events_reclaim; ReclaimAcked deletes them later, in batches,
+// so the stream's row lock is held for one small update, never for a delete of the backlog.
 //
 // The id is matched, in order, against: the id of the reader's previous acknowledgement;
 // the oldest queued event replayed with that id (the oldest, so that events which inherited
@@ -34,8 +36,26 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 	if err := s.touchRead(ctx, streamID); err != nil {
 		return Cursor{}, err
 	}
+	for {
+		cur, err := s.resume(ctx, streamID, lastEventID, provided)
+		if !errors.Is(err, errFloorMoved) {
+			return cur, err
+		}
+		// A commit trimmed the backlog between our read of the floor and the update: the
+		// acknowledged size is stale. Read again.
+	}
+}
+
+// errFloorMoved: the stream's floor changed under an acknowledgement.
+var errFloorMoved = errors.New("floor moved")
+
+func (s *Store) resume(ctx context.Context, streamID, lastEventID string, provided bool) (Cursor, error) {
 	var cur Cursor
-	err := s.lockingTx(ctx, func(tx pgx.Tx) error {
+	// An acknowledgement does not wait for its commit to be flushed (synchronous_commit
+	// off, in the BEGIN's round trip): one lost in a crash loses no event, the device is
+	// served again what it had, and acknowledges it again with its next Last-Event-ID.
+	begin := pgx.TxOptions{BeginQuery: s.lockBegin + "; SET LOCAL synchronous_commit = off"}
+	err := pgx.BeginTxFunc(ctx, s.pool, begin, func(tx pgx.Tx) error {
 		var (
 			head, floor, ackedSeq int64
 			ackedID               []byte
@@ -60,9 +80,10 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 			// Events without an origin id are replayed under proxy ids: an empty id names
 			// none of them.
 		default:
-			err := tx.QueryRow(ctx, `
-				SELECT seq FROM events WHERE stream_id = $1 AND seq > $2 AND last_event_id = $3
-				ORDER BY seq LIMIT 1`, streamID, floor, []byte(lastEventID)).Scan(&seq)
+			// The subquery (fenced by OFFSET 0) walks the stream's backlog in seq order and
+			// stops at the first match: unfenced, Postgres may estimate the match rare and
+			// scan the table and sort instead.
+			err := tx.QueryRow(ctx, lookupSQL, streamID, floor, []byte(lastEventID)).Scan(&seq)
 			switch {
 			case err == nil:
 				found = true
@@ -78,7 +99,7 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 			// Signal the gap once: the reader's id becomes the acknowledged position, so
 			// coming back with it again resumes without a new gap signal.
 			cur = Cursor{After: floor, Gap: true}
-			return ack(ctx, tx, streamID, floor, lastEventID)
+			return ack(ctx, tx, streamID, floor, floor, lastEventID)
 		}
 		if seq < floor {
 			// Acknowledged (or trimmed) already; trimmed events past it are missing.
@@ -89,7 +110,7 @@ func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provid
 		if seq == ackedSeq && lastEventID == string(ackedID) {
 			return nil
 		}
-		return ack(ctx, tx, streamID, seq, lastEventID)
+		return ack(ctx, tx, streamID, floor, seq, lastEventID)
 	})
 	return cur, err
 }
@@ -108,31 +129,98 @@ func (s *Store) touchRead(ctx context.Context, streamID string) error {
 	return nil
 }
 
-// ack records that the reader has everything up to seq, and deletes it.
-func ack(ctx context.Context, tx pgx.Tx, streamID string, seq int64, lastEventID string) error {
-	_, err := tx.Exec(ctx, `
-		UPDATE streams SET acked_seq = $2, acked_id = $3, floor_seq = GREATEST(floor_seq, $2), updated_at = now()
-		WHERE id = $1 AND acked_seq <= $2`, streamID, seq, []byte(lastEventID))
+// ack records that the reader has everything up to seq (>= floor, the floor read before):
+// the floor moves to seq, the backlog's size drops by the acknowledged events', and their
+// rows are queued for ReclaimAcked. Their size is summed before the stream's row is locked,
+// and the update applies only if the floor has not moved since (else errFloorMoved): the
+// lock is held for one row's update.
+func ack(ctx context.Context, tx pgx.Tx, streamID string, floor, seq int64, lastEventID string) error {
+	var bytes int64
+	if seq > floor {
+		err := tx.QueryRow(ctx, ackSizeSQL,
+			streamID, floor, seq).Scan(&bytes)
+		if err != nil {
+			return fmt.Errorf("acknowledge: %w", err)
+		}
+	}
+	// One statement, the transaction's last: the stream's row lock is held for one round
+	// trip and the commit.
+	tag, err := tx.Exec(ctx, ackSQL, streamID, floor, seq, []byte(lastEventID), bytes)
 	if err != nil {
 		return fmt.Errorf("acknowledge: %w", err)
 	}
-	// The UPDATE above locked the stream's row first, as Commit does, so the two never
-	// deadlock over its events.
-	_, err = tx.Exec(ctx, `
-		WITH d AS (DELETE FROM events e WHERE e.stream_id = $1 AND e.seq <= $2 RETURNING `+sizeExpr+` AS n)
-		UPDATE streams SET backlog_bytes = backlog_bytes - (SELECT coalesce(sum(n), 0) FROM d)
-		WHERE id = $1`, streamID, seq)
-	if err != nil {
-		return fmt.Errorf("delete acknowledged events: %w", err)
+	if tag.RowsAffected() == 0 {
+		return errFloorMoved
 	}
 	return nil
 }
 
+// queueReclaim records that the rows of streamID's events up to seq (at or below its floor)
+// are garbage, for ReclaimAcked.
+func queueReclaim(ctx context.Context, tx pgx.Tx, streamID string, seq int64) error {
+	_, err := tx.Exec(ctx, `
+		INSERT INTO events_reclaim (stream_id, upto_seq) VALUES ($1, $2)
+		ON CONFLICT (stream_id) DO UPDATE SET upto_seq = GREATEST(events_reclaim.upto_seq, excluded.upto_seq)`,
+		streamID, seq)
+	if err != nil {
+		return fmt.Errorf("queue reclaim: %w", err)
+	}
+	return nil
+}
+
+// ReclaimAcked deletes up to about limit rows of acknowledged events (those at or below
+// their stream's floor, queued in events_reclaim by acknowledgements), in statements of at
+// most batch rows, each its own short transaction. It never locks a stream's row, so it
+// holds up no request or commit. It returns how many rows it deleted; a caller loops (with a
+// pause between calls) while that is limit or more.
+func (s *Store) ReclaimAcked(ctx context.Context, batch, limit int) (int64, error) {
+	batch, limit = max(batch, 1), max(limit, 1)
+	rows, err := s.pool.Query(ctx, `SELECT stream_id::text, upto_seq FROM events_reclaim ORDER BY queued_at LIMIT 100`)
+	if err != nil {
+		return 0, fmt.Errorf("reclaim acknowledged events: %w", err)
+	}
+	type job struct {
+		id   string
+		upto int64
+	}
+	jobs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (job, error) {
+		var j job
+		return j, r.Scan(&j.id, &j.upto)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("reclaim acknowledged events: %w", err)
+	}
+	var total int64
+	for _, j := range jobs {
+		for {
+			tag, err := s.pool.Exec(ctx, reclaimSQL,
+				j.id, j.upto, batch)
+			if err != nil {
+				return total, fmt.Errorf("reclaim acknowledged events: %w", err)
+			}
+			total += tag.RowsAffected()
+			if tag.RowsAffected() < int64(batch) {
+				break
+			}
+			if total >= int64(limit) {
+				return total, nil
+			}
+		}
+		// Done with this stream unless another acknowledgement raised its mark meanwhile.
+		if _, err := s.pool.Exec(ctx, `DELETE FROM events_reclaim WHERE stream_id = $1 AND upto_seq = $2`, j.id, j.upto); err != nil {
+			return total, fmt.Errorf("reclaim acknowledged events: %w", err)
+		}
+		if total >= int64(limit) {
+			break
+		}
+	}
+	return total, nil
+}
+
 // EventsAfter returns up to limit queued events of a stream with seq > after, oldest first.
+// Events at or below the stream's floor are gone, whether or not their rows are reclaimed.
 func (s *Store) EventsAfter(ctx context.Context, streamID string, after int64, limit int) ([]pushproxy.Event, error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT seq, last_event_id, type, data FROM events
-		WHERE stream_id = $1 AND seq > $2 ORDER BY seq LIMIT $3`, streamID, after, limit)
+	rows, err := s.pool.Query(ctx, pageSQL, streamID, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read events: %w", err)
 	}
@@ -150,3 +238,88 @@ func (s *Store) EventsAfter(ctx context.Context, streamID string, after int64, l
 	}
 	return evs, nil
 }
+
+// pageSQL reads a page of a stream's events after a position and above its floor. The floor
+// comes from a scalar subquery (evaluated once, before the scan) so that the bound is an
+// index condition of the range scan: as a join condition, Postgres filters the stream's
+// whole backlog row by row instead.
+const pageSQL = `
+		SELECT seq, last_event_id, type, data FROM events
+		WHERE stream_id = $1 AND seq > GREATEST($2::bigint, (SELECT floor_seq FROM streams WHERE id = $1))
+		ORDER BY seq LIMIT $3`
+
+// PageRequest asks for up to Limit events of a stream after After (as EventsAfter).
+type PageRequest struct {
+	StreamID string
+	After    int64
+	Limit    int
+}
+
+// EventsAfterMany answers many page requests in one statement (one index range scan per
+// request): the readers woken by one commit are served by one query, not one each. The
+// result holds the events of reqs[i] at index i.
+func (s *Store) EventsAfterMany(ctx context.Context, reqs []PageRequest) ([][]pushproxy.Event, error) {
+	ids := make([]string, len(reqs))
+	afters := make([]int64, len(reqs))
+	limits := make([]int32, len(reqs))
+	for i, r := range reqs {
+		if !pushproxy.IsUUID(r.StreamID) {
+			return nil, errNoStream(r.StreamID)
+		}
+		ids[i], afters[i], limits[i] = r.StreamID, r.After, int32(r.Limit)
+	}
+	rows, err := s.pool.Query(ctx, pagesSQL, ids, afters, limits)
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	out := make([][]pushproxy.Event, len(reqs))
+	var (
+		i             int64
+		seq           int64
+		id, typ, data []byte
+	)
+	_, err = pgx.ForEachRow(rows, []any{&i, &seq, &id, &typ, &data}, func() error {
+		out[i-1] = append(out[i-1], pushproxy.Event{Seq: seq, LastEventID: string(id), Type: string(typ), Data: string(data)})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	return out, nil
+}
+
+// lookupSQL finds the oldest queued event with a Last-Event-ID.
+const lookupSQL = `
+				SELECT seq FROM (SELECT seq, last_event_id FROM events WHERE stream_id = $1 AND seq > $2
+					ORDER BY seq OFFSET 0) b
+				WHERE last_event_id = $3 LIMIT 1`
+
+// ackSizeSQL sums the size of the events an acknowledgement takes off the backlog.
+const ackSizeSQL = `
+			SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3`
+
+// ackSQL moves a stream's floor, if it is where the acknowledgement read it, and queues the
+// rows below it for ReclaimAcked (when it moved).
+const ackSQL = `
+		WITH q AS (
+			INSERT INTO events_reclaim (stream_id, upto_seq) SELECT $1, $3 WHERE $3::bigint > $2::bigint
+			ON CONFLICT (stream_id) DO UPDATE SET upto_seq = GREATEST(events_reclaim.upto_seq, excluded.upto_seq)
+		)
+		UPDATE streams SET acked_seq = $3, acked_id = $4, floor_seq = $3,
+			backlog_bytes = backlog_bytes - $5, updated_at = now()
+		WHERE id = $1 AND floor_seq = $2`
+
+// reclaimSQL deletes a batch of a stream's rows at or below a reclaim mark.
+const reclaimSQL = `
+				DELETE FROM events WHERE ctid = ANY (ARRAY(
+					SELECT ctid FROM events WHERE stream_id = $1 AND seq <= $2 ORDER BY seq LIMIT $3))`
+
+// pagesSQL reads pages of many streams (EventsAfterMany).
+const pagesSQL = `
+		SELECT w.i, e.seq, e.last_event_id, e.type, e.data
+		FROM unnest($1::uuid[], $2::bigint[], $3::int[]) WITH ORDINALITY AS w(id, after, lim, i)
+		CROSS JOIN LATERAL (
+			SELECT seq, last_event_id, type, data FROM events
+			WHERE stream_id = w.id AND seq > GREATEST(w.after, (SELECT floor_seq FROM streams WHERE id = w.id))
+			ORDER BY seq LIMIT w.lim) e
+		ORDER BY w.i, e.seq`

@@ -3,3 +3,13 @@ package store
 // MigrateFS applies the migrations of a file system of the test's making: the binary's own
 // plus "future" ones, as a newer release would.
 var MigrateFS = migrateFS
+
+// The hot statements of reading and acknowledging, for their query plans.
+const (
+	PageSQL    = pageSQL
+	PagesSQL   = pagesSQL
+	LookupSQL  = lookupSQL
+	AckSizeSQL = ackSizeSQL
+	AckSQL     = ackSQL
+	ReclaimSQL = reclaimSQL
+)

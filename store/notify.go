@@ -24,6 +24,7 @@ import (
 type Listener struct {
 	url     string
 	channel string
+	also    []string // more channels, LISTENed on the same connection
 	log     *slog.Logger
 	onNote  func(payload string)
 	resync  func()
@@ -54,6 +55,9 @@ func (l *Listener) Start(ctx context.Context) error {
 	return nil
 }
 
+// Also makes the Listener listen on channel too (call it before Start).
+func (l *Listener) Also(channel string) { l.also = append(l.also, channel) }
+
 // Stop stops listening and returns once the connection is closed. It is idempotent.
 func (l *Listener) Stop() { l.loop.Stop() }
 
@@ -65,9 +69,11 @@ func (l *Listener) connect(ctx context.Context) (*pgx.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen: connect: %w", classify(redactURLError(err)))
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{l.channel}.Sanitize()); err != nil {
-		conn.Close(context.WithoutCancel(ctx))
-		return nil, fmt.Errorf("listen: %w", classify(err))
+	for _, ch := range append([]string{l.channel}, l.also...) {
+		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
+			conn.Close(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("listen: %w", classify(err))
+		}
 	}
 	return conn, nil
 }

@@ -26,9 +26,9 @@ func (s *Store) OpenReaderLimited(ctx context.Context, streamID, deviceID, insta
 	var id string
 	insert := func(q pgx.Tx) error {
 		return q.QueryRow(ctx, `
-			INSERT INTO readers (stream_id, device_id, instance_id, expires_at)
-			VALUES ($1, $2, $3, now() + $4::interval) RETURNING id::text`,
-			streamID, dev, instance, ttl).Scan(&id)
+			INSERT INTO readers (stream_id, device_id, instance_id, expires_at, channel)
+			VALUES ($1, $2, $3, now() + $4::interval, $5) RETURNING id::text`,
+			streamID, dev, instance, ttl, ReaderChannel(instance)).Scan(&id)
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if max <= 0 {
@@ -99,4 +99,32 @@ func (s *Store) DeviceAwake(ctx context.Context, deviceID string) (bool, error) 
 		return false, fmt.Errorf("device presence: %w", err)
 	}
 	return awake, nil
+}
+
+// StreamMark is what a reader waiting on a stream watches: its head and its state.
+type StreamMark struct {
+	Head  int64
+	State string
+}
+
+// StreamMarks returns the head and state of the streams among ids that exist: the slow poll
+// by which an instance catches notifications it missed.
+func (s *Store) StreamMarks(ctx context.Context, ids []string) (map[string]StreamMark, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id::text, head_seq, state FROM streams WHERE id = ANY ($1::uuid[])`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("stream marks: %w", err)
+	}
+	out := make(map[string]StreamMark, len(ids))
+	var (
+		id string
+		m  StreamMark
+	)
+	_, err = pgx.ForEachRow(rows, []any{&id, &m.Head, &m.State}, func() error {
+		out[id] = m
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stream marks: %w", err)
+	}
+	return out, nil
 }

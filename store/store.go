@@ -3,6 +3,8 @@ package store
 import (
 	"cmp"
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,9 +16,19 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// EventsChannel is the LISTEN/NOTIFY channel on which Commit announces new events. The payload
-// is the stream id.
+// EventsChannel is the LISTEN/NOTIFY channel on which releases before schema version 10
+// announced new events (one stream id per notification). Readers opened by those releases
+// are still notified on it.
 const EventsChannel = "pushproxy_events"
+
+// ReaderChannel is the LISTEN/NOTIFY channel of an instance's readers: commits notify it when
+// a stream with a reader open on that instance has news. The payload is a comma-separated
+// list of stream ids (at most 200). A channel name is an identifier of at most 63 bytes, and
+// an instance id may be longer: the name carries its MD5.
+func ReaderChannel(instance string) string {
+	sum := md5.Sum([]byte(instance))
+	return "pushproxy_readers_" + hex.EncodeToString(sum[:])
+}
 
 // Options configure a Store. A nil *Options means defaults.
 type Options struct {

@@ -188,6 +188,13 @@ func (s *Store) CloseStream(ctx context.Context, id string) (CloseResult, error)
 	}
 	var res CloseResult
 	err := s.lockingTx(ctx, func(tx pgx.Tx) error {
+		// The backlog's rows are left to ReclaimAcked: the row lock taken here is held for
+		// two small statements and a count, not for a delete of the backlog.
+		var floor int64
+		err := tx.QueryRow(ctx, `SELECT floor_seq FROM streams WHERE id = $1 FOR UPDATE`, id).Scan(&floor)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("close stream: %w", err)
+		}
 		row := tx.QueryRow(ctx, `
 			UPDATE streams s SET state = 'closed', state_reason = 'closed by the device',
 				closed_at = now(), updated_at = now(), lease_owner = NULL,
@@ -207,12 +214,15 @@ func (s *Store) CloseStream(ctx context.Context, id string) (CloseResult, error)
 		if err != nil {
 			return fmt.Errorf("close stream: %w", err)
 		}
-		tag, err := tx.Exec(ctx, `DELETE FROM events WHERE stream_id = $1`, id)
+		res = CloseResult{Stream: st}
+		err = tx.QueryRow(ctx, `SELECT count(*) FROM events WHERE stream_id = $1 AND seq > $2`, id, floor).Scan(&res.Discarded)
 		if err != nil {
-			return fmt.Errorf("delete backlog: %w", err)
+			return fmt.Errorf("close stream: count backlog: %w", err)
 		}
-		res = CloseResult{Stream: st, Discarded: tag.RowsAffected()}
-		_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, EventsChannel, id)
+		if err := queueReclaim(ctx, tx, id, st.HeadSeq); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `SELECT pushproxy_notify_readers(ARRAY[$1::text])`, id)
 		return err
 	})
 	return res, err

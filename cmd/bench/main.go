@@ -7,6 +7,8 @@
 //	go run ./cmd/bench wakeburst        wake-ups dispatched per second from the outbox to the fake APNs
 //	go run ./cmd/bench takeover         takeover time and connect rate after an instance holding every stream dies
 //	go run ./cmd/bench rebalance        time for a joining instance to reach its share; events lost or doubled
+//	go run ./cmd/bench serve            backlog read rate (JSON pages, SSE) against psql COPY; small reads under ingest
+//	go run ./cmd/bench live             origin write to open SSE reader latency, many readers (--broadcast)
 //
 // Both start a private PostgreSQL with durable settings (fsync and synchronous_commit on),
 // unless --database-url is given.
@@ -24,7 +26,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance|serve|live [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -41,8 +43,12 @@ func main() {
 		err = runTakeover(ctx, os.Args[2:])
 	case "rebalance":
 		err = runRebalance(ctx, os.Args[2:])
+	case "serve":
+		err = runServe(ctx, os.Args[2:])
+	case "live":
+		err = runLive(ctx, os.Args[2:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance|serve|live [flags]")
 		os.Exit(2)
 	}
 	if err != nil {

@@ -1,0 +1,213 @@
+package store_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// TestAckLeavesRowsToReclaimer: an acknowledgement moves the floor only; the rows below it
+// are never read again, and ReclaimAcked deletes them (and a closed stream's) in batches.
+func TestAckLeavesRowsToReclaimer(t *testing.T) {
+	t.Parallel()
+	st, b := setup(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rowsOf := func(id string) (n int64) {
+		t.Helper()
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM events WHERE stream_id = $1`, id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	acked, epochA := newStream(t, st, nil)
+	closed, epochC := newStream(t, st, nil)
+	commit(t, st,
+		store.Append{StreamID: acked.ID, Epoch: epochA, Events: events(1, 30, seqID), HeadSeq: 30, RetryMS: -1},
+		store.Append{StreamID: closed.ID, Epoch: epochC, Events: events(1, 30, seqID), HeadSeq: 30, RetryMS: -1})
+	cur, err := st.Resume(ctx, acked.ID, seqID(20), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.After != 20 || cur.Gap {
+		t.Fatalf("cursor %+v, want after 20 without gap", cur)
+	}
+	if n := rowsOf(acked.ID); n != 30 {
+		t.Fatalf("the acknowledgement deleted rows: %d left, want 30", n)
+	}
+	// A reader behind the floor (another reader's position) never gets acknowledged events.
+	evs, err := st.EventsAfter(ctx, acked.ID, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 10 || evs[0].Seq != 21 {
+		t.Fatalf("read after 0 returned %d events from seq %d, want 10 from 21", len(evs), evs[0].Seq)
+	}
+	res, err := st.CloseStream(ctx, closed.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Discarded != 30 {
+		t.Fatalf("close discarded %d, want 30", res.Discarded)
+	}
+	// Batches of 7, at most 25 rows a call: the caller loops.
+	var total int64
+	for calls := 0; ; calls++ {
+		n, err := st.ReclaimAcked(ctx, 7, 25)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 25+7 {
+			t.Fatalf("one call deleted %d rows, limit 25 in batches of 7", n)
+		}
+		total += n
+		if n == 0 {
+			break
+		}
+		if calls > 10 {
+			t.Fatal("reclaiming does not end")
+		}
+	}
+	if total != 50 {
+		t.Fatalf("reclaimed %d rows, want 20 acknowledged + 30 closed", total)
+	}
+	if n := rowsOf(acked.ID); n != 10 {
+		t.Fatalf("%d rows left of the acknowledged stream, want its 10 unacknowledged", n)
+	}
+	if n := rowsOf(closed.ID); n != 0 {
+		t.Fatalf("%d rows left of the closed stream", n)
+	}
+	var queued int64
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM events_reclaim`).Scan(&queued); err != nil {
+		t.Fatal(err)
+	}
+	if queued != 0 {
+		t.Fatalf("%d streams still queued for reclaiming", queued)
+	}
+	if evs, err = st.EventsAfter(ctx, acked.ID, 20, 100); err != nil || len(evs) != 10 {
+		t.Fatalf("after reclaiming: %d events, %v; want 10", len(evs), err)
+	}
+}
+
+// TestAckOfTenThousandDoesNotStallCommits: a reader acknowledges 10,000 queued events while
+// 100 other streams (and its own) ingest through batched commits. The committer runs with a
+// lock_timeout of 10 ms: any wait on the acknowledging request's row lock longer than that
+// fails a commit (before acknowledgements moved only the floor, the request deleted 10,000
+// rows while holding the stream's row lock, which every commit's batched UPDATE waits for).
+func TestAckOfTenThousandDoesNotStallCommits(t *testing.T) {
+	t.Parallel()
+	st, b := setup(t)
+	ctx := context.Background()
+	sep := "?"
+	if strings.Contains(b.url, "?") {
+		sep = "&"
+	}
+	committer, err := store.Open(ctx, b.url+sep+"options=-c%20lock_timeout%3D10ms", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer committer.Close()
+	const backlog, others = 10000, 100
+	reader, epoch := newStream(t, st, nil)
+	data := strings.Repeat("x", 3000)
+	var evs []pushproxy.Event
+	for i := int64(1); i <= backlog; i++ {
+		evs = append(evs, pushproxy.Event{Seq: i, LastEventID: seqID(i), Type: "tick", Data: data})
+	}
+	commit(t, st, store.Append{StreamID: reader.ID, Epoch: epoch, Events: evs, HeadSeq: backlog, RetryMS: -1})
+	streams := []string{reader.ID}
+	epochs := []int64{epoch}
+	heads := []int64{backlog}
+	for range others {
+		s, e := newStream(t, st, nil)
+		streams, epochs, heads = append(streams, s.ID), append(epochs, e), append(heads, 0)
+	}
+
+	var (
+		stop    atomic.Bool
+		commits atomic.Int64
+		wg      sync.WaitGroup
+		maxLat  time.Duration
+		errs    = make(chan error, 1)
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for !stop.Load() {
+			as := make([]store.Append, len(streams))
+			for i := range streams {
+				heads[i]++
+				as[i] = store.Append{StreamID: streams[i], Epoch: epochs[i], HeadSeq: heads[i], RetryMS: -1,
+					Events: []pushproxy.Event{{Seq: heads[i], LastEventID: seqID(heads[i]), Type: "tick", Data: "live"}}}
+			}
+			start := time.Now()
+			if _, err := committer.Commit(ctx, owner, as, store.CommitOptions{}); err != nil {
+				errs <- err
+				return
+			}
+			maxLat = max(maxLat, time.Since(start))
+			commits.Add(1)
+		}
+	}()
+	waitCommits := func(n int64) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for commits.Load() < n {
+			select {
+			case err := <-errs:
+				t.Fatalf("a commit failed: %v", err)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("commits stalled")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitCommits(3)
+	ackStart := time.Now()
+	cur, err := st.Resume(ctx, reader.ID, seqID(backlog), true)
+	ackTook := time.Since(ackStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.After != backlog {
+		t.Fatalf("cursor after %d, want %d", cur.After, backlog)
+	}
+	waitCommits(commits.Load() + 3)
+	stop.Store(true)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatalf("a commit waited on the acknowledgement's lock: %v", err)
+	default:
+	}
+	t.Logf("acknowledging %d events took %v; %d commits of %d streams, slowest %v", backlog, ackTook, commits.Load(), len(streams), maxLat)
+	// The acknowledged rows are reclaimed in the background, also without stalling commits.
+	var reclaimed int64
+	for {
+		n, err := st.ReclaimAcked(ctx, 1000, 5000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		reclaimed += n
+	}
+	if reclaimed != backlog {
+		t.Fatalf("reclaimed %d rows, want %d", reclaimed, backlog)
+	}
+}
