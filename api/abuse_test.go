@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy/api"
+	"github.com/pushproxy/pushproxy/internal/proxytest"
 )
 
 // rawReq is one request as bytes go on the wire.
@@ -83,7 +84,7 @@ func TestAbusiveRequests(t *testing.T) {
 	logs := &logCapture{}
 	_, b := setup(t, &api.Options{AdminToken: "adm1n", Logger: slog.New(logs)})
 	h := handoff(t, b, map[string]any{"url": "http://127.0.0.1:1/"})
-	dev := handoff(t, b, map[string]any{"url": "http://127.0.0.1:1/", "push": map[string]string{"platform": "fcm", "token": "abuse-device"}})
+	dev := handoff(t, b, map[string]any{"url": "http://127.0.0.1:1/", "push": map[string]string{"platform": "fcm", "token": proxytest.FCMToken("abuse-device")}})
 	_ = dev
 
 	type route struct {
