@@ -9,7 +9,12 @@ import (
 	"github.com/pushproxy/pushproxy/proxy"
 )
 
-func TestMain(m *testing.M) { os.Exit(proxytest.Main(m)) }
+func TestMain(m *testing.M) {
+	// Every request the API servers of these tests receive, and every answer, is checked
+	// against api/openapi.yaml.
+	proxytest.CheckOpenAPI = true
+	os.Exit(proxytest.Main(m))
+}
 
 // The harness shared with the proxy package's tests, under the names these tests use.
 type (

@@ -1,0 +1,7 @@
+package openapicheck
+
+import "testing"
+
+func TestDescriptionLoads(t *testing.T) {
+	MustLoad(t)
+}
