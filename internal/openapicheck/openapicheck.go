@@ -92,6 +92,7 @@ const maxRecorded = 4 << 20
 // description calls invalid must be refused by the server (4xx): a negative test is expected
 // to send them. Paths that Excluded names pass unchecked.
 func (s *Spec) Middleware(t testing.TB, next http.Handler) http.Handler {
+	var seen sync.Map
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := Excluded(r.URL.Path); ok {
 			next.ServeHTTP(w, r)
@@ -106,7 +107,10 @@ func (s *Spec) Middleware(t testing.TB, next http.Handler) http.Handler {
 		rec := &responseRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
 		if msg := s.check(r, body, rec); msg != "" {
-			t.Errorf("openapi: %s %s → %d: %s", r.Method, redact(r.URL.RequestURI()), rec.status(), msg)
+			key, _, _ := strings.Cut(msg, "\n\tbody:")
+			if _, dup := seen.LoadOrStore(key, true); !dup { // each mismatch once, with its first body
+				t.Errorf("openapi: %s %s → %d: %s", r.Method, redact(r.URL.RequestURI()), rec.status(), msg)
+			}
 		}
 	})
 }
@@ -162,6 +166,7 @@ func (s *Spec) check(r *http.Request, body *bodyRecorder, rec *responseRecorder)
 			AuthenticationFunc: credentialPresent,
 		},
 	}
+	in.Options.WithCustomSchemaErrorFunc(schemaError)
 	ct := header.Get("Content-Type")
 	mt, _, _ := mime.ParseMediaType(ct)
 	sse := mt == "text/event-stream"
@@ -187,6 +192,7 @@ func (s *Spec) check(r *http.Request, body *bodyRecorder, rec *responseRecorder)
 		RequestValidationInput: in, Status: status, Header: header,
 		Options: &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true, ExcludeResponseBody: sse},
 	}
+	out.Options.WithCustomSchemaErrorFunc(schemaError)
 	out.SetBodyBytes(rec.body.Bytes())
 	if len(resp.Value.Content) > 0 && !sse && rec.body.Len() == 0 && ct == "" {
 		return fmt.Sprintf("%s: the described %d has a body (%s), the answer has none", op, status, contentTypes(resp.Value.Content))
@@ -210,10 +216,20 @@ func (s *Spec) checkProblem(header http.Header, body []byte) string {
 	if err != nil {
 		return fmt.Sprintf("a problem document that is not JSON: %v", err)
 	}
-	if err := ref.Value.VisitJSON(v, openapi3.EnableJSONSchema2020(), openapi3.MultiErrors(), openapi3.VisitAsResponse()); err != nil {
+	if err := ref.Value.VisitJSON(v, openapi3.EnableJSONSchema2020(), openapi3.MultiErrors(), openapi3.VisitAsResponse(),
+		openapi3.SetSchemaErrorMessageCustomizer(schemaError)); err != nil {
 		return fmt.Sprintf("the problem document does not match #/components/schemas/Problem: %s\n\tbody: %s", oneLine(err), excerpt(body))
 	}
 	return ""
+}
+
+// schemaError says where in the document a value fails and why, without the schema dump.
+func schemaError(err *openapi3.SchemaError) string {
+	at := "/" + strings.Join(err.JSONPointer(), "/")
+	if err.SchemaField != "" {
+		return fmt.Sprintf("at %s: %s (%s)", at, err.Reason, err.SchemaField)
+	}
+	return fmt.Sprintf("at %s: %s", at, err.Reason)
 }
 
 // credentialPresent is the AuthenticationFunc of the checks: a request satisfies a security
