@@ -63,6 +63,30 @@ func parse(raw []byte) (*Spec, error) {
 	return &Spec{Doc: doc, router: r}, nil
 }
 
+// exercised holds "METHOD path status" of every exchange checked.
+var exercised sync.Map
+
+// Unexercised lists the described answers ("METHOD path status") that no exchange checked
+// so far has had: what the tests never make the API answer. default answers are left out.
+func (s *Spec) Unexercised() []string {
+	var out []string
+	for path, item := range s.Doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			for status := range op.Responses.Map() {
+				if status == "default" {
+					continue
+				}
+				k := method + " " + path + " " + status
+				if _, ok := exercised.Load(k); !ok {
+					out = append(out, k)
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // MustLoad is Load for tests.
 func MustLoad(tb testing.TB) *Spec {
 	tb.Helper()
@@ -152,6 +176,7 @@ func (s *Spec) check(r *http.Request, body *bodyRecorder, rec *responseRecorder)
 		return s.checkProblem(header, rec.body.Bytes())
 	}
 	op := route.Method + " " + route.Path
+	exercised.Store(fmt.Sprintf("%s %d", op, status), true)
 	if rb := route.Operation.RequestBody; rb != nil && vr.Header.Get("Content-Type") == "" && len(rb.Value.Content) == 1 {
 		// The server reads a body without Content-Type as the one type it takes.
 		for ct := range rb.Value.Content {

@@ -42,10 +42,11 @@ func Main(m *testing.M) int {
 	return code
 }
 
-// CheckOpenAPI, set by a package's TestMain before its tests run, has the API servers Start
+// CheckOpenAPI, set by a package's TestMain before its tests run (or by
+// PUSHPROXY_OPENAPI_CHECK=1 in the environment, for any package), has the API servers Start
 // and StartOn start check every request and response against api/openapi.yaml
 // (internal/openapicheck): a mismatch fails the test that made the request.
-var CheckOpenAPI bool
+var CheckOpenAPI = os.Getenv("PUSHPROXY_OPENAPI_CHECK") == "1"
 
 // Bundle is what Start started besides the service.
 type Bundle struct {
