@@ -19,7 +19,8 @@ func TestMain(m *testing.M) {
 	code := proxytest.Main(m)
 	if testing.Verbose() && code == 0 {
 		if s, err := openapicheck.Load(); err == nil {
-			fmt.Printf("openapi: %d described answers no test made the API give:\n\t%s\n", len(s.Unexercised()), strings.Join(s.Unexercised(), "\n\t"))
+			fmt.Printf("openapi: %d exchanges checked; %d described answers no test made the API give:\n\t%s\n",
+				openapicheck.Checked(), len(s.Unexercised()), strings.Join(s.Unexercised(), "\n\t"))
 		}
 	}
 	os.Exit(code)

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -63,8 +64,15 @@ func parse(raw []byte) (*Spec, error) {
 	return &Spec{Doc: doc, router: r}, nil
 }
 
-// exercised holds "METHOD path status" of every exchange checked.
-var exercised sync.Map
+// exercised holds "METHOD path status" of every exchange checked; checked counts them all.
+var (
+	exercised sync.Map
+	checked   atomic.Int64
+)
+
+// Checked is the number of exchanges checked so far (excluded paths and answers to clients
+// that went away are not).
+func Checked() int64 { return checked.Load() }
 
 // Unexercised lists the described answers ("METHOD path status") that no exchange checked
 // so far has had: what the tests never make the API answer. default answers are left out.
@@ -151,6 +159,7 @@ func (s *Spec) check(r *http.Request, body *bodyRecorder, rec *responseRecorder)
 	if status == 499 { // the client went away: nobody reads the answer
 		return ""
 	}
+	checked.Add(1)
 	ctx := context.Background()
 	vr := r.Clone(ctx)
 	vr.Body = io.NopCloser(bytes.NewReader(body.buf.Bytes()))

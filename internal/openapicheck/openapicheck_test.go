@@ -133,3 +133,16 @@ type recordingTB struct {
 func (r *recordingTB) Errorf(format string, args ...any) {
 	r.errors = append(r.errors, fmt.Sprintf(format, args...))
 }
+
+// BenchmarkCheck is the cost of checking one exchange (a stream's state).
+func BenchmarkCheck(b *testing.B) {
+	s := MustLoad(b)
+	h := jsonHeader("application/json")
+	for b.Loop() {
+		r := httptest.NewRequest("GET", "/v1/streams/"+streamID, nil)
+		r.Header.Set("Authorization", "Bearer tok")
+		if msg := s.Check(r, nil, 200, h, []byte(goodStream)); msg != "" {
+			b.Fatal(msg)
+		}
+	}
+}
