@@ -57,7 +57,10 @@ func parse(raw []byte) (*Spec, error) {
 	if err := doc.Validate(ctx); err != nil {
 		return nil, fmt.Errorf("api/openapi.yaml is not a valid OpenAPI document: %w", err)
 	}
-	r, err := legacy.NewRouter(doc)
+	// Requests are matched by path alone: the test servers listen on any loopback port.
+	routed := *doc
+	routed.Servers = nil
+	r, err := legacy.NewRouter(&routed)
 	if err != nil {
 		return nil, fmt.Errorf("api/openapi.yaml: router: %w", err)
 	}
