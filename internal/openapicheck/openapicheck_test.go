@@ -23,6 +23,12 @@ const (
 	notFound = `{"type":"urn:pushproxy:problem:not-found","title":"Not Found","status":404,"detail":"no such route","code":"not-found"}`
 )
 
+// wakeups is an answer of GET /v1/admin/wakeups with one wake-up, extra added to it.
+func wakeups(extra string) string {
+	return `{"wakeups":[{"id":"w","state":"done","urgent":false,"created_at":"2026-11-27T15:20:08Z","due_at":"2026-11-27T15:20:08Z",` +
+		`"sent_at":null,"finished_at":null,"attempts":1,"outcome":"sent","pending_events":2,"device_id":"d","platform":"fcm"` + extra + `}]}`
+}
+
 func jsonHeader(ct string) http.Header { return http.Header{"Content-Type": {ct}} }
 
 // TestCheckCatchesMismatches: every kind of mismatch the middleware reports is caught, and a
@@ -82,6 +88,9 @@ func TestCheckCatchesMismatches(t *testing.T) {
 		{"an event stream of events", get("/v1/streams/"+streamID+"/events", auth...), "", 200, jsonHeader("text/event-stream"), "", ""},
 		{"a JSON page with a wrong type", get("/v1/streams/"+streamID+"/events", "Authorization", "Bearer t", "Accept", "application/json"), "", 200,
 			jsonHeader("application/json"), `{"events":[],"last_event_id":"","more":"no","gap":false}`, "/more"},
+		{"a wake-up as described", get("/v1/admin/wakeups", auth...), "", 200, jsonHeader("application/json"), wakeups(""), ""},
+		{"a wake-up with a field the description lacks", get("/v1/admin/wakeups", auth...), "", 200, jsonHeader("application/json"),
+			wakeups(`,"token":"x"`), "token"},
 		{"no credentials answered 200", get("/v1/admin/totals"), "", 200, jsonHeader("application/json"), `{}`, "the document is stricter than the server"},
 	}
 	for _, c := range cases {
