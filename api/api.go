@@ -48,6 +48,7 @@ func (s *Server) Handler() http.Handler {
 		r.Delete("/{id}", s.handleCloseStream)
 		r.Get("/{id}/events", s.handleEvents)
 	})
+	r.Get("/v1/openapi.yaml", handleOpenAPI)
 	r.Route("/v1/admin", s.adminRoutes)
 	r.Get("/admin", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/admin/", http.StatusMovedPermanently)

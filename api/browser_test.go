@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy/internal/browsertest"
+	"github.com/pushproxy/pushproxy/internal/openapicheck"
 )
 
 type browserEvent struct {
@@ -55,7 +56,7 @@ func TestBrowserEventSourceReadsBacklog(t *testing.T) {
 
 	results := make(chan []browserEvent, 1)
 	mux := http.NewServeMux()
-	mux.Handle("/", b.HTTP.Handler())
+	mux.Handle("/", openapicheck.MustLoad(t).Middleware(t, b.HTTP.Handler()))
 	mux.HandleFunc("/test/page.html", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		fmt.Fprintf(w, `<!doctype html><meta charset="utf-8"><script>

@@ -1,15 +1,30 @@
 package api_test
 
 import (
+	"fmt"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/pushproxy/pushproxy/api"
+	"github.com/pushproxy/pushproxy/internal/openapicheck"
 	"github.com/pushproxy/pushproxy/internal/proxytest"
 	"github.com/pushproxy/pushproxy/proxy"
 )
 
-func TestMain(m *testing.M) { os.Exit(proxytest.Main(m)) }
+func TestMain(m *testing.M) {
+	// Every request the API servers of these tests receive, and every answer, is checked
+	// against api/openapi.yaml.
+	proxytest.CheckOpenAPI = true
+	code := proxytest.Main(m)
+	if testing.Verbose() && code == 0 {
+		if s, err := openapicheck.Load(); err == nil {
+			fmt.Printf("openapi: %d exchanges checked; %d described answers no test made the API give:\n\t%s\n",
+				openapicheck.Checked(), len(s.Unexercised()), strings.Join(s.Unexercised(), "\n\t"))
+		}
+	}
+	os.Exit(code)
+}
 
 // The harness shared with the proxy package's tests, under the names these tests use.
 type (

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pushproxy/pushproxy/api"
+	"github.com/pushproxy/pushproxy/internal/openapicheck"
 	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/proxy"
@@ -40,6 +41,12 @@ func Main(m *testing.M) int {
 	}
 	return code
 }
+
+// CheckOpenAPI, set by a package's TestMain before its tests run (or by
+// PUSHPROXY_OPENAPI_CHECK=1 in the environment, for any package), has the API servers Start
+// and StartOn start check every request and response against api/openapi.yaml
+// (internal/openapicheck): a mismatch fails the test that made the request.
+var CheckOpenAPI = os.Getenv("PUSHPROXY_OPENAPI_CHECK") == "1"
 
 // Bundle is what Start started besides the service.
 type Bundle struct {
@@ -86,7 +93,11 @@ func StartOn(t *testing.T, url string, opts *proxy.Options, httpOpts *api.Option
 		t.Fatal(err)
 	}
 	srv := api.New(svc, st, httpOpts)
-	ts := httptest.NewServer(srv.Handler())
+	h := srv.Handler()
+	if CheckOpenAPI {
+		h = openapicheck.MustLoad(t).Middleware(t, h)
+	}
+	ts := httptest.NewServer(h)
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
