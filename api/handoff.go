@@ -37,8 +37,8 @@ type pushRequest struct {
 	// Subscription is a Web Push subscription (PushSubscription.toJSON()), for platform
 	// "webpush" instead of a token.
 	Subscription *subscriptionRequest `json:"subscription"`
-	Topic       string `json:"topic"`
-	Environment string `json:"environment"`
+	Topic        string               `json:"topic"`
+	Environment  string               `json:"environment"`
 	// DeviceSecret is the device's credential, answered by its first handoff.
 	DeviceSecret string `json:"device_secret"`
 }
