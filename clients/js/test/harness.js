@@ -260,10 +260,13 @@ export async function measureWake(stack, n, PushProxyEventSource) {
   return { requests: { ...counts }, ms, dispatched, emitted };
 }
 
-/** The package's size bundled as an app would: minified, and minified and gzipped. */
-export async function bundledSize() {
+/**
+ * The size of an entry of the package (index: the main one; sw: the service-worker helper),
+ * bundled as an app would: minified, and minified and gzipped.
+ */
+export async function bundledSize(entry = "index") {
   const out = await build({
-    entryPoints: [fileURLToPath(new URL("../src/index.ts", import.meta.url))],
+    entryPoints: [fileURLToPath(new URL(`../src/${entry}.ts`, import.meta.url))],
     bundle: true,
     minify: true,
     format: "esm",
