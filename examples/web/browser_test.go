@@ -93,27 +93,17 @@ func (l *lines) String() string {
 	return strings.Join(l.all, "\n")
 }
 
-// startProxy runs `pushproxy serve` with args on a fresh database and answers its API's base
-// URL once it serves; it is stopped (SIGTERM) when the test ends.
-func startProxy(t *testing.T, bin string, args ...string) string {
+// start runs cmd until the test ends (SIGTERM) and answers the first submatch of re in its
+// output, once a line matches.
+func start(t *testing.T, what string, cmd *exec.Cmd, re *regexp.Regexp) string {
 	t.Helper()
-	keys := filepath.Join(t.TempDir(), "secret-keys.json")
-	if out, err := exec.Command(bin, "keys", "generate", "--secret-key-file", keys).CombinedOutput(); err != nil {
-		t.Fatalf("keys generate: %v\n%s", err, out)
-	}
-	args = append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-		"--database-url", pgtest.NewDatabase(t), "--secret-key-file", keys,
-		"--upstream-allow", "127.0.0.1", "--shutdown-timeout", "5s"}, args...)
-	cmd := exec.Command(bin, args...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // only the flags count
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	out := &lines{}
-	addr := make(chan string, 1)
-	re := regexp.MustCompile(`msg="pushproxy serving" addr=(\S+)`)
+	found := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
@@ -122,7 +112,7 @@ func startProxy(t *testing.T, bin string, args ...string) string {
 			out.mu.Unlock()
 			if m := re.FindStringSubmatch(sc.Text()); m != nil {
 				select {
-				case addr <- m[1]:
+				case found <- m[1]:
 				default:
 				}
 			}
@@ -139,18 +129,42 @@ func startProxy(t *testing.T, bin string, args ...string) string {
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("pushproxy output:\n%s", out)
+			t.Logf("%s output:\n%s", what, out)
 		}
 	})
 	select {
-	case a := <-addr:
-		return "http://" + a
+	case m := <-found:
+		return m
 	case err := <-exited:
-		t.Fatalf("pushproxy exited: %v\n%s", err, out)
+		t.Fatalf("%s exited: %v\n%s", what, err, out)
 	case <-time.After(60 * time.Second):
-		t.Fatalf("pushproxy did not start in 60 s\n%s", out)
+		t.Fatalf("%s did not start in 60 s\n%s", what, out)
 	}
 	return ""
+}
+
+// startProxy runs `pushproxy serve` with args on a fresh database and answers its API's base
+// URL once it serves.
+func startProxy(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	keys := filepath.Join(t.TempDir(), "secret-keys.json")
+	if out, err := exec.Command(bin, "keys", "generate", "--secret-key-file", keys).CombinedOutput(); err != nil {
+		t.Fatalf("keys generate: %v\n%s", err, out)
+	}
+	args = append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--database-url", pgtest.NewDatabase(t), "--secret-key-file", keys,
+		"--upstream-allow", "127.0.0.1", "--shutdown-timeout", "5s"}, args...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // only the flags count
+	return "http://" + start(t, "pushproxy", cmd, regexp.MustCompile(`msg="pushproxy serving" addr=(\S+)`))
+}
+
+// serveExample runs serve.mjs: the built example in dist, and /events passed through to
+// the origin. It answers the app's base URL.
+func serveExample(t *testing.T, dist, origin string) string {
+	t.Helper()
+	cmd := exec.Command("node", "serve.mjs", "--port=0", "--dir="+dist, "--origin="+origin)
+	return start(t, "serve.mjs", cmd, regexp.MustCompile(`listening on (http://\S+)`))
 }
 
 // serve serves h on l until the test ends.
@@ -222,19 +236,22 @@ func TestExampleSleepsAndIsWokenByWebPush(t *testing.T) {
 	dist := buildExample(t)
 	bin := buildProxy(t)
 
-	// The app's own origin serves the page, its service worker and the ticker's /events.
+	// The ticker, and the app's own origin (serve.mjs), which serves the page, its service
+	// worker and the ticker's /events.
 	ticker := origin.New(&origin.Options{Symbols: 5, Rate: 0, History: 10000, Retry: 50 * time.Millisecond, Heartbeat: time.Second})
 	ticker.Start(context.Background())
 	t.Cleanup(ticker.Close)
-	mux := http.NewServeMux()
-	mux.Handle("/events", ticker.Handler())
-	mux.Handle("/", http.FileServer(http.Dir(dist)))
-	appL, otherL, strangerL := listen(t), listen(t), listen(t)
+	tickerURL, stopTicker, err := ticker.ServeLoopback()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopTicker)
+	app := serveExample(t, dist, tickerURL)
+	otherL, strangerL := listen(t), listen(t)
 	blank := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html")
 		io.WriteString(w, "<!doctype html><title>another origin</title>")
 	})
-	app := serve(t, appL, mux)
 	other := serve(t, otherL, blank)       // in --cors-origins
 	stranger := serve(t, strangerL, blank) // not in it
 
