@@ -34,7 +34,7 @@ func TestWebPushEndpointsCheck(t *testing.T) {
 		{"https://notify.windows.com/x", pushproxy.EFORBIDDEN}, // the wildcard needs a label
 		{"https://evil.com/fcm.googleapis.com", pushproxy.EFORBIDDEN},
 		{"https://fcm.googleapis.com.evil.com/x", pushproxy.EFORBIDDEN},
-		{"https://push.example.com/x", pushproxy.EFORBIDDEN}, // listed on 8443 only
+		{"https://push.example.com/x", pushproxy.EFORBIDDEN},  // listed on 8443 only
 		{"http://fcm.googleapis.com/x", pushproxy.EFORBIDDEN}, // https only unless listed http://
 		{"http://127.0.0.1:8791/push/x", pushproxy.EFORBIDDEN},
 		{"https://10.0.0.1/x", pushproxy.EFORBIDDEN},
