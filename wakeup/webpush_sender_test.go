@@ -363,3 +363,27 @@ func BenchmarkWebPushSend(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "sends/s")
 }
+
+// The VAPID subject may be given as "mailto:ops@example.com" (as RFC 8292 writes it, and as
+// --vapid-subject documents it), as a bare address, or as an https: URL: the token's sub is
+// a mailto: or https: URL each time, never "mailto:mailto:…".
+func TestWebPushSubjectForms(t *testing.T) {
+	f := newWebPushFixture(t)
+	for give, want := range map[string]string{
+		"mailto:ops@example.com":      "mailto:ops@example.com",
+		"ops@example.com":             "mailto:ops@example.com",
+		"https://example.com/contact": "https://example.com/contact",
+	} {
+		s, err := NewWebPush(WebPushOptions{VAPIDPublicKey: f.public, VAPIDPrivateKey: f.private, Subscriber: give})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Send(context.Background(), f.push(f.sub, Push{})); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if got := f.last(t).VAPID.Subject; got != want {
+			t.Errorf("Subscriber %q: sub %q, want %q", give, got, want)
+		}
+	}
+}
