@@ -262,12 +262,15 @@ func TestExampleSleepsAndIsWokenByWebPush(t *testing.T) {
 	t.Cleanup(push.Close)
 
 	vapidPublic, vapidPrivate := vapidKeys(t)
+	vapidKeyFile := filepath.Join(t.TempDir(), "vapid")
+	if err := os.WriteFile(vapidKeyFile, []byte(vapidPrivate), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	proxy := startProxy(t, bin,
 		"--cors-origins", app+","+other,
 		"--wake-debounce", "100ms",
-		"--webpush-vapid-public-key", vapidPublic, "--webpush-vapid-private-key", vapidPrivate,
-		"--webpush-subscriber", "mailto:test@example.com",
 		"--webpush-endpoints", push.URL(),
+		"--vapid-private-key-file", vapidKeyFile, "--vapid-subject", "mailto:test@example.com",
 	)
 
 	// Notifications are allowed (the service worker shows one for urgent events).
@@ -296,7 +299,7 @@ func TestExampleSleepsAndIsWokenByWebPush(t *testing.T) {
 		}
 	}()
 
-	if err := chromedp.Do(ctx, chromedp.Navigate(app+"/?proxy="+proxy)); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Navigate(app+"/?subscribeTimeout=5000&proxy="+proxy)); err != nil {
 		t.Fatal(err)
 	}
 	poll(t, ctx, "a push subscription or the page asking for one", `example.subscription || example.provideSubscription`)

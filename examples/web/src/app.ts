@@ -6,7 +6,8 @@
 //
 // Query parameters: proxy (the pushproxy base URL; default http://127.0.0.1:8080), vapid (the
 // proxy's VAPID public key; default: asked of the proxy), events (the origin's SSE URL;
-// default /events on this origin).
+// default /events on this origin), subscribeTimeout (ms to wait for PushManager.subscribe,
+// which never answers where no push service is reachable; default 10000).
 import { PushProxyEventSource, idbStorage } from "pushproxy-client";
 
 interface Seen {
@@ -55,7 +56,12 @@ function show(symbol: string, price?: number, change?: number) {
 async function subscribe(reg: ServiceWorkerRegistration): Promise<PushSubscriptionJSON> {
   try {
     const vapid = q.get("vapid") ?? (await (await fetch(new URL("/v1/webpush/vapid-public-key", proxy))).json()).vapid_public_key;
-    const sub = (await reg.pushManager.getSubscription()) ?? (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: vapid }));
+    // A browser without a reachable push service may never answer: give up after a while.
+    const ms = +(q.get("subscribeTimeout") ?? 10000);
+    const sub = await Promise.race([
+      (async () => (await reg.pushManager.getSubscription()) ?? (await reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: vapid })))(),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`PushManager.subscribe did not answer in ${ms} ms`)), ms)),
+    ]);
     return sub.toJSON();
   } catch (e) {
     example.subscribeError = String(e);
