@@ -30,7 +30,7 @@ func TestWebPushEndpointsCheck(t *testing.T) {
 		{"https://web.push.apple.com/QGx", ""},
 		{"https://push.example.com:8443/x", ""},
 		{"http://127.0.0.1:8790/push/x", ""},
-		{"https://127.0.0.1:8790/push/x", pushproxy.EFORBIDDEN}, // listed for http
+		{"https://127.0.0.1:8790/push/x", pushproxy.EFORBIDDEN},     // listed for http
 		{"https://fcm.googleapis.com:8443/x", pushproxy.EFORBIDDEN}, // a host alone is port 443
 		{"https://fcm.googleapis.com:443/x", ""},
 		{"https://a.notify.windows.com:8443/x", pushproxy.EFORBIDDEN},
