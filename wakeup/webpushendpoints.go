@@ -30,25 +30,26 @@ var DefaultWebPushEndpoints = []string{
 // these hosts, and only their public addresses.
 //
 // Entries:
-//   - "host" or "host:port": an https endpoint on that host (on any port, or that port);
-//   - "*.example.com": an https endpoint on any host under example.com (not example.com
-//     itself);
-//   - "http://host:port" (or "http://host"): that host over plain http too, for a push
-//     service on the operator's own network or the fake of `pushproxy fakes` on loopback.
+//   - "host" or "host:port": an https endpoint on that host, on port 443 or that port;
+//   - "*.example.com": an https endpoint on port 443 of any host under example.com (not
+//     example.com itself);
+//   - "http://host:port" (or "http://host", port 80): plain http to that host and port, for
+//     a push service on the operator's own network or the fake of `pushproxy fakes` on
+//     loopback.
 //
 // A host name is dialed only at its public addresses. An entry that is an IP address
 // ("127.0.0.1:8790", "http://[::1]:8790", "10.0.0.5") permits that address even when it is
 // private or loopback: the operator listed it explicitly.
 type WebPushEndpoints struct {
-	hosts    map[string]bool // "host" or "host:port", lower case
-	suffixes []string        // ".example.com"
-	http     map[string]bool // hosts ("host" or "host:port") allowed over plain http
+	https    map[string]bool // "host:port", lower case
+	suffixes []string        // ".example.com", on port 443
+	http     map[string]bool // "host:port" allowed over plain http
 	dial     *upstream.AllowList
 }
 
 // ParseWebPushEndpoints parses --webpush-endpoints entries. An empty list permits nothing.
 func ParseWebPushEndpoints(entries []string) (*WebPushEndpoints, error) {
-	e := &WebPushEndpoints{hosts: map[string]bool{}, http: map[string]bool{}}
+	e := &WebPushEndpoints{https: map[string]bool{}, http: map[string]bool{}}
 	dial := []string{"*"}
 	for _, raw := range entries {
 		s := strings.ToLower(strings.TrimSpace(raw))
@@ -72,13 +73,17 @@ func ParseWebPushEndpoints(entries []string) (*WebPushEndpoints, error) {
 		if host == "" || strings.ContainsAny(host, " /@?#[]") || strings.Contains(host, ":") && !isIPLiteral(host) {
 			return nil, fmt.Errorf("webpush endpoint %q: not a host, *.domain, host:port or http://host:port", raw)
 		}
-		key := host
-		if port != "" {
-			key = net.JoinHostPort(host, port)
+		switch {
+		case port != "":
+		case plain:
+			port = "80"
+		default:
+			port = "443"
 		}
+		key := net.JoinHostPort(host, port)
 		switch {
 		case strings.HasPrefix(host, "*."):
-			if port != "" || plain || strings.Contains(host[2:], "*") || !strings.Contains(host[2:], ".") {
+			if port != "443" || plain || strings.Contains(host[2:], "*") || !strings.Contains(host[2:], ".") {
 				return nil, fmt.Errorf("webpush endpoint %q: a wildcard is \"*.domain.tld\", https on any port", raw)
 			}
 			e.suffixes = append(e.suffixes, host[1:])
@@ -86,9 +91,10 @@ func ParseWebPushEndpoints(entries []string) (*WebPushEndpoints, error) {
 		case strings.Contains(host, "*"):
 			return nil, fmt.Errorf("webpush endpoint %q: a wildcard stands only for the first labels (\"*.domain.tld\")", raw)
 		}
-		e.hosts[key] = true
 		if plain {
 			e.http[key] = true
+		} else {
+			e.https[key] = true
 		}
 		if isIPLiteral(host) {
 			dial = append(dial, key)
@@ -107,7 +113,7 @@ func isIPLiteral(host string) bool {
 }
 
 // Check says whether the proxy may send to endpoint, a subscription's endpoint URL: an
-// https URL (http only on hosts listed as http://) whose host is listed. A refusal is a
+// https URL (http only to hosts listed as http://) whose host and port are listed. A refusal is a
 // *pushproxy.Error (EINVALID for a URL that is not one, EFORBIDDEN for a host not listed)
 // naming the host, never the whole URL (its path identifies the subscription).
 func (e *WebPushEndpoints) Check(endpoint string) error {
@@ -130,27 +136,28 @@ func (e *WebPushEndpoints) Check(endpoint string) error {
 	return nil
 }
 
-// permits reports whether host (and port, "" for the scheme's default) is listed, for
+// permits reports whether host and port ("" for the scheme's default) are listed, for
 // plain http or https.
 func (e *WebPushEndpoints) permits(host, port string, plain bool) bool {
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
-	if host == "" {
+	switch {
+	case host == "":
 		return false
+	case port != "":
+	case plain:
+		port = "80"
+	default:
+		port = "443"
 	}
-	keys := []string{host}
-	if port != "" {
-		keys = append(keys, net.JoinHostPort(host, port))
-	}
-	for _, k := range keys {
-		if plain && e.http[k] || !plain && e.hosts[k] {
-			return true
-		}
-	}
+	key := net.JoinHostPort(host, port)
 	if plain {
-		return false
+		return e.http[key]
+	}
+	if e.https[key] {
+		return true
 	}
 	for _, s := range e.suffixes {
-		if strings.HasSuffix(host, s) && len(host) > len(s) {
+		if port == "443" && strings.HasSuffix(host, s) && len(host) > len(s) {
 			return true
 		}
 	}
@@ -171,8 +178,8 @@ func (e *WebPushEndpoints) Client() *http.Client {
 		if err != nil {
 			return nil, err
 		}
-		// The transport names the port always; the list may name it or not. Plain http
-		// entries are https entries too, so a host listed either way may be dialed.
+		// The transport names the port always; the scheme is not known here, so a host
+		// and port listed for either may be dialed (Check decided the scheme).
 		if !e.permits(host, port, false) && !e.permits(host, port, true) {
 			return nil, &net.AddrError{Err: "not a listed push service (--webpush-endpoints)", Addr: host}
 		}

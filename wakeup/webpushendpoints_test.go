@@ -30,7 +30,10 @@ func TestWebPushEndpointsCheck(t *testing.T) {
 		{"https://web.push.apple.com/QGx", ""},
 		{"https://push.example.com:8443/x", ""},
 		{"http://127.0.0.1:8790/push/x", ""},
-		{"https://127.0.0.1:8790/push/x", ""},
+		{"https://127.0.0.1:8790/push/x", pushproxy.EFORBIDDEN},     // listed for http
+		{"https://fcm.googleapis.com:8443/x", pushproxy.EFORBIDDEN}, // a host alone is port 443
+		{"https://fcm.googleapis.com:443/x", ""},
+		{"https://a.notify.windows.com:8443/x", pushproxy.EFORBIDDEN},
 		{"https://notify.windows.com/x", pushproxy.EFORBIDDEN}, // the wildcard needs a label
 		{"https://evil.com/fcm.googleapis.com", pushproxy.EFORBIDDEN},
 		{"https://fcm.googleapis.com.evil.com/x", pushproxy.EFORBIDDEN},
@@ -55,7 +58,7 @@ func TestWebPushEndpointsCheck(t *testing.T) {
 }
 
 func TestParseWebPushEndpointsRefuses(t *testing.T) {
-	for _, bad := range []string{"*", "*.com", "a.*.com", "*.example.com:443", "http://*.example.com", "host:0", "host:x", "ho st", "a/b", "user@host", "a:b:c"} {
+	for _, bad := range []string{"*", "*.com", "a.*.com", "*.example.com:8443", "http://*.example.com", "host:0", "host:x", "ho st", "a/b", "user@host", "a:b:c"} {
 		if _, err := ParseWebPushEndpoints([]string{bad}); err == nil {
 			t.Errorf("ParseWebPushEndpoints(%q) accepted", bad)
 		}
