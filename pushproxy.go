@@ -20,17 +20,24 @@ const (
 
 // Push platforms.
 const (
-	PlatformAPNs = "apns"
-	PlatformFCM  = "fcm"
+	PlatformAPNs    = "apns"
+	PlatformFCM     = "fcm"
+	PlatformWebPush = "webpush"
 )
 
-// PushAddress is where a device is woken: an APNs device token and topic, or an FCM
-// registration token. The token is a secret: it never reaches a log line.
+// PushAddress is where a device is woken: an APNs device token and topic, an FCM
+// registration token, or a Web Push subscription (its endpoint URL as Token, its keys in
+// WebPushP256dh and WebPushAuth). The token is a secret: it never reaches a log line.
 type PushAddress struct {
 	Platform    string
 	Token       string
 	Topic       string
 	Environment string // APNs: "production" or "development"
+	// WebPushP256dh is the subscription's P-256 public key, base64url (Web Push only).
+	WebPushP256dh string
+	// WebPushAuth is the subscription's authentication secret, base64url (Web Push only).
+	// A secret: sealed at rest, never shown in a document or a log line.
+	WebPushAuth string
 }
 
 // Stream is one upstream EventSource held on a device's behalf.

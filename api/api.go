@@ -49,6 +49,13 @@ func (s *Server) Handler() http.Handler {
 		r.Get("/{id}/events", s.handleEvents)
 	})
 	r.Get("/v1/openapi.yaml", handleOpenAPI)
+	r.Route("/v1/webpush", func(r chi.Router) {
+		if cors := newCORS(s.opts.CORSOrigins); cors != nil {
+			r.Use(cors)
+			r.Options("/vapid-public-key", preflight(routes))
+		}
+		r.Get("/vapid-public-key", s.handleVAPIDPublicKey)
+	})
 	r.Route("/v1/admin", s.adminRoutes)
 	r.Get("/admin", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/admin/", http.StatusMovedPermanently)
@@ -189,6 +196,12 @@ func (s *Server) handleHandoff(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if h.Push != nil && h.Push.Platform == pushproxy.PlatformWebPush {
+		if err := s.opts.WebPushEndpoints.Check(h.Push.Token); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	if err := s.svc.CheckUpstream(ctx, h.URL); err != nil {
@@ -227,6 +240,16 @@ func (s *Server) handleHandoff(w http.ResponseWriter, r *http.Request) {
 		State:        st.State,
 		DeviceSecret: issued,
 	})
+}
+
+// handleVAPIDPublicKey answers the application server key a web app subscribes with
+// (pushManager.subscribe({applicationServerKey})), base64url without padding.
+func (s *Server) handleVAPIDPublicKey(w http.ResponseWriter, r *http.Request) {
+	if s.opts.VAPIDPublicKey == "" {
+		writeProblem(w, http.StatusNotFound, pushproxy.ENOTFOUND, "this proxy sends no Web Push (no VAPID key configured)")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"vapid_public_key": s.opts.VAPIDPublicKey})
 }
 
 // authorizedStream loads the stream named in the route and checks the stream token (Bearer

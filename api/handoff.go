@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/wakeup"
 )
 
 // handoffRequest is the body of POST /v1/streams.
@@ -31,12 +32,23 @@ type wakeRequest struct {
 }
 
 type pushRequest struct {
-	Platform    string `json:"platform"`
-	Token       string `json:"token"`
-	Topic       string `json:"topic"`
-	Environment string `json:"environment"`
+	Platform string `json:"platform"`
+	Token    string `json:"token"`
+	// Subscription is a Web Push subscription (PushSubscription.toJSON()), for platform
+	// "webpush" instead of a token.
+	Subscription *subscriptionRequest `json:"subscription"`
+	Topic        string               `json:"topic"`
+	Environment  string               `json:"environment"`
 	// DeviceSecret is the device's credential, answered by its first handoff.
 	DeviceSecret string `json:"device_secret"`
+}
+
+// subscriptionRequest is a Web Push subscription as PushSubscription.toJSON() gives it.
+type subscriptionRequest struct {
+	Endpoint string `json:"endpoint"`
+	// ExpirationTime is what browsers give (usually null); it is not used.
+	ExpirationTime *float64           `json:"expirationTime"`
+	Keys           wakeup.WebPushKeys `json:"keys"`
 }
 
 // Limits on a handoff's parts.
@@ -264,6 +276,12 @@ func validateUrgentEvents(types []string) ([]string, error) {
 }
 
 func validatePush(p *pushRequest) (*pushproxy.PushAddress, error) {
+	if p.Platform == pushproxy.PlatformWebPush {
+		return validateSubscription(p)
+	}
+	if p.Subscription != nil {
+		return nil, invalid(`push.subscription: applies to webpush only`)
+	}
 	a := &pushproxy.PushAddress{Platform: p.Platform, Token: p.Token, Topic: p.Topic, Environment: p.Environment}
 	switch {
 	case p.Token == "":
@@ -296,9 +314,36 @@ func validatePush(p *pushRequest) (*pushproxy.PushAddress, error) {
 			return nil, invalid("push.environment: applies to apns only")
 		}
 	case "":
-		return nil, invalid(`push.platform: required ("apns" or "fcm")`)
+		return nil, invalid(`push.platform: required ("apns", "fcm" or "webpush")`)
 	default:
-		return nil, invalid(`push.platform: must be "apns" or "fcm"`)
+		return nil, invalid(`push.platform: must be "apns", "fcm" or "webpush"`)
 	}
 	return a, nil
+}
+
+// validateSubscription validates the push address of a Web Push device: its subscription,
+// whose endpoint is the device's token. Whether the proxy may send to the endpoint's host
+// is checked by the handler (--webpush-endpoints).
+func validateSubscription(p *pushRequest) (*pushproxy.PushAddress, error) {
+	sub := p.Subscription
+	switch {
+	case sub == nil:
+		return nil, invalid(`push.subscription: required for webpush (PushSubscription.toJSON(): {"endpoint", "keys": {"p256dh", "auth"}})`)
+	case p.Token != "":
+		return nil, invalid("push.token: not for webpush (the subscription's endpoint names the device)")
+	case p.Topic != "" || p.Environment != "":
+		return nil, invalid("push.topic, push.environment: not for webpush")
+	case sub.Endpoint == "":
+		return nil, invalid("push.subscription.endpoint: required")
+	case len(sub.Endpoint) > maxPushTokenLength:
+		return nil, invalid("push.subscription.endpoint: longer than %d bytes", maxPushTokenLength)
+	}
+	if err := wakeup.CheckWebPushSubscription(sub.Endpoint, sub.Keys); err != nil {
+		return nil, invalid("push.subscription: %s", err.Error())
+	}
+	return &pushproxy.PushAddress{
+		Platform: pushproxy.PlatformWebPush, Token: sub.Endpoint,
+		// Stored as browsers give them, without padding.
+		WebPushP256dh: strings.TrimRight(sub.Keys.P256dh, "="), WebPushAuth: strings.TrimRight(sub.Keys.Auth, "="),
+	}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/wakeup"
 )
 
 // FuzzParseHandoff: any body either parses into a handoff that is safe to act on, or is
@@ -23,6 +24,8 @@ func FuzzParseHandoff(f *testing.F) {
 		`{"url":"http://h/","headers":{"Bad Name":"x"}}`,
 		`{"url":"http://h/","headers":{"X":"a\r\nb"}}`,
 		`{"url":"ftp://h/"}`, `{"url":""}`, `{}`, `[]`, `null`, `{"url":"http://h/"} x`, ``,
+		`{"url":"https://h/","push":{"platform":"webpush","subscription":{"endpoint":"https://fcm.googleapis.com/fcm/send/x","expirationTime":null,"keys":{"p256dh":"BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4","auth":"BTBZMqHH6r4Tts7J_aSIgg"}}}}`,
+		`{"url":"https://h/","push":{"platform":"webpush","subscription":{"endpoint":"http://[::1","keys":{"p256dh":"BA==","auth":""}}}}`,
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -49,8 +52,14 @@ func FuzzParseHandoff(f *testing.F) {
 				t.Fatalf("accepted header %q: %q", k, v)
 			}
 		}
-		if h.Push != nil && h.Push.Platform != pushproxy.PlatformAPNs && h.Push.Platform != pushproxy.PlatformFCM {
+		if h.Push != nil && h.Push.Platform != pushproxy.PlatformAPNs && h.Push.Platform != pushproxy.PlatformFCM && h.Push.Platform != pushproxy.PlatformWebPush {
 			t.Fatalf("accepted platform %q", h.Push.Platform)
+		}
+		if h.Push != nil && h.Push.Platform == pushproxy.PlatformWebPush {
+			keys := wakeup.WebPushKeys{P256dh: h.Push.WebPushP256dh, Auth: h.Push.WebPushAuth}
+			if err := wakeup.CheckWebPushSubscription(h.Push.Token, keys); err != nil || h.Push.Topic != "" || h.Push.Environment != "" {
+				t.Fatalf("accepted subscription %+v: %v", h.Push, err)
+			}
 		}
 	})
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
+	"github.com/pushproxy/pushproxy/wakeup"
 )
 
 // Options configure a Server. Zero fields take the defaults in DefaultOptions; APIKeys and
@@ -21,6 +22,12 @@ type Options struct {
 	// device routes (/v1/streams...); "*" allows any. Empty: no CORS. Check them with
 	// CheckCORSOrigins.
 	CORSOrigins []string
+	// WebPushEndpoints are the push services a Web Push subscription's endpoint may name
+	// (--webpush-endpoints); nil: wakeup.DefaultWebPushEndpoints.
+	WebPushEndpoints *wakeup.WebPushEndpoints
+	// VAPIDPublicKey is the application server key (base64url) web apps subscribe with,
+	// served at GET /v1/webpush/vapid-public-key; "": the route answers 404.
+	VAPIDPublicKey string
 	// MaxBodyBytes bounds API request bodies.
 	MaxBodyBytes int64
 	// Heartbeat is the interval of comment heartbeats to event readers.
@@ -66,6 +73,9 @@ func (o *Options) withDefaults() Options {
 	r.SessionTTL = cmp.Or(r.SessionTTL, d.SessionTTL)
 	r.HandoffBurst = cmp.Or(r.HandoffBurst, d.HandoffBurst)
 	r.LoginRatePerAddress = cmp.Or(r.LoginRatePerAddress, d.LoginRatePerAddress)
+	if r.WebPushEndpoints == nil {
+		r.WebPushEndpoints, _ = wakeup.ParseWebPushEndpoints(wakeup.DefaultWebPushEndpoints)
+	}
 	if r.Logger == nil {
 		r.Logger = slog.New(slog.DiscardHandler)
 	}

@@ -30,7 +30,10 @@ const (
 // unchanged. Devices without a secret (created before secrets existed, or by callers that
 // give none) take the first secret presented, provided the attributes stay what they were
 // and the device is not dead.
-func handoffDevice(ctx context.Context, tx pgx.Tx, ns *NewStream) (string, error) {
+//
+// A Web Push device's subscription keys (wp, from webpushColumns) are stored with it and
+// replaced by a handoff that proves the secret.
+func handoffDevice(ctx context.Context, tx pgx.Tx, ns *NewStream, wp webpushColumns) (string, error) {
 	p := ns.Push
 	var secret []byte
 	if len(ns.DeviceSecretHash) > 0 {
@@ -38,9 +41,10 @@ func handoffDevice(ctx context.Context, tx pgx.Tx, ns *NewStream) (string, error
 	}
 	var id string
 	err := tx.QueryRow(ctx, `
-		INSERT INTO devices (platform, token, topic, environment, secret_hash) VALUES ($1, $2, $3, $4, $5)
+		INSERT INTO devices (platform, token, topic, environment, secret_hash, webpush_p256dh, webpush_auth, webpush_auth_sealed)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (platform, token) DO NOTHING
-		RETURNING id`, p.Platform, p.Token, p.Topic, p.Environment, secret).Scan(&id)
+		RETURNING id`, p.Platform, p.Token, p.Topic, p.Environment, secret, wp.P256dh, wp.Auth, wp.AuthSealed).Scan(&id)
 	if err == nil {
 		return id, nil // a new device: its attributes and secret are the handoff's
 	}
@@ -48,13 +52,13 @@ func handoffDevice(ctx context.Context, tx pgx.Tx, ns *NewStream) (string, error
 		return "", fmt.Errorf("insert device: %w", err)
 	}
 	var (
-		topic, env string
-		stored     []byte
-		dead       bool
+		topic, env, p256dh string
+		stored             []byte
+		dead               bool
 	)
 	err = tx.QueryRow(ctx, `
-		SELECT id, topic, environment, secret_hash, dead_at IS NOT NULL FROM devices
-		WHERE platform = $1 AND token = $2 FOR UPDATE`, p.Platform, p.Token).Scan(&id, &topic, &env, &stored, &dead)
+		SELECT id, topic, environment, coalesce(webpush_p256dh, ''), secret_hash, dead_at IS NOT NULL FROM devices
+		WHERE platform = $1 AND token = $2 FOR UPDATE`, p.Platform, p.Token).Scan(&id, &topic, &env, &p256dh, &stored, &dead)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Forgotten between the insert and the select (an operator's DELETE): the caller
 		// may retry; it is rare enough to answer as a conflict.
@@ -63,13 +67,13 @@ func handoffDevice(ctx context.Context, tx pgx.Tx, ns *NewStream) (string, error
 	if err != nil {
 		return "", fmt.Errorf("lock device: %w", err)
 	}
-	same := topic == p.Topic && env == p.Environment
+	same := topic == p.Topic && env == p.Environment && (wp.P256dh == nil || p256dh == *wp.P256dh)
 	if stored == nil {
 		// A device without a secret of its own: it takes the first one presented, but
 		// nothing proves who the caller is, so it changes nothing else.
 		switch {
 		case !same:
-			return "", pushproxy.Errorf(pushproxy.EDEVICESECRETMISMATCH, "this push token's device was registered with another topic or environment, which cannot change")
+			return "", pushproxy.Errorf(pushproxy.EDEVICESECRETMISMATCH, "this push token's device was registered with another topic, environment or subscription keys, which cannot change")
 		case dead:
 			return "", pushproxy.Errorf(pushproxy.EDEVICESECRETMISMATCH, "this push token was reported dead; register the app again for a new token")
 		}
@@ -90,13 +94,60 @@ func handoffDevice(ctx context.Context, tx pgx.Tx, ns *NewStream) (string, error
 		// The device's own app, proven by its secret: a deliberate change of attributes,
 		// or a token registered again after it was reported dead.
 		_, err := tx.Exec(ctx, `
-			UPDATE devices SET topic = $2, environment = $3, updated_at = now(), dead_at = NULL, dead_reason = NULL
-			WHERE id = $1`, id, p.Topic, p.Environment)
+			UPDATE devices SET topic = $2, environment = $3, updated_at = now(), dead_at = NULL, dead_reason = NULL,
+				webpush_p256dh = $4, webpush_auth = $5, webpush_auth_sealed = $6
+			WHERE id = $1`, id, p.Topic, p.Environment, wp.P256dh, wp.Auth, wp.AuthSealed)
 		if err != nil {
 			return "", fmt.Errorf("update device: %w", err)
 		}
 	}
 	return id, nil
+}
+
+// webpushColumns are a Web Push device's key columns: the public key in clear, the
+// authentication secret sealed (or in clear when the store has no sealer). All nil for
+// other platforms.
+type webpushColumns struct {
+	P256dh, Auth *string
+	AuthSealed   []byte
+}
+
+// webpushAD is the associated data a device's sealed authentication secret is sealed with.
+func webpushAD(endpoint string) []byte { return []byte("webpush\x00" + endpoint) }
+
+// webpushColumns prepares the key columns of p's device.
+func (s *Store) webpushColumns(p *pushproxy.PushAddress) (webpushColumns, error) {
+	if p == nil || p.Platform != pushproxy.PlatformWebPush {
+		return webpushColumns{}, nil
+	}
+	c := webpushColumns{P256dh: &p.WebPushP256dh}
+	if s.sealer == nil {
+		c.Auth = &p.WebPushAuth
+		return c, nil
+	}
+	var err error
+	if c.AuthSealed, err = s.sealer.Seal([]byte(p.WebPushAuth), webpushAD(p.Token)); err != nil {
+		return webpushColumns{}, fmt.Errorf("seal webpush auth: %w", err)
+	}
+	return c, nil
+}
+
+// openWebPushAuth fills in a Web Push device's authentication secret from its columns.
+func (s *Store) openWebPushAuth(p *pushproxy.PushAddress, clear *string, sealed []byte) error {
+	switch {
+	case clear != nil:
+		p.WebPushAuth = *clear
+	case sealed != nil:
+		if s.sealer == nil {
+			return errors.New("the subscription's auth secret is sealed and no key file was given")
+		}
+		b, err := s.sealer.Open(sealed, webpushAD(p.Token))
+		if err != nil {
+			return fmt.Errorf("open webpush auth: %w", err)
+		}
+		p.WebPushAuth = string(b)
+	}
+	return nil
 }
 
 // checkDeviceQuota refuses a handoff for a device that holds max streams already (max 0: no

@@ -88,10 +88,14 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 		st    pushproxy.Stream
 		epoch int64
 	)
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	wp, err := s.webpushColumns(ns.Push)
+	if err != nil {
+		return st, 0, err
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var deviceID *string
 		if ns.Push != nil {
-			id, err := handoffDevice(ctx, tx, &ns)
+			id, err := handoffDevice(ctx, tx, &ns, wp)
 			if err != nil {
 				return err
 			}

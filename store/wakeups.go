@@ -165,7 +165,8 @@ func (s *Store) ClaimWakeups(ctx context.Context, owner string, now time.Time, t
 				FOR UPDATE SKIP LOCKED)
 			RETURNING w.*
 		)
-		SELECT c.id::text, c.device_id::text, d.platform, d.token, d.topic, d.environment, c.urgent, c.attempts,
+		SELECT c.id::text, c.device_id::text, d.platform, d.token, d.topic, d.environment,
+			coalesce(d.webpush_p256dh, ''), d.webpush_auth, d.webpush_auth_sealed, c.urgent, c.attempts,
 			c.created_at, c.due_at, d.dead_at IS NOT NULL,
 			EXISTS (SELECT 1 FROM readers r WHERE r.device_id = d.id AND r.expires_at > now()),
 			coalesce(p.ids, '{}'), coalesce(p.counts, '{}'),
@@ -187,14 +188,22 @@ func (s *Store) ClaimWakeups(ctx context.Context, owner string, now time.Time, t
 			w      pushproxy.Wakeup
 			ids    []string
 			counts []int64
+			auth   *string
+			sealed []byte
 		)
 		err := row.Scan(&w.ID, &w.DeviceID, &w.Push.Platform, &w.Push.Token, &w.Push.Topic, &w.Push.Environment,
-			&w.Urgent, &w.Attempts, &w.CreatedAt, &w.DueAt, &w.Dead, &w.Awake, &ids, &counts, &w.RecentSends)
+			&w.Push.WebPushP256dh, &auth, &sealed, &w.Urgent, &w.Attempts, &w.CreatedAt, &w.DueAt, &w.Dead, &w.Awake, &ids, &counts, &w.RecentSends)
+		if err != nil {
+			return w, err
+		}
+		// A secret this instance cannot open (sealed under a key it lacks) is left empty:
+		// the scheduler skips the wake-up without declaring the subscription dead.
+		_ = s.openWebPushAuth(&w.Push, auth, sealed)
 		w.Pending = make(map[string]int64, len(ids))
 		for i, id := range ids {
 			w.Pending[id] = counts[i]
 		}
-		return w, err
+		return w, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim wake-ups: %w", err)

@@ -39,8 +39,8 @@ type Options struct {
 	// InstanceID names this instance in wake-up leases.
 	InstanceID string
 	// Budgets are the pushes allowed per device per BudgetWindow, by platform.
-	BudgetAPNs, BudgetFCM int
-	BudgetWindow          time.Duration
+	BudgetAPNs, BudgetFCM, BudgetWebPush int
+	BudgetWindow                         time.Duration
 	// Jitter spreads retries and budget waits.
 	Jitter time.Duration
 	// LeaseTTL bounds a send: a wake-up claimed by an instance that died is taken over after it.
@@ -72,18 +72,22 @@ type Options struct {
 
 // DefaultOptions are the defaults of every option.
 var DefaultOptions = Options{
-	BudgetAPNs:   3, // Apple asks for no more than a few background pushes per hour
-	BudgetFCM:    12,
-	BudgetWindow: time.Hour,
-	Jitter:       time.Second,
-	LeaseTTL:     2 * time.Minute, // well beyond a send's timeout and its wait for a slot
-	ClaimBatch:   1000,
-	MaxInFlight:  1000,
-	Dispatchers:  2,
-	RetryBase:    time.Second,
-	RetryMax:     5 * time.Minute,
-	PushTTL:      time.Hour,
-	PollInterval: time.Second,
+	BudgetAPNs: 3, // Apple asks for no more than a few background pushes per hour
+	BudgetFCM:  12,
+	// Browsers do not publish a budget for pushes without a notification (Chrome
+	// tolerates a few before it shows one of its own); the wake-ups are silent to the user
+	// only while the service worker does not have to show one, so as many as FCM.
+	BudgetWebPush: 12,
+	BudgetWindow:  time.Hour,
+	Jitter:        time.Second,
+	LeaseTTL:      2 * time.Minute, // well beyond a send's timeout and its wait for a slot
+	ClaimBatch:    1000,
+	MaxInFlight:   1000,
+	Dispatchers:   2,
+	RetryBase:     time.Second,
+	RetryMax:      5 * time.Minute,
+	PushTTL:       time.Hour,
+	PollInterval:  time.Second,
 }
 
 func (o *Options) withDefaults() Options {
@@ -91,6 +95,7 @@ func (o *Options) withDefaults() Options {
 	d := DefaultOptions
 	r.BudgetAPNs = cmp.Or(r.BudgetAPNs, d.BudgetAPNs)
 	r.BudgetFCM = cmp.Or(r.BudgetFCM, d.BudgetFCM)
+	r.BudgetWebPush = cmp.Or(r.BudgetWebPush, d.BudgetWebPush)
 	r.BudgetWindow = cmp.Or(r.BudgetWindow, d.BudgetWindow)
 	r.LeaseTTL = cmp.Or(r.LeaseTTL, d.LeaseTTL)
 	r.ClaimBatch = cmp.Or(r.ClaimBatch, d.ClaimBatch)
@@ -258,6 +263,10 @@ func (s *Scheduler) decide(w pushproxy.Wakeup, now time.Time) (pushproxy.WakeupR
 	case s.senders[w.Push.Platform] == nil:
 		r.Outcome = pushproxy.OutcomeNoSender
 		r.Error = "no " + w.Push.Platform + " credentials configured"
+	case w.Push.Platform == pushproxy.PlatformWebPush && w.Push.WebPushAuth == "":
+		// Not the subscription's fault: its sealed secret needs a key this instance lacks.
+		r.Outcome = pushproxy.OutcomeNoSender
+		r.Error = "the subscription's auth secret is sealed under a key not in --secret-key-file"
 	default:
 		if at, ok := s.budgetAllows(w, now); !ok {
 			r.Outcome = OutcomeBudget
@@ -273,8 +282,11 @@ func (s *Scheduler) decide(w pushproxy.Wakeup, now time.Time) (pushproxy.WakeupR
 // does next.
 func (s *Scheduler) budgetAllows(w pushproxy.Wakeup, now time.Time) (time.Time, bool) {
 	budget := s.opts.BudgetFCM
-	if w.Push.Platform == pushproxy.PlatformAPNs {
+	switch w.Push.Platform {
+	case pushproxy.PlatformAPNs:
 		budget = s.opts.BudgetAPNs
+	case pushproxy.PlatformWebPush:
+		budget = s.opts.BudgetWebPush
 	}
 	return NextAllowed(w.RecentSends, now, budget, s.opts.BudgetWindow)
 }
@@ -305,6 +317,9 @@ func (s *Scheduler) send(ctx context.Context, w pushproxy.Wakeup) pushproxy.Wake
 	}
 	if w.Urgent {
 		p.AlertText = s.opts.AlertText
+	}
+	if w.Push.Platform == pushproxy.PlatformWebPush {
+		p.WebPushKeys = &WebPushKeys{P256dh: w.Push.WebPushP256dh, Auth: w.Push.WebPushAuth}
 	}
 	id, err := s.senders[w.Push.Platform].Send(ctx, p)
 	now := s.opts.Now()

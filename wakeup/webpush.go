@@ -32,8 +32,8 @@ type WebPushOptions struct {
 	// scalar (32 bytes), as webpush.GenerateVAPIDKeys makes them. The web app subscribes
 	// with the public key as its applicationServerKey.
 	VAPIDPublicKey, VAPIDPrivateKey string
-	// Subscriber is the contact in the VAPID token's "sub" claim: an e-mail address
-	// ("mailto:" is added) or an https: URL.
+	// Subscriber is the contact in the VAPID token's "sub" claim: a mailto: URL, an
+	// e-mail address ("mailto:" is added) or an https: URL.
 	Subscriber string
 	// Client dials the push services. Endpoints come from clients: give a client whose
 	// dialer refuses private addresses and hosts outside the allowed push services. nil: a
@@ -97,6 +97,8 @@ func NewWebPush(opts WebPushOptions) (*WebPush, error) {
 		return nil, errors.New("webpush: VAPIDPublicKey is not the public key of VAPIDPrivateKey")
 	}
 	w := &WebPush{opts: opts, client: opts.Client}
+	// The library prefixes everything but an https: URL with "mailto:".
+	w.opts.Subscriber = strings.TrimPrefix(opts.Subscriber, "mailto:")
 	w.opts.Timeout = cmp.Or(opts.Timeout, 30*time.Second)
 	if w.client == nil {
 		w.own = http.DefaultTransport.(*http.Transport).Clone()

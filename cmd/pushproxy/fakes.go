@@ -12,23 +12,26 @@ import (
 
 	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
 	"github.com/pushproxy/pushproxy/wakeup/fakefcm"
+	"github.com/pushproxy/pushproxy/wakeup/fakewebpush"
 )
 
 // fakesConfig is what `pushproxy fakes` is told.
 type fakesConfig struct {
-	Dir        string
-	APNsListen string
-	FCMListen  string
-	KeyID      string
-	TeamID     string
-	Topic      string
-	Project    string
+	Dir           string
+	APNsListen    string
+	FCMListen     string
+	WebPushListen string
+	KeyID         string
+	TeamID        string
+	Topic         string
+	Project       string
 }
 
 func (c *fakesConfig) flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Dir, "dir", "pushproxy-fakes", "where to write the APNs key, the CA certificate and the FCM credentials")
 	fs.StringVar(&c.APNsListen, "apns-listen", "127.0.0.1:2197", "address of the fake APNs (HTTP/2 over TLS)")
 	fs.StringVar(&c.FCMListen, "fcm-listen", "127.0.0.1:9099", "address of the fake FCM (HTTP)")
+	fs.StringVar(&c.WebPushListen, "webpush-listen", "127.0.0.1:8790", "address of the fake Web Push service (HTTP; subscriptions from POST /subscriptions)")
 	fs.StringVar(&c.KeyID, "key-id", "FAKEKEY001", "APNs key id of the generated key")
 	fs.StringVar(&c.TeamID, "team-id", "FAKETEAM01", "APNs team id")
 	fs.StringVar(&c.Topic, "topic", "", "the only APNs topic accepted (empty: any)")
@@ -91,24 +94,31 @@ func fakes(ctx context.Context, cfg fakesConfig, stdout io.Writer) error {
 	if err := fcm.WriteCredentials(credFile); err != nil {
 		return err
 	}
+	wp := fakewebpush.New(fakewebpush.Options{Addr: cfg.WebPushListen})
+	if err := wp.Start(); err != nil {
+		return fmt.Errorf("fake webpush: %w", err)
+	}
+	defer wp.Close()
 	topic := cfg.Topic
 	if topic == "" {
 		topic = "com.example.app"
 	}
 	fmt.Fprintf(stdout, `fake APNs: %s (HTTP/2, TLS; CA certificate %s)
 fake FCM:  %s (project %s)
+fake Web Push: %s (subscribe: POST %s/subscriptions)
 
 Point pushproxy at them:
   SSL_CERT_FILE=%s \
   PUSHPROXY_APNS_URL=%s PUSHPROXY_APNS_KEY_FILE=%s \
   PUSHPROXY_APNS_KEY_ID=%s PUSHPROXY_APNS_TEAM_ID=%s PUSHPROXY_APNS_TOPIC=%s \
   PUSHPROXY_FCM_URL=%s PUSHPROXY_FCM_CREDENTIALS_FILE=%s \
+  PUSHPROXY_WEBPUSH_ENDPOINTS=%s \
   pushproxy serve
 
 Pushes received:
-`, apns.URL(), caFile, fcm.URL(), cfg.Project, caFile, apns.URL(), keyFile, cfg.KeyID, cfg.TeamID, topic, fcm.URL(), credFile)
+`, apns.URL(), caFile, fcm.URL(), cfg.Project, wp.URL(), wp.URL(), caFile, apns.URL(), keyFile, cfg.KeyID, cfg.TeamID, topic, fcm.URL(), credFile, wp.URL())
 
-	seenAPNs, seenFCM := 0, 0
+	seenAPNs, seenFCM, seenWP := 0, 0, 0
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -129,6 +139,12 @@ Pushes received:
 				m.Time.Format(time.TimeOnly), m.Status, m.ErrorCode, abbreviateToken(m.Token), m.Android.Priority, m.Data)
 		}
 		seenFCM = len(ms)
+		wms := wp.Messages()
+		for _, m := range wms[seenWP:] {
+			fmt.Fprintf(stdout, "%s webpush %d %s endpoint=%s… ttl=%d urgency=%s topic=%s payload=%s\n",
+				time.Now().Format(time.TimeOnly), m.Status, m.Error, abbreviateToken(m.Endpoint[len(wp.URL()):]), m.TTL, m.Urgency, m.Topic, m.Payload)
+		}
+		seenWP = len(wms)
 	}
 }
 

@@ -269,10 +269,11 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 		return nil, err
 	}
 	po.Metrics, ao.Metrics = m, m
-	senders, err := cfg.Wake.senders(ctx, log)
+	senders, wp, err := cfg.Wake.senders(ctx, log, s.pg != nil, cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
+	ao.WebPushEndpoints, ao.VAPIDPublicKey = wp.Endpoints, wp.PublicKey
 	so := cfg.Wake.Sched
 	so.InstanceID, so.Logger, so.Metrics = po.InstanceID, log, m
 	po.Wake = cfg.Wake.policy()

@@ -21,8 +21,9 @@ type wakeConfig struct {
 	// Run by the maintenance leader (package maintenance).
 	DeadGrace, History time.Duration
 
-	APNs wakeup.APNsOptions
-	FCM  wakeup.FCMOptions
+	APNs    wakeup.APNsOptions
+	FCM     wakeup.FCMOptions
+	WebPush webPushConfig
 }
 
 func (c *wakeConfig) flags(fs *flag.FlagSet) {
@@ -32,6 +33,7 @@ func (c *wakeConfig) flags(fs *flag.FlagSet) {
 	o := &c.Sched
 	fs.IntVar(&o.BudgetAPNs, "wake-budget-apns", d.BudgetAPNs, "most APNs pushes per device per --wake-budget-window (Apple asks for a few background pushes an hour)")
 	fs.IntVar(&o.BudgetFCM, "wake-budget-fcm", d.BudgetFCM, "most FCM pushes per device per --wake-budget-window")
+	fs.IntVar(&o.BudgetWebPush, "wake-budget-webpush", d.BudgetWebPush, "most Web Push pushes per device per --wake-budget-window")
 	fs.DurationVar(&o.BudgetWindow, "wake-budget-window", d.BudgetWindow, "the window of the per-device push budgets")
 	fs.DurationVar(&o.Jitter, "wake-jitter", d.Jitter, "random delay up to this long added to wake-ups, so devices fed by one origin do not all wake at once")
 	fs.DurationVar(&o.RetryBase, "wake-retry", d.RetryBase, "first retry delay of a push that failed with a server or network error (doubles per attempt)")
@@ -56,6 +58,7 @@ func (c *wakeConfig) flags(fs *flag.FlagSet) {
 	f := &c.FCM
 	fs.StringVar(&f.CredentialsFile, "fcm-credentials-file", "", "FCM: the service-account credentials JSON file")
 	fs.StringVar(&f.URL, "fcm-url", "", "FCM endpoint override, for tests")
+	c.WebPush.flags(fs)
 }
 
 // policy is the scheduling policy the commit path applies.
@@ -65,12 +68,16 @@ func (c *wakeConfig) policy() *store.WakePolicy {
 
 // senders builds the push senders that have credentials; a platform without any gets its
 // wake-ups skipped (outcome no-sender), which the log says at start-up.
-func (c *wakeConfig) senders(ctx context.Context, log *slog.Logger) (map[string]wakeup.Sender, error) {
+//
+// With a VAPID key (--vapid-private-key-file, or with the local Postgres one made in
+// dataDir), Web Push devices are woken too; wp tells the API the push services allowed and
+// the key web apps subscribe with.
+func (c *wakeConfig) senders(ctx context.Context, log *slog.Logger, local bool, dataDir string) (_ map[string]wakeup.Sender, wp webPush, _ error) {
 	senders := map[string]wakeup.Sender{}
 	if c.APNs.KeyFile != "" || c.APNs.CertFile != "" {
 		s, err := wakeup.NewAPNs(c.APNs)
 		if err != nil {
-			return nil, fmt.Errorf("apns: %w", err)
+			return nil, wp, fmt.Errorf("apns: %w", err)
 		}
 		senders[pushproxy.PlatformAPNs] = s
 	} else {
@@ -79,11 +86,18 @@ func (c *wakeConfig) senders(ctx context.Context, log *slog.Logger) (map[string]
 	if c.FCM.CredentialsFile != "" {
 		s, err := wakeup.NewFCM(ctx, c.FCM)
 		if err != nil {
-			return nil, fmt.Errorf("fcm: %w", err)
+			return nil, wp, fmt.Errorf("fcm: %w", err)
 		}
 		senders[pushproxy.PlatformFCM] = s
 	} else {
 		log.WarnContext(ctx, "no FCM credentials (--fcm-credentials-file): FCM devices will not be woken")
 	}
-	return senders, nil
+	wp, err := c.WebPush.open(ctx, log, local, dataDir)
+	if err != nil {
+		return nil, wp, err
+	}
+	if wp.Sender != nil {
+		senders[pushproxy.PlatformWebPush] = wp.Sender
+	}
+	return senders, wp, nil
 }

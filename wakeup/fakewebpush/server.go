@@ -205,8 +205,11 @@ func (s *Server) Reset() {
 	s.mu.Unlock()
 }
 
-// ServeHTTP answers POST /push/<id>.
+// ServeHTTP answers POST /push/<id>, and the control API (control.go).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.serveControl(w, r) {
+		return
+	}
 	id, ok := strings.CutPrefix(r.URL.Path, "/push/")
 	if !ok || r.Method != http.MethodPost {
 		http.Error(w, "not a push resource", http.StatusNotFound)
@@ -294,6 +297,8 @@ func (s *Server) accept(w http.ResponseWriter, r *http.Request, id string, m *Me
 	sb.pending = append(kept, held)
 	return http.StatusCreated, ""
 }
+
+func secondsDuration(n int) time.Duration { return time.Duration(max(n, 0)) * time.Second }
 
 // validTopic: at most 32 characters of the URL-safe base64 alphabet (RFC 8030 section 5.4).
 func validTopic(t string) bool {

@@ -7,6 +7,8 @@ import { startStack, measureWake, bundledSize } from "../test/harness.js";
 
 const { min, gzip } = await bundledSize();
 console.log(`size: ${min} bytes minified, ${gzip} bytes minified+gzipped (goal: at most 6144)`);
+const sw = await bundledSize("sw");
+console.log(`sw size (pushproxy-client/sw): ${sw.min} bytes minified, ${sw.gzip} bytes minified+gzipped`);
 
 const stack = await startStack({ originArgs: ["--rate", "0"] });
 try {

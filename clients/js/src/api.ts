@@ -17,6 +17,9 @@ export class PushProxyError extends Error {
   }
 }
 
+/** The BroadcastChannel on which pushproxy-client/sw names the streams it fetched for pages. */
+export const CHANNEL = "pushproxy";
+
 /** How many times a request is tried while the proxy answers 429, 502-504, or nothing. */
 export const ATTEMPTS = 5;
 /** The first retry delay in ms; it doubles per attempt (with jitter), unless Retry-After says. */
@@ -55,4 +58,30 @@ export async function request(fetch: typeof globalThis.fetch, url: string, init:
     if (after) delay = /^\d+$/.test(after) ? +after * 1000 : Date.parse(after) - Date.now() || 0;
     await new Promise((r) => setTimeout(r, Math.min(Math.max(delay, 0), MAX_DELAY)));
   }
+}
+
+/**
+ * Whether a push payload names the stream: the pushproxy object, found as the payload itself,
+ * its `pushproxy` member (APNs, Web Push), or `data.pushproxy` (FCM; a JSON string there),
+ * lists the stream, or lists none or not all.
+ */
+export function names(payload: unknown, id: string): boolean {
+  try {
+    const parse = (v: any) => (typeof v == "string" ? JSON.parse(v) : v);
+    const p = parse(payload);
+    const o = parse(p?.pushproxy ?? p?.data?.pushproxy ?? p);
+    return !o?.streams || o.omitted > 0 || id in o.streams;
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * Runs f holding the Web Lock `pushproxy:` + name where the platform has Web Locks (browsers,
+ * service workers), so that a page and its service worker do not read the same backlog at
+ * once; else runs it.
+ */
+export function withLock<T>(name: string, f: () => Promise<T>): Promise<T> {
+  const locks = (globalThis as any).navigator?.locks;
+  return locks ? locks.request("pushproxy-lock:" + name, f) : f();
 }

@@ -1,4 +1,4 @@
-import { request } from "./api.js";
+import { request, names, withLock, CHANNEL } from "./api.js";
 
 /** The part of the platform's EventSource this package uses. */
 export interface EventSourceLike {
@@ -26,8 +26,13 @@ export interface KeyValueStorage {
 export interface PushProxyOptions {
   /** The pushproxy base URL, e.g. `https://push.example.com`. */
   proxy: string;
-  /** The push address the proxy wakes this device with, as in the handoff's `push`. */
-  push?: Record<string, unknown>;
+  /**
+   * The push address the proxy wakes this device with, as in the handoff's `push`. Its
+   * `device_secret`, when not given, is made here (32 random bytes) before the first handoff
+   * and kept in `storage` under `pushproxy-device:` and the push address, so that every
+   * handoff of this device presents the same one.
+   */
+  push?: Record<string, any>;
   /** Headers the proxy forwards to the origin (e.g. `Authorization`). */
   headers?: Record<string, string>;
   /** The proxy's API key, when it requires one. */
@@ -57,16 +62,20 @@ export interface PushProxyOptions {
 }
 
 /** What is stored while asleep: the held stream (if the handoff succeeded) and the position. */
-interface Held {
+export interface Held {
   id?: string;
   token?: string;
   /** The absolute events URL (it carries the token). */
   events?: string;
   /** The id of the last event dispatched. */
   last: string;
+  /** The handoff's `wake.urgent_events` (for the service worker's notifications). */
+  urgent?: string[];
+  /** Events the service worker fetched while no page was there to take them. */
+  inbox?: { id: string; event: string; data: string }[];
 }
 
-interface Page {
+export interface Page {
   events: { id: string; event: string; data: string }[];
   more: boolean;
   gap: boolean;
@@ -76,9 +85,23 @@ const AWAKE = 0,
   ASLEEP = 1,
   CLOSED = 2;
 /** The JSON page size: the API's largest, so a backlog of up to 1000 events is one request. */
-const PAGE = 1000;
+export const PAGE = 1000;
 /** The prefix of the ids the proxy gives events of an origin that sends none. */
 const PROXY_ID = "pushproxy-seq-";
+/**
+ * The device secrets per storage, by push address, as loaded or made (promises, so that
+ * instances sharing a storage share one).
+ */
+const secrets = new WeakMap<object, Map<string, Promise<string>>>();
+const NOWHERE = {};
+
+/** A new device secret: 32 random bytes, base64url without padding. */
+function newSecret() {
+  return btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(32))))
+    .replace(/\+/g, "-")
+    .replace(/\//g, "_")
+    .replace(/=/g, "");
+}
 
 /**
  * An EventSource that can sleep through pushproxy. While awake it reads the origin directly
@@ -129,6 +152,12 @@ export class PushProxyEventSource extends EventTarget {
     this.fetch = options.fetch ?? ((input, init) => fetch(input, init));
     this.run(() => this.load());
     const doc = globalThis.document;
+    if (doc && globalThis.BroadcastChannel) {
+      // A service worker running pushproxy-client/sw tells pages what it fetched.
+      const bc = new BroadcastChannel(CHANNEL);
+      bc.onmessage = (m) => m.data == this.key && this.handlePush();
+      this.stop.signal.addEventListener("abort", () => bc.close());
+    }
     if (options.auto && doc) {
       const signal = this.stop.signal;
       const sleep = () => this.sleep();
@@ -182,6 +211,7 @@ export class PushProxyEventSource extends EventTarget {
       const o = this.o;
       this.held = { last: this.lastEventId };
       await this.save();
+      const push = await this.device();
       const h = await request(this.fetch, new URL("/v1/streams", o.proxy).href, {
         method: "POST",
         headers: { "Content-Type": "application/json", ...(o.apiKey && { Authorization: "Bearer " + o.apiKey }) },
@@ -189,13 +219,15 @@ export class PushProxyEventSource extends EventTarget {
           url: this.url,
           last_event_id: this.lastEventId || undefined,
           headers: o.headers,
-          push: o.push,
+          push,
           compact: o.compact,
           wake: o.wake,
         }),
         keepalive: true, // a handoff from pagehide outlives the page
       });
-      const held = { id: h.id, token: h.token, events: new URL(h.events_url, o.proxy).href, last: this.lastEventId };
+      // A device known before device secrets existed is given one now.
+      if (h.device_secret) await this.device(h.device_secret);
+      const held = { id: h.id, token: h.token, events: new URL(h.events_url, o.proxy).href, last: this.lastEventId, urgent: o.wake?.urgent_events as string[] | undefined };
       if (this.closed) return void this.takeBack(held).catch(() => {});
       this.held = held;
       await this.save();
@@ -210,36 +242,46 @@ export class PushProxyEventSource extends EventTarget {
    * dispatched.
    */
   wake(): Promise<void> {
-    return this.run(async () => {
-      if (this.state != ASLEEP) return;
-      const h = this.held!;
-      let resume: string | undefined;
-      if (h.id) {
-        try {
-          await this.fetchBacklog();
-          resume = (await this.takeBack(h)).last_event_id;
-        } catch (e) {
-          this.fail(e);
-        }
+    return this.run(() => withLock(this.key, () => this.awake()));
+  }
+
+  private async awake() {
+    if (this.state != ASLEEP) return;
+    let resume: string | undefined;
+    await this.reload();
+    const h = this.held!;
+    if (h.id) {
+      try {
+        await this.fetchBacklog();
+        resume = (await this.takeBack(h)).last_event_id;
+      } catch (e) {
+        this.fail(e);
       }
-      resume ??= h.last;
-      if (this.closed) return;
-      this.held = undefined;
-      this.state = AWAKE;
-      await this.save();
-      this.connect(resume.startsWith(PROXY_ID) ? "" : resume);
-    });
+    }
+    resume ??= h.last;
+    if (this.closed) return;
+    this.held = undefined;
+    this.state = AWAKE;
+    await this.save();
+    this.connect(resume.startsWith(PROXY_ID) ? "" : resume);
   }
 
   /**
    * For a host's push handler: when asleep and the push names this stream (or names none),
    * dispatches what the proxy queued, and stays asleep. Takes the payload as the push service
    * delivers it: APNs' dictionary, FCM's data (or the whole message), or Web Push's JSON.
+   * A page whose service worker runs `pushproxy-client/sw` need not call it: the worker's
+   * BroadcastChannel message does.
    */
   handlePush(payload?: unknown): Promise<void> {
-    return this.run(async () => {
-      if (this.state == ASLEEP && this.held?.id && names(payload, this.held.id)) await this.fetchBacklog();
-    });
+    return this.run(() =>
+      withLock(this.key, async () => {
+        if (this.state == ASLEEP && this.held?.id && names(payload, this.held.id)) {
+          await this.reload();
+          await this.fetchBacklog();
+        }
+      }),
+    );
   }
 
   /** Closes the stream; a stream held by the proxy is taken back (without waiting). */
@@ -252,6 +294,58 @@ export class PushProxyEventSource extends EventTarget {
     this.held = undefined;
     void this.save();
     if (h?.id) this.takeBack(h).catch(() => {});
+  }
+
+  /**
+   * Takes over what a service worker (pushproxy-client/sw) left in storage while asleep: its
+   * position in the backlog, and dispatches the events it kept for a page.
+   */
+  private async reload() {
+    try {
+      const kept: Held | null = this.storage && JSON.parse((await this.storage.getItem(this.key)) || "null");
+      if (kept?.id && kept.id == this.held?.id) {
+        this.held = kept;
+        for (const ev of kept.inbox ?? []) this.emit(ev.event, ev.data, ev.id);
+        if (kept.inbox) {
+          kept.inbox = undefined;
+          await this.save();
+        }
+      }
+    } catch (e) {
+      this.fail(e);
+    }
+  }
+
+  /**
+   * The handoff's push with the device's secret: the one given in `push`, else the one kept
+   * for this push address, else a new one, kept before it is first sent (so that a retried
+   * first handoff presents the same). `answered`: the secret a handoff answered, kept instead.
+   */
+  private device(answered?: string) {
+    const p = this.o.push,
+      s = this.storage;
+    if (!p || p.device_secret) return p;
+    const key = "pushproxy-device:" + p.platform + ":" + (p.token ?? p.subscription?.endpoint);
+    const cache = secrets.get(s ?? NOWHERE) ?? new Map<string, Promise<string>>();
+    secrets.set(s ?? NOWHERE, cache);
+    let secret = cache.get(key);
+    if (answered || !secret) {
+      cache.set(
+        key,
+        (secret = (async () => {
+          const v = answered ?? (await s?.getItem(key)) ?? newSecret();
+          await s?.setItem(key, v);
+          return v;
+        })()),
+      );
+    }
+    return secret.then(
+      (v) => ({ ...p, device_secret: v }),
+      (e) => {
+        cache.delete(key);
+        throw e;
+      },
+    );
   }
 
   /** Takes the stream back from the proxy, acknowledging what was dispatched. */
@@ -368,20 +462,4 @@ function resumeUrl(url: string, lastEventId: string) {
   const u = new URL(url);
   u.searchParams.set("last_event_id", lastEventId);
   return u.href;
-}
-
-/**
- * Whether a push payload names the stream: the pushproxy object, found as the payload itself,
- * its `pushproxy` member (APNs, Web Push), or `data.pushproxy` (FCM; a JSON string there),
- * lists the stream, or lists none or not all.
- */
-function names(payload: unknown, id: string): boolean {
-  try {
-    const parse = (v: any) => (typeof v == "string" ? JSON.parse(v) : v);
-    const p = parse(payload);
-    const o = parse(p?.pushproxy ?? p?.data?.pushproxy ?? p);
-    return !o?.streams || o.omitted > 0 || id in o.streams;
-  } catch {
-    return true;
-  }
 }

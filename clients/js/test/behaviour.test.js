@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import { randomUUID } from "node:crypto";
 import { PushProxyEventSource, PushProxyError } from "../dist/index.js";
-import { startStack, MemoryStorage, waitFor, EventSource } from "./harness.js";
+import { startStack, MemoryStorage, waitFor, EventSource, fcmToken } from "./harness.js";
 
 const API_KEY = "key-behaviour";
 let stack;
@@ -16,13 +16,23 @@ before(async () => {
 });
 after(() => stack?.stop());
 
+/**
+ * The push token of the device whose storage this is: a device keeps its secret in its
+ * storage, so each storage stands for a device of its own.
+ */
+const devices = new WeakMap();
+function tokenOf(storage) {
+  if (!devices.has(storage)) devices.set(storage, fcmToken(`device-behaviour-${randomUUID()}`));
+  return devices.get(storage);
+}
+
 /** A client and what its app sees: events and gaps in one timeline, and errors. */
 function client(storage, options = {}) {
   const app = { timeline: [], errors: [], opens: 0 };
   const es = stack.track(
     new PushProxyEventSource(stack.eventsURL, {
       proxy: stack.proxyURL,
-      push: { platform: "fcm", token: "device-behaviour" },
+      push: { platform: "fcm", token: tokenOf(storage) },
       apiKey: API_KEY,
       EventSource,
       storage,
@@ -45,6 +55,8 @@ async function emitMarkers(n, label) {
 }
 
 const keyOf = () => "pushproxy:" + stack.eventsURL;
+/** The keys of storage but the device secret's (which outlives the streams). */
+const streamKeys = (storage) => [...storage.map.keys()].filter((k) => !k.startsWith("pushproxy-device:"));
 const storedStream = (storage) => JSON.parse(storage.map.get(keyOf()));
 
 /** A client connected and past its snapshot, with one marker seen; answers its timeline's length. */
@@ -132,7 +144,7 @@ for (const [what, tamper, status, code] of [
     assert.equal(err.code, code);
     const after = await live(second);
     assert.deepEqual(second.app.timeline, [...queued, ...after]);
-    assert.equal(storage.map.size, 0);
+    assert.deepEqual(streamKeys(storage), [], "the stream forgotten");
     second.es.close();
   });
 }
@@ -198,11 +210,17 @@ test("503 and 429 are retried (Retry-After honoured); the handoff carries the op
     await c.es.sleep();
     const posts = f.log.filter((r) => r.kind == "POST /v1/streams");
     assert.equal(posts.length, 3);
-    assert.deepEqual(JSON.parse(posts[2].body), {
+    const body = JSON.parse(posts[2].body);
+    // The device secret made before the first handoff, the same in each attempt.
+    const secret = body.push?.device_secret;
+    assert.match(secret, /^[A-Za-z0-9_-]{43}$/);
+    assert.equal(storage.map.get(`pushproxy-device:fcm:${tokenOf(storage)}`), secret);
+    for (const p of posts) assert.equal(JSON.parse(p.body).push.device_secret, secret);
+    assert.deepEqual(body, {
       url: stack.eventsURL,
       last_event_id: last,
       headers,
-      push: { platform: "fcm", token: "device-behaviour" },
+      push: { platform: "fcm", token: tokenOf(storage), device_secret: secret },
       wake,
     });
     const { id } = storedStream(storage);
@@ -251,7 +269,7 @@ test("close() while asleep takes the stream back and forgets it", async () => {
   c.es.close();
   assert.equal(c.es.readyState, PushProxyEventSource.CLOSED);
   await waitFor(async () => (await stack.stream(id)).state == "closed", "the stream to be taken back");
-  await waitFor(() => storage.map.size == 0, "the storage to be cleared");
+  await waitFor(() => streamKeys(storage).length == 0, "the storage to be cleared");
   const n = c.app.timeline.length;
   await c.es.wake(); // nothing: closed
   await emitMarkers(1, "after close");

@@ -155,6 +155,14 @@ export async function startStack({ originArgs = [], proxyArgs = [] } = {}) {
   }
 }
 
+/**
+ * An FCM registration token of the shape the proxy takes (100 to 4096 letters, digits, `_`, `-`
+ * and `:`), distinct per name.
+ */
+export function fcmToken(name) {
+  return (name + ":").padEnd(152, "x");
+}
+
 /** An async key-value store in memory, standing for a device's storage that outlives a process. */
 export class MemoryStorage {
   map = new Map();
@@ -229,7 +237,7 @@ export { EventSource };
 export async function measureWake(stack, n, PushProxyEventSource) {
   const storage = new MemoryStorage();
   const { fetch, counts } = countingFetch();
-  const es = stack.track(new PushProxyEventSource(stack.eventsURL, { proxy: stack.proxyURL, push: { platform: "fcm", token: "device-wake-cost" }, EventSource, fetch, storage }));
+  const es = stack.track(new PushProxyEventSource(stack.eventsURL, { proxy: stack.proxyURL, push: { platform: "fcm", token: fcmToken("device-wake-cost-" + randomBytes(6).toString("hex")) }, EventSource, fetch, storage }));
   const seen = [];
   es.addEventListener("marker", (ev) => seen.push(ev.lastEventId));
   es.addEventListener("snapshot", (ev) => seen.push(ev.lastEventId));
@@ -252,10 +260,13 @@ export async function measureWake(stack, n, PushProxyEventSource) {
   return { requests: { ...counts }, ms, dispatched, emitted };
 }
 
-/** The package's size bundled as an app would: minified, and minified and gzipped. */
-export async function bundledSize() {
+/**
+ * The size of an entry of the package (index: the main one; sw: the service-worker helper),
+ * bundled as an app would: minified, and minified and gzipped.
+ */
+export async function bundledSize(entry = "index") {
   const out = await build({
-    entryPoints: [fileURLToPath(new URL("../src/index.ts", import.meta.url))],
+    entryPoints: [fileURLToPath(new URL(`../src/${entry}.ts`, import.meta.url))],
     bundle: true,
     minify: true,
     format: "esm",
