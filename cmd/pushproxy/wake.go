@@ -35,7 +35,7 @@ func (c *wakeConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Jitter, "wake-jitter", d.Jitter, "random delay up to this long added to wake-ups, so devices fed by one origin do not all wake at once")
 	fs.DurationVar(&o.RetryBase, "wake-retry", d.RetryBase, "first retry delay of a push that failed with a server or network error (doubles per attempt)")
 	fs.DurationVar(&o.RetryMax, "wake-retry-max", d.RetryMax, "longest retry delay of a failed push")
-	fs.DurationVar(&o.PushTTL, "wake-push-ttl", d.PushTTL, "how long APNs/FCM keep an undelivered push (apns-expiration, FCM ttl)")
+	fs.DurationVar(&o.PushTTL, "wake-push-ttl", d.PushTTL, "how long APNs, FCM and Web Push services keep an undelivered push (apns-expiration, FCM ttl, Web Push TTL)")
 	fs.DurationVar(&o.DeadGrace, "wake-dead-grace", d.DeadGrace, "how long the streams of a device whose push token was reported dead are still held")
 	fs.DurationVar(&o.History, "wake-history", d.History, "how long finished wake-ups are kept as history")
 	fs.IntVar(&o.MaxInFlight, "wake-max-in-flight", d.MaxInFlight, "most pushes in flight at once")
