@@ -150,6 +150,73 @@ func (s *Store) openWebPushAuth(p *pushproxy.PushAddress, clear *string, sealed 
 	return nil
 }
 
+// resealWebPushAuth re-seals the Web Push devices' authentication secrets under the
+// sealer's primary key, and seals those stored in clear, in batches of one short
+// transaction each, as Reseal does for streams. A secret that does not open (damaged, or
+// copied from another device) is counted in res.Failed and left as it is.
+func (s *Store) resealWebPushAuth(ctx context.Context, batch int, res *ResealResult) error {
+	after := "00000000-0000-0000-0000-000000000000"
+	for {
+		n := 0
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			rows, err := tx.Query(ctx, `
+				SELECT id::text, token, webpush_auth, webpush_auth_sealed FROM devices
+				WHERE id > $2::uuid AND platform = 'webpush'
+					AND (webpush_auth IS NOT NULL OR substring(webpush_auth_sealed FOR $3) <> $1)
+				ORDER BY id LIMIT $4 FOR UPDATE`, s.sealer.PrimaryPrefix(), after, prefixLen, batch)
+			if err != nil {
+				return err
+			}
+			type row struct {
+				id     string
+				p      pushproxy.PushAddress
+				clear  *string
+				sealed []byte
+			}
+			var todo []row
+			for rows.Next() {
+				var r row
+				if err := rows.Scan(&r.id, &r.p.Token, &r.clear, &r.sealed); err != nil {
+					rows.Close()
+					return err
+				}
+				todo = append(todo, r)
+			}
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			for _, r := range todo {
+				n++
+				after = r.id
+				if err := s.openWebPushAuth(&r.p, r.clear, r.sealed); err != nil {
+					res.Failed++
+					continue
+				}
+				r.p.Platform = pushproxy.PlatformWebPush
+				c, err := s.webpushColumns(&r.p)
+				if err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `UPDATE devices SET webpush_auth = NULL, webpush_auth_sealed = $2 WHERE id = $1`, r.id, c.AuthSealed); err != nil {
+					return err
+				}
+				if r.clear != nil {
+					res.Sealed++
+				} else {
+					res.Resealed++
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("reseal webpush devices: %w", err)
+		}
+		if n < batch {
+			return nil
+		}
+	}
+}
+
 // checkDeviceQuota refuses a handoff for a device that holds max streams already (max 0: no
 // bound). The device row is locked by handoffDevice.
 func checkDeviceQuota(ctx context.Context, tx pgx.Tx, deviceID string, max int) error {

@@ -233,9 +233,9 @@ type ResealResult struct {
 	Failed   int64 // held streams whose sealed value does not open (damaged): failed
 }
 
-// Reseal re-seals every stream's credentials under the sealer's primary key, in batches of
-// one short transaction each, and seals those still in clear; ended streams' clear
-// credentials are dropped. Rows a holder's commit has locked are skipped and taken on the
+// Reseal re-seals every stream's credentials, and every Web Push device's authentication
+// secret, under the sealer's primary key, in batches of one short transaction each, and
+// seals those still in clear; ended streams' clear credentials are dropped. Rows a holder's commit has locked are skipped and taken on the
 // next pass; it returns when a pass finds nothing left (or ctx ends). Holders are not
 // disturbed: they hold their credentials in memory, and a claim in between opens the old
 // value or the new one.
@@ -246,6 +246,9 @@ func (s *Store) Reseal(ctx context.Context, opts ResealOptions) (ResealResult, e
 	}
 	if opts.Batch <= 0 {
 		opts.Batch = 500
+	}
+	if err := s.resealWebPushAuth(ctx, opts.Batch, &res); err != nil {
+		return res, err
 	}
 	for pass := 0; ; pass++ {
 		after := "00000000-0000-0000-0000-000000000000"

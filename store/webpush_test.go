@@ -131,3 +131,40 @@ func TestWebPushKeysChangeOnlyWithTheSecret(t *testing.T) {
 		t.Fatalf("keys not changed with the secret: %+v", w.Push)
 	}
 }
+
+// A key rotation re-seals the Web Push devices' auth secrets under the new key (and seals
+// those stored in clear), so that removing the old key (`keys rotate`) loses none.
+func TestWebPushAuthResealed(t *testing.T) {
+	ctx := context.Background()
+	_, b := setup(t)
+	k1, _ := seal.Generate()
+	sealedOld, _, err := openStore(t, b.url, k1).CreateStream(ctx, store.NewStream{URL: "http://origin.test/a", TokenHash: []byte("a"),
+		Push: webpushAddress("https://push.example/push/old-key", wpAuth), DeviceSecretHash: []byte("secret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inClear, _, err := openStore(t, b.url, nil).CreateStream(ctx, store.NewStream{URL: "http://origin.test/b", TokenHash: []byte("b"),
+		Push: webpushAddress("https://push.example/push/in-clear", wpClearAuth), DeviceSecretHash: []byte("secret")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := k1.WithNewPrimary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := openStore(t, b.url, k2).Reseal(ctx, store.ResealOptions{Batch: 1})
+	if err != nil || res.Resealed < 1 || res.Sealed < 1 || res.Failed != 0 {
+		t.Fatalf("Reseal: %+v, %v", res, err)
+	}
+	assertNoSecrets(t, "pg_dump --data-only", pgtest.DumpData(t, b.url), wpAuth, wpClearAuth)
+	onlyNew, err := k2.PrimaryOnly()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := openStore(t, b.url, onlyNew)
+	for s, want := range map[*pushproxy.Stream]string{&sealedOld: wpAuth, &inClear: wpClearAuth} {
+		if w := claimDevice(t, st, *s); w.Push.WebPushAuth != want {
+			t.Errorf("after the rotation, device of %s: auth %q, want %q", s.URL, w.Push.WebPushAuth, want)
+		}
+	}
+}

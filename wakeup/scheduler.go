@@ -131,8 +131,8 @@ type Scheduler struct {
 	dispatch startstop.Loop // runs the dispatchers
 }
 
-// New returns a scheduler sending through senders (by platform: "apns", "fcm"); a platform
-// without a sender gets its wake-ups skipped (outcome no-sender).
+// New returns a scheduler sending through senders (by platform: "apns", "fcm", "webpush");
+// a platform without a sender gets its wake-ups skipped (outcome no-sender).
 func New(q Queue, senders map[string]Sender, opts *Options) *Scheduler {
 	if opts == nil {
 		opts = &Options{}

@@ -112,15 +112,20 @@ func setup(t *testing.T, opts *wakeup.Options) *bundle {
 	}
 	o.InstanceID, o.Now, o.Jitter = owner, b.clock.Now, time.Nanosecond
 	o.Rearm = func(ctx context.Context, devices []string) error { return st.RearmWakeups(ctx, devices, b.policy) }
-	b.sched = wakeup.New(st, map[string]wakeup.Sender{pushproxy.PlatformAPNs: b.sender, pushproxy.PlatformFCM: b.sender}, &o)
+	b.sched = wakeup.New(st, map[string]wakeup.Sender{pushproxy.PlatformAPNs: b.sender, pushproxy.PlatformFCM: b.sender,
+		pushproxy.PlatformWebPush: b.sender}, &o)
 	return b
 }
 
 func (b *bundle) stream(t *testing.T, token string) string {
 	t.Helper()
+	return b.streamFor(t, &pushproxy.PushAddress{Platform: pushproxy.PlatformAPNs, Token: token, Topic: "com.example.app", Environment: "production"})
+}
+
+func (b *bundle) streamFor(t *testing.T, push *pushproxy.PushAddress) string {
+	t.Helper()
 	s, epoch, err := b.st.CreateStream(context.Background(), store.NewStream{
-		URL: "http://origin.test/events", TokenHash: []byte("h"), LeaseOwner: owner,
-		Push: &pushproxy.PushAddress{Platform: pushproxy.PlatformAPNs, Token: token, Topic: "com.example.app", Environment: "production"},
+		URL: "http://origin.test/events", TokenHash: []byte("h"), LeaseOwner: owner, Push: push,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -348,6 +353,49 @@ func TestBudgetHoldsOverASimulatedHour(t *testing.T) {
 	}
 	if sent[3] < time.Hour {
 		t.Fatalf("the 4th push went at %s, inside the first hour", sent[3])
+	}
+}
+
+// A Web Push device is woken with its subscription's keys, within --wake-budget-webpush
+// (not the other platforms' budgets); one whose auth secret cannot be opened is skipped,
+// not declared dead.
+func TestWebPushWakeupsCarryTheKeysWithinTheirBudget(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &wakeup.Options{BudgetWebPush: 2, BudgetAPNs: 5, BudgetFCM: 5})
+	const endpoint = "https://push.example/push/budget"
+	s := b.streamFor(t, &pushproxy.PushAddress{Platform: pushproxy.PlatformWebPush, Token: endpoint, WebPushP256dh: "BKey", WebPushAuth: "authSecret"})
+	dev := b.device(t, s)
+	sent := 0
+	for i := 0; i < 12; i++ { // an event every 5 minutes for an hour, read at once
+		b.events(t, s, 1, false)
+		for j := 0; j < 5; j++ {
+			b.clock.Advance(time.Minute)
+			before := b.sender.count()
+			b.run(t)
+			if b.sender.count() > before {
+				sent++
+				p := b.sender.last()
+				if p.Platform != pushproxy.PlatformWebPush || p.Token != endpoint || p.WebPushKeys == nil ||
+					p.WebPushKeys.P256dh != "BKey" || p.WebPushKeys.Auth != "authSecret" {
+					t.Fatalf("push %+v, keys %+v", p, p.WebPushKeys)
+				}
+				b.read(t, s, dev)
+			}
+		}
+	}
+	if sent != 2 {
+		t.Fatalf("%d Web Push wake-ups within the hour, want the budget of 2", sent)
+	}
+
+	noAuth := b.streamFor(t, &pushproxy.PushAddress{Platform: pushproxy.PlatformWebPush, Token: endpoint + "-2", WebPushP256dh: "BKey"})
+	b.events(t, noAuth, 1, false)
+	b.clock.Advance(time.Minute)
+	b.run(t)
+	if p := b.sender.last(); p.Token == endpoint+"-2" {
+		t.Fatal("a wake-up without the auth secret was sent")
+	}
+	if ws := b.wakeState(t, b.device(t, noAuth)); ws.LastOutcome != pushproxy.OutcomeNoSender || !ws.DeadAt.IsZero() {
+		t.Fatalf("wake state %+v, want no-sender and not dead", ws)
 	}
 }
 

@@ -73,18 +73,12 @@ func ParseWebPushEndpoints(entries []string) (*WebPushEndpoints, error) {
 		if host == "" || strings.ContainsAny(host, " /@?#[]") || strings.Contains(host, ":") && !isIPLiteral(host) {
 			return nil, fmt.Errorf("webpush endpoint %q: not a host, *.domain, host:port or http://host:port", raw)
 		}
-		switch {
-		case port != "":
-		case plain:
-			port = "80"
-		default:
-			port = "443"
-		}
+		port = portOrDefault(port, plain)
 		key := net.JoinHostPort(host, port)
 		switch {
 		case strings.HasPrefix(host, "*."):
 			if port != "443" || plain || strings.Contains(host[2:], "*") || !strings.Contains(host[2:], ".") {
-				return nil, fmt.Errorf("webpush endpoint %q: a wildcard is \"*.domain.tld\", https on any port", raw)
+				return nil, fmt.Errorf("webpush endpoint %q: a wildcard is \"*.domain.tld\", https on port 443", raw)
 			}
 			e.suffixes = append(e.suffixes, host[1:])
 			continue
@@ -105,6 +99,17 @@ func ParseWebPushEndpoints(entries []string) (*WebPushEndpoints, error) {
 		return nil, fmt.Errorf("webpush endpoints: %w", err)
 	}
 	return e, nil
+}
+
+// portOrDefault is port, or the default port of http (plain) or https.
+func portOrDefault(port string, plain bool) string {
+	switch {
+	case port != "":
+		return port
+	case plain:
+		return "80"
+	}
+	return "443"
 }
 
 func isIPLiteral(host string) bool {
@@ -140,15 +145,10 @@ func (e *WebPushEndpoints) Check(endpoint string) error {
 // plain http or https.
 func (e *WebPushEndpoints) permits(host, port string, plain bool) bool {
 	host = strings.ToLower(strings.TrimSuffix(host, "."))
-	switch {
-	case host == "":
+	if host == "" {
 		return false
-	case port != "":
-	case plain:
-		port = "80"
-	default:
-		port = "443"
 	}
+	port = portOrDefault(port, plain)
 	key := net.JoinHostPort(host, port)
 	if plain {
 		return e.http[key]

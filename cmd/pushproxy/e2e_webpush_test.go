@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -170,5 +171,58 @@ func TestEndToEndWebPush(t *testing.T) {
 	// The subscription's auth secret is in no log line.
 	if out := px.output(); strings.Contains(out, live.Keys.Auth) || strings.Contains(out, live.Endpoint) {
 		t.Errorf("the proxy's log holds the subscription's auth secret or endpoint")
+	}
+}
+
+var fakeWebPushListening = regexp.MustCompile(`fake Web Push: (http://\S+)`)
+
+// TestEndToEndWebPushThroughPushproxyFakes: the integrators' path, every part a process of
+// its own: `pushproxy fakes` runs the fake push service; a subscription is made through its
+// control API; `pushproxy serve`, pointed at it as the PUSHPROXY_WEBPUSH_ENDPOINTS it
+// printed says, wakes the device; GET /messages shows the decrypted wake-up.
+func TestEndToEndWebPushThroughPushproxyFakes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs processes")
+	}
+	bin, _ := binaries(t)
+	fakes := startProcess(t, "pushproxy fakes", bin, "fakes", "--dir", t.TempDir(),
+		"--apns-listen", "127.0.0.1:0", "--fcm-listen", "127.0.0.1:0", "--webpush-listen", "127.0.0.1:0")
+	fakeURL := fakes.waitLine(fakeWebPushListening)[1]
+	if !strings.Contains(fakes.waitLine(regexp.MustCompile(`PUSHPROXY_WEBPUSH_ENDPOINTS=(\S+)`))[1], fakeURL) {
+		t.Fatalf("pushproxy fakes does not print the endpoints to allow:\n%s", fakes.output())
+	}
+	wp := startWebPushFake(t) // for its VAPID key file and flags; its own fake is not used
+	flags := append([]string{}, wp.flags...)
+	flags[1] = fakeURL // --webpush-endpoints
+	originURL, _ := startOrigin(t, "--rate", "0", "--allow-emit", "--retry", "10ms")
+	api, _ := startProxy(t, pgtest.NewDatabase(t), append(flags, "--wake-debounce", "100ms")...)
+
+	resp, err := http.Post(fakeURL+"/subscriptions", "application/json", strings.NewReader(`{"application_server_key":"`+wp.publicKey+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sub fakewebpush.Subscription
+	err = json.NewDecoder(resp.Body).Decode(&sub)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("subscribe: %d %v", resp.StatusCode, err)
+	}
+	status, s, body := handoffWebPush(t, api, originURL+"/events", sub)
+	if status != http.StatusCreated {
+		t.Fatalf("handoff: %d %s", status, body)
+	}
+	waitForConnected(t, api, s)
+	emit(t, originURL, 2)
+	var got []fakewebpush.ControlMessage
+	waitFor(t, "the fake to receive the wake-up", func() bool {
+		resp, err := http.Get(fakeURL + "/messages")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		return json.NewDecoder(resp.Body).Decode(&got) == nil && len(got) > 0
+	})
+	if m := got[0]; m.Status != http.StatusCreated || m.Endpoint != sub.Endpoint || !strings.Contains(m.Payload, `"`+s.ID+`":2`) {
+		t.Fatalf("the fake received %+v", m)
 	}
 }

@@ -38,7 +38,7 @@ func (c *wakeConfig) flags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Jitter, "wake-jitter", d.Jitter, "random delay up to this long added to wake-ups, so devices fed by one origin do not all wake at once")
 	fs.DurationVar(&o.RetryBase, "wake-retry", d.RetryBase, "first retry delay of a push that failed with a server or network error (doubles per attempt)")
 	fs.DurationVar(&o.RetryMax, "wake-retry-max", d.RetryMax, "longest retry delay of a failed push")
-	fs.DurationVar(&o.PushTTL, "wake-push-ttl", d.PushTTL, "how long APNs/FCM keep an undelivered push (apns-expiration, FCM ttl)")
+	fs.DurationVar(&o.PushTTL, "wake-push-ttl", d.PushTTL, "how long APNs, FCM and Web Push services keep an undelivered push (apns-expiration, FCM ttl, Web Push TTL)")
 	dm := maintenance.DefaultOptions
 	fs.DurationVar(&c.DeadGrace, "wake-dead-grace", dm.DeadGrace, "how long the streams of a device whose push token was reported dead are still held (the device is then deleted)")
 	fs.DurationVar(&c.History, "wake-history", dm.WakeupHistory, "how long finished wake-ups are kept as history")
