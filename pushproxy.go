@@ -69,6 +69,8 @@ type Stream struct {
 	// UrgentEvents lists the event types that wake the device at once, on the platform's
 	// high-priority path where it has one.
 	UrgentEvents []string
+	// CompactBy is the stream's compaction setting (see ParseCompaction; "": none).
+	CompactBy string
 }
 
 // Backlog is the number of events queued and not yet acknowledged.
@@ -82,6 +84,9 @@ type Event struct {
 	LastEventID string
 	Type        string
 	Data        string
+	// CompactKey is the event's compaction key ("": none, never compacted), computed once
+	// by the holder from the stream's Compaction. It is stored, not replayed.
+	CompactKey string
 }
 
 // Error codes. They are stable: API clients branch on them (they form the "type" of problem
