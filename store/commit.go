@@ -177,6 +177,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		res = CommitResult{}
 		var (
 			copyRows       [][]any
+			compacted      compactKeys
 			notify         []string
 			woken          []string
 			urgent         []bool
@@ -198,7 +199,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 				if ev.Seq <= f.after {
 					continue // trimmed before it was ever stored
 				}
-				copyRows = append(copyRows, []any{sid, ev.Seq, []byte(ev.LastEventID), []byte(ev.Type), []byte(ev.Data)})
+				copyRows = append(copyRows, []any{sid, ev.Seq, []byte(ev.LastEventID), []byte(ev.Type), []byte(ev.Data), compacted.add(a.StreamID, ev)})
 				added++
 			}
 			res.Bytes += sizes[i] // the same events: those the trim keeps
@@ -216,10 +217,13 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		}
 		if len(copyRows) > 0 {
 			_, err := tx.CopyFrom(ctx, pgx.Identifier{"events"},
-				[]string{"stream_id", "seq", "last_event_id", "type", "data"}, pgx.CopyFromRows(copyRows))
+				[]string{"stream_id", "seq", "last_event_id", "type", "data", "compact_key"}, pgx.CopyFromRows(copyRows))
 			if err != nil {
 				return fmt.Errorf("copy events: %w", err)
 			}
+		}
+		if err := compacted.compact(ctx, tx); err != nil {
+			return err
 		}
 		if len(trimIDs) > 0 {
 			_, err := tx.Exec(ctx, `

@@ -3,3 +3,6 @@ package store
 // MigrateFS applies the migrations of a file system of the test's making: the binary's own
 // plus "future" ones, as a newer release would.
 var MigrateFS = migrateFS
+
+// CompactSQL is the commit's compaction statement, for its query plan.
+const CompactSQL = compactSQL
