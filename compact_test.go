@@ -62,8 +62,8 @@ func TestCompactionKey(t *testing.T) {
 		{"json:/sym", "tick", `{"sym":{"b":1,"a":[1, 2]}}`, `{"a":[1,2],"b":1}`, true},
 		{"json:/sym", "tick", `{"sym":1.50}`, `1.50`, true},
 		{"json:/sym", "tick", `{"sym":"<&>"}`, `"<&>"`, true},
-		{"json:/sym", "tick", `{"p":1}`, "", false},       // lacks the pointer
-		{"json:/sym", "tick", `AAPL 187.2`, "", false},    // not JSON
+		{"json:/sym", "tick", `{"p":1}`, "", false},        // lacks the pointer
+		{"json:/sym", "tick", `AAPL 187.2`, "", false},     // not JSON
 		{"json:/sym", "tick", `{"sym":"A"} {}`, "", false}, // two values
 		{"json:/sym", "tick", `["sym"]`, "", false},
 		{"json:/a/1", "tick", `{"a":["x","y"]}`, `"y"`, true},
