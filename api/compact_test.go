@@ -119,6 +119,11 @@ func testCompaction(t *testing.T, by string, key func(typ string, sym int) strin
 		t.Fatalf("stream shows compact %s (%v)", out, err)
 	}
 
+	// The backlog the device is told of counts the survivors, not the seqs.
+	if bl := getStream(t, b, h).Backlog; bl != int64(len(want)) {
+		t.Fatalf("backlog %d, want %d", bl, len(want))
+	}
+
 	// A JSON page: the survivors, in order, with their own ids.
 	got, gap := pageTicks(t, b, h, "")
 	if gap {
@@ -144,6 +149,9 @@ func testCompaction(t *testing.T, by string, key func(typ string, sym int) strin
 		t.Fatal("resume after a survivor: gap signalled")
 	}
 	checkEvents(t, "after "+mid, got, want[len(want)/2+1:])
+	if bl := getStream(t, b, h).Backlog; bl != int64(len(want)-len(want)/2-1) {
+		t.Fatalf("backlog after acknowledging %s: %d, want %d", mid, bl, len(want)-len(want)/2-1)
+	}
 	r = openSSE(t, b, h, &mid)
 	for _, w := range want[len(want)/2+1:] {
 		if ev := r.next(t); ev.LastEventID != w.id || ev.Data != w.data {

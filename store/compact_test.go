@@ -120,3 +120,31 @@ func TestCompactionUsesItsIndex(t *testing.T) {
 	}
 	t.Logf("compaction plan:\n%s", p)
 }
+
+// TestCompactionKeepsWakeups: events that replace queued ones wake the device as any
+// events do: a compacted commit queues the same wake-up as an uncompacted one.
+func TestCompactionKeepsWakeups(t *testing.T) {
+	t.Parallel()
+	st, _ := setup(t)
+	ctx := context.Background()
+	for i, keys := range []int64{0, 1} {
+		s, epoch := newStream(t, st, &pushproxy.PushAddress{Platform: pushproxy.PlatformFCM, Token: "wake-" + itoa(int64(i))})
+		for from := int64(1); from <= 10; from += 5 {
+			res, err := st.Commit(ctx, owner, []store.Append{{StreamID: s.ID, Epoch: epoch, Events: keyed(from, from+4, keys), HeadSeq: from + 4, ResumeID: seqID(from + 4), RetryMS: -1}},
+				store.CommitOptions{Wake: &store.WakePolicy{}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if from == 1 && res.Wakeups != 1 {
+				t.Fatalf("keys %d: %d wake-ups queued, want 1", keys, res.Wakeups)
+			}
+		}
+		var pending int64
+		if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM wakeups WHERE device_id = $1 AND state = 'pending'`, s.DeviceID).Scan(&pending); err != nil {
+			t.Fatal(err)
+		}
+		if pending != 1 {
+			t.Fatalf("keys %d: %d pending wake-ups, want 1", keys, pending)
+		}
+	}
+}
