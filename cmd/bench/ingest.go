@@ -92,6 +92,7 @@ func runIngest(ctx context.Context, args []string) error {
 	duration := fs.Duration("duration", 30*time.Second, "measured time")
 	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
 	h2c := fs.Bool("h2c", false, "upstream over HTTP/2 without TLS (all streams share one connection)")
+	compact := fs.String("compact", "", `hand the streams off with compaction by key: "type", or "json:/symbol" (the ticker's symbol)`)
 	fs.Parse(args)
 
 	url, stopPG, err := startPostgres(ctx, *dbURL)
@@ -137,6 +138,9 @@ func runIngest(ctx context.Context, args []string) error {
 
 	for i := 0; i < *streams; i++ {
 		body := fmt.Sprintf(`{"url": "%s/events"}`, originBase)
+		if *compact != "" {
+			body = fmt.Sprintf(`{"url": "%s/events", "compact": {"by": %q}}`, originBase, *compact)
+		}
 		resp, err := http.Post("http://"+aln.Addr().String()+"/v1/streams", "application/json", strings.NewReader(body))
 		if err != nil {
 			return err
@@ -146,7 +150,7 @@ func runIngest(ctx context.Context, args []string) error {
 			return fmt.Errorf("handoff: %s", resp.Status)
 		}
 	}
-	fmt.Printf("ingest: %d streams, target %.0f events/s in, postgres: %s\n", *streams, *rate, pgSettings(ctx, url))
+	fmt.Printf("ingest: %d streams, target %.0f events/s in, compact %q, postgres: %s\n", *streams, *rate, *compact, pgSettings(ctx, url))
 
 	select {
 	case <-time.After(*warmup):
