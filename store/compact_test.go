@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -146,5 +147,27 @@ func TestCompactionKeepsWakeups(t *testing.T) {
 		if pending != 1 {
 			t.Fatalf("keys %d: %d pending wake-ups, want 1", keys, pending)
 		}
+	}
+}
+
+// TestClaimCarriesCompaction: an instance that claims a stream (after a restart, or from
+// another instance) gets its compaction setting, for its holder to compute keys.
+func TestClaimCarriesCompaction(t *testing.T) {
+	t.Parallel()
+	st, _ := setup(t)
+	ctx := context.Background()
+	s, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://origin.test/events", TokenHash: []byte("hash"), CompactBy: "json:/sym"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.CompactBy != "json:/sym" {
+		t.Fatalf("created with %q", s.CompactBy)
+	}
+	claims, err := st.ClaimStreams(ctx, owner, time.Minute, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(claims) != 1 || claims[0].Stream.ID != s.ID || claims[0].Stream.CompactBy != "json:/sym" {
+		t.Fatalf("claims %+v", claims)
 	}
 }
