@@ -9,8 +9,9 @@ import (
 	"github.com/pushproxy/pushproxy"
 )
 
-// compactKeys gathers, while a commit builds its rows, the newest seq of each (stream,
-// compaction key) among the events it inserts. The zero value is ready to use.
+// compactKeys knows the newest seq of each (stream, compaction key) among the events of a
+// commit: events it replaces in the same batch are not inserted at all, and compact deletes
+// the older queued ones.
 type compactKeys struct {
 	at   map[string]int // stream + NUL + key -> index in the slices below
 	ids  []string
@@ -18,37 +19,68 @@ type compactKeys struct {
 	seqs []int64
 }
 
-// add records ev of stream and returns the value of its compact_key column (nil: no key,
-// never compacted).
-func (c *compactKeys) add(stream string, ev pushproxy.Event) []byte {
+// newCompactKeys gathers the keys of the appends' events.
+func newCompactKeys(appends []Append) compactKeys {
+	var c compactKeys
+	for _, a := range appends {
+		for _, ev := range a.Events {
+			if ev.CompactKey == "" {
+				continue
+			}
+			k := a.StreamID + "\x00" + ev.CompactKey
+			if i, ok := c.at[k]; ok {
+				c.seqs[i] = max(c.seqs[i], ev.Seq)
+				continue
+			}
+			if c.at == nil {
+				c.at = map[string]int{}
+			}
+			c.at[k] = len(c.ids)
+			c.ids, c.keys, c.seqs = append(c.ids, a.StreamID), append(c.keys, []byte(ev.CompactKey)), append(c.seqs, ev.Seq)
+		}
+	}
+	return c
+}
+
+// replaced reports whether a newer event of the same batch replaces ev of stream.
+func (c *compactKeys) replaced(stream string, ev pushproxy.Event) bool {
+	if ev.CompactKey == "" {
+		return false
+	}
+	return c.seqs[c.at[stream+"\x00"+ev.CompactKey]] > ev.Seq
+}
+
+// compactKey is the value of an event's compact_key column (nil: no key, never compacted).
+func compactKey(ev pushproxy.Event) []byte {
 	if ev.CompactKey == "" {
 		return nil
 	}
-	k := stream + "\x00" + ev.CompactKey
-	if i, ok := c.at[k]; ok {
-		c.seqs[i] = max(c.seqs[i], ev.Seq)
-		return []byte(ev.CompactKey)
-	}
-	if c.at == nil {
-		c.at = map[string]int{}
-	}
-	c.at[k] = len(c.ids)
-	c.ids, c.keys, c.seqs = append(c.ids, stream), append(c.keys, []byte(ev.CompactKey)), append(c.seqs, ev.Seq)
 	return []byte(ev.CompactKey)
 }
 
 // compact deletes, in one statement, the queued events that the events just inserted
-// replace: those of the same stream with the same key and an older seq (the inserted ones
-// included, when a batch holds several events with one key), and takes their size off the
+// replace: those of the same stream with the same key and an older seq, and takes their size off the
 // streams' backlog_bytes. The survivors keep their seqs, ids, types and data; the stream's
 // head and floor do not move, so resumption, acknowledgement and wake-ups are unchanged.
 // It runs after the commit's UPDATE of streams, which locked the streams' rows first (as an
 // acknowledgement does), so the two never deadlock over the events.
-func (c *compactKeys) compact(ctx context.Context, tx pgx.Tx) error {
-	if len(c.ids) == 0 {
+// Only the streams for which fenced is true (their appends passed the lease fence) are
+// compacted: a holder that lost its lease changes nothing.
+func (c *compactKeys) compact(ctx context.Context, tx pgx.Tx, fenced func(stream string) bool) error {
+	var (
+		ids  []string
+		keys [][]byte
+		seqs []int64
+	)
+	for i, id := range c.ids {
+		if fenced(id) {
+			ids, keys, seqs = append(ids, id), append(keys, c.keys[i]), append(seqs, c.seqs[i])
+		}
+	}
+	if len(ids) == 0 {
 		return nil
 	}
-	_, err := tx.Exec(ctx, compactSQL, c.ids, c.keys, c.seqs)
+	_, err := tx.Exec(ctx, compactSQL, ids, keys, seqs)
 	if err != nil {
 		return fmt.Errorf("compact backlogs: %w", err)
 	}

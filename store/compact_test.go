@@ -61,6 +61,14 @@ func TestCommitCompactsByKey(t *testing.T) {
 	if strings.Join(seqs, " ") != want {
 		t.Fatalf("survivors %s\nwant      %s", strings.Join(seqs, " "), want)
 	}
+	// A holder that lost its lease compacts nothing.
+	lost, err := st.Commit(ctx, owner, []store.Append{{StreamID: a.ID, Epoch: aEpoch + 1, Events: keyed(1001, 1020, 20), HeadSeq: 1020, ResumeID: seqID(1020), RetryMS: -1}}, store.CommitOptions{})
+	if err != nil || len(lost.Lost) != 1 {
+		t.Fatalf("a commit under a stale epoch: %+v, %v", lost, err)
+	}
+	if again, _ := st.EventsAfter(ctx, a.ID, 0, 2000); len(again) != len(got) {
+		t.Fatalf("a fenced-out commit compacted: %d events left of %d", len(again), len(got))
+	}
 	other, _ := st.EventsAfter(ctx, b.ID, 0, 100)
 	if len(other) != 30 {
 		t.Fatalf("the stream without keys kept %d of 30 events", len(other))
