@@ -76,10 +76,22 @@ type Stream struct {
 	// UrgentEvents lists the event types that wake the device at once, on the platform's
 	// high-priority path where it has one.
 	UrgentEvents []string
+	// CompactBy is the stream's compaction setting (see ParseCompaction; "": none).
+	CompactBy string
+	// Queued is the number of events queued, counted, for a compacted stream (nil: not
+	// counted; see Backlog).
+	Queued *int64
 }
 
-// Backlog is the number of events queued and not yet acknowledged.
-func (s *Stream) Backlog() int64 { return s.HeadSeq - s.FloorSeq }
+// Backlog is the number of events queued and not yet acknowledged: the seqs between floor
+// and head, or, for a compacted stream whose queued events were counted (Queued), that
+// count (compaction leaves holes in the seqs).
+func (s *Stream) Backlog() int64 {
+	if s.Queued != nil {
+		return *s.Queued
+	}
+	return s.HeadSeq - s.FloorSeq
+}
 
 // Event is one queued event, byte-exact as the origin sent it.
 type Event struct {
@@ -89,6 +101,9 @@ type Event struct {
 	LastEventID string
 	Type        string
 	Data        string
+	// CompactKey is the event's compaction key ("": none, never compacted), computed once
+	// by the holder from the stream's Compaction. It is stored, not replayed.
+	CompactKey string
 }
 
 // Error codes. They are stable: API clients branch on them (they form the "type" of problem

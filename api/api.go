@@ -216,6 +216,7 @@ func (s *Server) handleHandoff(w http.ResponseWriter, r *http.Request) {
 		TokenHash:    hashToken(tok),
 		Push:         h.Push,
 		UrgentEvents: h.UrgentEvents,
+		CompactBy:    h.CompactBy,
 		APIKeyHash:   keyHash(key),
 	}
 	var issued string // a new device secret, answered if the handoff creates the device
@@ -287,6 +288,7 @@ type streamResponse struct {
 	HasPush       bool             `json:"has_push"`
 	UrgentEvents  []string         `json:"urgent_events"`
 	Wake          *wakeResponse    `json:"wake,omitempty"`
+	Compact       *compactRequest  `json:"compact"` // null: no compaction
 	CreatedAt     time.Time        `json:"created_at"`
 	ClosedAt      *time.Time       `json:"closed_at,omitempty"`
 }
@@ -333,6 +335,9 @@ func toStreamResponse(st pushproxy.Stream) streamResponse {
 		Backlog: st.Backlog(), AckedEventID: st.AckedID, ResumeEventID: st.ResumeID,
 		HasPush: st.DeviceID != "", CreatedAt: st.CreatedAt, UrgentEvents: st.UrgentEvents,
 		Upstream: upstreamResponse{Status: st.UpstreamStatus, Connected: st.Connected, Connects: st.Connects, LastError: st.LastError},
+	}
+	if st.CompactBy != "" {
+		resp.Compact = &compactRequest{By: st.CompactBy}
 	}
 	if st.Backlog() > 0 {
 		resp.NewestEventID = &st.NewestID

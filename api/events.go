@@ -133,6 +133,17 @@ func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy.
 	writeJSON(w, http.StatusOK, page)
 }
 
+// trimmedSince reports whether events after seq after were trimmed, when the next queued
+// event is not the one after it. Without compaction that says it already; a compacted
+// stream's survivors have holes in their seqs, and only a floor past after is a gap.
+func (s *Server) trimmedSince(ctx context.Context, st pushproxy.Stream, after int64) bool {
+	if st.CompactBy == "" {
+		return true
+	}
+	cur, err := s.store.GetStream(ctx, st.ID)
+	return err != nil || cur.FloorSeq > after
+}
+
 func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.Stream, id string, provided bool) {
 	ctx := r.Context()
 	// Subscribe before reading, so that nothing committed in between is missed.
@@ -200,7 +211,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.S
 			s.endReader(ctx, sw, rc, st.ID, err)
 			return
 		}
-		if len(evs) > 0 && evs[0].Seq > after+1 {
+		if len(evs) > 0 && evs[0].Seq > after+1 && s.trimmedSince(ctx, st, after) {
 			// Events this reader had not been sent were trimmed (the backlog overflowed)
 			// while it was connected: tell it, as at connect.
 			if err := sw.WriteEvent(sse.Event{LastEventID: lastSent, Type: GapEventType, Data: gapReason}); err != nil {

@@ -25,6 +25,12 @@ type handoffRequest struct {
 	Headers     map[string]string `json:"headers"`
 	Push        *pushRequest      `json:"push"`
 	Wake        *wakeRequest      `json:"wake"`
+	Compact     *compactRequest   `json:"compact"`
+}
+
+// compactRequest asks for compaction by key: "type" or "json:" and a JSON pointer.
+type compactRequest struct {
+	By string `json:"by"`
 }
 
 type wakeRequest struct {
@@ -83,6 +89,8 @@ type handoff struct {
 	DeviceSecret string
 	// UrgentEvents are the event types that wake the device at once.
 	UrgentEvents []string
+	// CompactBy is the compaction setting ("": none; see pushproxy.ParseCompaction).
+	CompactBy string
 }
 
 // parseHandoff reads and validates a handoff body. Every problem is an *pushproxy.Error
@@ -128,6 +136,16 @@ func parseHandoff(body io.Reader) (handoff, error) {
 		if len(h.UrgentEvents) > 0 && h.Push == nil {
 			return h, invalid("wake.urgent_events: needs a push address to wake")
 		}
+	}
+	if req.Compact != nil {
+		c, err := pushproxy.ParseCompaction(req.Compact.By)
+		if err != nil {
+			return h, invalid("compact.by: %s", err.Error())
+		}
+		if !c.Enabled() {
+			return h, invalid(`compact.by: required ("type" or "json:" and a JSON pointer); leave compact out for no compaction`)
+		}
+		h.CompactBy = c.String()
 	}
 	return h, nil
 }

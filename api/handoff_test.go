@@ -23,6 +23,14 @@ func FuzzParseHandoff(f *testing.F) {
 		`{"url":"http://[::1]:80/","headers":{"x-a":"1","X-A":"2"}}`,
 		`{"url":"http://h/","headers":{"Bad Name":"x"}}`,
 		`{"url":"http://h/","headers":{"X":"a\r\nb"}}`,
+		`{"url":"https://h/","compact":{"by":"type"}}`,
+		`{"url":"https://h/","compact":{"by":"json:/sym"}}`,
+		`{"url":"https://h/","compact":{"by":"json:/a~1b/~0/0"}}`,
+		`{"url":"https://h/","compact":{"by":"json:/a~2"}}`,
+		`{"url":"https://h/","compact":{"by":""}}`,
+		`{"url":"https://h/","compact":{"by":"json:sym"}}`,
+		`{"url":"https://h/","compact":{"by":"type","x":1}}`,
+		`{"url":"https://h/","compact":null}`,
 		`{"url":"ftp://h/"}`, `{"url":""}`, `{}`, `[]`, `null`, `{"url":"http://h/"} x`, ``,
 		`{"url":"https://h/","push":{"platform":"webpush","subscription":{"endpoint":"https://fcm.googleapis.com/fcm/send/x","expirationTime":null,"keys":{"p256dh":"BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4","auth":"BTBZMqHH6r4Tts7J_aSIgg"}}}}`,
 		`{"url":"https://h/","push":{"platform":"webpush","subscription":{"endpoint":"http://[::1","keys":{"p256dh":"BA==","auth":""}}}}`,
@@ -50,6 +58,11 @@ func FuzzParseHandoff(f *testing.F) {
 		for k, v := range h.Headers {
 			if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) || managedHeaders[k] {
 				t.Fatalf("accepted header %q: %q", k, v)
+			}
+		}
+		if h.CompactBy != "" {
+			if c, err := pushproxy.ParseCompaction(h.CompactBy); err != nil || !c.Enabled() || c.String() != h.CompactBy {
+				t.Fatalf("accepted compact.by %q: %v", h.CompactBy, err)
 			}
 		}
 		if h.Push != nil && h.Push.Platform != pushproxy.PlatformAPNs && h.Push.Platform != pushproxy.PlatformFCM && h.Push.Platform != pushproxy.PlatformWebPush {

@@ -34,7 +34,8 @@ type holder struct {
 	epoch   int64
 	url     string
 	headers map[string]string
-	urgent  []string // event types that wake the device at once
+	urgent  []string              // event types that wake the device at once
+	compact *pushproxy.Compaction // the stream's compaction by key; nil: none
 
 	resumeID string // Last-Event-ID for the next connect
 	retryMS  int64  // the origin's retry: value, -1 if none
@@ -397,7 +398,7 @@ func (h *holder) consume(ctx context.Context, body *pendingBody, p *sse.Parser, 
 		prevHead, prevResume := h.head, h.resumeID
 		h.head++
 		h.resumeID = p.LastEventID()
-		a := h.item(store.Append{Events: []pushproxy.Event{{Seq: h.head, LastEventID: ev.LastEventID, Type: ev.Type, Data: ev.Data}}, Urgent: h.isUrgent(ev.Type)})
+		a := h.item(store.Append{Events: []pushproxy.Event{{Seq: h.head, LastEventID: ev.LastEventID, Type: ev.Type, Data: ev.Data, CompactKey: h.compactKey(ev.Type, ev.Data)}}, Urgent: h.isUrgent(ev.Type)})
 		if !h.sendEvent(ctx, body, a) {
 			h.head, h.resumeID = prevHead, prevResume
 			return true
@@ -582,6 +583,15 @@ func (h *holder) isUrgent(typ string) bool {
 		typ = "message"
 	}
 	return slices.Contains(h.urgent, typ)
+}
+
+// compactKey is the compaction key of an event ("": none, never compacted).
+func (h *holder) compactKey(typ, data string) string {
+	if h.compact == nil {
+		return ""
+	}
+	key, _ := h.compact.Key(typ, data)
+	return key
 }
 
 // parseRetryAfter reads a Retry-After header (seconds or an HTTP date), capped.

@@ -579,6 +579,7 @@ func (s *Service) hold(c store.Claim, delay time.Duration) bool {
 		retryMS:  c.Stream.RetryMS,
 		head:     c.Stream.HeadSeq,
 		urgent:   c.Stream.UrgentEvents,
+		compact:  compaction(c.Stream.CompactBy),
 	}
 	h.ctx.parent = s.holdCtx
 	s.holders[h.id] = h
@@ -593,6 +594,15 @@ func (s *Service) hold(c store.Claim, delay time.Duration) bool {
 		go h.run(&h.ctx)
 	}
 	return true
+}
+
+// compaction parses a stream's stored compaction setting (validated at handoff); nil: none.
+func compaction(by string) *pushproxy.Compaction {
+	c, err := pushproxy.ParseCompaction(by)
+	if err != nil || !c.Enabled() {
+		return nil
+	}
+	return &c
 }
 
 // finished forgets a holder that has ended.

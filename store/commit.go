@@ -109,6 +109,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		errs      = make([]string, n)
 		sizes     = make([]int64, n)
 	)
+	compacted := newCompactKeys(appends)
 	for i, a := range appends {
 		ids[i], epochs[i], heads[i] = a.StreamID, a.Epoch, a.HeadSeq
 		resumes[i], retries[i] = []byte(a.ResumeID), a.RetryMS
@@ -116,7 +117,7 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		statuses[i], connected[i], connects[i], errs[i] = int32(a.UpstreamStatus), connectedSQL[a.Connected], a.Connects, cleanText(a.Error)
 		// The events that will be stored are those the trim below keeps: seq > head-maxBacklog.
 		for _, ev := range a.Events {
-			if ev.Seq > a.HeadSeq-maxBacklog {
+			if ev.Seq > a.HeadSeq-maxBacklog && !compacted.replaced(a.StreamID, ev) {
 				sizes[i] += EventSize(ev)
 			}
 		}
@@ -198,10 +199,10 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 			}
 			added := 0
 			for _, ev := range a.Events {
-				if ev.Seq <= f.after {
-					continue // trimmed before it was ever stored
+				if ev.Seq <= f.after || compacted.replaced(a.StreamID, ev) {
+					continue // trimmed, or replaced by a newer event, before it was ever stored
 				}
-				copyRows = append(copyRows, []any{sid, ev.Seq, []byte(ev.LastEventID), []byte(ev.Type), []byte(ev.Data)})
+				copyRows = append(copyRows, []any{sid, ev.Seq, []byte(ev.LastEventID), []byte(ev.Type), []byte(ev.Data), compactKey(ev)})
 				added++
 			}
 			res.Bytes += sizes[i] // the same events: those the trim keeps
@@ -219,10 +220,13 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		}
 		if len(copyRows) > 0 {
 			_, err := tx.CopyFrom(ctx, pgx.Identifier{"events"},
-				[]string{"stream_id", "seq", "last_event_id", "type", "data"}, pgx.CopyFromRows(copyRows))
+				[]string{"stream_id", "seq", "last_event_id", "type", "data", "compact_key"}, pgx.CopyFromRows(copyRows))
 			if err != nil {
 				return fmt.Errorf("copy events: %w", err)
 			}
+		}
+		if err := compacted.compact(ctx, tx, func(id string) bool { _, ok := fenced[id]; return ok }); err != nil {
+			return err
 		}
 		if len(trimIDs) > 0 {
 			_, err := tx.Exec(ctx, `

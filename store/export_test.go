@@ -13,3 +13,6 @@ const (
 	AckSQL     = ackSQL
 	ReclaimSQL = reclaimSQL
 )
+
+// CompactSQL is the commit's compaction statement, for its query plan.
+const CompactSQL = compactSQL

@@ -36,6 +36,8 @@ type NewStream struct {
 	LeaseOwner string
 	// UrgentEvents are event types that wake the device at once.
 	UrgentEvents []string
+	// CompactBy is the stream's compaction setting (pushproxy.ParseCompaction; "": none).
+	CompactBy string
 }
 
 // Claim is a stream an instance now holds, with the fencing epoch of its lease.
@@ -47,7 +49,7 @@ type Claim struct {
 const streamColumns = `s.id, coalesce(s.device_id::text, ''), s.url, s.headers, s.state, s.state_reason,
 	s.resume_id, coalesce(s.retry_ms, -1), s.head_seq, s.floor_seq, s.acked_seq, s.acked_id,
 	s.upstream_status, ` + connectedExpr + `, s.connects, s.last_error, s.last_error_at,
-	s.created_at, s.updated_at, s.closed_at, s.token_hash, s.urgent_events, s.lease_epoch`
+	s.created_at, s.updated_at, s.closed_at, s.token_hash, s.urgent_events, s.compact_by, s.lease_epoch`
 
 // connectedExpr is whether a stream's upstream is connected, as the API and operators are
 // told: the holder's last committed word (the connected column), and only while the holder
@@ -67,7 +69,7 @@ func scanStream(row pgx.Row) (pushproxy.Stream, int64, error) {
 	err := row.Scan(&st.ID, &st.DeviceID, &st.URL, &st.Headers, &st.State, &st.StateReason,
 		&resume, &st.RetryMS, &st.HeadSeq, &st.FloorSeq, &st.AckedSeq, &acked,
 		&st.UpstreamStatus, &st.Connected, &st.Connects, &st.LastError, &lastErrAt,
-		&st.CreatedAt, &st.UpdatedAt, &closedAt, &st.TokenHash, &st.UrgentEvents, &epoch)
+		&st.CreatedAt, &st.UpdatedAt, &closedAt, &st.TokenHash, &st.UrgentEvents, &st.CompactBy, &epoch)
 	if err != nil {
 		return st, 0, err
 	}
@@ -122,10 +124,10 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 			urgent = []string{}
 		}
 		st, epoch, err = scanStream(tx.QueryRow(ctx, `
-			INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11)
+			INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12)
 			RETURNING `+streamColumns,
-			row.ID, deviceID, row.URL, row.Headers, row.Sealed, ns.TokenHash, []byte(ns.ResumeID), owner, epochStart, urgent, ns.APIKeyHash))
+			row.ID, deviceID, row.URL, row.Headers, row.Sealed, ns.TokenHash, []byte(ns.ResumeID), owner, epochStart, urgent, ns.APIKeyHash, ns.CompactBy))
 		if err != nil {
 			return fmt.Errorf("insert stream: %w", err)
 		}
@@ -142,13 +144,18 @@ func (s *Store) GetStream(ctx context.Context, id string) (pushproxy.Stream, err
 		return pushproxy.Stream{}, errNoStream(id)
 	}
 	row := s.pool.QueryRow(ctx, `SELECT `+streamColumns+`,
-		(SELECT e.last_event_id FROM events e WHERE e.stream_id = s.id AND e.seq = s.head_seq AND s.head_seq > s.floor_seq)
+		(SELECT e.last_event_id FROM events e WHERE e.stream_id = s.id AND e.seq = s.head_seq AND s.head_seq > s.floor_seq),
+		-- A compacted backlog has holes in its seqs: its events are counted (at most
+		-- --max-backlog, and as many as its keys when compaction does its work).
+		CASE WHEN s.compact_by <> '' THEN (SELECT count(*) FROM events e WHERE e.stream_id = s.id AND e.seq > s.floor_seq) END
 		FROM streams s WHERE s.id = $1`, id)
 	var (
 		st     pushproxy.Stream
 		newest []byte
+		queued *int64
 	)
-	st, _, err := scanStreamWith(row, &newest)
+	st, _, err := scanStreamWith(row, &newest, &queued)
+	st.Queued = queued
 	if errors.Is(err, pgx.ErrNoRows) {
 		return st, errNoStream(id)
 	}
