@@ -5,6 +5,7 @@
 //	go run ./cmd/bench held [flags]     proxy RSS per idle held stream, HTTP/1.1 or HTTP/2
 //	go run ./cmd/bench wakelatency      commit of an event to its wake-up push leaving, debounce 0
 //	go run ./cmd/bench wakeburst        wake-ups dispatched per second from the outbox to the fake APNs
+//	go run ./cmd/bench handoff          handoffs/s through the real server, sealing and limits on against off
 //
 // Both start a private PostgreSQL with durable settings (fsync and synchronous_commit on),
 // unless --database-url is given.
@@ -22,7 +23,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|handoff [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -35,8 +36,10 @@ func main() {
 		err = runWakeLatency(ctx, os.Args[2:])
 	case "wakeburst":
 		err = runWakeBurst(ctx, os.Args[2:])
+	case "handoff":
+		err = runHandoff(ctx, os.Args[2:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|handoff [flags]")
 		os.Exit(2)
 	}
 	if err != nil {
