@@ -24,6 +24,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -196,7 +197,7 @@ func isWordByte(c byte) bool {
 type Hit struct {
 	Kind   string
 	Line   int    // 1-based line number of its first appearance
-	Masked string // that line, the secret replaced by [kind]
+	Masked string // that line, each secret found replaced by [its kind]
 }
 
 // Scan returns the secrets (value to kind) that appear in data, each once, in the order of
@@ -207,7 +208,10 @@ func Scan(data []byte, secrets map[string]string) []Hit {
 		byPrefix[s[:MinLen]] = append(byPrefix[s[:MinLen]], s)
 	}
 	seen := map[string]bool{}
-	var hits []Hit
+	var (
+		hits  []Hit
+		found []string
+	)
 	line, lineStart := 1, 0
 	for i := 0; i+MinLen <= len(data); i++ {
 		if data[i] == '\n' {
@@ -231,8 +235,15 @@ func Scan(data []byte, secrets map[string]string) []Hit {
 			if end < 0 {
 				end = len(data) - i
 			}
-			l := string(data[lineStart : i+end])
-			hits = append(hits, Hit{Kind: secrets[s], Line: line, Masked: strings.ReplaceAll(l, s, "["+secrets[s]+"]")})
+			hits = append(hits, Hit{Kind: secrets[s], Line: line, Masked: string(data[lineStart : i+end])})
+			found = append(found, s)
+		}
+	}
+	// Mask every secret found in every line shown, longest first (one may hold another).
+	sort.Slice(found, func(a, b int) bool { return len(found[a]) > len(found[b]) })
+	for i := range hits {
+		for _, s := range found {
+			hits[i].Masked = strings.ReplaceAll(hits[i].Masked, s, "["+secrets[s]+"]")
 		}
 	}
 	return hits
