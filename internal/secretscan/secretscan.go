@@ -100,7 +100,8 @@ func finish(w io.Writer) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	found := 0
-	for _, f := range []*os.File{r.logs, r.docs} {
+	var lines [2]int
+	for n, f := range []*os.File{r.logs, r.docs} {
 		if err := f.Close(); err != nil {
 			return 0, err
 		}
@@ -108,6 +109,7 @@ func finish(w io.Writer) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		lines[n] = bytes.Count(data, []byte("\n"))
 		for _, hit := range Scan(data, r.secrets) {
 			found++
 			fmt.Fprintf(w, "secretscan: a %s appears in %s line %d: %s\n", hit.Kind, f.Name(), hit.Line, hit.Masked)
@@ -116,7 +118,7 @@ func finish(w io.Writer) (int, error) {
 	if found == 0 {
 		os.RemoveAll(r.dir)
 	}
-	fmt.Fprintf(w, "secretscan: %d registered secrets, %d found in the logs and admin documents of this run\n", len(r.secrets), found)
+	fmt.Fprintf(w, "secretscan: %d registered secrets, %d found in %d log lines and %d admin documents of this run\n", len(r.secrets), found, lines[0], lines[1])
 	return found, nil
 }
 
