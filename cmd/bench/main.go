@@ -9,6 +9,7 @@
 //	go run ./cmd/bench rebalance        time for a joining instance to reach its share; events lost or doubled
 //	go run ./cmd/bench serve            backlog read rate (JSON pages, SSE) against psql COPY; small reads under ingest
 //	go run ./cmd/bench live             origin write to open SSE reader latency, many readers (--broadcast)
+//	go run ./cmd/bench handoff          handoffs/s through the real server, sealing and limits on against off
 //
 // Both start a private PostgreSQL with durable settings (fsync and synchronous_commit on),
 // unless --database-url is given.
@@ -26,7 +27,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance|serve|live [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance|serve|live|handoff [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -47,8 +48,10 @@ func main() {
 		err = runServe(ctx, os.Args[2:])
 	case "live":
 		err = runLive(ctx, os.Args[2:])
+	case "handoff":
+		err = runHandoff(ctx, os.Args[2:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance|serve|live [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance|serve|live|handoff [flags]")
 		os.Exit(2)
 	}
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/internal/secretscan"
 	"github.com/pushproxy/pushproxy/origin"
 	"github.com/pushproxy/pushproxy/wakeup/fakeapns"
 )
@@ -98,6 +99,7 @@ func testServeConfig(t *testing.T, db string, args ...string) serveConfig {
 	if err := fs.Parse(append(base, args...)); err != nil {
 		t.Fatal(err)
 	}
+	secretscan.RegisterFlags(args, nil)
 	return cfg
 }
 
@@ -105,7 +107,7 @@ func testServeConfig(t *testing.T, db string, args ...string) serveConfig {
 // close is harmless).
 func startServer(t *testing.T, cfg serveConfig) *Server {
 	t.Helper()
-	srv, err := openServer(context.Background(), cfg, slog.New(slog.DiscardHandler), func(string) string { return "" })
+	srv, err := openServer(context.Background(), cfg, slog.New(secretscan.Handler(t.Name()+" serve")), func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,11 +21,14 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/internal/secretscan"
 	"github.com/pushproxy/pushproxy/sse"
 )
 
 func TestMain(m *testing.M) {
-	code := pgtest.Main(m)
+	// Every log the tests' servers write, and every admin document they fetch, is scanned
+	// for every secret the tests created or sent (internal/secretscan).
+	code := secretscan.Main(m, pgtest.Main)
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}
@@ -80,6 +83,8 @@ func startProcessEnv(t *testing.T, name, bin string, env []string, args ...strin
 	p := &process{t: t, name: name, lines: make(chan string, 1024), done: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+	secretscan.RegisterFlags(args, env)
+	log := secretscan.Writer(t.Name() + " " + name)
 	pr, pw := io.Pipe()
 	p.cmd.Stdout, p.cmd.Stderr = pw, pw
 	if err := p.cmd.Start(); err != nil {
@@ -92,6 +97,7 @@ func startProcessEnv(t *testing.T, name, bin string, env []string, args ...strin
 			p.mu.Lock()
 			p.out.WriteString(sc.Text() + "\n")
 			p.mu.Unlock()
+			log.Write([]byte(sc.Text() + "\n"))
 			select {
 			case p.lines <- sc.Text():
 			default: // nobody waits on lines now; the output is kept in out

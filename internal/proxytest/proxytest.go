@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -24,15 +25,17 @@ import (
 	"github.com/pushproxy/pushproxy/api"
 	"github.com/pushproxy/pushproxy/internal/openapicheck"
 	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/internal/secretscan"
 	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
 )
 
 // Main runs the tests of a package that uses Start (see pgtest.Main), then fails the run if
-// any goroutine outlived them. Call it from TestMain: os.Exit(proxytest.Main(m)).
+// any goroutine outlived them, or if a secret the tests sent or received appears in a log
+// line of a proxy Start started or in an admin document (see internal/secretscan). Call it from TestMain: os.Exit(proxytest.Main(m)).
 func Main(m *testing.M) int {
-	code := pgtest.Main(m)
+	code := secretscan.Main(m, pgtest.Main)
 	if code == 0 {
 		if err := goleak.Find(goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"), goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"), goleak.IgnoreTopFunction("internal/poll.runtime_pollWait")); err != nil {
 			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
@@ -82,6 +85,15 @@ func StartOn(t *testing.T, url string, opts *proxy.Options, httpOpts *api.Option
 	if o.Upstream == nil {
 		o.Upstream, _ = upstream.ParseAllowList([]string{"127.0.0.0/8"})
 	}
+	// The service's and the API's logs go to the run's log file, which secretscan scans.
+	o.Logger = scannedLogger(t, "proxy", o.Logger)
+	ho := api.Options{}
+	if httpOpts != nil {
+		ho = *httpOpts
+	}
+	ho.Logger = scannedLogger(t, "api", ho.Logger)
+	secretscan.RegisterFlags(append([]string{"--admin-token", ho.AdminToken, "--api-keys"}, strings.Join(ho.APIKeys, ",")), nil)
+	httpOpts = &ho
 	if o.UpstreamRetry == 0 {
 		o.UpstreamRetry = 20 * time.Millisecond
 	}
@@ -111,6 +123,16 @@ func StartOn(t *testing.T, url string, opts *proxy.Options, httpOpts *api.Option
 		st.Close()
 	})
 	return svc, &Bundle{API: ts, HTTP: srv, Store: st, DBURL: url}
+}
+
+// scannedLogger returns a logger that writes to the test binary's scanned log file, and to
+// the test's own logger too if it has one.
+func scannedLogger(t *testing.T, who string, own *slog.Logger) *slog.Logger {
+	h := secretscan.Handler(t.Name() + " " + who)
+	if own == nil {
+		return slog.New(h)
+	}
+	return slog.New(slog.NewMultiHandler(own.Handler(), h))
 }
 
 // NewOrigin starts a test origin. Its cleanup cuts the proxy's open upstream connections

@@ -1,0 +1,272 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pushproxy/pushproxy/internal/pglocal"
+	"github.com/pushproxy/pushproxy/internal/seal"
+)
+
+// handoffMode is one configuration of the real server the handoff benchmark runs.
+type handoffMode struct {
+	name string
+	args []string
+}
+
+// handoffRun is what one run of the load measured.
+type handoffRun struct {
+	mode     string
+	n        int
+	elapsed  time.Duration
+	p50, p99 time.Duration
+}
+
+func (r handoffRun) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
+
+// runHandoff measures POST /v1/streams against the real `pushproxy serve`, with forwarded
+// credentials sealed and every client limit on, against the same with credentials in clear and
+// the limits off, alternating the two on a fresh database each run.
+func runHandoff(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("handoff", flag.ExitOnError)
+	clients := fs.Int("clients", 16, "concurrent HTTP clients handing off streams")
+	duration := fs.Duration("duration", 10*time.Second, "measured time of each run")
+	warmup := fs.Duration("warmup", 2*time.Second, "load before each run's measured time (not counted)")
+	pairs := fs.Int("pairs", 3, "pairs of runs, alternating on (sealed, limits) and off: a b a b ...")
+	keyQuota := fs.Int("max-streams-per-key", 100000000, "the on runs' --max-streams-per-key (0: that quota off, to see its share)")
+	dbURL := fs.String("database-url", "", "Postgres server to use; each run creates a database of its own on it (empty: a private durable cluster)")
+	fs.Parse(args)
+
+	dir, err := buildBinaries()
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	url, stopPG, err := startPostgres(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer stopPG()
+	org, err := startChild(ctx, nil, filepath.Join(dir, "origin"), "--listen", "127.0.0.2:0", "--rate", "0", "--log-level", "warn")
+	if err != nil {
+		return err
+	}
+	defer org.stop()
+	origins, err := org.waitLines(regexp.MustCompile(`listening on (http://\S+)`), 1)
+	if err != nil {
+		return err
+	}
+	keyFile := filepath.Join(dir, "secret-keys.json")
+	if _, _, err := seal.LoadOrCreate(keyFile); err != nil {
+		return err
+	}
+
+	const apiKey = "bench-api-key-0123456789abcdef"
+	// Limits far above what this load reaches: every client is 127.0.0.1 and uses one key, so
+	// a limit at its production value would refuse most of the load. They are on, so that
+	// every handoff pays for its checks (the buckets per address and key, the count of the
+	// key's streams), and tripping none of them keeps the two runs doing the same work.
+	on := handoffMode{"on", []string{"--secret-key-file", keyFile, "--api-keys", apiKey,
+		"--handoff-rate-per-address", "1000000", "--handoff-rate-per-key", "1000000", "--handoff-burst", "1000000",
+		"--max-streams-per-key", fmt.Sprint(*keyQuota), "--max-readers-per-stream", "8"}}
+	off := handoffMode{"off", []string{"--insecure-plaintext-credentials",
+		"--handoff-rate-per-address", "0", "--handoff-rate-per-key", "0", "--max-streams-per-key", "0", "--max-readers-per-stream", "0"}}
+	fmt.Printf("handoff: %d clients, %s measured after %s of warm-up, %d pairs; origin %s; postgres: %s\n",
+		*clients, *duration, *warmup, *pairs, origins[0], pgSettings(ctx, url))
+	fmt.Printf("  on:  %s\n  off: %s\n", strings.Join(on.args, " "), strings.Join(off.args, " "))
+
+	var runs []handoffRun
+	for i := 0; i < 2**pairs; i++ {
+		mode := on
+		if i%2 == 1 {
+			mode = off
+		}
+		db, err := freshDatabase(ctx, url, fmt.Sprintf("bench_handoff_%d", i))
+		if err != nil {
+			return err
+		}
+		r, err := handoffOnce(ctx, dir, db, origins[0], mode, apiKey, *clients, *warmup, *duration)
+		if err != nil {
+			return fmt.Errorf("run %d (%s): %w", i+1, mode.name, err)
+		}
+		fmt.Printf("  run %d %-3s %7.0f handoffs/s  (%d in %s)  p50 %s  p99 %s\n", i+1, r.mode, r.rate(), r.n,
+			r.elapsed.Round(time.Millisecond), r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond))
+		runs = append(runs, r)
+	}
+	var ratios, onRates, offRates []float64
+	for i := 0; i+1 < len(runs); i += 2 {
+		ratios = append(ratios, runs[i].rate()/runs[i+1].rate())
+		onRates = append(onRates, runs[i].rate())
+		offRates = append(offRates, runs[i+1].rate())
+	}
+	fmt.Printf("result: on %.0f handoffs/s, off %.0f handoffs/s (medians); on/off per pair %s; median ratio %.3f (%+.1f %%)\n",
+		median(onRates), median(offRates), fmtRatios(ratios), median(ratios), 100*(median(ratios)-1))
+	return nil
+}
+
+func fmtRatios(rs []float64) string {
+	var s []string
+	for _, r := range rs {
+		s = append(s, fmt.Sprintf("%.3f", r))
+	}
+	return strings.Join(s, " ")
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// freshDatabase creates database name on the server of serverURL (dropping an earlier one of
+// that name) and returns its URL.
+func freshDatabase(ctx context.Context, serverURL, name string) (string, error) {
+	u, err := url.Parse(serverURL)
+	if err != nil {
+		return "", err
+	}
+	u.Path = "/postgres"
+	admin := u.String()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		return "", err
+	}
+	_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	conn.Close(ctx)
+	if err != nil {
+		return "", err
+	}
+	if err := pglocal.CreateDatabase(ctx, admin, name); err != nil {
+		return "", err
+	}
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
+// handoffOnce starts `pushproxy serve` in mode on db, loads it with handoffs from clients
+// workers for warmup+duration, stops it, and returns what the measured part did.
+func handoffOnce(ctx context.Context, dir, db, origin string, mode handoffMode, apiKey string, clients int, warmup, duration time.Duration) (handoffRun, error) {
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "", "--database-url", db,
+		"--upstream-allow", "127.0.0.0/8", "--upstream-h2c", "--log-level", "info"}, mode.args...)
+	px, err := startChild(ctx, nil, filepath.Join(dir, "pushproxy"), args...)
+	if err != nil {
+		return handoffRun{}, err
+	}
+	defer px.stop()
+	addr, err := px.waitLines(regexp.MustCompile(`msg="pushproxy serving" addr=(\S+)`), 1)
+	if err != nil {
+		return handoffRun{}, err
+	}
+	api := "http://" + addr[0] + "/v1/streams"
+	go func() { // drain what the proxy logs what it says so that it never blocks
+		for range px.lines {
+		}
+	}()
+
+	var (
+		measuring atomic.Bool
+		stop      atomic.Bool
+		count     atomic.Int64
+		mu        sync.Mutex
+		lat       []time.Duration
+		wg        sync.WaitGroup
+		firstErr  error
+		errOnce   sync.Once
+	)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}, Timeout: 30 * time.Second}
+	defer client.CloseIdleConnections()
+	for w := 0; w < clients; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			var mine []time.Duration
+			defer func() {
+				mu.Lock()
+				lat = append(lat, mine...)
+				mu.Unlock()
+			}()
+			for i := 0; !stop.Load(); i++ {
+				// Credentials of the shapes apps forward: an Authorization, a Cookie, a custom
+				// header and a ?key= query, each distinct per handoff.
+				body, _ := json.Marshal(map[string]any{
+					"url": fmt.Sprintf("%s/events?key=query-secret-%d-%d", origin, w, i),
+					"headers": map[string]string{
+						"Authorization": fmt.Sprintf("Bearer origin-token-%d-%d-0123456789abcdef", w, i),
+						"Cookie":        fmt.Sprintf("sid=session-%d-%d-0123456789abcdef; theme=dark", w, i),
+						"X-Api-Key":     fmt.Sprintf("custom-%d-%d-0123456789abcdef", w, i),
+					},
+				})
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, api, bytes.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("Authorization", "Bearer "+apiKey) // ignored when no key is set
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				if err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusCreated {
+						err = fmt.Errorf("handoff: %s: %s", resp.Status, bytes.TrimSpace(b))
+					}
+				}
+				took := time.Since(t0)
+				if err != nil {
+					errOnce.Do(func() { firstErr = err })
+					stop.Store(true)
+					return
+				}
+				if measuring.Load() {
+					count.Add(1)
+					mine = append(mine, took)
+				}
+			}
+		}(w)
+	}
+	sleep := func(d time.Duration) {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+		}
+	}
+	sleep(warmup)
+	measuring.Store(true)
+	t0 := time.Now()
+	sleep(duration)
+	measuring.Store(false)
+	elapsed := time.Since(t0)
+	stop.Store(true)
+	wg.Wait()
+	if firstErr != nil {
+		return handoffRun{}, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return handoffRun{}, err
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	if len(lat) == 0 {
+		return handoffRun{}, fmt.Errorf("no handoff completed in %s", duration)
+	}
+	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	return handoffRun{mode: mode.name, n: int(count.Load()), elapsed: elapsed, p50: pct(0.5), p99: pct(0.99)}, nil
+}
