@@ -311,7 +311,7 @@ func TestFleetListenerKilledReadersGetEveryEvent(t *testing.T) {
 	origin.PublishN(3)
 	expect(3)
 	var killed int
-	if err := a.Store.Pool().QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'b-listen'`).Scan(&killed); err != nil {
+	if err := a.Store.Pool().QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'b-listen' AND datname = current_database()`).Scan(&killed); err != nil {
 		t.Fatal(err)
 	}
 	if killed != 1 {
