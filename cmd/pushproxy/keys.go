@@ -47,7 +47,9 @@ func (c *keyConfig) keys(ctx context.Context, local bool, dataDir string, log *s
 		return nil, errors.New("no --secret-key-file: with an external database, forwarded credentials are sealed under a key file you keep " +
 			"(make one with `pushproxy keys generate --secret-key-file FILE`); --insecure-plaintext-credentials stores them in clear instead")
 	}
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+	// The data directory holds the local Postgres too, whose server runs as the postgres
+	// user when we are root: it must be able to pass through (the key file itself is 0600).
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		return nil, err
 	}
 	path := filepath.Join(dataDir, keyFileName)

@@ -346,6 +346,11 @@ func TestLocalModeMakesItsKeyFile(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file mode %04o, want 0600", fi.Mode().Perm())
 	}
+	// The data directory it made is the local Postgres's too, whose server (the postgres
+	// user, when we are root) must pass through it.
+	if di, err := os.Stat(dir); err != nil || di.Mode().Perm()&0o011 != 0o011 {
+		t.Fatalf("data directory mode %v (%v): the postgres user cannot pass through", di.Mode().Perm(), err)
+	}
 	k2, err := c.keys(context.Background(), true, dir, log)
 	if err != nil || k2.Primary() != k1.Primary() {
 		t.Fatalf("second start: %v, key %d then %d", err, k1.Primary(), k2.Primary())

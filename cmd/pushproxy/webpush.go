@@ -139,7 +139,9 @@ func vapidKeyOrCreate(path string) (bool, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return false, err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	// The data directory: the local Postgres's server, run as the postgres user when we are
+	// root, must pass through it (the key file itself is 0600).
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return false, err
 	}
 	k, err := ecdh.P256().GenerateKey(rand.Reader)
