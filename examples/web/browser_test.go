@@ -398,7 +398,16 @@ func TestExampleSleepsAndIsWokenByWebPush(t *testing.T) {
 	emit("alert", "ABC crossed 100")
 	deliver(2, true)
 	poll(t, ctx, "the alert through the service worker", fmt.Sprintf(`example.seen.some((e) => e.id == %q)`, want[len(want)-1].ID))
-	if ns := eval[[]string](t, ctx, notifications); len(ns) != 1 || ns[0] != "Ticker alert: ABC crossed 100" {
+	// The service worker shows the notification after it has handed the events over: wait
+	// for it to appear.
+	var ns []string
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if ns = eval[[]string](t, ctx, notifications); len(ns) > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // polling the condition; the page offers no event for it
+	}
+	if len(ns) != 1 || ns[0] != "Ticker alert: ABC crossed 100" {
 		t.Fatalf("notifications: %v, want the alert's only", ns)
 	}
 
