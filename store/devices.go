@@ -3,9 +3,10 @@ package store
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -15,7 +16,7 @@ import (
 // Advisory lock classes (the first key of pg_advisory_xact_lock(int, int)), so that the
 // store's locks never meet another's.
 const (
-	lockClassAPIKey  = 0x70700001 // streams held per API key
+	_                = 0x70700001 // was: streams held per API key (now counted in api_key_streams)
 	lockClassReaders = 0x70700002 // open readers per stream
 )
 
@@ -233,30 +234,55 @@ func checkDeviceQuota(ctx context.Context, tx pgx.Tx, deviceID string, max int) 
 	return nil
 }
 
-// checkKeyQuota refuses a handoff under an API key that holds max streams already (no key
-// or max 0: no bound). Handoffs under one key are counted one after the other (an advisory
-// lock held until the transaction ends).
-func checkKeyQuota(ctx context.Context, tx pgx.Tx, keyHash []byte, max int) error {
-	if max <= 0 || len(keyHash) == 0 {
-		return nil
+// reserveKeyQuota takes a place for one more held stream under an API key in the key's
+// counter (api_key_streams), refusing when the key holds max already (max 0: no bound,
+// but the place is taken all the same so the count stays exact). It runs in a short
+// transaction of its own, before the handoff's, so handoffs under one key wait for each
+// other only for this one UPDATE and never through a handoff's commit. That transaction
+// commits without waiting for its WAL flush (synchronous_commit off), so its row lock is
+// let go at once: a Postgres crash may lose a reservation, which only errs on the side of
+// allowing (and the handoff's own commit, flushed, flushes the reservation's WAL before it,
+// so only reservations of handoffs that did not commit can be lost). It reports whether a
+// place was taken; the caller gives it back with releaseKeyQuota if the handoff then
+// fails. An instance that dies between the two transactions keeps its place taken (errs on
+// the side of refusing, by one stream per handoff in flight). The stream is inserted with quota_reserved
+// set, so the insert trigger does not count it twice; the triggers of migration 012 give
+// the place back when the stream stops being held.
+func (s *Store) reserveKeyQuota(ctx context.Context, keyHash []byte, max int) (bool, error) {
+	if len(keyHash) == 0 {
+		return false, nil
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, lockClassAPIKey, lockKey(keyHash)); err != nil {
-		return fmt.Errorf("lock api key quota: %w", err)
+	bound := int32(max)
+	if max <= 0 || max > math.MaxInt32 {
+		bound = math.MaxInt32
 	}
-	var n int
-	err := tx.QueryRow(ctx, `SELECT count(*) FROM streams WHERE api_key_hash = $1 AND state = 'held'`, keyHash).Scan(&n)
+	// One round trip: a batch is one implicit transaction (one Sync), and set_config(...,
+	// true) lasts to its end.
+	var held int
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
+	b.Queue(`
+		INSERT INTO api_key_streams AS k (key_hash, held) VALUES ($1, 1)
+		ON CONFLICT (key_hash) DO UPDATE SET held = k.held + 1 WHERE k.held < $2
+		RETURNING held`, keyHash, bound).QueryRow(func(row pgx.Row) error { return row.Scan(&held) })
+	err := classify(s.pool.pool.SendBatch(ctx, b).Close())
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, pushproxy.Errorf(pushproxy.EKEYLIMIT, "this API key already holds %d streams, the most allowed; close some first", max)
+	}
 	if err != nil {
-		return fmt.Errorf("count api key streams: %w", err)
+		return false, fmt.Errorf("reserve api key quota: %w", err)
 	}
-	if n >= max {
-		return pushproxy.Errorf(pushproxy.EKEYLIMIT, "this API key already holds %d streams, the most allowed; close some first", n)
-	}
-	return nil
+	return true, nil
 }
 
-// lockKey folds bytes into the int4 second key of an advisory lock.
-func lockKey(b []byte) int32 {
-	var buf [4]byte
-	copy(buf[:], b)
-	return int32(binary.BigEndian.Uint32(buf[:]))
+// releaseKeyQuota gives back a place reserveKeyQuota took for a handoff that failed. It
+// runs even when ctx is cancelled (the failure may be that cancellation).
+func (s *Store) releaseKeyQuota(ctx context.Context, keyHash []byte) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_, err := s.pool.Exec(ctx, `UPDATE api_key_streams SET held = greatest(held - 1, 0) WHERE key_hash = $1`, keyHash)
+	if err != nil {
+		return fmt.Errorf("release api key quota: %w", err)
+	}
+	return nil
 }

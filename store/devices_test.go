@@ -3,10 +3,18 @@ package store_test
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
+	"io/fs"
 	"sync"
 	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/migrations"
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -113,5 +121,236 @@ func TestStreamsPerKeyAreBounded(t *testing.T) {
 		if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: k, MaxPerKey: 3}); err != nil {
 			t.Fatalf("another key's handoff: %v", err)
 		}
+	}
+}
+
+// setupWithConn is setup with a connection of the test's own to its database.
+func setupWithConn(t *testing.T) (*store.Store, *pgx.Conn) {
+	t.Helper()
+	st, b := setup(t)
+	conn, err := pgx.Connect(context.Background(), b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return st, conn
+}
+
+// keyCount returns a key's counter (api_key_streams) and the streams it actually holds.
+func keyCount(t *testing.T, ctx context.Context, conn *pgx.Conn, key []byte) (counted, held int) {
+	t.Helper()
+	err := conn.QueryRow(ctx, `
+		SELECT coalesce((SELECT held FROM api_key_streams WHERE key_hash = $1), 0),
+			(SELECT count(*) FROM streams WHERE api_key_hash = $1 AND state = 'held')`, key).Scan(&counted, &held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return counted, held
+}
+
+// TestKeyQuotaUnderChurn: handoffs and closes racing under one key never hold more streams
+// than the bound, every one of them gets a place eventually, and the key's counter ends
+// equal to the streams it holds.
+func TestKeyQuotaUnderChurn(t *testing.T) {
+	t.Parallel()
+	st, conn := setupWithConn(t)
+	ctx := context.Background()
+	key := secretHash("churn")
+	const bound, workers, rounds = 3, 6, 8
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		placed  int
+		maxSeen int
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			giveUp := time.Now().Add(30 * time.Second) // the places never freed: fail, not hang
+			for done := 0; done < rounds; {
+				if time.Now().After(giveUp) {
+					t.Errorf("%d of %d handoffs placed in 30s", done, rounds)
+					return
+				}
+				s, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: bound})
+				switch pushproxy.ErrorCode(err) {
+				case pushproxy.EKEYLIMIT:
+					continue
+				case "":
+				default:
+					t.Errorf("handoff: %v", err)
+					return
+				}
+				var n int
+				mu.Lock()
+				err = conn.QueryRow(ctx, `SELECT count(*) FROM streams WHERE api_key_hash = $1 AND state = 'held'`, key).Scan(&n)
+				placed++
+				maxSeen = max(maxSeen, n)
+				mu.Unlock()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := st.CloseStream(ctx, s.ID); err != nil {
+					t.Error(err)
+					return
+				}
+				done++
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	if maxSeen > bound || placed != workers*rounds {
+		t.Fatalf("%d handoffs placed (want %d), at most %d streams held at once under a bound of %d", placed, workers*rounds, maxSeen, bound)
+	}
+	if counted, held := keyCount(t, ctx, conn, key); counted != 0 || held != 0 {
+		t.Fatalf("counter %d, held %d after every stream was closed", counted, held)
+	}
+}
+
+// TestKeyQuotaIsFreedWhenStreamsStopBeingHeld: a stream closed, failed (by any path: here
+// an UPDATE as the maintenance sweeps make) or deleted while held gives its place back; a
+// held stream inserted by older code (which knows nothing of the counter) is counted.
+func TestKeyQuotaIsFreedWhenStreamsStopBeingHeld(t *testing.T) {
+	t.Parallel()
+	st, conn := setupWithConn(t)
+	ctx := context.Background()
+	key := secretHash("freed")
+	handoff := func() (pushproxy.Stream, error) {
+		s, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: 2})
+		return s, err
+	}
+	full := func(how string) {
+		t.Helper()
+		if _, err := handoff(); pushproxy.ErrorCode(err) != pushproxy.EKEYLIMIT {
+			t.Fatalf("%s: handoff over the bound: %v, want %s", how, err, pushproxy.EKEYLIMIT)
+		}
+	}
+	a, err := handoff()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := handoff()
+	if err != nil {
+		t.Fatal(err)
+	}
+	full("two held")
+	if _, err := st.CloseStream(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	c, err := handoff()
+	if err != nil {
+		t.Fatalf("after a close: %v", err)
+	}
+	full("closed one, handed off one")
+	if _, err := conn.Exec(ctx, `UPDATE streams SET state = 'failed', state_reason = 'test', closed_at = now() WHERE id = $1`, b2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := handoff(); err != nil {
+		t.Fatalf("after a failure: %v", err)
+	}
+	full("failed one, handed off one")
+	if _, err := conn.Exec(ctx, `DELETE FROM streams WHERE id = $1`, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := handoff(); err != nil {
+		t.Fatalf("after a delete: %v", err)
+	}
+	// Older code inserts without reserving: the trigger counts its stream.
+	if _, err := conn.Exec(ctx, `INSERT INTO streams (url, headers, token_hash, api_key_hash) VALUES ('http://o.test/', '{}', 'h', $1)`, key); err != nil {
+		t.Fatal(err)
+	}
+	if counted, held := keyCount(t, ctx, conn, key); counted != 3 || held != 3 {
+		t.Fatalf("counter %d, held %d; want 3 and 3", counted, held)
+	}
+	full("an older instance's stream counted")
+}
+
+// TestFailedHandoffReleasesItsReservation: a handoff refused after its place was reserved
+// (here: the device's secret does not match) gives the place back.
+func TestFailedHandoffReleasesItsReservation(t *testing.T) {
+	t.Parallel()
+	st, conn := setupWithConn(t)
+	ctx := context.Background()
+	key := secretHash("released")
+	push := &pushproxy.PushAddress{Platform: "apns", Token: "cd34", Topic: "t", Environment: "production"}
+	if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), Push: push, DeviceSecretHash: secretHash("right")}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		_, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), Push: push,
+			DeviceSecretHash: secretHash("wrong"), DeviceSecretGiven: true, APIKeyHash: key, MaxPerKey: 1})
+		if pushproxy.ErrorCode(err) != pushproxy.EDEVICESECRETMISMATCH {
+			t.Fatalf("handoff with the wrong secret: %v, want %s", err, pushproxy.EDEVICESECRETMISMATCH)
+		}
+	}
+	if counted, _ := keyCount(t, ctx, conn, key); counted != 0 {
+		t.Fatalf("counter %d after refused handoffs only", counted)
+	}
+	if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: 1}); err != nil {
+		t.Fatalf("the key's first stream: %v", err)
+	}
+	if counted, held := keyCount(t, ctx, conn, key); counted != 1 || held != 1 {
+		t.Fatalf("counter %d, held %d; want 1 and 1", counted, held)
+	}
+}
+
+// TestKeyQuotaCountsAreBackfilled: the streams held under each key before migration 012
+// are counted by it (closed ones and keyless ones are not), and the quota holds after it.
+func TestKeyQuotaCountsAreBackfilled(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := pgtest.NewDatabase(t)
+	before := fstest.MapFS{}
+	for i := 1; i <= 11; i++ {
+		names, err := fs.Glob(migrations.FS, fmt.Sprintf("%03d_*.sql", i))
+		if err != nil || len(names) != 1 {
+			t.Fatalf("migration %d: %v %v", i, names, err)
+		}
+		b, err := fs.ReadFile(migrations.FS, names[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[names[0]] = &fstest.MapFile{Data: b}
+	}
+	if err := store.MigrateFS(ctx, url, before, nil); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	key, other := secretHash("old-1"), secretHash("old-2")
+	_, err = conn.Exec(ctx, `
+		INSERT INTO streams (url, headers, token_hash, api_key_hash, state)
+		VALUES ('http://o.test/', '{}', 'h', $1, 'held'), ('http://o.test/', '{}', 'h', $1, 'held'),
+			('http://o.test/', '{}', 'h', $1, 'closed'), ('http://o.test/', '{}', 'h', $2, 'held'),
+			('http://o.test/', '{}', 'h', NULL, 'held')`, key, other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Migrate(ctx, url, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		key  []byte
+		want int
+	}{{key, 2}, {other, 1}} {
+		if counted, held := keyCount(t, ctx, conn, c.key); counted != c.want || held != c.want {
+			t.Fatalf("counter %d, held %d; want %d", counted, held, c.want)
+		}
+	}
+	st, err := store.Open(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: 2}); pushproxy.ErrorCode(err) != pushproxy.EKEYLIMIT {
+		t.Fatalf("a third stream under a key holding 2 from before the migration: %v, want %s", err, pushproxy.EKEYLIMIT)
 	}
 }
