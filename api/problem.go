@@ -54,9 +54,6 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	code, msg := pushproxy.ErrorCode(err), pushproxy.ErrorMessage(err)
-	if code != pushproxy.EUNAVAILABLE && unavailable(err) {
-		code, msg = pushproxy.EUNAVAILABLE, "the database is unreachable: try again later"
-	}
 	status, ok := statusOf[code]
 	if !ok {
 		status = http.StatusInternalServerError

@@ -3,17 +3,13 @@ package api
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
-	"syscall"
 	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pushproxy/pushproxy"
 )
@@ -205,27 +201,9 @@ const retryAfterSeconds = 2
 // reconnects that soon, so that it is back within about a second of the database.
 const readerRetryMS = 1000
 
-// unavailable reports whether err means the database (or another dependency) is out for now:
-// an error the store classified as EUNAVAILABLE, or — until every store path classifies its
-// errors — a connection-level failure of the database driver: the connection was refused,
-// reset or cut, or the server is shutting down or starting up (SQLSTATE classes 08 and 57P).
+// unavailable reports whether err means the database (or another dependency) is out for
+// now. The store classifies every database failure in one place (store/db.go), so the API
+// only reads the kind.
 func unavailable(err error) bool {
-	if err == nil {
-		return false
-	}
-	if pushproxy.ErrorCode(err) == pushproxy.EUNAVAILABLE {
-		return true
-	}
-	var pe *pgconn.PgError
-	if errors.As(err, &pe) {
-		return strings.HasPrefix(pe.Code, "08") || strings.HasPrefix(pe.Code, "57P")
-	}
-	var (
-		ce *pgconn.ConnectError
-		ne net.Error
-	)
-	return errors.As(err, &ce) || errors.As(err, &ne) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, io.EOF) || pgconn.SafeToRetry(err) || pgconn.Timeout(err) ||
-		strings.Contains(err.Error(), "conn closed") || strings.Contains(err.Error(), "closed pool")
+	return err != nil && pushproxy.ErrorCode(err) == pushproxy.EUNAVAILABLE
 }
