@@ -1,18 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -104,39 +99,9 @@ func (b *fleetBench) start(id string, extra ...string) (*child, string, error) {
 	return px, "http://" + addr[0], nil
 }
 
-// handoff hands n streams off to api from 32 workers.
+// handoff hands n streams off to api (see handoffStreams).
 func (b *fleetBench) handoff(api string, n int) error {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 32)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	for w := 0; w < 32; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				body := fmt.Sprintf(`{"url": "%s/events?s=%d"}`, b.origins[i%int64(len(b.origins))], i)
-				resp, err := client.Post(api+"/v1/streams", "application/json", strings.NewReader(body))
-				if err != nil {
-					errs <- err
-					return
-				}
-				out, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusCreated {
-					errs <- fmt.Errorf("handoff: %s: %s", resp.Status, bytes.TrimSpace(out))
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	return handoffStreams(api, b.origins, n)
 }
 
 // fill starts instance id and hands it n streams, and returns once all are connected, with

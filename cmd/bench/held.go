@@ -202,39 +202,8 @@ func runHeld(ctx context.Context, args []string) error {
 	fmt.Printf("held: %d streams over %s%s to %d origin addresses allowing %s streams per connection; proxy RSS at start %d KiB\n",
 		*n, *proto, map[bool]string{true: " with TLS", false: ""}[*originTLS], *addrs, limit, base)
 
-	// Hand off from 32 workers.
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 32)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	t0 := time.Now()
-	for w := 0; w < 32; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(*n) {
-					return
-				}
-				body := fmt.Sprintf(`{"url": "%s/events?s=%d"}`, origins[i%int64(len(origins))], i)
-				resp, err := client.Post(api+"/v1/streams", "application/json", strings.NewReader(body))
-				if err != nil {
-					errs <- err
-					return
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusCreated {
-					errs <- fmt.Errorf("handoff: %s: %s", resp.Status, bytes.TrimSpace(b))
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := handoffStreams(api, origins, *n); err != nil {
 		return err
 	}
 	fmt.Printf("  handed off %d streams in %s\n", *n, time.Since(t0).Round(time.Millisecond))
@@ -337,4 +306,40 @@ func serveLimitedOrigin(ctx context.Context, addrs, maxStreams int, tlsOn bool, 
 		}
 	}
 	return urls, env, stop, nil
+}
+
+// handoffStreams hands n streams off to api from 32 workers, stream i reading
+// origins[i % len(origins)] (a distinct URL each), and returns the first failure.
+func handoffStreams(api string, origins []string, n int) error {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				body := fmt.Sprintf(`{"url": "%s/events?s=%d"}`, origins[i%int64(len(origins))], i)
+				resp, err := client.Post(api+"/v1/streams", "application/json", strings.NewReader(body))
+				if err != nil {
+					errs <- err
+					return
+				}
+				out, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusCreated {
+					errs <- fmt.Errorf("handoff: %s: %s", resp.Status, bytes.TrimSpace(out))
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
