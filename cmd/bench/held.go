@@ -178,7 +178,8 @@ func runHeld(ctx context.Context, args []string) error {
 		return err
 	}
 	pargs := []string{"serve", "--listen", "127.0.0.1:0", "--database-url", url, "--upstream-allow", "127.0.0.0/8",
-		"--db-max-conns", "10", "--claim-interval", "1h", "--secret-key-file", keyFile}
+		"--db-max-conns", "10", "--claim-interval", "1h", "--secret-key-file", keyFile,
+		"--handoff-rate-per-address", "0"} // every handoff comes from this one address
 	if *proto == "h2" && !*originTLS {
 		pargs = append(pargs, "--upstream-h2c")
 	}
