@@ -99,7 +99,7 @@ func runLive(ctx context.Context, args []string) error {
 	ready := make(chan error, *readers)
 	for i := range *readers {
 		body, _ := json.Marshal(map[string]any{"url": origin.url + "/s/" + strconv.Itoa(i),
-			"push": map[string]string{"platform": "fcm", "token": "bench-live-" + strconv.Itoa(i)}})
+			"push": map[string]string{"platform": "apns", "token": fmt.Sprintf("%064x", i+1)}})
 		resp, err := env.hc.Post(env.base+"/v1/streams", "application/json", strings.NewReader(string(body)))
 		if err != nil {
 			return err
@@ -125,6 +125,9 @@ func runLive(ctx context.Context, args []string) error {
 			for {
 				ev, err := p.Next()
 				if err != nil {
+					if rctx.Err() == nil {
+						fmt.Printf("reader %d ended: %v\n", i, err)
+					}
 					return
 				}
 				at := time.Now()

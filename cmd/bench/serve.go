@@ -62,6 +62,9 @@ func newServeEnv(ctx context.Context, dbURL string, opts *proxy.Options) (*serve
 		o = *opts
 	}
 	o.Upstream, _ = upstream.ParseAllowList([]string{"127.0.0.0/8"})
+	// The bench's writer registers as an instance (below) but claims nothing: balancing
+	// would hand it a share of the proxy's streams, which then no one holds.
+	o.RebalanceInterval = -1
 	svc := proxy.New(st, url, &o)
 	if err := svc.Start(ctx); err != nil {
 		st.Close()
