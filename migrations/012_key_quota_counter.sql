@@ -1,57 +1,70 @@
 -- pushproxy:compatible-with 8
 --
--- The streams held per API key, counted in a row per key (api_key_streams), so that
--- --max-streams-per-key no longer counts a key's streams under a lock held through each
--- handoff's commit. A handoff reserves its place in its own short transaction
--- (held = held + 1 while below the bound) and inserts its stream with quota_reserved set;
--- if the handoff fails, it gives the place back.
+-- The streams held per API key, counted in 16 slots per key (api_key_streams), so that
+-- --max-streams-per-key neither counts a key's streams on every handoff nor makes a key's
+-- handoffs wait for each other's commits. Each held stream with a key is counted in one slot
+-- (streams.key_slot). A handoff takes a place in a slot inside its own transaction, in the
+-- statement that inserts the stream: the slot's row stays locked until the handoff commits,
+-- but concurrent handoffs take other slots (FOR UPDATE SKIP LOCKED). With a bound of M, slot
+-- s admits while it holds fewer than M/16 (+1 for the first M%16 slots) and the key's total
+-- is below M; the slots' bounds add up to M, so the bound is exact however many handoffs
+-- race (store/streams.go).
 --
 -- The triggers keep the count in the database, whichever code writes the streams:
---   - a held stream with a key inserted WITHOUT quota_reserved (older code, which knows
---     nothing of the table) is counted as it is inserted;
+--   - a held stream with a key inserted with no slot (older code, which knows nothing of
+--     the table) is given one and counted as it is inserted;
 --   - a held stream with a key that stops being held (closed, failed, idle, dead device,
---     whatever path) or is deleted while held is uncounted.
--- Only expands the schema: a new table, a new column with a default, triggers that older
--- code does not notice.
+--     whatever path) or is deleted while held gives its slot's place back.
+-- Only expands the schema: a new table, a new nullable column, triggers that older code does
+-- not notice.
 --
 -- The triggers are created before the counts are filled in: CREATE TRIGGER locks streams
 -- against writes until this migration commits, so no held stream is counted twice or
--- missed.
+-- missed. The streams held already are dealt to the slots in turn, so that each slot stays
+-- within its share of any bound the key was kept to.
 
 CREATE TABLE api_key_streams (
-    key_hash bytea PRIMARY KEY,
-    held     int NOT NULL DEFAULT 0
-);
+    key_hash bytea NOT NULL,
+    slot     smallint NOT NULL,
+    held     int NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_hash, slot)
+) WITH (fillfactor = 50); -- every handoff and close updates a row: room for HOT updates
 
-ALTER TABLE streams ADD COLUMN quota_reserved boolean NOT NULL DEFAULT false;
+ALTER TABLE streams ADD COLUMN key_slot smallint;
 
 CREATE FUNCTION pushproxy_key_streams_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO api_key_streams AS k (key_hash, held) VALUES (NEW.api_key_hash, 1)
-    ON CONFLICT (key_hash) DO UPDATE SET held = k.held + 1;
-    RETURN NULL;
+    NEW.key_slot := pg_backend_pid() % 16;
+    INSERT INTO api_key_streams AS k (key_hash, slot, held) VALUES (NEW.api_key_hash, NEW.key_slot, 1)
+    ON CONFLICT (key_hash, slot) DO UPDATE SET held = k.held + 1;
+    RETURN NEW;
 END $$;
 
 CREATE FUNCTION pushproxy_key_streams_release() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE api_key_streams SET held = greatest(held - 1, 0) WHERE key_hash = OLD.api_key_hash;
+    UPDATE api_key_streams SET held = held - 1 WHERE key_hash = OLD.api_key_hash AND slot = OLD.key_slot;
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER streams_key_count_insert AFTER INSERT ON streams
-    FOR EACH ROW WHEN (NEW.state = 'held' AND NEW.api_key_hash IS NOT NULL AND NOT NEW.quota_reserved)
+CREATE TRIGGER streams_key_count_insert BEFORE INSERT ON streams
+    FOR EACH ROW WHEN (NEW.state = 'held' AND NEW.api_key_hash IS NOT NULL AND NEW.key_slot IS NULL)
     EXECUTE FUNCTION pushproxy_key_streams_insert();
 CREATE TRIGGER streams_key_count_update AFTER UPDATE OF state ON streams
-    FOR EACH ROW WHEN (OLD.state = 'held' AND NEW.state <> 'held' AND OLD.api_key_hash IS NOT NULL)
+    FOR EACH ROW WHEN (OLD.state = 'held' AND NEW.state <> 'held' AND OLD.key_slot IS NOT NULL)
     EXECUTE FUNCTION pushproxy_key_streams_release();
 CREATE TRIGGER streams_key_count_delete AFTER DELETE ON streams
-    FOR EACH ROW WHEN (OLD.state = 'held' AND OLD.api_key_hash IS NOT NULL)
+    FOR EACH ROW WHEN (OLD.state = 'held' AND OLD.key_slot IS NOT NULL)
     EXECUTE FUNCTION pushproxy_key_streams_release();
 
-INSERT INTO api_key_streams (key_hash, held)
-SELECT api_key_hash, count(*) FROM streams
-WHERE state = 'held' AND api_key_hash IS NOT NULL
-GROUP BY api_key_hash;
+UPDATE streams s SET key_slot = n.slot
+FROM (SELECT id, (row_number() OVER (PARTITION BY api_key_hash ORDER BY id) - 1) % 16 AS slot
+      FROM streams WHERE state = 'held' AND api_key_hash IS NOT NULL) n
+WHERE s.id = n.id;
+
+INSERT INTO api_key_streams (key_hash, slot, held)
+SELECT api_key_hash, key_slot, count(*) FROM streams
+WHERE state = 'held' AND key_slot IS NOT NULL
+GROUP BY api_key_hash, key_slot;
 
 ---- create above / drop below ----
 
@@ -60,5 +73,5 @@ DROP TRIGGER streams_key_count_update ON streams;
 DROP TRIGGER streams_key_count_insert ON streams;
 DROP FUNCTION pushproxy_key_streams_release();
 DROP FUNCTION pushproxy_key_streams_insert();
-ALTER TABLE streams DROP COLUMN quota_reserved;
+ALTER TABLE streams DROP COLUMN key_slot;
 DROP TABLE api_key_streams;

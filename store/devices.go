@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -234,55 +233,79 @@ func checkDeviceQuota(ctx context.Context, tx pgx.Tx, deviceID string, max int) 
 	return nil
 }
 
-// reserveKeyQuota takes a place for one more held stream under an API key in the key's
-// counter (api_key_streams), refusing when the key holds max already (max 0: no bound,
-// but the place is taken all the same so the count stays exact). It runs in a short
-// transaction of its own, before the handoff's, so handoffs under one key wait for each
-// other only for this one UPDATE and never through a handoff's commit. That transaction
-// commits without waiting for its WAL flush (synchronous_commit off), so its row lock is
-// let go at once: a Postgres crash may lose a reservation, which only errs on the side of
-// allowing (and the handoff's own commit, flushed, flushes the reservation's WAL before it,
-// so only reservations of handoffs that did not commit can be lost). It reports whether a
-// place was taken; the caller gives it back with releaseKeyQuota if the handoff then
-// fails. An instance that dies between the two transactions keeps its place taken (errs on
-// the side of refusing, by one stream per handoff in flight). The stream is inserted with quota_reserved
-// set, so the insert trigger does not count it twice; the triggers of migration 012 give
-// the place back when the stream stops being held.
-func (s *Store) reserveKeyQuota(ctx context.Context, keyHash []byte, max int) (bool, error) {
-	if len(keyHash) == 0 {
-		return false, nil
-	}
+// keySlots is how many slots count a key's held streams (migration 012).
+const keySlots = 16
+
+// insertStream inserts a handoff's stream ($1-$12: see CreateStream).
+const insertStream = `
+	INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12)
+	RETURNING ` + streamColumns
+
+// insertKeyedStreamSQL inserts the stream of a handoff under an API key ($11), taking a
+// place for it in one of the key's slots in the same statement; $13 is
+// --max-streams-per-key (0 or less: no bound, but the stream is counted all the same, so
+// that a bound set later is exact). Slot s admits while it holds fewer than its share of the
+// bound (bound/16, one more for the first bound%16 slots) and the key's total is below the
+// bound; the shares add up to the bound, so no number of racing handoffs can pass it. The
+// slot's row stays locked until the handoff commits. %s picks the slot:
+//   - keySlotOwn: the connection's own slot (its backend's pid modulo 16), SKIP LOCKED: one
+//     row, and handoffs on other connections do not wait for each other's commits;
+//   - keySlotAny: the emptiest slot not locked, when the own one is taken or full;
+//   - keySlotWait: the emptiest slot, waiting for the handoffs in flight, to know whether a
+//     place is left at all.
+const insertKeyedStreamSQL = `
+	WITH slot AS (
+		UPDATE api_key_streams k SET held = k.held + 1
+		FROM (SELECT slot FROM api_key_streams
+			WHERE key_hash = $11
+				AND ($13::int <= 0 OR held < $13::int / 16 + (slot < $13::int %% 16)::int)
+				AND ($13::int <= 0 OR (SELECT sum(held) FROM api_key_streams WHERE key_hash = $11) < $13::int)
+				%s) f
+		WHERE k.key_hash = $11 AND k.slot = f.slot
+		RETURNING k.slot)
+	INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by, key_slot)
+	SELECT $1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, slot.slot FROM slot
+	RETURNING ` + streamColumns
+
+var (
+	keySlotOwn  = fmt.Sprintf(insertKeyedStreamSQL, fmt.Sprintf("AND slot = pg_backend_pid() %% %d FOR UPDATE SKIP LOCKED", keySlots))
+	keySlotAny  = fmt.Sprintf(insertKeyedStreamSQL, "ORDER BY held, slot LIMIT 1 FOR UPDATE SKIP LOCKED")
+	keySlotWait = fmt.Sprintf(insertKeyedStreamSQL, "ORDER BY held, slot LIMIT 1 FOR UPDATE")
+)
+
+// insertKeyedStream inserts a handoff's stream under an API key, within the key's bound
+// (max; 0: none), or refuses with EKEYLIMIT when the key holds max streams already. args
+// are insertStream's.
+func insertKeyedStream(ctx context.Context, tx pgx.Tx, max int, args []any) (pushproxy.Stream, int64, error) {
 	bound := int32(max)
 	if max <= 0 || max > math.MaxInt32 {
-		bound = math.MaxInt32
+		bound = 0
 	}
-	// One round trip: a batch is one implicit transaction (one Sync), and set_config(...,
-	// true) lasts to its end.
-	var held int
-	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
-	b.Queue(`
-		INSERT INTO api_key_streams AS k (key_hash, held) VALUES ($1, 1)
-		ON CONFLICT (key_hash) DO UPDATE SET held = k.held + 1 WHERE k.held < $2
-		RETURNING held`, keyHash, bound).QueryRow(func(row pgx.Row) error { return row.Scan(&held) })
-	err := classify(s.pool.pool.SendBatch(ctx, b).Close())
+	args = append(args, bound)
+	for _, q := range []string{keySlotOwn, keySlotAny} {
+		st, epoch, err := scanStream(tx.QueryRow(ctx, q, args...))
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return st, epoch, wrapInsert(err)
+		}
+	}
+	// No free slot: the key's first handoff (its slots are made now), every slot's share
+	// taken, or the free ones locked by handoffs in flight (wait for them).
+	if _, err := tx.Exec(ctx, `
+		INSERT INTO api_key_streams (key_hash, slot) SELECT $1, g FROM generate_series(0, $2 - 1) g
+		ON CONFLICT DO NOTHING`, args[10], keySlots); err != nil {
+		return pushproxy.Stream{}, 0, fmt.Errorf("insert stream: key slots: %w", err)
+	}
+	st, epoch, err := scanStream(tx.QueryRow(ctx, keySlotWait, args...))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return false, pushproxy.Errorf(pushproxy.EKEYLIMIT, "this API key already holds %d streams, the most allowed; close some first", max)
+		return st, 0, pushproxy.Errorf(pushproxy.EKEYLIMIT, "this API key already holds %d streams, the most allowed; close some first", max)
 	}
-	if err != nil {
-		return false, fmt.Errorf("reserve api key quota: %w", err)
-	}
-	return true, nil
+	return st, epoch, wrapInsert(err)
 }
 
-// releaseKeyQuota gives back a place reserveKeyQuota took for a handoff that failed. It
-// runs even when ctx is cancelled (the failure may be that cancellation).
-func (s *Store) releaseKeyQuota(ctx context.Context, keyHash []byte) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	_, err := s.pool.Exec(ctx, `UPDATE api_key_streams SET held = greatest(held - 1, 0) WHERE key_hash = $1`, keyHash)
+func wrapInsert(err error) error {
 	if err != nil {
-		return fmt.Errorf("release api key quota: %w", err)
+		return fmt.Errorf("insert stream: %w", err)
 	}
 	return nil
 }

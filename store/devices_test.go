@@ -91,35 +91,39 @@ func TestStreamsPerKeyAreBounded(t *testing.T) {
 	t.Parallel()
 	st, _ := setup(t)
 	ctx := context.Background()
-	key, other := secretHash("key-1"), secretHash("key-2")
-	var (
-		wg sync.WaitGroup
-		mu sync.Mutex
-		ok int
-	)
-	for range 10 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: 3})
-			switch pushproxy.ErrorCode(err) {
-			case "":
-				mu.Lock()
-				ok++
-				mu.Unlock()
-			case pushproxy.EKEYLIMIT:
-			default:
-				t.Errorf("handoff: %v", err)
+	// Bounds below, at and above the key's 16 slots: the slots' shares add up to the bound
+	// however many handoffs race.
+	for _, c := range []struct{ bound, racing int }{{3, 10}, {16, 40}, {37, 80}} {
+		key, other := secretHash(fmt.Sprint("key-", c.bound)), secretHash(fmt.Sprint("other-", c.bound))
+		var (
+			wg sync.WaitGroup
+			mu sync.Mutex
+			ok int
+		)
+		for range c.racing {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: c.bound})
+				switch pushproxy.ErrorCode(err) {
+				case "":
+					mu.Lock()
+					ok++
+					mu.Unlock()
+				case pushproxy.EKEYLIMIT:
+				default:
+					t.Errorf("handoff: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if ok != c.bound {
+			t.Fatalf("%d streams held under a key bounded to %d (%d handoffs raced)", ok, c.bound, c.racing)
+		}
+		for _, k := range [][]byte{other, nil} {
+			if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: k, MaxPerKey: c.bound}); err != nil {
+				t.Fatalf("another key's handoff: %v", err)
 			}
-		}()
-	}
-	wg.Wait()
-	if ok != 3 {
-		t.Fatalf("%d streams held under a key bounded to 3", ok)
-	}
-	for _, k := range [][]byte{other, nil} {
-		if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: k, MaxPerKey: 3}); err != nil {
-			t.Fatalf("another key's handoff: %v", err)
 		}
 	}
 }
@@ -136,11 +140,12 @@ func setupWithConn(t *testing.T) (*store.Store, *pgx.Conn) {
 	return st, conn
 }
 
-// keyCount returns a key's counter (api_key_streams) and the streams it actually holds.
+// keyCount returns a key's count (its slots in api_key_streams) and the streams it actually
+// holds.
 func keyCount(t *testing.T, ctx context.Context, conn *pgx.Conn, key []byte) (counted, held int) {
 	t.Helper()
 	err := conn.QueryRow(ctx, `
-		SELECT coalesce((SELECT held FROM api_key_streams WHERE key_hash = $1), 0),
+		SELECT coalesce((SELECT sum(held) FROM api_key_streams WHERE key_hash = $1), 0),
 			(SELECT count(*) FROM streams WHERE api_key_hash = $1 AND state = 'held')`, key).Scan(&counted, &held)
 	if err != nil {
 		t.Fatal(err)
@@ -270,8 +275,8 @@ func TestKeyQuotaIsFreedWhenStreamsStopBeingHeld(t *testing.T) {
 	full("an older instance's stream counted")
 }
 
-// TestFailedHandoffReleasesItsReservation: a handoff refused after its place was reserved
-// (here: the device's secret does not match) gives the place back.
+// TestFailedHandoffReleasesItsReservation: a handoff refused (here: the device's secret does
+// not match) takes no place under its key.
 func TestFailedHandoffReleasesItsReservation(t *testing.T) {
 	t.Parallel()
 	st, conn := setupWithConn(t)

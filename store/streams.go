@@ -94,10 +94,6 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 	if err != nil {
 		return st, 0, err
 	}
-	reserved, err := s.reserveKeyQuota(ctx, ns.APIKeyHash, ns.MaxPerKey)
-	if err != nil {
-		return st, 0, err
-	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var deviceID *string
 		if ns.Push != nil {
@@ -124,26 +120,20 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 		if urgent == nil {
 			urgent = []string{}
 		}
-		st, epoch, err = scanStream(tx.QueryRow(ctx, `
-			INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by, quota_reserved)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13)
-			RETURNING `+streamColumns,
-			row.ID, deviceID, row.URL, row.Headers, row.Sealed, ns.TokenHash, []byte(ns.ResumeID), owner, epochStart, urgent, ns.APIKeyHash, ns.CompactBy, reserved))
+		args := []any{row.ID, deviceID, row.URL, row.Headers, row.Sealed, ns.TokenHash, []byte(ns.ResumeID), owner, epochStart, urgent, ns.APIKeyHash, ns.CompactBy}
+		if len(ns.APIKeyHash) == 0 {
+			st, epoch, err = scanStream(tx.QueryRow(ctx, insertStream, args...))
+			err = wrapInsert(err)
+		} else {
+			st, epoch, err = insertKeyedStream(ctx, tx, ns.MaxPerKey, args)
+		}
 		if err != nil {
-			return fmt.Errorf("insert stream: %w", err)
+			return err
 		}
 		// The holder this instance starts gets the credentials in clear, as a claim would.
 		st.URL, st.Headers = ns.URL, ns.Headers
 		return nil
 	})
-	if err != nil && reserved {
-		// The stream was not recorded (the transaction rolled back), so its place is
-		// given back. Should the commit's outcome be unknown (the connection lost during
-		// COMMIT), giving it back errs on the side of allowing.
-		if rerr := s.releaseKeyQuota(ctx, ns.APIKeyHash); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-	}
 	return st, epoch, err
 }
 

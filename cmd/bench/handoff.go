@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,7 +37,12 @@ type handoffRun struct {
 	n        int
 	elapsed  time.Duration
 	p50, p99 time.Duration
+	cpu      time.Duration // the proxy's and Postgres's CPU time over the measured window
 }
+
+// cpuPerHandoff is the CPU the proxy and Postgres spent per handoff: on a busy machine it
+// moves much less than the rate does.
+func (r handoffRun) cpuPerHandoff() time.Duration { return r.cpu / time.Duration(max(r.n, 1)) }
 
 func (r handoffRun) rate() float64 { return float64(r.n) / r.elapsed.Seconds() }
 
@@ -51,6 +57,8 @@ func runHandoff(ctx context.Context, args []string) error {
 	pairs := fs.Int("pairs", 3, "pairs of runs, alternating on (sealed, limits) and off: a b a b ...")
 	keyQuota := fs.Int("max-streams-per-key", 100000000, "the on runs' --max-streams-per-key (0: that quota off, to see its share)")
 	dbURL := fs.String("database-url", "", "Postgres server to use; each run creates a database of its own on it (empty: a private durable cluster)")
+	onArgs := fs.String("on-args", "", "replace the on runs' flags with these (e.g. to see one feature's share; {keyfile} is the sealing key file); the API key is always sent")
+	profileDir := fs.String("profile-dir", "", "write a CPU profile of the proxy's measured window of each run here (run-N-on.pprof, ...)")
 	fs.Parse(args)
 
 	dir, err := buildBinaries()
@@ -85,6 +93,9 @@ func runHandoff(ctx context.Context, args []string) error {
 	on := handoffMode{"on", []string{"--secret-key-file", keyFile, "--api-keys", apiKey,
 		"--handoff-rate-per-address", "1000000", "--handoff-rate-per-key", "1000000", "--handoff-burst", "1000000",
 		"--max-streams-per-key", fmt.Sprint(*keyQuota), "--max-readers-per-stream", "8"}}
+	if *onArgs != "" {
+		on.args = strings.Fields(strings.ReplaceAll(*onArgs, "{keyfile}", keyFile))
+	}
 	off := handoffMode{"off", []string{"--insecure-plaintext-credentials",
 		"--handoff-rate-per-address", "0", "--handoff-rate-per-key", "0", "--max-streams-per-key", "0", "--max-readers-per-stream", "0"}}
 	fmt.Printf("handoff: %d clients, %s measured after %s of warm-up, %d pairs; origin %s; postgres: %s\n",
@@ -101,22 +112,29 @@ func runHandoff(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		r, err := handoffOnce(ctx, dir, db, origins[0], mode, apiKey, *clients, *warmup, *duration)
+		profile := ""
+		if *profileDir != "" {
+			profile = filepath.Join(*profileDir, fmt.Sprintf("run-%d-%s.pprof", i+1, mode.name))
+		}
+		r, err := handoffOnce(ctx, dir, db, origins[0], mode, apiKey, *clients, *warmup, *duration, profile)
 		if err != nil {
 			return fmt.Errorf("run %d (%s): %w", i+1, mode.name, err)
 		}
-		fmt.Printf("  run %d %-3s %7.0f handoffs/s  (%d in %s)  p50 %s  p99 %s\n", i+1, r.mode, r.rate(), r.n,
-			r.elapsed.Round(time.Millisecond), r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond))
+		fmt.Printf("  run %d %-3s %7.0f handoffs/s  (%d in %s)  p50 %s  p99 %s  CPU %d µs/handoff (proxy + Postgres)\n", i+1, r.mode, r.rate(), r.n,
+			r.elapsed.Round(time.Millisecond), r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.cpuPerHandoff().Microseconds())
 		runs = append(runs, r)
 	}
-	var ratios, onRates, offRates []float64
+	var ratios, onRates, offRates, cpuRatios []float64
 	for i := 0; i+1 < len(runs); i += 2 {
 		ratios = append(ratios, runs[i].rate()/runs[i+1].rate())
 		onRates = append(onRates, runs[i].rate())
 		offRates = append(offRates, runs[i+1].rate())
+		cpuRatios = append(cpuRatios, float64(runs[i].cpuPerHandoff())/float64(runs[i+1].cpuPerHandoff()))
 	}
 	fmt.Printf("result: on %.0f handoffs/s, off %.0f handoffs/s (medians); on/off per pair %s; median ratio %.3f (%+.1f %%)\n",
 		median(onRates), median(offRates), fmtRatios(ratios), median(ratios), 100*(median(ratios)-1))
+	fmt.Printf("result: CPU per handoff (proxy + Postgres), on/off per pair %s; median %.3f (%+.1f %% CPU, so %+.1f %% handoffs/s where CPU is what bounds them)\n",
+		fmtRatios(cpuRatios), median(cpuRatios), 100*(median(cpuRatios)-1), 100*(1/median(cpuRatios)-1))
 	return nil
 }
 
@@ -167,21 +185,32 @@ func freshDatabase(ctx context.Context, serverURL, name string) (string, error) 
 
 // handoffOnce starts `pushproxy serve` in mode on db, loads it with handoffs from clients
 // workers for warmup+duration, stops it, and returns what the measured part did.
-func handoffOnce(ctx context.Context, dir, db, origin string, mode handoffMode, apiKey string, clients int, warmup, duration time.Duration) (handoffRun, error) {
-	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "", "--database-url", db,
+func handoffOnce(ctx context.Context, dir, db, origin string, mode handoffMode, apiKey string, clients int, warmup, duration time.Duration, profile string) (handoffRun, error) {
+	admin := ""
+	if profile != "" {
+		admin = "127.0.0.1:0"
+	}
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", admin, "--database-url", db,
 		"--upstream-allow", "127.0.0.0/8", "--upstream-h2c", "--log-level", "info"}, mode.args...)
 	px, err := startChild(ctx, nil, filepath.Join(dir, "pushproxy"), args...)
 	if err != nil {
 		return handoffRun{}, err
 	}
 	defer px.stop()
-	addr, err := px.waitLines(regexp.MustCompile(`msg="pushproxy serving" addr=(\S+)`), 1)
+	serving, err := px.waitLines(regexp.MustCompile(`msg="pushproxy serving" (addr=\S+ scheme=\S+ admin=\S*)`), 1)
 	if err != nil {
 		return handoffRun{}, err
 	}
-	api := "http://" + addr[0] + "/v1/streams"
-	go func() { // drain what the proxy logs what it says so that it never blocks
-		for range px.lines {
+	var addr, adminAddr, scheme string
+	if _, err := fmt.Sscanf(strings.ReplaceAll(serving[0], "=", " "), "addr %s scheme %s admin %s", &addr, &scheme, &adminAddr); err != nil && profile != "" {
+		return handoffRun{}, fmt.Errorf("serving line %q: %w", serving[0], err)
+	}
+	api := "http://" + addr + "/v1/streams"
+	go func() { // drain what the proxy logs so that it never blocks; show its errors
+		for l := range px.lines {
+			if strings.Contains(l, "level=ERROR") {
+				fmt.Printf("  proxy: %s\n", l)
+			}
 		}
 	}()
 
@@ -249,14 +278,28 @@ func handoffOnce(ctx context.Context, dir, db, origin string, mode handoffMode, 
 		case <-ctx.Done():
 		}
 	}
+	pg, err := postmasterPID(ctx, db)
+	if err != nil {
+		return handoffRun{}, err
+	}
+	cpuNow := func() time.Duration { return processTreeCPU(px.cmd.Process.Pid) + processTreeCPU(pg) }
 	sleep(warmup)
+	profiled := make(chan error, 1)
+	if profile != "" {
+		go func() { profiled <- fetchProfile(ctx, "http://"+adminAddr+"/debug/pprof/profile", duration, profile) }()
+	} else {
+		profiled <- nil
+	}
 	measuring.Store(true)
-	t0 := time.Now()
+	t0, cpu0 := time.Now(), cpuNow()
 	sleep(duration)
 	measuring.Store(false)
-	elapsed := time.Since(t0)
+	elapsed, cpu := time.Since(t0), cpuNow()-cpu0
 	stop.Store(true)
 	wg.Wait()
+	if err := <-profiled; err != nil {
+		return handoffRun{}, err
+	}
 	if firstErr != nil {
 		return handoffRun{}, firstErr
 	}
@@ -268,5 +311,96 @@ func handoffOnce(ctx context.Context, dir, db, origin string, mode handoffMode, 
 		return handoffRun{}, fmt.Errorf("no handoff completed in %s", duration)
 	}
 	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	return handoffRun{mode: mode.name, n: int(count.Load()), elapsed: elapsed, p50: pct(0.5), p99: pct(0.99)}, nil
+	return handoffRun{mode: mode.name, n: int(count.Load()), elapsed: elapsed, p50: pct(0.5), p99: pct(0.99), cpu: cpu}, nil
+}
+
+// fetchProfile writes the CPU profile of the next d of the process serving url to path.
+func fetchProfile(ctx context.Context, url string, d time.Duration, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s?seconds=%d", url, int(d.Seconds())), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("cpu profile: %s", resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// postmasterPID returns the process id of the Postgres server of url (the parent of a
+// backend's process).
+func postmasterPID(ctx context.Context, url string) (int, error) {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(ctx)
+	var backend int
+	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&backend); err != nil {
+		return 0, err
+	}
+	st, err := procStat(backend)
+	if err != nil {
+		return 0, fmt.Errorf("postgres backend %d: %w", backend, err)
+	}
+	return st.ppid, nil
+}
+
+// procStatus is what the bench reads of /proc/<pid>/stat.
+type procStatus struct {
+	ppid int
+	cpu  time.Duration // utime + stime, and the cutime + cstime of children that were waited for
+}
+
+// procStat reads /proc/<pid>/stat (clock ticks are 1/100 s on Linux).
+func procStat(pid int) (procStatus, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procStatus{}, err
+	}
+	// The command name (field 2) may hold spaces: the fields after it follow its last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return procStatus{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:])) // f[0] is field 3 (state)
+	if len(f) < 15 {
+		return procStatus{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+	}
+	var st procStatus
+	st.ppid, _ = strconv.Atoi(f[1])
+	for _, v := range f[11:15] { // utime, stime, cutime, cstime
+		t, _ := strconv.ParseInt(v, 10, 64)
+		st.cpu += time.Duration(t) * 10 * time.Millisecond
+	}
+	return st, nil
+}
+
+// processTreeCPU is the CPU time of pid, of its children it has waited for, and of its
+// live children (Postgres backends are children of the postmaster).
+func processTreeCPU(pid int) time.Duration {
+	st, err := procStat(pid)
+	if err != nil {
+		return 0
+	}
+	total := st.cpu
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil || child == pid {
+			continue
+		}
+		if cst, err := procStat(child); err == nil && cst.ppid == pid {
+			total += cst.cpu
+		}
+	}
+	return total
 }
