@@ -22,6 +22,9 @@ type Sizes struct {
 	EventsPerStream  int
 	// Wakeups finished (history), one per device per WakeupsPerDevice.
 	WakeupsPerDevice int
+	// ReadersEvery: one held stream in this many has an open reader (0: none), on the
+	// instance that holds it.
+	ReadersEvery int
 }
 
 // Fill writes the rows and analyzes the tables, so the planner sees their size.
@@ -85,6 +88,17 @@ func Fill(ctx context.Context, pool *pgxpool.Pool, sz Sizes) error {
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"streams"}, []string{"id", "device_id", "url", "token_hash", "state",
 		"head_seq", "floor_seq", "backlog_bytes", "lease_owner", "created_at", "read_at", "closed_at"}, pgx.CopyFromRows(rows)); err != nil {
 		return fmt.Errorf("copy streams: %w", err)
+	}
+	if n := sz.ReadersEvery; n > 0 {
+		var readers [][]any
+		for i, r := range rows {
+			if r[4] == "held" && i%n == 1 {
+				readers = append(readers, []any{uuid(), r[0], r[1], r[8], now.Add(time.Minute)})
+			}
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"readers"}, []string{"id", "stream_id", "device_id", "instance_id", "expires_at"}, pgx.CopyFromRows(readers)); err != nil {
+			return fmt.Errorf("copy readers: %w", err)
+		}
 	}
 	rows = rows[:0]
 	if w := sz.WakeupsPerDevice; w > 0 {
