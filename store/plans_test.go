@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pushproxy/pushproxy"
 	"github.com/pushproxy/pushproxy/internal/pgfill"
@@ -62,7 +64,26 @@ func TestPlansUseIndexes(t *testing.T) {
 	if err := st.Pool().QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&mode); err != nil {
 		t.Fatal(err)
 	}
-	p := &planner{conn: conn, generic: mode != "force_custom_plan"}
+	// The statements inside the store's functions are planned when they run: auto_explain,
+	// on a session of its own, reports their plans as notices.
+	cfg, err := pgx.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notices []string
+	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) { notices = append(notices, n.Message) }
+	cfg.RuntimeParams["plan_cache_mode"] = mode
+	nested, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nested.Close(ctx)
+	if _, err := nested.Exec(ctx, `LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;
+		SET auto_explain.log_nested_statements = on; SET auto_explain.log_format = json;
+		SET auto_explain.log_level = notice`); err != nil {
+		t.Fatal(err)
+	}
+	p := &planner{conn: conn, generic: mode != "force_custom_plan", nested: nested, notices: &notices}
 	t.Logf("the store's sessions plan with plan_cache_mode %s: generic plans checked: %v", mode, p.generic)
 	t.Run("serving", func(t *testing.T) { servingPlans(t, ctx, st, p) })
 	t.Run("hot paths", func(t *testing.T) { hotPathPlans(t, ctx, st, rec, p) })
@@ -144,7 +165,13 @@ func hotPathPlans(t *testing.T, ctx context.Context, st *store.Store, rec *recor
 		run  func() error
 		uses []string // indexes the plans must use
 	}{
-		{"claim", func() error { _, err := st.ClaimStreams(ctx, me, time.Minute, 100); return err },
+		{"claim", func() error {
+			cs, err := st.ClaimStreams(ctx, me, time.Minute, 100)
+			if err == nil && len(cs) != 50 {
+				err = fmt.Errorf("claimed %d streams, not the 50 unowned", len(cs))
+			}
+			return err
+		},
 			[]string{"streams_held_owner_created"}},
 		{"renew", func() error { _, err := st.RenewLeases(ctx, me, time.Minute); return err },
 			[]string{"streams_lease_owner"}},
@@ -175,7 +202,7 @@ func hotPathPlans(t *testing.T, ctx context.Context, st *store.Store, rec *recor
 				err = fmt.Errorf("the commit did not take: %+v", res)
 			}
 			return err
-		}, []string{"streams_pkey", "events_pkey", "events_compact_key", "devices_pkey", "readers_device_id"}},
+		}, []string{"streams_pkey", "events_pkey", "events_compact_key", "devices_pkey", "readers_device_id", "readers_stream_id"}},
 		{"wake-up claim", func() error {
 			claimed, err = st.ClaimWakeups(ctx, me, time.Now().Add(time.Minute), time.Minute, 100, time.Hour)
 			if err == nil && len(claimed) == 0 {
@@ -369,6 +396,42 @@ type planner struct {
 	conn *pgx.Conn
 	// generic: the store's sessions may run generic plans, so those are checked too.
 	generic bool
+	// nested runs a call of a function of the store's (rolled back) and notices collects
+	// the plans of the statements the function ran.
+	nested  *pgx.Conn
+	notices *[]string
+}
+
+// function is a recorded call of one of the store's functions, whose statements EXPLAIN of
+// the call does not show.
+var function = regexp.MustCompile(`^\s*SELECT pushproxy_\w+\(`)
+
+// inside returns the plans of the statements that sql (a call of a function) runs.
+func (p *planner) inside(ctx context.Context, sql string, args []any) ([]planNode, error) {
+	*p.notices = nil
+	tx, err := p.nested.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, sql, args...); err != nil {
+		return nil, err
+	}
+	var plans []planNode
+	for _, n := range *p.notices {
+		_, js, ok := strings.Cut(n, "plan:")
+		var e struct {
+			Query string   `json:"Query Text"`
+			Plan  planNode `json:"Plan"`
+		}
+		if !ok || json.Unmarshal([]byte(js), &e) != nil {
+			return nil, fmt.Errorf("not a plan: %q", n)
+		}
+		if strings.TrimSpace(e.Query) != strings.TrimSpace(sql) {
+			plans = append(plans, e.Plan)
+		}
+	}
+	return plans, nil
 }
 
 // planNode is a node of EXPLAIN (FORMAT JSON).
@@ -489,22 +552,36 @@ func (p *planner) check(t *testing.T, name string, stmts []recorded, uses []stri
 					}
 				}
 			}
+			plans := []planNode{}
+			if function.MatchString(s.sql) && !generic {
+				inside, err := p.inside(ctx, s.sql, args)
+				if err != nil || len(inside) == 0 {
+					t.Fatalf("%s: the plans inside %s: %v %d", name, s.sql, err, len(inside))
+				}
+				plans = inside
+			}
 			plan, err := p.explain(ctx, s.sql, args, generic)
 			if err != nil {
 				t.Fatalf("%s: explain (%s): %v\n%s", name, kind, err, s.sql)
 			}
-			plan.walk(func(n planNode) {
-				if n.Index != "" {
-					used[n.Index] = true
+			for i, plan := range append(plans, plan) {
+				where := kind
+				if i < len(plans) {
+					where = "a statement inside, " + kind
 				}
-				if n.Type == "Seq Scan" && slices.Contains(bigTables, n.Relation) && !slices.Contains(scans, n.Relation) {
-					t.Errorf("%s (%s plan): a sequential scan of %s:\n%s\n%s", name, kind, n.Relation, s.sql, plan)
+				plan.walk(func(n planNode) {
+					if n.Index != "" {
+						used[n.Index] = true
+					}
+					if n.Type == "Seq Scan" && slices.Contains(bigTables, n.Relation) && !slices.Contains(scans, n.Relation) {
+						t.Errorf("%s (%s plan): a sequential scan of %s:\n%s\n%s", name, where, n.Relation, s.sql, plan)
+					}
+				})
+				if plan.Cost >= jitAboveCost {
+					t.Errorf("%s (%s plan): estimated at %.0f, Postgres compiles it (JIT) before running it:\n%s\n%s", name, where, plan.Cost, s.sql, plan)
 				}
-			})
-			if plan.Cost >= jitAboveCost {
-				t.Errorf("%s (%s plan): estimated at %.0f, Postgres compiles it (JIT) before running it:\n%s\n%s", name, kind, plan.Cost, s.sql, plan)
+				t.Logf("%s (%s, cost %.0f):%s\n%s", name, where, plan.Cost, oneLine(s.sql), plan)
 			}
-			t.Logf("%s (%s, cost %.0f):%s\n%s", name, kind, plan.Cost, oneLine(s.sql), plan)
 		}
 		for _, ix := range uses {
 			if !slices.ContainsFunc(strings.Split(ix, "|"), func(ix string) bool { return used[ix] }) {
