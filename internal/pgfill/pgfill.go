@@ -22,6 +22,9 @@ type Sizes struct {
 	EventsPerStream  int
 	// Wakeups finished (history), one per device per WakeupsPerDevice.
 	WakeupsPerDevice int
+	// PendingEvery: one device in this many has a wake-up pending, due within the hour (a
+	// push it did not answer, waiting for the rewake delay); 0: none.
+	PendingEvery int
 	// ReadersEvery: one held stream in this many has an open reader (0: none), on the
 	// instance that holds it.
 	ReadersEvery int
@@ -108,6 +111,16 @@ func Fill(ctx context.Context, pool *pgxpool.Pool, sz Sizes) error {
 				rows = append(rows, []any{uuid(), d, "sent", at, at, at, at, "sent"})
 			}
 		}
+	}
+	if n := sz.PendingEvery; n > 0 {
+		for i, d := range devs {
+			if i%n == 1 {
+				at := now.Add(time.Duration(i%60) * time.Minute)
+				rows = append(rows, []any{uuid(), d, "pending", now, at, nil, nil, ""})
+			}
+		}
+	}
+	if len(rows) > 0 {
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"wakeups"}, []string{"id", "device_id", "state", "created_at", "due_at", "sent_at", "finished_at", "outcome"}, pgx.CopyFromRows(rows)); err != nil {
 			return fmt.Errorf("copy wakeups: %w", err)
 		}
