@@ -273,13 +273,7 @@ func hotPathPlans(t *testing.T, ctx context.Context, st *store.Store, rec *recor
 		}, []string{"events_pkey"}},
 	}
 	for _, op := range ops {
-		rec.start()
-		err := op.run()
-		stmts := rec.take()
-		if err != nil {
-			t.Fatalf("%s: %v", op.name, err)
-		}
-		p.check(t, op.name, stmts, op.uses, whole[op.name]...)
+		p.check(t, op.name, rec.record(t, op.name, op.run), op.uses, whole[op.name]...)
 	}
 }
 
@@ -324,16 +318,7 @@ func retentionPlans(t *testing.T, ctx context.Context, st *store.Store, rec *rec
 		{"backlog age", func() error { _, _, err := st.TrimOldEvents(ctx, f, time.Hour, "", 1000); return err }},
 	}
 	for _, r := range rules {
-		rec.start()
-		err := r.run()
-		stmts := rec.take()
-		if err != nil {
-			t.Fatalf("%s: %v", r.name, err)
-		}
-		if len(stmts) == 0 {
-			t.Fatalf("%s ran no statement", r.name)
-		}
-		p.check(t, r.name, stmts, nil)
+		p.check(t, r.name, rec.record(t, r.name, r.run), nil)
 	}
 }
 
@@ -378,6 +363,21 @@ func (r *recorder) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBa
 }
 
 func (r *recorder) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
+// record returns the statements that run sends; it fails t if run fails or sends none.
+func (r *recorder) record(t *testing.T, name string, run func() error) []recorded {
+	t.Helper()
+	r.start()
+	err := run()
+	stmts := r.take()
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	if len(stmts) == 0 {
+		t.Fatalf("%s ran no statement", name)
+	}
+	return stmts
+}
 
 func (r *recorder) take() []recorded {
 	r.mu.Lock()
