@@ -59,18 +59,41 @@ func (s *Store) HandOver(ctx context.Context, owner string, ids []string) (int, 
 // which ClaimStreams would otherwise never take. Rows another session has locked are left
 // for the next call.
 func (s *Store) ReleaseOwnerless(ctx context.Context) (int64, error) {
+	rows, err := s.pool.Query(ctx, ownerlessSQL)
+	if err != nil {
+		return 0, fmt.Errorf("release ownerless leases: %w", err)
+	}
+	owners, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(owners) == 0 {
+		return 0, err
+	}
+	// The instance row is looked for again: the owner may have renewed since.
 	tag, err := s.pool.Exec(ctx, `
 		UPDATE streams s SET lease_owner = NULL, connected = false
-		WHERE s.id IN (
+		WHERE s.id = ANY (ARRAY(
 			SELECT c.id FROM streams c
-			WHERE c.state = 'held' AND c.lease_owner IS NOT NULL
+			WHERE c.state = 'held' AND c.lease_owner = ANY ($1::text[])
 				AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = c.lease_owner)
-			FOR UPDATE SKIP LOCKED)`)
+			FOR UPDATE SKIP LOCKED))`, owners)
 	if err != nil {
 		return 0, fmt.Errorf("release ownerless leases: %w", err)
 	}
 	return tag.RowsAffected(), nil
 }
+
+// ownerlessSQL finds the owners of held streams that have no instance row (almost always
+// none): the distinct owners, one probe of streams_lease_owner each (a loose index scan; a
+// handful of owners, where the held streams are many), without the instances.
+const ownerlessSQL = `
+	WITH RECURSIVE owners (id) AS (
+		(SELECT lease_owner FROM streams WHERE state = 'held' AND lease_owner IS NOT NULL
+			ORDER BY lease_owner LIMIT 1)
+		UNION ALL
+		SELECT (SELECT c.lease_owner FROM streams c WHERE c.state = 'held' AND c.lease_owner > o.id
+			ORDER BY c.lease_owner LIMIT 1)
+		FROM owners o WHERE o.id IS NOT NULL
+	)
+	SELECT o.id FROM owners o WHERE o.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.id = o.id)`
 
 // NotifyClaim tells the other instances (ClaimNote) that streams were released, so that they
 // claim them now rather than at their next claim interval.

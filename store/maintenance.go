@@ -143,8 +143,8 @@ func (s *Store) FailDeadDevices(ctx context.Context, f Fence, now time.Time, gra
 // TrimWakeups deletes up to limit wake-ups of the history finished before t.
 func (s *Store) TrimWakeups(ctx context.Context, f Fence, before time.Time, limit int) (int64, error) {
 	tag, err := s.pool.Exec(ctx, `
-		DELETE FROM wakeups WHERE id IN (
-			SELECT id FROM wakeups WHERE finished_at < $1 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+		DELETE FROM wakeups WHERE id = ANY (ARRAY(
+			SELECT id FROM wakeups WHERE finished_at < $1 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED))
 		AND `+fenceSQL(3), before, limit, f.Leader, f.Epoch)
 	if err != nil {
 		return 0, fmt.Errorf("trim wake-ups: %w", err)
@@ -234,7 +234,7 @@ func (s *Store) DeleteStreams(ctx context.Context, f Fence, streams []string) (n
 func deleteDevices(ctx context.Context, tx pgx.Tx, f Fence, cond string, args ...any) (int64, error) {
 	a := len(args) + 1
 	tag, err := tx.Exec(ctx, `
-		DELETE FROM devices WHERE id IN (SELECT d.id FROM devices d WHERE `+cond+` FOR UPDATE SKIP LOCKED)
+		DELETE FROM devices WHERE id = ANY (ARRAY(SELECT d.id FROM devices d WHERE `+cond+` FOR UPDATE SKIP LOCKED))
 		AND `+fenceSQL(a), append(args, f.Leader, f.Epoch)...)
 	return tag.RowsAffected(), err
 }
@@ -246,8 +246,8 @@ func (s *Store) DeleteDeadDevices(ctx context.Context, f Fence, now time.Time, g
 	var n int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
-		n, err = deleteDevices(ctx, tx, f, `d.id IN (SELECT id FROM devices WHERE dead_at < $1::timestamptz - $2::interval
-			ORDER BY dead_at LIMIT $3)
+		n, err = deleteDevices(ctx, tx, f, `d.id = ANY (ARRAY(SELECT id FROM devices WHERE dead_at < $1::timestamptz - $2::interval
+			ORDER BY dead_at LIMIT $3))
 			AND NOT EXISTS (SELECT 1 FROM streams s WHERE s.device_id = d.id AND s.state = 'held')`, now, grace, limit)
 		return err
 	})

@@ -5,14 +5,10 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pushproxy/pushproxy"
-	"github.com/pushproxy/pushproxy/internal/pgfill"
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -216,137 +212,5 @@ func TestMaintenanceLeaseIsExclusiveAndFenced(t *testing.T) {
 	}
 	if f, ok, _ := st.TakeLeadership(ctx, "a", time.Minute); !ok || f.Epoch != 3 {
 		t.Fatalf("a after b resigned: %+v %v", f, ok)
-	}
-}
-
-// recorder is a pgx tracer that keeps the statements it sees.
-type recorder struct {
-	mu    sync.Mutex
-	on    bool
-	stmts []recorded
-}
-
-type recorded struct {
-	sql  string
-	args []any
-}
-
-func (r *recorder) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.on && !strings.HasPrefix(strings.TrimSpace(d.SQL), "begin") && !strings.HasPrefix(d.SQL, "commit") {
-		r.stmts = append(r.stmts, recorded{d.SQL, d.Args})
-	}
-	return ctx
-}
-
-func (r *recorder) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-
-func (r *recorder) take() []recorded {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	s := r.stmts
-	r.stmts, r.on = nil, false
-	return s
-}
-
-func (r *recorder) start() {
-	r.mu.Lock()
-	r.on = true
-	r.mu.Unlock()
-}
-
-// TestRetentionPlansUseIndexes: at 100,000 streams and a million events, every statement
-// of every retention rule finds its rows by index: no sequential scan of events or streams.
-func TestRetentionPlansUseIndexes(t *testing.T) {
-	if testing.Short() {
-		t.Skip("fills a database with 100,000 streams and a million events")
-	}
-	t.Parallel()
-	url := migratedDatabase(t)
-	rec := &recorder{}
-	st := open(t, url, &store.Options{Tracer: rec})
-	ctx := context.Background()
-	if err := pgfill.Fill(ctx, st.Pool(), pgfill.Sizes{Streams: 100000, StreamsPerDevice: 2, Ended: 10, EventsPerStream: 11, WakeupsPerDevice: 2}); err != nil {
-		t.Fatal(err)
-	}
-	f, ok, err := st.TakeLeadership(ctx, "leader", time.Minute)
-	if err != nil || !ok {
-		t.Fatal(ok, err)
-	}
-	// One instance is long gone, with the few streams the others did not claim yet (they
-	// claim a dead instance's streams within a lease; this rule runs a lease later).
-	if _, err := st.Pool().Exec(ctx, `
-		UPDATE instances SET expires_at = now() - interval '1 hour' WHERE id = 'instance-3';
-		UPDATE streams SET lease_owner = 'instance-0' WHERE lease_owner = 'instance-3' AND random() < 0.99;
-		ANALYZE streams`); err != nil {
-		t.Fatal(err)
-	}
-	var ended []string
-	if err := pgx.BeginFunc(ctx, st.Pool(), func(tx pgx.Tx) error {
-		rows, _ := tx.Query(ctx, `SELECT id::text FROM streams WHERE state <> 'held' LIMIT 3`)
-		ended, err = pgx.CollectRows(rows, pgx.RowTo[string])
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	// Each rule runs once, its statements recorded, then explained with the same arguments.
-	rules := map[string]func() error{
-		"close idle": func() error { _, err := st.CloseIdleStreams(ctx, f, 7*24*time.Hour, 1000); return err },
-		"fail dead":  func() error { _, err := st.FailDeadDevices(ctx, f, time.Now(), 24*time.Hour, 1000); return err },
-		"dead devices": func() error {
-			_, err := st.DeleteDeadDevices(ctx, f, time.Now(), 24*time.Hour, 1000)
-			return err
-		},
-		"trim wake-ups": func() error { _, err := st.TrimWakeups(ctx, f, time.Now().Add(-7*24*time.Hour), 1000); return err },
-		"expired":       func() error { _, err := st.ExpiredStreams(ctx, 7*24*time.Hour, 1000); return err },
-		"events of":     func() error { _, err := st.DeleteEventsOf(ctx, f, ended, 1000); return err },
-		"delete streams": func() error {
-			_, _, err := st.DeleteStreams(ctx, f, ended)
-			return err
-		},
-		"gone instances": func() error { _, err := st.ReleaseGoneInstances(ctx, f, time.Minute, 1000); return err },
-		"backlog age":    func() error { _, _, err := st.TrimOldEvents(ctx, f, time.Hour, "", 1000); return err },
-	}
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	for name, run := range rules {
-		rec.start()
-		if err := run(); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		stmts := rec.take()
-		if len(stmts) == 0 {
-			t.Fatalf("%s ran no statement", name)
-		}
-		for _, s := range stmts {
-			if !strings.Contains(s.sql, "streams") && !strings.Contains(s.sql, "events") {
-				continue
-			}
-			var plan string
-			if err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_custom_plan`); err != nil {
-					return err
-				}
-				rows, err := tx.Query(ctx, "EXPLAIN "+s.sql, s.args...)
-				if err != nil {
-					return err
-				}
-				lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-				plan = strings.Join(lines, "\n")
-				return err
-			}); err != nil {
-				t.Fatalf("%s: explain: %v\n%s", name, err, s.sql)
-			}
-			for _, table := range []string{"events", "streams"} {
-				if strings.Contains(plan, "Seq Scan on "+table) {
-					t.Errorf("%s: a sequential scan of %s:\n%s\n%s", name, table, s.sql, plan)
-				}
-			}
-			t.Logf("%s:\n%s", name, plan)
-		}
 	}
 }

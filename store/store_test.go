@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -511,4 +512,49 @@ func TestBacklogBytesFollowEveryChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("close", size(sized(8, 9)))
+}
+
+// TestClaimTakesTheOldestUnownedAndLapsedStreams: a claim takes the streams nobody holds and
+// those of instances whose lease lapsed, oldest first across both, at most its limit, and
+// none of a live instance.
+func TestClaimTakesTheOldestUnownedAndLapsedStreams(t *testing.T) {
+	t.Parallel()
+	st, _ := setup(t)
+	ctx := context.Background()
+	if err := st.RenewInstance(ctx, "lapsed", -time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	ages := map[string]int{} // stream id -> hours old
+	for _, s := range []struct {
+		owner string
+		hours int
+	}{{"", 3}, {"", 1}, {"", 5}, {"lapsed", 4}, {"lapsed", 2}, {owner, 6}} {
+		str, _ := newStream(t, st, nil)
+		var lease any
+		if s.owner != "" {
+			lease = s.owner
+		}
+		if _, err := st.Pool().Exec(ctx, `UPDATE streams SET lease_owner = $2, created_at = now() - make_interval(hours => $3) WHERE id = $1`, str.ID, lease, s.hours); err != nil {
+			t.Fatal(err)
+		}
+		ages[str.ID] = s.hours
+	}
+	claimed := func(limit int) []int {
+		claims, err := st.ClaimStreams(ctx, "instance-b", time.Minute, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var hours []int
+		for _, c := range claims {
+			hours = append(hours, ages[c.Stream.ID])
+		}
+		slices.Sort(hours)
+		return hours
+	}
+	if got := claimed(3); !slices.Equal(got, []int{3, 4, 5}) {
+		t.Fatalf("first claim took the streams %v hours old, not 3, 4 and 5", got)
+	}
+	if got := claimed(10); !slices.Equal(got, []int{1, 2}) {
+		t.Fatalf("second claim took the streams %v hours old, not 1 and 2", got)
+	}
 }

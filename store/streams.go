@@ -260,19 +260,28 @@ func (s *Store) ClaimStreams(ctx context.Context, owner string, ttl time.Duratio
 	}
 	rows, err := s.pool.Query(ctx, `
 		UPDATE streams s SET lease_owner = $1, lease_epoch = s.lease_epoch + 1, connected = false
-		WHERE s.id IN (
-			-- Both arms use the partial index on lease_owner: no scan of every held stream.
-			-- Only an owner with an expired row is claimed from. Rows are deleted only by
+		WHERE s.id = ANY (ARRAY(
+			-- Each arm finds its streams by the partial index on lease_owner: no walk of
+			-- every held stream (in created_at order, looking for the few unowned). Only an
+			-- owner with an expired row is claimed from. Rows are deleted only by
 			-- ReleaseLeases, which clears the owner's leases in the same statement; the row
 			-- of an instance that died stays, expired, until that id renews again. A stream
 			-- whose owner has no row at all is not claimed (see NewStream.LeaseOwner).
-			SELECT c.id FROM streams c
-			WHERE c.state = 'held' AND (c.lease_owner IS NULL OR c.lease_owner = ANY (ARRAY(
-				SELECT i.id FROM instances i WHERE i.expires_at <= now())))
-				AND `+openableSQL(3)+`
-			ORDER BY c.created_at
-			LIMIT $2
-			FOR UPDATE SKIP LOCKED)
+			-- Each arm locks at most $2 rows; the oldest $2 of them are claimed.
+			SELECT x.id FROM (
+				SELECT * FROM (
+					SELECT c.id, c.created_at FROM streams c
+					WHERE c.state = 'held' AND c.lease_owner IS NULL AND `+openableSQL(3)+`
+					ORDER BY c.created_at LIMIT $2 FOR UPDATE SKIP LOCKED) c
+				UNION ALL
+				SELECT c.id, c.created_at FROM instances i CROSS JOIN LATERAL (
+					SELECT c.id, c.created_at FROM streams c
+					WHERE c.state = 'held' AND c.lease_owner = i.id AND `+openableSQL(3)+`
+					ORDER BY c.created_at LIMIT $2 FOR UPDATE SKIP LOCKED) c
+				WHERE i.expires_at <= now()
+			) x
+			ORDER BY x.created_at
+			LIMIT $2))
 		RETURNING `+streamColumns+`, s.credentials_sealed`, owner, limit, s.prefixes())
 	if err != nil {
 		return nil, fmt.Errorf("claim streams: %w", err)

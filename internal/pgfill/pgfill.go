@@ -22,6 +22,12 @@ type Sizes struct {
 	EventsPerStream  int
 	// Wakeups finished (history), one per device per WakeupsPerDevice.
 	WakeupsPerDevice int
+	// PendingEvery: one device in this many has a wake-up pending, due within the hour (a
+	// push it did not answer, waiting for the rewake delay); 0: none.
+	PendingEvery int
+	// ReadersEvery: one held stream in this many has an open reader (0: none), on the
+	// instance that holds it.
+	ReadersEvery int
 }
 
 // Fill writes the rows and analyzes the tables, so the planner sees their size.
@@ -86,6 +92,17 @@ func Fill(ctx context.Context, pool *pgxpool.Pool, sz Sizes) error {
 		"head_seq", "floor_seq", "backlog_bytes", "lease_owner", "created_at", "read_at", "closed_at"}, pgx.CopyFromRows(rows)); err != nil {
 		return fmt.Errorf("copy streams: %w", err)
 	}
+	if n := sz.ReadersEvery; n > 0 {
+		var readers [][]any
+		for i, r := range rows {
+			if r[4] == "held" && i%n == 1 {
+				readers = append(readers, []any{uuid(), r[0], r[1], r[8], now.Add(time.Minute)})
+			}
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"readers"}, []string{"id", "stream_id", "device_id", "instance_id", "expires_at"}, pgx.CopyFromRows(readers)); err != nil {
+			return fmt.Errorf("copy readers: %w", err)
+		}
+	}
 	rows = rows[:0]
 	if w := sz.WakeupsPerDevice; w > 0 {
 		for i, d := range devs {
@@ -94,6 +111,16 @@ func Fill(ctx context.Context, pool *pgxpool.Pool, sz Sizes) error {
 				rows = append(rows, []any{uuid(), d, "sent", at, at, at, at, "sent"})
 			}
 		}
+	}
+	if n := sz.PendingEvery; n > 0 {
+		for i, d := range devs {
+			if i%n == 1 {
+				at := now.Add(time.Duration(i%60) * time.Minute)
+				rows = append(rows, []any{uuid(), d, "pending", now, at, nil, nil, ""})
+			}
+		}
+	}
+	if len(rows) > 0 {
 		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"wakeups"}, []string{"id", "device_id", "state", "created_at", "due_at", "sent_at", "finished_at", "outcome"}, pgx.CopyFromRows(rows)); err != nil {
 			return fmt.Errorf("copy wakeups: %w", err)
 		}
