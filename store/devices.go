@@ -248,21 +248,26 @@ const insertStream = `
 // that a bound set later is exact). Slot s admits while it holds fewer than its share of the
 // bound (bound/16, one more for the first bound%16 slots) and the key's total is below the
 // bound; the shares add up to the bound, so no number of racing handoffs can pass it. The
-// slot's row stays locked until the handoff commits. %s picks the slot:
+// slot's row stays locked until the handoff commits. The slot is picked once, in a CTE of its
+// own (MATERIALIZED): as a subquery of the UPDATE it may be planned on the inner side of a
+// join and run again for each of the key's rows, each run locking the next slot (the one
+// updated by this very statement is skipped), and one handoff took two places and inserted
+// its stream twice. %s picks the slot:
 //   - keySlotOwn: the connection's own slot (its backend's pid modulo 16), SKIP LOCKED: one
 //     row, and handoffs on other connections do not wait for each other's commits;
 //   - keySlotAny: the emptiest slot not locked, when the own one is taken or full;
 //   - keySlotWait: the emptiest slot, waiting for the handoffs in flight, to know whether a
 //     place is left at all.
 const insertKeyedStreamSQL = `
-	WITH slot AS (
+	WITH pick AS MATERIALIZED (
+		SELECT slot FROM api_key_streams
+		WHERE key_hash = $11
+			AND ($13::int <= 0 OR held < $13::int / 16 + (slot < $13::int %% 16)::int)
+			AND ($13::int <= 0 OR (SELECT sum(held) FROM api_key_streams WHERE key_hash = $11) < $13::int)
+			%s
+	), slot AS (
 		UPDATE api_key_streams k SET held = k.held + 1
-		FROM (SELECT slot FROM api_key_streams
-			WHERE key_hash = $11
-				AND ($13::int <= 0 OR held < $13::int / 16 + (slot < $13::int %% 16)::int)
-				AND ($13::int <= 0 OR (SELECT sum(held) FROM api_key_streams WHERE key_hash = $11) < $13::int)
-				%s) f
-		WHERE k.key_hash = $11 AND k.slot = f.slot
+		FROM pick WHERE k.key_hash = $11 AND k.slot = pick.slot
 		RETURNING k.slot)
 	INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by, key_slot)
 	SELECT $1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, slot.slot FROM slot
