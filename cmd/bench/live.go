@@ -81,7 +81,8 @@ func runLive(ctx context.Context, args []string) error {
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the measured ticks here")
 	fs.Parse(args)
 
-	env, cleanup, err := newServeEnv(ctx, *dbURL, &proxy.Options{InstanceID: "bench-proxy"})
+	commits := &commitLog{}
+	env, cleanup, err := newServeEnv(ctx, *dbURL, &proxy.Options{InstanceID: "bench-proxy", Metrics: commits})
 	if err != nil {
 		return err
 	}
@@ -182,6 +183,7 @@ func runLive(ctx context.Context, args []string) error {
 	defer l.Stop()
 	const warm = 5
 	var all []time.Duration
+	commits.reset()
 	for tick := 1; tick <= warm+*ticks; tick++ {
 		start := time.Now()
 		noteMu.Lock()
@@ -220,10 +222,42 @@ func runLive(ctx context.Context, args []string) error {
 	if len(noteLat) > 0 {
 		fmt.Printf("broadcast: origin write to the proxy's notification (per notification of up to 200 streams): %s\n", quantiles(noteLat))
 	}
+	n, streams, took := commits.summary()
+	fmt.Printf("commits: %d over the ticks (%.1f a tick), %.0f streams each on average, commit time %s\n",
+		n, float64(n)/float64(warm+*ticks), streams, quantiles(took))
 	mode := "staggered"
 	if *broadcast {
 		mode = "broadcast"
 	}
 	fmt.Printf("result: %d readers, %s, %d deliveries: origin write to reader %s\n", *readers, mode, len(all), quantiles(all))
 	return nil
+}
+
+// commitLog records the proxy's commits (proxy.Metrics).
+type commitLog struct {
+	mu      sync.Mutex
+	streams int
+	took    []time.Duration
+}
+
+func (c *commitLog) Reconnect(string) {}
+
+func (c *commitLog) Committed(_ store.CommitResult, streams int, took time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.streams += streams
+	c.took = append(c.took, took)
+}
+
+func (c *commitLog) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.streams, c.took = 0, nil
+}
+
+// summary returns the commits since reset, their mean streams and their durations.
+func (c *commitLog) summary() (int, float64, []time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.took), float64(c.streams) / float64(max(len(c.took), 1)), append([]time.Duration(nil), c.took...)
 }
