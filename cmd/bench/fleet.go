@@ -27,12 +27,15 @@ type fleetBench struct {
 	dbURL   string
 	conn    *pgx.Conn
 	origins []string
-	common  []string // flags of every instance
+	common  []string          // flags of every instance
+	admin   map[string]string // instance id: URL of its operators' listener (/metrics)
 	cleanup []func()
 }
 
+// newFleetBench starts the reference origin with rate on addrs addresses (0: none, for a
+// caller that serves its own).
 func newFleetBench(ctx context.Context, dbURL string, rate float64, addrs int, common []string) (*fleetBench, error) {
-	b := &fleetBench{ctx: ctx, common: common}
+	b := &fleetBench{ctx: ctx, common: common, admin: map[string]string{}}
 	var err error
 	if b.dir, err = buildBinaries(); err != nil {
 		return nil, err
@@ -51,6 +54,9 @@ func newFleetBench(ctx context.Context, dbURL string, rate float64, addrs int, c
 	}
 	b.dbURL = url
 	b.cleanup = append(b.cleanup, stopPG)
+	if addrs == 0 { // the caller serves its own origin
+		return b, nil
+	}
 	var listen []string
 	for i := 0; i < addrs; i++ {
 		listen = append(listen, fmt.Sprintf("127.0.0.%d:0", i+2))
@@ -87,16 +93,20 @@ func (b *fleetBench) start(id string, extra ...string) (*child, string, error) {
 		return nil, "", err
 	}
 	b.cleanup = append(b.cleanup, px.stop)
-	addr, err := px.waitLines(regexp.MustCompile(`msg="pushproxy serving" addr=(\S+)`), 1)
+	line, err := px.waitLines(regexp.MustCompile(`msg="pushproxy serving" (addr=.*)`), 1)
 	if err != nil {
 		return nil, "", err
+	}
+	addr := regexp.MustCompile(`addr=(\S+)`).FindStringSubmatch(line[0])
+	if m := regexp.MustCompile(`admin=(\S+)`).FindStringSubmatch(line[0]); m != nil {
+		b.admin[id] = "http://" + m[1]
 	}
 	if b.conn == nil {
 		if b.conn, err = pgx.Connect(b.ctx, b.dbURL); err != nil {
 			return nil, "", err
 		}
 	}
-	return px, "http://" + addr[0], nil
+	return px, "http://" + addr[1], nil
 }
 
 // handoff hands n streams off to api (see handoffStreams).
