@@ -29,6 +29,7 @@ type fleetBench struct {
 	origins []string
 	common  []string          // flags of every instance
 	admin   map[string]string // instance id: URL of its operators' listener (/metrics)
+	env     []string          // environment of every instance, beside the bench's own
 	cleanup []func()
 }
 
@@ -88,7 +89,7 @@ func (b *fleetBench) close() {
 func (b *fleetBench) start(id string, extra ...string) (*child, string, error) {
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--database-url", b.dbURL, "--upstream-allow", "127.0.0.0/8",
 		"--upstream-h2c", "--db-max-conns", "10", "--instance-id", id}, b.common...)
-	px, err := startChild(b.ctx, nil, filepath.Join(b.dir, "pushproxy"), append(args, extra...)...)
+	px, err := startChild(b.ctx, b.env, filepath.Join(b.dir, "pushproxy"), append(args, extra...)...)
 	if err != nil {
 		return nil, "", err
 	}

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"bufio"
+	"cmp"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -168,15 +169,23 @@ type soakSample struct {
 	scrape                           time.Duration
 	committed, read                  float64 // events/s
 	reads, handoffs, takebacks, errs int64
+	pushes                           int64   // received by the fake APNs (about: counted, then forgotten)
 	reclaimed, deleted               float64 // acked rows reclaimed, ended streams deleted
 	rss                              int64   // KiB
 	warnings                         int64   // proxy log lines at WARN or ERROR
+	lockWaits                        int64   // sessions waiting on a lock when sampled
+	tables                           map[string]tableStat
+}
+
+// tableStat is one table's size (with its indexes and TOAST) and tuples.
+type tableStat struct {
+	size, live, dead int64
 }
 
 var soakColumns = []string{"elapsed_s", "total_bytes", "events_bytes", "streams_bytes", "dead_tuples", "events_dead", "streams_dead",
 	"events_live", "streams_held", "streams_ended", "backlog_events", "commit_p50_ms", "commit_p99_ms", "scrape_ms",
-	"committed_per_s", "read_per_s", "reads", "handoffs", "takebacks", "errors", "acked_rows_reclaimed", "ended_streams_deleted",
-	"proxy_rss_kib", "proxy_warnings"}
+	"committed_per_s", "read_per_s", "reads", "handoffs", "takebacks", "errors", "pushes", "acked_rows_reclaimed", "ended_streams_deleted",
+	"proxy_rss_kib", "proxy_warnings", "lock_waits"}
 
 func (s soakSample) record() []string {
 	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 2, 64) }
@@ -184,8 +193,8 @@ func (s soakSample) record() []string {
 	f := func(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
 	return []string{f(s.at.Seconds()), i(s.total), i(s.events), i(s.streams), i(s.dead), i(s.eventsDead), i(s.streamsDead),
 		i(s.eventsLive), i(s.held), i(s.ended), f(s.backlog), ms(s.p50), ms(s.p99), ms(s.scrape),
-		f(s.committed), f(s.read), i(s.reads), i(s.handoffs), i(s.takebacks), i(s.errs), f(s.reclaimed), f(s.deleted),
-		i(s.rss), i(s.warnings)}
+		f(s.committed), f(s.read), i(s.reads), i(s.handoffs), i(s.takebacks), i(s.errs), i(s.pushes), f(s.reclaimed), f(s.deleted),
+		i(s.rss), i(s.warnings), i(s.lockWaits)}
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
@@ -322,9 +331,16 @@ func runSoak(ctx context.Context, args []string) error {
 		return err
 	}
 	b.cleanup = append(b.cleanup, func() { org.srv.Close() }) // after the proxy stops
-	extra := []string{"--upstream-h2c=false",                 // the origin speaks HTTP/1.1: a connection per stream
-		"--closed-retention", closedRetention.String(), "--wake-history", wakeHistory.String()}
-	extra = append(extra, strings.Fields(*proxyFlags)...)
+	// The devices are woken through a fake APNs.
+	apns, err := startFakeAPNs(b.dir)
+	if err != nil {
+		return err
+	}
+	b.cleanup = append(b.cleanup, apns.Close)
+	b.env = append(b.env, "SSL_CERT_FILE="+apns.caFile)
+	// The origin speaks HTTP/1.1: a connection per stream.
+	extra := []string{"--upstream-h2c=false", "--closed-retention", closedRetention.String(), "--wake-history", wakeHistory.String()}
+	extra = append(append(extra, strings.Fields(*proxyFlags)...), apns.serveFlags()...)
 	px, api, err := b.start("soak", extra...)
 	if err != nil {
 		return err
@@ -337,14 +353,12 @@ func runSoak(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer logFile.Close()
 	var warnings atomic.Int64
 	go func() {
-		w := bufio.NewWriter(logFile)
-		defer w.Flush()
+		defer logFile.Close()
 		shown := 0
 		for l := range px.lines {
-			w.WriteString(l + "\n")
+			logFile.WriteString(l + "\n")
 			if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
 				warnings.Add(1)
 				if shown++; shown <= 20 {
@@ -354,7 +368,7 @@ func runSoak(ctx context.Context, args []string) error {
 		}
 	}()
 	fmt.Printf("postgres: %s\n", pgSettings(ctx, b.dbURL))
-	fmt.Printf("proxy flags: %s\n", strings.Join(extra, " "))
+	fmt.Printf("proxy flags: %s\n", strings.Join(extra[:len(extra)-len(apns.serveFlags())], " "))
 
 	r := &soakRun{env: &serveEnv{base: api, hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}, origin: org.url}
 	devs := make([]*soakDevice, *n)
@@ -460,6 +474,13 @@ func runSoak(ctx context.Context, args []string) error {
 	defer csvFile.Close()
 	cw := csv.NewWriter(csvFile)
 	cw.Write(soakColumns)
+	tablesFile, err := os.Create(filepath.Join(*outDir, "tables.csv"))
+	if err != nil {
+		return err
+	}
+	defer tablesFile.Close()
+	tw := csv.NewWriter(tablesFile)
+	tw.Write([]string{"elapsed_s", "table", "total_bytes", "live_tuples", "dead_tuples"})
 	mhc := &http.Client{Timeout: 30 * time.Second}
 	prev, _, err := scrapeMetrics(ctx, mhc, admin+"/metrics")
 	if err != nil {
@@ -486,21 +507,29 @@ func runSoak(ctx context.Context, args []string) error {
 		s.read = float64(r.counts.read.Swap(0)) / el
 		s.reads, s.handoffs, s.takebacks, s.errs = r.counts.reads.Swap(0), r.counts.handoffs.Swap(0), r.counts.takebacks.Swap(0), r.counts.errs.Swap(0)
 		s.rss, s.warnings = rssKiB(px.cmd.Process.Pid), warnings.Load()
+		s.pushes = int64(len(apns.Pushes()))
+		apns.Reset()
 		prev = cur
 		samples = append(samples, s)
 		cw.Write(s.record())
 		cw.Flush()
-		fmt.Printf("%7s  size %7.1f MiB (events %6.1f, streams %5.1f)  dead %7d (events %7d, streams %5d)  commit p50 %6s p99 %7s  scrape %6s  %5.0f ev/s in %5.0f read  held %d ended %d  handoffs %d errors %d  rss %d MiB\n",
+		for _, name := range slices.Sorted(maps.Keys(s.tables)) {
+			t := s.tables[name]
+			tw.Write([]string{strconv.FormatFloat(s.at.Seconds(), 'f', 1, 64), name,
+				strconv.FormatInt(t.size, 10), strconv.FormatInt(t.live, 10), strconv.FormatInt(t.dead, 10)})
+		}
+		tw.Flush()
+		fmt.Printf("%7s  size %7.1f MiB (events %6.1f, streams %5.1f)  dead %7d (events %7d, streams %5d)  commit p50 %6s p99 %7s  scrape %6s  %5.0f ev/s in %5.0f read  held %d ended %d  handoffs %d pushes %d errors %d  lock waits %d  rss %d MiB\n",
 			s.at.Round(time.Second), mib(s.total), mib(s.events), mib(s.streams), s.dead, s.eventsDead, s.streamsDead,
 			s.p50.Round(10*time.Microsecond), s.p99.Round(10*time.Microsecond), s.scrape.Round(10*time.Microsecond),
-			s.committed, s.read, s.held, s.ended, s.handoffs, s.errs, s.rss>>10)
+			s.committed, s.read, s.held, s.ended, s.handoffs, s.pushes, s.errs, s.lockWaits, s.rss>>10)
 		if !cur.leader {
 			fmt.Println("  the proxy does not lead maintenance")
 		}
 	}
 	stop()
 	loops.Wait()
-	if err := cw.Error(); err != nil {
+	if err := cmp.Or(cw.Error(), tw.Error()); err != nil {
 		return err
 	}
 	fmt.Printf("origin: %d events offered, %d dropped (their stream was being taken back and handed off)\n", r.counts.offered.Load(), r.counts.dropped.Load())
@@ -508,14 +537,14 @@ func runSoak(ctx context.Context, args []string) error {
 	if err := plotSoak(samples, *warmup, *goal, png); err != nil {
 		return err
 	}
-	fmt.Printf("wrote %s, %s and %s\n", csvFile.Name(), png, logFile.Name())
+	fmt.Printf("wrote %s, %s, %s and %s\n", csvFile.Name(), tablesFile.Name(), png, logFile.Name())
 	return soakSummary(samples, *warmup, *goal)
 }
 
 // soakMeasure takes one sample: the tables' sizes and tuples, and a timed /metrics scrape
 // (prev is the scrape before, for the commit latency over the interval).
 func soakMeasure(ctx context.Context, b *fleetBench, hc *http.Client, admin string, prev scrape) (soakSample, scrape, error) {
-	var s soakSample
+	s := soakSample{tables: map[string]tableStat{}}
 	rows, err := b.conn.Query(ctx, `SELECT relname, pg_total_relation_size(relid), n_live_tup, n_dead_tup
 		FROM pg_stat_user_tables WHERE schemaname = current_schema()`)
 	if err != nil {
@@ -529,6 +558,7 @@ func soakMeasure(ctx context.Context, b *fleetBench, hc *http.Client, admin stri
 		}
 		s.total += size
 		s.dead += dead
+		s.tables[name] = tableStat{size, live, dead}
 		switch name {
 		case "events":
 			s.events, s.eventsDead, s.eventsLive = size, dead, live
@@ -539,8 +569,9 @@ func soakMeasure(ctx context.Context, b *fleetBench, hc *http.Client, admin stri
 	if err := rows.Err(); err != nil {
 		return s, prev, err
 	}
-	if err := b.conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'held'), count(*) FILTER (WHERE state <> 'held') FROM streams`).
-		Scan(&s.held, &s.ended); err != nil {
+	if err := b.conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state = 'held'), count(*) FILTER (WHERE state <> 'held'),
+		(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock') FROM streams`).
+		Scan(&s.held, &s.ended, &s.lockWaits); err != nil {
 		return s, prev, err
 	}
 	cur, took, err := scrapeMetrics(ctx, hc, admin+"/metrics")
@@ -602,6 +633,20 @@ func soakSummary(ss []soakSample, warmup time.Duration, goal float64) error {
 		mib(base.total), base.at.Round(time.Second), mib(lo), mib(hi), mib(final.total), final.at.Round(time.Second), dev, goal, verdict, slope,
 		mib(base.events), mib(final.events), mib(base.streams), mib(final.streams), base.dead, final.dead,
 		worst(p50s), worst(p99s), worst(scrapes), errs, final.warnings)
+	// Every table of some size, largest last, baseline → final.
+	names := slices.SortedFunc(maps.Keys(final.tables), func(a, b string) int {
+		return cmp.Compare(final.tables[a].size, final.tables[b].size)
+	})
+	var grew []string
+	for _, name := range names {
+		f, b := final.tables[name], base.tables[name]
+		if f.size < final.total/100 {
+			continue
+		}
+		grew = append(grew, fmt.Sprintf("%s %.1f → %.1f MiB (%+.0f %%, dead %d → %d)", name, mib(b.size), mib(f.size),
+			100*float64(f.size-b.size)/float64(max(b.size, 1)), b.dead, f.dead))
+	}
+	fmt.Printf("tables (baseline → final): %s\n", strings.Join(grew, "; "))
 	return nil
 }
 
