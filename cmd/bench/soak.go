@@ -376,24 +376,7 @@ func runSoak(ctx context.Context, args []string) error {
 		devs[i] = &soakDevice{i: i, push: fmt.Sprintf("%064x", i+1)}
 	}
 	t0 := time.Now()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 32)
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := next.Add(1) - 1; i < int64(*n); i = next.Add(1) - 1 {
-				if err := r.handoff(ctx, devs[i]); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := forEachParallel(*n, 32, func(i int) error { return r.handoff(ctx, devs[i]) }); err != nil {
 		return err
 	}
 	if _, err := b.sample("soak", t0, time.Second, 10*time.Minute, func(s fleetSample) bool { return s.connected == *n }); err != nil {
