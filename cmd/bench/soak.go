@@ -50,7 +50,8 @@ type soakDevice struct {
 	s      *benchStream
 }
 
-// soakCounts are what the devices and the origin did since the last sample.
+// soakCounts are what the devices did since the last sample (the sampler takes them), and
+// what the origin did in all.
 type soakCounts struct {
 	reads, read, handoffs, takebacks, errs, offered, dropped atomic.Int64
 }
