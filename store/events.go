@@ -172,9 +172,32 @@ func queueReclaim(ctx context.Context, tx pgx.Tx, streamID string, seq int64) er
 // their stream's floor, queued in events_reclaim by acknowledgements), in statements of at
 // most batch rows, each its own short transaction. It never locks a stream's row, so it
 // holds up no request or commit. It returns how many rows it deleted; a caller loops (with a
-// pause between calls) while that is limit or more.
+// pause between calls) while that is limit or more. A call also ends after limit streams
+// (each a few rows, as when a fleet of devices each read a few events): what is left waits
+// for the caller's next pass.
 func (s *Store) ReclaimAcked(ctx context.Context, batch, limit int) (int64, error) {
 	batch, limit = max(batch, 1), max(limit, 1)
+	// The queue is read 100 streams at a time until limit rows or limit streams (most hold a
+	// few rows: a device read a few events) were done, or it is empty: a call that returns
+	// fewer than limit rows tells the caller nothing is left.
+	var total int64
+	for seen := 0; seen < limit; {
+		jobs, err := s.reclaimSome(ctx, batch, limit, &total)
+		if err != nil {
+			return total, err
+		}
+		seen += jobs
+		if jobs < 100 || total >= int64(limit) {
+			break
+		}
+	}
+	return total, nil
+}
+
+// reclaimSome reclaims the rows of up to 100 streams of the queue, oldest first, adding
+// what it deletes to total and stopping once that reaches limit. It returns how many
+// streams it read from the queue.
+func (s *Store) reclaimSome(ctx context.Context, batch, limit int, total *int64) (int, error) {
 	rows, err := s.pool.Query(ctx, `SELECT stream_id::text, upto_seq FROM events_reclaim ORDER BY queued_at LIMIT 100`)
 	if err != nil {
 		return 0, fmt.Errorf("reclaim acknowledged events: %w", err)
@@ -190,31 +213,30 @@ func (s *Store) ReclaimAcked(ctx context.Context, batch, limit int) (int64, erro
 	if err != nil {
 		return 0, fmt.Errorf("reclaim acknowledged events: %w", err)
 	}
-	var total int64
 	for _, j := range jobs {
 		for {
 			tag, err := s.pool.Exec(ctx, reclaimSQL,
 				j.id, j.upto, batch)
 			if err != nil {
-				return total, fmt.Errorf("reclaim acknowledged events: %w", err)
+				return len(jobs), fmt.Errorf("reclaim acknowledged events: %w", err)
 			}
-			total += tag.RowsAffected()
+			*total += tag.RowsAffected()
 			if tag.RowsAffected() < int64(batch) {
 				break
 			}
-			if total >= int64(limit) {
-				return total, nil
+			if *total >= int64(limit) {
+				return len(jobs), nil
 			}
 		}
 		// Done with this stream unless another acknowledgement raised its mark meanwhile.
 		if _, err := s.pool.Exec(ctx, `DELETE FROM events_reclaim WHERE stream_id = $1 AND upto_seq = $2`, j.id, j.upto); err != nil {
-			return total, fmt.Errorf("reclaim acknowledged events: %w", err)
+			return len(jobs), fmt.Errorf("reclaim acknowledged events: %w", err)
 		}
-		if total >= int64(limit) {
+		if *total >= int64(limit) {
 			break
 		}
 	}
-	return total, nil
+	return len(jobs), nil
 }
 
 // EventsAfter returns up to limit queued events of a stream with seq > after, oldest first.

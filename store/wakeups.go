@@ -241,6 +241,14 @@ func (s *Store) FinishWakeups(ctx context.Context, owner string, now time.Time, 
 		}
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// The wake-ups are locked in device order first, the order a commit's
+		// scheduleWakeups locks them in (its INSERT ... ON CONFLICT goes through the devices
+		// sorted): two transactions that lock several of the same rows in one order cannot
+		// deadlock, while in the order of the results they did, a commit stalling for the
+		// deadlock timeout before one of the two was aborted.
+		if _, err := tx.Exec(ctx, `SELECT FROM wakeups WHERE id = ANY($1::uuid[]) ORDER BY device_id FOR UPDATE`, ids); err != nil {
+			return err
+		}
 		_, err := tx.Exec(ctx, `
 			WITH given AS (
 				SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::timestamptz[])

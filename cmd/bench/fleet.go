@@ -27,12 +27,16 @@ type fleetBench struct {
 	dbURL   string
 	conn    *pgx.Conn
 	origins []string
-	common  []string // flags of every instance
+	common  []string          // flags of every instance
+	admin   map[string]string // instance id: URL of its operators' listener (/metrics)
+	env     []string          // environment of every instance, beside the bench's own
 	cleanup []func()
 }
 
+// newFleetBench starts the reference origin with rate on addrs addresses (0: none, for a
+// caller that serves its own).
 func newFleetBench(ctx context.Context, dbURL string, rate float64, addrs int, common []string) (*fleetBench, error) {
-	b := &fleetBench{ctx: ctx, common: common}
+	b := &fleetBench{ctx: ctx, common: common, admin: map[string]string{}}
 	var err error
 	if b.dir, err = buildBinaries(); err != nil {
 		return nil, err
@@ -51,6 +55,9 @@ func newFleetBench(ctx context.Context, dbURL string, rate float64, addrs int, c
 	}
 	b.dbURL = url
 	b.cleanup = append(b.cleanup, stopPG)
+	if addrs == 0 { // the caller serves its own origin
+		return b, nil
+	}
 	var listen []string
 	for i := 0; i < addrs; i++ {
 		listen = append(listen, fmt.Sprintf("127.0.0.%d:0", i+2))
@@ -82,21 +89,25 @@ func (b *fleetBench) close() {
 func (b *fleetBench) start(id string, extra ...string) (*child, string, error) {
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--database-url", b.dbURL, "--upstream-allow", "127.0.0.0/8",
 		"--upstream-h2c", "--db-max-conns", "10", "--instance-id", id}, b.common...)
-	px, err := startChild(b.ctx, nil, filepath.Join(b.dir, "pushproxy"), append(args, extra...)...)
+	px, err := startChild(b.ctx, b.env, filepath.Join(b.dir, "pushproxy"), append(args, extra...)...)
 	if err != nil {
 		return nil, "", err
 	}
 	b.cleanup = append(b.cleanup, px.stop)
-	addr, err := px.waitLines(regexp.MustCompile(`msg="pushproxy serving" addr=(\S+)`), 1)
+	line, err := px.waitLines(regexp.MustCompile(`msg="pushproxy serving" (addr=.*)`), 1)
 	if err != nil {
 		return nil, "", err
+	}
+	addr := regexp.MustCompile(`addr=(\S+)`).FindStringSubmatch(line[0])
+	if m := regexp.MustCompile(`admin=(\S+)`).FindStringSubmatch(line[0]); m != nil {
+		b.admin[id] = "http://" + m[1]
 	}
 	if b.conn == nil {
 		if b.conn, err = pgx.Connect(b.ctx, b.dbURL); err != nil {
 			return nil, "", err
 		}
 	}
-	return px, "http://" + addr[0], nil
+	return px, "http://" + addr[1], nil
 }
 
 // handoff hands n streams off to api (see handoffStreams).

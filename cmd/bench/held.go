@@ -312,29 +312,35 @@ func serveLimitedOrigin(ctx context.Context, addrs, maxStreams int, tlsOn bool, 
 // handoffStreams hands n streams off to api from 32 workers, stream i reading
 // origins[i % len(origins)] (a distinct URL each), and returns the first failure.
 func handoffStreams(api string, origins []string, n int) error {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	return forEachParallel(n, 32, func(i int) error {
+		body := fmt.Sprintf(`{"url": "%s/events?s=%d"}`, origins[i%len(origins)], i)
+		resp, err := client.Post(api+"/v1/streams", "application/json", strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		out, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			return fmt.Errorf("handoff: %s: %s", resp.Status, bytes.TrimSpace(out))
+		}
+		return nil
+	})
+}
+
+// forEachParallel calls f(i) for every i in [0, n) from workers goroutines, and returns the
+// first error (a worker that fails stops; the others go on).
+func forEachParallel(n, workers int, f func(i int) error) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	errs := make(chan error, 32)
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	for w := 0; w < 32; w++ {
+	errs := make(chan error, workers)
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				body := fmt.Sprintf(`{"url": "%s/events?s=%d"}`, origins[i%int64(len(origins))], i)
-				resp, err := client.Post(api+"/v1/streams", "application/json", strings.NewReader(body))
-				if err != nil {
+			for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+				if err := f(int(i)); err != nil {
 					errs <- err
-					return
-				}
-				out, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusCreated {
-					errs <- fmt.Errorf("handoff: %s: %s", resp.Status, bytes.TrimSpace(out))
 					return
 				}
 			}

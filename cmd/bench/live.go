@@ -20,7 +20,7 @@ import (
 )
 
 // liveOrigin serves one SSE stream per path /s/{i}; publish writes an event carrying the
-// write time to stream i.
+// write time to stream i, offer any event without waiting.
 type liveOrigin struct {
 	srv   *http.Server
 	url   string
@@ -28,10 +28,11 @@ type liveOrigin struct {
 	feeds map[int]chan string
 }
 
-func newLiveOrigin(n int) (*liveOrigin, error) {
+// newLiveOrigin serves n streams, each queueing up to buf events while no one reads it.
+func newLiveOrigin(n, buf int) (*liveOrigin, error) {
 	o := &liveOrigin{feeds: map[int]chan string{}}
 	for i := range n {
-		o.feeds[i] = make(chan string, 1024)
+		o.feeds[i] = make(chan string, buf)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,6 +72,16 @@ func (o *liveOrigin) publish(i int, seq int64) {
 	o.feeds[i] <- fmt.Sprintf("id: %d\ndata: %d\n\n", seq, time.Now().UnixNano())
 }
 
+// offer queues an event (its wire form) for stream i, unless its queue is full.
+func (o *liveOrigin) offer(i int, event string) bool {
+	select {
+	case o.feeds[i] <- event:
+		return true
+	default:
+		return false
+	}
+}
+
 func runLive(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("live", flag.ExitOnError)
 	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
@@ -87,7 +98,7 @@ func runLive(ctx context.Context, args []string) error {
 		return err
 	}
 	defer cleanup()
-	origin, err := newLiveOrigin(*readers)
+	origin, err := newLiveOrigin(*readers, 1024)
 	if err != nil {
 		return err
 	}

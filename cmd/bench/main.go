@@ -10,6 +10,7 @@
 //	go run ./cmd/bench serve            backlog read rate (JSON pages, SSE) against psql COPY; small reads under ingest
 //	go run ./cmd/bench live             origin write to open SSE reader latency, many readers (--broadcast)
 //	go run ./cmd/bench handoff          handoffs/s through the real server, sealing and limits on against off
+//	go run ./cmd/bench soak             storage, dead tuples, commit latency and scrape time over a long run with churn
 //
 // Both start a private PostgreSQL with durable settings (fsync and synchronous_commit on),
 // unless --database-url is given.
@@ -27,7 +28,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance|serve|live|handoff [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance|serve|live|handoff|soak [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -50,8 +51,10 @@ func main() {
 		err = runLive(ctx, os.Args[2:])
 	case "handoff":
 		err = runHandoff(ctx, os.Args[2:])
+	case "soak":
+		err = runSoak(ctx, os.Args[2:])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance|serve|live|handoff [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench ingest|held|wakelatency|wakeburst|takeover|rebalance|serve|live|handoff|soak [flags]")
 		os.Exit(2)
 	}
 	if err != nil {

@@ -174,36 +174,23 @@ func newWakeEnv(ctx context.Context, dbURL string) (env *wakeEnv, cleanup func()
 		}
 	}()
 	dbURLFlag := &dbURL
-	// The APNs sender trusts the system roots; point them at the fake's CA before anything
-	// loads them.
 	dir, err := os.MkdirTemp("", "pushproxy-bench-wake-")
 	if err != nil {
 		return nil, nil, err
 	}
 	undo = append(undo, func() { os.RemoveAll(dir) })
-	ca, err := fakeapns.NewCA()
+	fake, err := startFakeAPNs(dir)
 	if err != nil {
-		return nil, nil, err
-	}
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := ca.WriteCertFile(caFile); err != nil {
-		return nil, nil, err
-	}
-	os.Setenv("SSL_CERT_FILE", caFile)
-	if _, err := x509.SystemCertPool(); err != nil {
-		return nil, nil, err
-	}
-	keyFile := filepath.Join(dir, "key.p8")
-	pub, err := fakeapns.GenerateAuthKey(keyFile)
-	if err != nil {
-		return nil, nil, err
-	}
-	fake := fakeapns.New(fakeapns.Options{CA: ca, Keys: map[string]*ecdsa.PublicKey{"KEY1234567": pub}, TeamID: "TEAM123456"})
-	if err := fake.Start(); err != nil {
 		return nil, nil, err
 	}
 	undo = append(undo, fake.Close)
-	apns, err := wakeup.NewAPNs(wakeup.APNsOptions{KeyFile: keyFile, KeyID: "KEY1234567", TeamID: "TEAM123456", Topic: "com.example.bench", URL: fake.URL()})
+	// The APNs sender trusts the system roots; point them at the fake's CA before anything
+	// loads them.
+	os.Setenv("SSL_CERT_FILE", fake.caFile)
+	if _, err := x509.SystemCertPool(); err != nil {
+		return nil, nil, err
+	}
+	apns, err := wakeup.NewAPNs(wakeup.APNsOptions{KeyFile: fake.keyFile, KeyID: fakeAPNsKeyID, TeamID: fakeAPNsTeamID, Topic: fakeAPNsTopic, URL: fake.URL()})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -223,7 +210,44 @@ func newWakeEnv(ctx context.Context, dbURL string) (env *wakeEnv, cleanup func()
 	}
 	undo = append(undo, st.Close)
 
-	return &wakeEnv{st: st, apns: apns, fake: fake}, cleanup, nil
+	return &wakeEnv{st: st, apns: apns, fake: fake.Server}, cleanup, nil
+}
+
+// fakeAPNs is a fake APNs on loopback, with what a sender needs to reach it: its CA's
+// certificate to trust (SSL_CERT_FILE) and a token-auth signing key it accepts.
+type fakeAPNs struct {
+	*fakeapns.Server
+	caFile, keyFile string
+}
+
+const fakeAPNsKeyID, fakeAPNsTeamID, fakeAPNsTopic = "KEY1234567", "TEAM123456", "com.example.bench"
+
+// startFakeAPNs starts a fake APNs, writing its CA certificate and the key into dir.
+func startFakeAPNs(dir string) (*fakeAPNs, error) {
+	ca, err := fakeapns.NewCA()
+	if err != nil {
+		return nil, err
+	}
+	f := &fakeAPNs{caFile: filepath.Join(dir, "apns-ca.pem"), keyFile: filepath.Join(dir, "apns-key.p8")}
+	if err := ca.WriteCertFile(f.caFile); err != nil {
+		return nil, err
+	}
+	pub, err := fakeapns.GenerateAuthKey(f.keyFile)
+	if err != nil {
+		return nil, err
+	}
+	f.Server = fakeapns.New(fakeapns.Options{CA: ca, Keys: map[string]*ecdsa.PublicKey{fakeAPNsKeyID: pub}, TeamID: fakeAPNsTeamID})
+	if err := f.Start(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// serveFlags are the flags of `pushproxy serve` that send APNs pushes to the fake (the
+// proxy also needs SSL_CERT_FILE=caFile).
+func (f *fakeAPNs) serveFlags() []string {
+	return []string{"--apns-key-file", f.keyFile, "--apns-key-id", fakeAPNsKeyID, "--apns-team-id", fakeAPNsTeamID,
+		"--apns-topic", fakeAPNsTopic, "--apns-url", f.URL()}
 }
 
 // runWakeBurst measures dispatch throughput: devices each have a wake-up due at once in the
