@@ -334,32 +334,50 @@ func (r *Runner) pass(ctx context.Context) {
 			return k, last != "", err
 		}})
 	}
-	for _, rule := range rules {
-		for {
-			f, ok := r.leading()
-			if !ok || ctx.Err() != nil {
-				return
-			}
-			k, more, err := rule.run(f)
-			if err != nil {
-				if ctx.Err() == nil {
-					r.log.WarnContext(ctx, "maintenance", slog.String("rule", rule.name), slog.String("error", err.Error()))
+	// The rules run in rounds, in order (a rule may leave work for the next: failed
+	// streams, then their devices), each at most turnBatches batches a round; a rule that
+	// is done leaves the rounds, which go on while any has more to do. One with a long queue
+	// (acknowledged rows under heavy reading) does not hold the others up for the pass, and
+	// a pass ends after Interval, so that the next one (due at once) gives every rule its
+	// turn again: streams that expired meanwhile do not wait for a queue to drain.
+	start := time.Now()
+	for len(rules) > 0 && time.Since(start) < o.Interval {
+		left := rules[:0] // (written behind the range: never ahead of it)
+		for _, rule := range rules {
+			done := true
+			for range turnBatches {
+				f, ok := r.leading()
+				if !ok || ctx.Err() != nil {
+					return
 				}
-				break
+				k, again, err := rule.run(f)
+				if err != nil {
+					if ctx.Err() == nil {
+						r.log.WarnContext(ctx, "maintenance", slog.String("rule", rule.name), slog.String("error", err.Error()))
+					}
+					break
+				}
+				if k > 0 {
+					r.opts.Metrics.Retention(rule.name, k)
+					r.log.DebugContext(ctx, "maintenance", slog.String("rule", rule.name), slog.Int64("rows", k))
+				}
+				if done = !again; done {
+					break
+				}
+				if !sleep(ctx, o.BatchPause) || !r.tick(ctx) {
+					return
+				}
 			}
-			if k > 0 {
-				r.opts.Metrics.Retention(rule.name, k)
-				r.log.DebugContext(ctx, "maintenance", slog.String("rule", rule.name), slog.Int64("rows", k))
-			}
-			if !more {
-				break
-			}
-			if !sleep(ctx, o.BatchPause) || !r.tick(ctx) {
-				return
+			if !done {
+				left = append(left, rule)
 			}
 		}
+		rules = left
 	}
 }
+
+// turnBatches is how many batches a retention rule runs before the next rule's turn.
+const turnBatches = 10
 
 // deleteEnded deletes one batch of ended streams past the closed retention: their events
 // first (in batches), then their rows and the devices left without a stream.

@@ -35,6 +35,7 @@ const owner = "instance-a"
 type counts struct {
 	mu      sync.Mutex
 	rows    map[string]int64
+	order   []string // the rule of each batch that deleted something, in turn
 	leading bool
 }
 
@@ -45,6 +46,7 @@ func (c *counts) Retention(rule string, n int64) {
 		c.rows = map[string]int64{}
 	}
 	c.rows[rule] += n
+	c.order = append(c.order, rule)
 }
 
 func (c *counts) Leading(on bool) {
@@ -219,6 +221,45 @@ func TestClosedRetentionDeletesEndedStreamsPastItAndNothingElse(t *testing.T) {
 	}
 	if c.get(maintenance.RuleClosedStreams) != 3 || c.get(maintenance.RuleClosedEvents) != 15 || c.get(maintenance.RuleOrphanDevices) != 1 {
 		t.Errorf("counted %v", c.rows)
+	}
+}
+
+// TestRulesTakeTurns: a rule with much to do (here ended streams, a batch of one each) lets
+// the next rules (here acknowledged rows to reclaim) have their turn before it is done, and
+// every rule finishes within the pass.
+func TestRulesTakeTurns(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const ended = 35
+	for range ended {
+		b.stream(t, "", 0)
+	}
+	b.exec(t, `UPDATE streams SET state = 'closed', closed_at = now() - $1::interval - interval '1 minute'`, week)
+	acked := b.stream(t, "", 60)
+	b.exec(t, `UPDATE streams SET floor_seq = 60 WHERE id = $1`, acked.ID)
+	b.exec(t, `INSERT INTO events_reclaim (stream_id, upto_seq) VALUES ($1, 60)`, acked.ID)
+	r, c := b.runner(t, b.st, "leader", maintenance.Options{ClosedRetention: week, BatchSize: 1})
+	if !r.RunOnce(ctx) {
+		t.Fatal("the only runner does not lead")
+	}
+	if got := c.get(maintenance.RuleClosedStreams); got != ended {
+		t.Fatalf("%d ended streams deleted, want %d", got, ended)
+	}
+	if got := c.get(maintenance.RuleAckedEvents); got != 60 {
+		t.Fatalf("%d acknowledged rows reclaimed, want 60", got)
+	}
+	firstAcked, lastClosed := -1, -1
+	for i, rule := range c.order {
+		switch {
+		case rule == maintenance.RuleAckedEvents && firstAcked < 0:
+			firstAcked = i
+		case rule == maintenance.RuleClosedStreams:
+			lastClosed = i
+		}
+	}
+	if firstAcked > lastClosed {
+		t.Fatalf("acknowledged rows waited for every ended stream to go: %v", c.order)
 	}
 }
 

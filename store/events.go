@@ -170,73 +170,36 @@ func queueReclaim(ctx context.Context, tx pgx.Tx, streamID string, seq int64) er
 
 // ReclaimAcked deletes up to about limit rows of acknowledged events (those at or below
 // their stream's floor, queued in events_reclaim by acknowledgements), in statements of at
-// most batch rows, each its own short transaction. It never locks a stream's row, so it
-// holds up no request or commit. It returns how many rows it deleted; a caller loops (with a
-// pause between calls) while that is limit or more. A call also ends after limit streams
-// (each a few rows, as when a fleet of devices each read a few events): what is left waits
-// for the caller's next pass.
+// most batch rows taken from up to batch queued streams at once, each its own short
+// transaction. It never locks a stream's row, so it holds up no request or commit. It
+// returns how many rows it deleted; fewer than limit means the queue is done, and a caller
+// loops (with a pause between calls) while it gets limit or more.
 func (s *Store) ReclaimAcked(ctx context.Context, batch, limit int) (int64, error) {
 	batch, limit = max(batch, 1), max(limit, 1)
-	// The queue is read 100 streams at a time until limit rows or limit streams (most hold a
-	// few rows: a device read a few events) were done, or it is empty: a call that returns
-	// fewer than limit rows tells the caller nothing is left.
 	var total int64
-	for seen := 0; seen < limit; {
-		jobs, err := s.reclaimSome(ctx, batch, limit, &total)
+	for total < int64(limit) {
+		var ids []string
+		var n int64
+		err := s.pool.QueryRow(ctx, reclaimSQL, batch).Scan(&n, &ids)
 		if err != nil {
-			return total, err
+			return total, fmt.Errorf("reclaim acknowledged events: %w", err)
 		}
-		seen += jobs
-		if jobs < 100 || total >= int64(limit) {
+		total += n
+		if len(ids) == 0 {
 			break
+		}
+		// The streams of this batch whose rows up to their mark are all gone leave the
+		// queue (unless another acknowledgement raised the mark meanwhile: then rows are
+		// left and the stream stays).
+		tag, err := s.pool.Exec(ctx, reclaimDoneSQL, ids)
+		if err != nil {
+			return total, fmt.Errorf("reclaim acknowledged events: %w", err)
+		}
+		if n == 0 && tag.RowsAffected() == 0 {
+			break // nothing deleted and no stream done: nothing more to do now
 		}
 	}
 	return total, nil
-}
-
-// reclaimSome reclaims the rows of up to 100 streams of the queue, oldest first, adding
-// what it deletes to total and stopping once that reaches limit. It returns how many
-// streams it read from the queue.
-func (s *Store) reclaimSome(ctx context.Context, batch, limit int, total *int64) (int, error) {
-	rows, err := s.pool.Query(ctx, `SELECT stream_id::text, upto_seq FROM events_reclaim ORDER BY queued_at LIMIT 100`)
-	if err != nil {
-		return 0, fmt.Errorf("reclaim acknowledged events: %w", err)
-	}
-	type job struct {
-		id   string
-		upto int64
-	}
-	jobs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (job, error) {
-		var j job
-		return j, r.Scan(&j.id, &j.upto)
-	})
-	if err != nil {
-		return 0, fmt.Errorf("reclaim acknowledged events: %w", err)
-	}
-	for _, j := range jobs {
-		for {
-			tag, err := s.pool.Exec(ctx, reclaimSQL,
-				j.id, j.upto, batch)
-			if err != nil {
-				return len(jobs), fmt.Errorf("reclaim acknowledged events: %w", err)
-			}
-			*total += tag.RowsAffected()
-			if tag.RowsAffected() < int64(batch) {
-				break
-			}
-			if *total >= int64(limit) {
-				return len(jobs), nil
-			}
-		}
-		// Done with this stream unless another acknowledgement raised its mark meanwhile.
-		if _, err := s.pool.Exec(ctx, `DELETE FROM events_reclaim WHERE stream_id = $1 AND upto_seq = $2`, j.id, j.upto); err != nil {
-			return len(jobs), fmt.Errorf("reclaim acknowledged events: %w", err)
-		}
-		if *total >= int64(limit) {
-			break
-		}
-	}
-	return len(jobs), nil
 }
 
 // EventsAfter returns up to limit queued events of a stream with seq > after, oldest first.
@@ -333,8 +296,23 @@ const ackSQL = `
 
 // reclaimSQL deletes a batch of a stream's rows at or below a reclaim mark.
 const reclaimSQL = `
-				DELETE FROM events WHERE ctid = ANY (ARRAY(
-					SELECT ctid FROM events WHERE stream_id = $1 AND seq <= $2 ORDER BY seq LIMIT $3))`
+	WITH q AS (
+		SELECT stream_id, upto_seq FROM events_reclaim ORDER BY queued_at LIMIT $1
+	), victims AS (
+		SELECT v.ctid FROM q CROSS JOIN LATERAL (
+			SELECT ctid FROM events WHERE stream_id = q.stream_id AND seq <= q.upto_seq ORDER BY seq LIMIT $1) v
+		LIMIT $1
+	), d AS (
+		DELETE FROM events WHERE ctid = ANY (ARRAY(SELECT ctid FROM victims))
+		RETURNING 1
+	)
+	SELECT (SELECT count(*) FROM d), coalesce((SELECT array_agg(stream_id::text) FROM q), '{}')`
+
+// reclaimDoneSQL takes the streams of a reclaim batch ($1) with nothing left up to their
+// mark off the queue.
+const reclaimDoneSQL = `
+	DELETE FROM events_reclaim r WHERE r.stream_id = ANY ($1::uuid[])
+		AND NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = r.stream_id AND e.seq <= r.upto_seq)`
 
 // pagesSQL reads pages of many streams (EventsAfterMany).
 const pagesSQL = `

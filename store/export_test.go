@@ -12,6 +12,8 @@ const (
 	AckSizeSQL = ackSizeSQL
 	AckSQL     = ackSQL
 	ReclaimSQL = reclaimSQL
+	// ReclaimDoneSQL takes the streams of a reclaim batch off the queue.
+	ReclaimDoneSQL = reclaimDoneSQL
 )
 
 // CompactSQL is the commit's compaction statement, for its query plan.

@@ -110,7 +110,8 @@ func servingPlans(t *testing.T, ctx context.Context, st *store.Store, p *planner
 		{"Last-Event-ID lookup", store.LookupSQL, []any{id, int64(2), []byte("7")}, []string{"events_pkey"}},
 		{"acknowledged size", store.AckSizeSQL, []any{id, int64(2), int64(7)}, []string{"events_pkey"}},
 		{"acknowledgement", store.AckSQL, []any{id, int64(2), int64(7), []byte("7"), int64(100)}, []string{"streams_pkey"}},
-		{"reclaim batch", store.ReclaimSQL, []any{id, int64(7), 1000}, []string{"events_pkey"}},
+		{"reclaim batch", store.ReclaimSQL, []any{1000}, []string{"events_pkey"}},
+		{"reclaim done", store.ReclaimDoneSQL, []any{[]string{id, other}}, []string{"events_pkey"}},
 		{"compaction", store.CompactSQL, []any{[]string{id}, [][]byte{[]byte("S1")}, []int64{1000}}, []string{"events_compact_key", "streams_pkey"}},
 	} {
 		p.check(t, c.name, []recorded{{c.sql, c.args}}, c.uses)
