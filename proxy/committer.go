@@ -39,6 +39,10 @@ type committer struct {
 	onLost   func([]store.Lease)
 	metrics  func(res store.CommitResult, streams int, took time.Duration)
 	onWake   func() // after a commit that queued wake-ups
+	// onCommitted, after each transaction, gets the streams it committed: this instance's
+	// readers of them are rung at once, without waiting for the commit's notification to
+	// come back from Postgres (which still wakes the readers on other instances).
+	onCommitted func(batch []store.Append)
 }
 
 // run commits until c.in is closed and empty, or ctx ends.
@@ -98,6 +102,9 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 		res, err := c.store.Commit(ctx, c.owner, batch, c.opts)
 		switch {
 		case err == nil:
+			if c.onCommitted != nil {
+				c.onCommitted(batch)
+			}
 			if c.metrics != nil {
 				c.metrics(res, len(batch), time.Since(start))
 			}

@@ -85,6 +85,25 @@ func (h *hub) notify(payload string) {
 	}
 }
 
+// ringCommitted rings this instance's readers of the streams of a commit that carried news
+// (events, or an end). The commit's notification rings them again when it comes back from
+// Postgres: a doubled ring costs a query that finds nothing new.
+func (h *hub) ringCommitted(batch []store.Append) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.subs) == 0 {
+		return
+	}
+	for _, a := range batch {
+		if len(a.Events) == 0 && a.State == "" {
+			continue
+		}
+		for sub := range h.subs[a.StreamID] {
+			ring(sub)
+		}
+	}
+}
+
 // watched returns the streams that have readers.
 func (h *hub) watched() []string {
 	h.mu.Lock()

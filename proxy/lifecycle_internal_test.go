@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushproxy/pushproxy"
 	"github.com/pushproxy/pushproxy/internal/upstream"
 	"github.com/pushproxy/pushproxy/store"
 )
@@ -68,5 +69,43 @@ func TestClaimsStayInTheLeaseLoopAndStopWaitsForEveryLoop(t *testing.T) {
 	}
 	if n := overlaps.Load(); n > 0 {
 		t.Fatalf("%d of %d claims ran beside another", n, claims.Load())
+	}
+}
+
+// TestCommitRingsThisInstancesReaders: a commit rings this instance's readers of the streams
+// it committed as soon as it returns, without waiting for its notification to come back
+// from Postgres (here there is no listener at all).
+func TestCommitRingsThisInstancesReaders(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, st := internalStore(t)
+	s := New(st, url, &Options{InstanceID: "ringer"})
+	var subs []*subscription
+	var appends []commitItem
+	for i := range 2 {
+		created, epoch, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/" + strconv.Itoa(i), TokenHash: []byte{byte(i)}, LeaseOwner: "ringer"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, s.hub.subscribe(created.ID))
+		a := store.Append{StreamID: created.ID, Epoch: epoch, RetryMS: -1}
+		if i == 0 { // the second stream's append carries no news
+			a.Events = []pushproxy.Event{{Seq: 1, LastEventID: "1", Data: "x"}}
+			a.HeadSeq, a.ResumeID = 1, "1"
+		}
+		appends = append(appends, commitItem{Append: a})
+	}
+	if !s.com.commit(ctx, appends) {
+		t.Fatal("commit gave up")
+	}
+	select {
+	case <-subs[0].c:
+	default:
+		t.Fatal("the reader of a stream with a committed event was not rung")
+	}
+	select {
+	case <-subs[1].c:
+		t.Fatal("the reader of a stream whose commit carried no news was rung")
+	default:
 	}
 }

@@ -291,6 +291,9 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		onLost:   s.lost,
 		metrics:  o.Metrics.Committed,
 		onWake:   s.kick,
+		onCommitted: func(batch []store.Append) {
+			s.hub.ringCommitted(batch)
+		},
 	}
 	return s
 }
