@@ -4,11 +4,14 @@
 -- --max-streams-per-key neither counts a key's streams on every handoff nor makes a key's
 -- handoffs wait for each other's commits. Each held stream with a key is counted in one slot
 -- (streams.key_slot). A handoff takes a place in a slot inside its own transaction, in the
--- statement that inserts the stream: the slot's row stays locked until the handoff commits,
--- but concurrent handoffs take other slots (FOR UPDATE SKIP LOCKED). With a bound of M, slot
--- s admits while it holds fewer than M/16 (+1 for the first M%16 slots) and the key's total
--- is below M; the slots' bounds add up to M, so the bound is exact however many handoffs
--- race (store/streams.go).
+-- statement that inserts the stream (pushproxy_take_key_slot): the slot's row stays locked
+-- until the handoff commits, but concurrent handoffs take other slots (FOR UPDATE SKIP
+-- LOCKED). With a bound of M, slot s admits while it holds fewer than M/16 (+1 for the first
+-- M%16 slots) and the key's total is below M; the slots' shares add up to M, so the bound is
+-- exact however many handoffs race. (After the bound is lowered, a key's slots may hold more
+-- than their new shares: until its total is below the new bound no handoff is admitted, and
+-- then handoffs racing on different slots may each find the total below it, at most one
+-- stream each over it.)
 --
 -- The triggers keep the count in the database, whichever code writes the streams:
 --   - a held stream with a key inserted with no slot (older code, which knows nothing of
@@ -38,6 +41,48 @@ BEGIN
     INSERT INTO api_key_streams AS k (key_hash, slot, held) VALUES (NEW.api_key_hash, NEW.key_slot, 1)
     ON CONFLICT (key_hash, slot) DO UPDATE SET held = k.held + 1;
     RETURN NEW;
+END $$;
+
+-- pushproxy_take_key_slot takes a place for one more held stream under key k in one of its
+-- slots and returns the slot, or NULL when the key holds bound streams already (bound 0 or
+-- less: no bound, but the stream is counted all the same, so that a bound set later is
+-- exact). It tries the connection's own slot (its backend's pid modulo 16: one row), then
+-- the emptiest free one, skipping the slots locked by handoffs in flight; only when neither
+-- is found does it make the key's slots (its first handoff) and wait for the handoffs in
+-- flight, to know whether a place is left. Its statements run generic plans, planned once
+-- per session (the store's sessions replan every statement otherwise, and planning these
+-- cost more than running them).
+CREATE FUNCTION pushproxy_take_key_slot(k bytea, bound int) RETURNS smallint
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    s smallint;
+BEGIN
+    IF bound > 0 AND (SELECT coalesce(sum(held), 0) FROM api_key_streams WHERE key_hash = k) >= bound THEN
+        RETURN NULL;
+    END IF;
+    SELECT slot INTO s FROM api_key_streams
+    WHERE key_hash = k AND slot = pg_backend_pid() % 16
+        AND (bound <= 0 OR held < bound / 16 + (slot < bound % 16)::int)
+    FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        SELECT slot INTO s FROM api_key_streams
+        WHERE key_hash = k AND (bound <= 0 OR held < bound / 16 + (slot < bound % 16)::int)
+        ORDER BY held, slot LIMIT 1
+        FOR UPDATE SKIP LOCKED;
+    END IF;
+    IF NOT FOUND THEN
+        INSERT INTO api_key_streams (key_hash, slot) SELECT k, g FROM generate_series(0, 15) g
+        ON CONFLICT DO NOTHING;
+        SELECT slot INTO s FROM api_key_streams
+        WHERE key_hash = k AND (bound <= 0 OR held < bound / 16 + (slot < bound % 16)::int)
+        ORDER BY held, slot LIMIT 1
+        FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    UPDATE api_key_streams SET held = held + 1 WHERE key_hash = k AND slot = s;
+    RETURN s;
 END $$;
 
 CREATE FUNCTION pushproxy_key_streams_release() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -73,5 +118,6 @@ DROP TRIGGER streams_key_count_update ON streams;
 DROP TRIGGER streams_key_count_insert ON streams;
 DROP FUNCTION pushproxy_key_streams_release();
 DROP FUNCTION pushproxy_key_streams_insert();
+DROP FUNCTION pushproxy_take_key_slot(bytea, int);
 ALTER TABLE streams DROP COLUMN key_slot;
 DROP TABLE api_key_streams;

@@ -233,51 +233,21 @@ func checkDeviceQuota(ctx context.Context, tx pgx.Tx, deviceID string, max int) 
 	return nil
 }
 
-// keySlots is how many slots count a key's held streams (migration 012).
-const keySlots = 16
-
 // insertStream inserts a handoff's stream ($1-$12: see CreateStream).
 const insertStream = `
 	INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by)
 	VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12)
 	RETURNING ` + streamColumns
 
-// insertKeyedStreamSQL inserts the stream of a handoff under an API key ($11), taking a
-// place for it in one of the key's slots in the same statement; $13 is
-// --max-streams-per-key (0 or less: no bound, but the stream is counted all the same, so
-// that a bound set later is exact). Slot s admits while it holds fewer than its share of the
-// bound (bound/16, one more for the first bound%16 slots) and the key's total is below the
-// bound; the shares add up to the bound, so no number of racing handoffs can pass it. The
-// slot's row stays locked until the handoff commits. The slot is picked once, in a CTE of its
-// own (MATERIALIZED): as a subquery of the UPDATE it may be planned on the inner side of a
-// join and run again for each of the key's rows, each run locking the next slot (the one
-// updated by this very statement is skipped), and one handoff took two places and inserted
-// its stream twice. %s picks the slot:
-//   - keySlotOwn: the connection's own slot (its backend's pid modulo 16), SKIP LOCKED: one
-//     row, and handoffs on other connections do not wait for each other's commits;
-//   - keySlotAny: the emptiest slot not locked, when the own one is taken or full;
-//   - keySlotWait: the emptiest slot, waiting for the handoffs in flight, to know whether a
-//     place is left at all.
+// insertKeyedStreamSQL inserts the stream of a handoff under an API key ($11), in a place
+// pushproxy_take_key_slot (migration 012) takes for it in one of the key's slots, within
+// $13, --max-streams-per-key (0: no bound, but the stream is counted all the same). No row:
+// the key holds as many streams as it may.
 const insertKeyedStreamSQL = `
-	WITH pick AS MATERIALIZED (
-		SELECT slot FROM api_key_streams
-		WHERE key_hash = $11
-			AND ($13::int <= 0 OR held < $13::int / 16 + (slot < $13::int %% 16)::int)
-			AND ($13::int <= 0 OR (SELECT sum(held) FROM api_key_streams WHERE key_hash = $11) < $13::int)
-			%s
-	), slot AS (
-		UPDATE api_key_streams k SET held = k.held + 1
-		FROM pick WHERE k.key_hash = $11 AND k.slot = pick.slot
-		RETURNING k.slot)
 	INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by, key_slot)
-	SELECT $1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, slot.slot FROM slot
+	SELECT $1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, k.slot
+	FROM (SELECT pushproxy_take_key_slot($11, $13::int) AS slot) k WHERE k.slot IS NOT NULL
 	RETURNING ` + streamColumns
-
-var (
-	keySlotOwn  = fmt.Sprintf(insertKeyedStreamSQL, fmt.Sprintf("AND slot = pg_backend_pid() %% %d FOR UPDATE SKIP LOCKED", keySlots))
-	keySlotAny  = fmt.Sprintf(insertKeyedStreamSQL, "ORDER BY held, slot LIMIT 1 FOR UPDATE SKIP LOCKED")
-	keySlotWait = fmt.Sprintf(insertKeyedStreamSQL, "ORDER BY held, slot LIMIT 1 FOR UPDATE")
-)
 
 // insertKeyedStream inserts a handoff's stream under an API key, within the key's bound
 // (max; 0: none), or refuses with EKEYLIMIT when the key holds max streams already. args
@@ -287,21 +257,7 @@ func insertKeyedStream(ctx context.Context, tx pgx.Tx, max int, args []any) (pus
 	if max <= 0 || max > math.MaxInt32 {
 		bound = 0
 	}
-	args = append(args, bound)
-	for _, q := range []string{keySlotOwn, keySlotAny} {
-		st, epoch, err := scanStream(tx.QueryRow(ctx, q, args...))
-		if !errors.Is(err, pgx.ErrNoRows) {
-			return st, epoch, wrapInsert(err)
-		}
-	}
-	// No free slot: the key's first handoff (its slots are made now), every slot's share
-	// taken, or the free ones locked by handoffs in flight (wait for them).
-	if _, err := tx.Exec(ctx, `
-		INSERT INTO api_key_streams (key_hash, slot) SELECT $1, g FROM generate_series(0, $2 - 1) g
-		ON CONFLICT DO NOTHING`, args[10], keySlots); err != nil {
-		return pushproxy.Stream{}, 0, fmt.Errorf("insert stream: key slots: %w", err)
-	}
-	st, epoch, err := scanStream(tx.QueryRow(ctx, keySlotWait, args...))
+	st, epoch, err := scanStream(tx.QueryRow(ctx, insertKeyedStreamSQL, append(args, bound)...))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return st, 0, pushproxy.Errorf(pushproxy.EKEYLIMIT, "this API key already holds %d streams, the most allowed; close some first", max)
 	}
