@@ -10,4 +10,4 @@ DROP INDEX CONCURRENTLY IF EXISTS streams_api_key_held;
 
 ---- create above / drop below ----
 
-CREATE INDEX CONCURRENTLY IF NOT EXISTS streams_api_key_held ON streams (api_key_hash) WHERE state = 'held' AND api_key_hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS streams_api_key_held ON streams (api_key_hash) WHERE state = 'held' AND api_key_hash IS NOT NULL;
