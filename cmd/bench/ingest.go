@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -93,6 +96,7 @@ func runIngest(ctx context.Context, args []string) error {
 	dbURL := fs.String("database-url", "", "Postgres to use (empty: a private durable cluster)")
 	h2c := fs.Bool("h2c", false, "upstream over HTTP/2 without TLS (all streams share one connection)")
 	compact := fs.String("compact", "", `hand the streams off with compaction by key: "type", or "json:/symbol" (the ticker's symbol)`)
+	copyRows := fs.Int("copy-rows", 1000000, "after the run, time psql's COPY of this many of the committed rows into a table like events, for comparison (0: do not)")
 	fs.Parse(args)
 
 	url, stopPG, err := startPostgres(ctx, *dbURL)
@@ -198,5 +202,55 @@ func runIngest(ctx context.Context, args []string) error {
 	fmt.Printf("result: %.0f events/s committed over %s; %.0f commits/s, %.0f events and %.1f streams per commit; commit latency p50 %s p99 %s; origin+proxy CPU %.0f%% of one core\n",
 		float64(e)/el.Seconds(), el.Round(time.Millisecond), float64(c)/el.Seconds(), float64(e)/float64(max(c, 1)), float64(s)/float64(max(c, 1)),
 		pct(0.5).Round(10*time.Microsecond), pct(0.99).Round(10*time.Microsecond), 100*cpu.Seconds()/el.Seconds())
+	if *copyRows > 0 {
+		if err := svc.Stop(ctx); err != nil {
+			return err
+		}
+		n, d, err := rawCopy(ctx, url, *copyRows)
+		if err != nil {
+			return err
+		}
+		copyRate := float64(n) / d.Seconds()
+		fmt.Printf("result: psql COPY of %d committed rows into a table like events (its indexes, one durable transaction): %.0f rows/s; ingest %.2fx COPY\n",
+			n, copyRate, float64(e)/el.Seconds()/copyRate)
+	}
 	return nil
+}
+
+// rawCopy copies up to n rows of events out to a file, then times psql copying them into a
+// new table like events (same columns, defaults and indexes), as one durable transaction.
+func rawCopy(ctx context.Context, url string, n int) (int, time.Duration, error) {
+	dir, err := os.MkdirTemp("", "pushproxy-copy-")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer os.RemoveAll(dir)
+	file := filepath.Join(dir, "rows.copy")
+	psql := func(cmds ...string) error {
+		args := []string{"-X", "-q", "-v", "ON_ERROR_STOP=1"}
+		for _, c := range cmds {
+			args = append(args, "-c", c)
+		}
+		out, err := exec.CommandContext(ctx, "psql", append(args, url)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("psql: %v: %s", err, out)
+		}
+		return nil
+	}
+	cols := "stream_id, seq, last_event_id, type, data"
+	if err := psql(fmt.Sprintf(`\copy (SELECT %s FROM events LIMIT %d) TO '%s'`, cols, n, file),
+		`DROP TABLE IF EXISTS events_copy`, `CREATE TABLE events_copy (LIKE events INCLUDING ALL)`, `CHECKPOINT`); err != nil {
+		return 0, 0, err
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0, 0, err
+	}
+	rows := bytes.Count(b, []byte("\n"))
+	start := time.Now()
+	if err := psql(fmt.Sprintf(`\copy events_copy (%s) FROM '%s'`, cols, file)); err != nil {
+		return 0, 0, err
+	}
+	d := time.Since(start)
+	return rows, d, psql(`DROP TABLE events_copy`)
 }

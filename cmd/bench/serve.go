@@ -246,6 +246,7 @@ func runServe(ctx context.Context, args []string) error {
 	rounds := fs.Int("rounds", 3, "measured rounds (the best is reported, as for psql)")
 	smallReads := fs.Int("small-reads", 2000, "small reads (20 events) timed under ingest")
 	ingestStreams := fs.Int("ingest-streams", 100, "streams ingesting during the small reads")
+	ingestRate := fs.Float64("ingest-rate", 30000, "events/s committed into the ingesting streams during the small reads (the ingest aim; 0: back to back, as fast as Postgres takes them)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the backlog reads here")
 	fs.Parse(args)
 
@@ -330,7 +331,21 @@ func runServe(ctx context.Context, args []string) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		// Each commit adds 10 events to every ingesting stream, paced to the rate.
+		var pace <-chan time.Time
+		if *ingestRate > 0 {
+			t := time.NewTicker(time.Duration(float64(time.Second) * float64(10*len(ing)) / *ingestRate))
+			defer t.Stop()
+			pace = t.C
+		}
 		for ictx.Err() == nil {
+			if pace != nil {
+				select {
+				case <-pace:
+				case <-ictx.Done():
+					return
+				}
+			}
 			if err := env.appendEvents(ictx, ing, 10, tickData); err != nil {
 				if ictx.Err() == nil {
 					ingErr = err
