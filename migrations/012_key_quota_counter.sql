@@ -7,11 +7,12 @@
 -- statement that inserts the stream (pushproxy_take_key_slot): the slot's row stays locked
 -- until the handoff commits, but concurrent handoffs take other slots (FOR UPDATE SKIP
 -- LOCKED). With a bound of M, slot s admits while it holds fewer than M/16 (+1 for the first
--- M%16 slots) and the key's total is below M; the slots' shares add up to M, so the bound is
--- exact however many handoffs race. (After the bound is lowered, a key's slots may hold more
--- than their new shares: until its total is below the new bound no handoff is admitted, and
--- then handoffs racing on different slots may each find the total below it, at most one
--- stream each over it.)
+-- M%16 slots): the slots' shares add up to M, so the bound is exact however many handoffs
+-- race, as long as no slot holds more than its share. That is known for a key when
+-- api_key_bounds holds M for it: it is written by a handoff that found it true with every
+-- slot of the key locked. Until then (the key's first handoff, a bound changed, or slots over
+-- their shares after a bound was lowered) a handoff locks all the key's slots and counts
+-- them: exact, one handoff of the key at a time.
 --
 -- The triggers keep the count in the database, whichever code writes the streams:
 --   - a held stream with a key inserted with no slot (older code, which knows nothing of
@@ -43,42 +44,65 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- The bound each key's slots were last found within (see above).
+CREATE TABLE api_key_bounds (
+    key_hash bytea PRIMARY KEY,
+    bound    int NOT NULL
+);
+
 -- pushproxy_take_key_slot takes a place for one more held stream under key k in one of its
 -- slots and returns the slot, or NULL when the key holds bound streams already (bound 0 or
 -- less: no bound, but the stream is counted all the same, so that a bound set later is
--- exact). It tries the connection's own slot (its backend's pid modulo 16: one row), then
--- the emptiest free one, skipping the slots locked by handoffs in flight; only when neither
--- is found does it make the key's slots (its first handoff) and wait for the handoffs in
--- flight, to know whether a place is left. Its statements run generic plans, planned once
--- per session (the store's sessions replan every statement otherwise, and planning these
--- cost more than running them).
+-- exact). When the key's slots are known to be within their shares of bound, it tries the
+-- connection's own slot (its backend's pid modulo 16: one row), then the emptiest free one,
+-- skipping the slots locked by handoffs in flight, and only then waits for those. Otherwise
+-- it locks and counts them all. Its statements run generic plans, planned once per session
+-- (the store's sessions replan every statement otherwise, and planning these cost more than
+-- running them).
 CREATE FUNCTION pushproxy_take_key_slot(k bytea, bound int) RETURNS smallint
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
-    s smallint;
+    s     smallint;
+    total bigint;
+    fits  boolean;
 BEGIN
-    IF bound > 0 AND (SELECT coalesce(sum(held), 0) FROM api_key_streams WHERE key_hash = k) >= bound THEN
-        RETURN NULL;
-    END IF;
-    SELECT slot INTO s FROM api_key_streams
-    WHERE key_hash = k AND slot = pg_backend_pid() % 16
-        AND (bound <= 0 OR held < bound / 16 + (slot < bound % 16)::int)
-    FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-        SELECT slot INTO s FROM api_key_streams
-        WHERE key_hash = k AND (bound <= 0 OR held < bound / 16 + (slot < bound % 16)::int)
-        ORDER BY held, slot LIMIT 1
-        FOR UPDATE SKIP LOCKED;
-    END IF;
-    IF NOT FOUND THEN
+    IF bound > 0 AND NOT EXISTS (SELECT 1 FROM api_key_bounds b WHERE b.key_hash = k AND b.bound = pushproxy_take_key_slot.bound) THEN
         INSERT INTO api_key_streams (key_hash, slot) SELECT k, g FROM generate_series(0, 15) g
         ON CONFLICT DO NOTHING;
-        SELECT slot INTO s FROM api_key_streams
-        WHERE key_hash = k AND (bound <= 0 OR held < bound / 16 + (slot < bound % 16)::int)
-        ORDER BY held, slot LIMIT 1
-        FOR UPDATE;
-        IF NOT FOUND THEN
+        PERFORM 1 FROM api_key_streams WHERE key_hash = k ORDER BY slot FOR UPDATE;
+        SELECT sum(held), bool_and(held <= bound / 16 + (slot < bound % 16)::int) INTO total, fits
+        FROM api_key_streams WHERE key_hash = k;
+        IF total >= bound THEN
             RETURN NULL;
+        END IF;
+        IF fits THEN
+            INSERT INTO api_key_bounds AS b (key_hash, bound) VALUES (k, pushproxy_take_key_slot.bound)
+            ON CONFLICT (key_hash) DO UPDATE SET bound = excluded.bound;
+        END IF;
+        -- Below its share if a slot is (else the emptiest: the total is what is exact here).
+        SELECT slot INTO s FROM api_key_streams WHERE key_hash = k
+        ORDER BY held >= bound / 16 + (slot < bound % 16)::int, held, slot LIMIT 1;
+    ELSE
+        SELECT slot INTO s FROM api_key_streams
+        WHERE key_hash = k AND slot = pg_backend_pid() % 16
+            AND (bound <= 0 OR held < bound / 16 + (slot < bound % 16)::int)
+        FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            SELECT slot INTO s FROM api_key_streams
+            WHERE key_hash = k AND (bound <= 0 OR held < bound / 16 + (slot < bound % 16)::int)
+            ORDER BY held, slot LIMIT 1
+            FOR UPDATE SKIP LOCKED;
+        END IF;
+        IF NOT FOUND THEN
+            INSERT INTO api_key_streams (key_hash, slot) SELECT k, g FROM generate_series(0, 15) g
+            ON CONFLICT DO NOTHING;
+            SELECT slot INTO s FROM api_key_streams
+            WHERE key_hash = k AND (bound <= 0 OR held < bound / 16 + (slot < bound % 16)::int)
+            ORDER BY held, slot LIMIT 1
+            FOR UPDATE;
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
         END IF;
     END IF;
     UPDATE api_key_streams SET held = held + 1 WHERE key_hash = k AND slot = s;
@@ -119,5 +143,6 @@ DROP TRIGGER streams_key_count_insert ON streams;
 DROP FUNCTION pushproxy_key_streams_release();
 DROP FUNCTION pushproxy_key_streams_insert();
 DROP FUNCTION pushproxy_take_key_slot(bytea, int);
+DROP TABLE api_key_bounds;
 ALTER TABLE streams DROP COLUMN key_slot;
 DROP TABLE api_key_streams;

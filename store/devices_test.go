@@ -359,3 +359,70 @@ func TestKeyQuotaCountsAreBackfilled(t *testing.T) {
 		t.Fatalf("a third stream under a key holding 2 from before the migration: %v, want %s", err, pushproxy.EKEYLIMIT)
 	}
 }
+
+// TestKeyQuotaIsExactAfterTheBoundIsLowered: streams handed off under a high bound sit
+// unevenly in the key's slots (here all in one: one connection), so after the bound is
+// lowered some slots hold more than their new shares. No handoff is admitted while the key
+// holds the new bound or more, and once streams close, handoffs racing for the places left
+// fill them exactly.
+func TestKeyQuotaIsExactAfterTheBoundIsLowered(t *testing.T) {
+	t.Parallel()
+	st, b := setup(t)
+	ctx := context.Background()
+	one, err := store.Open(ctx, b.url, &store.Options{MaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer one.Close()
+	conn, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	key := secretHash("lowered")
+	var held []string
+	for range 20 {
+		s, _, err := one.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, s.ID)
+	}
+	const lower = 12
+	if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: lower}); pushproxy.ErrorCode(err) != pushproxy.EKEYLIMIT {
+		t.Fatalf("a handoff under a bound of %d with 20 held: %v, want %s", lower, err, pushproxy.EKEYLIMIT)
+	}
+	for _, id := range held[:14] { // 6 left: 6 places under the new bound
+		if _, err := st.CloseStream(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+		ok int
+	)
+	for range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: lower})
+			switch pushproxy.ErrorCode(err) {
+			case "":
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			case pushproxy.EKEYLIMIT:
+			default:
+				t.Errorf("handoff: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if ok != lower-6 {
+		t.Fatalf("%d of 30 racing handoffs admitted into the %d places left under the lowered bound", ok, lower-6)
+	}
+	if counted, n := keyCount(t, ctx, conn, key); counted != lower || n != lower {
+		t.Fatalf("counter %d, held %d; want %d", counted, n, lower)
+	}
+}
