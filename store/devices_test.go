@@ -95,29 +95,7 @@ func TestStreamsPerKeyAreBounded(t *testing.T) {
 	// however many handoffs race.
 	for _, c := range []struct{ bound, racing int }{{3, 10}, {16, 40}, {37, 80}} {
 		key, other := secretHash(fmt.Sprint("key-", c.bound)), secretHash(fmt.Sprint("other-", c.bound))
-		var (
-			wg sync.WaitGroup
-			mu sync.Mutex
-			ok int
-		)
-		for range c.racing {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				_, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: c.bound})
-				switch pushproxy.ErrorCode(err) {
-				case "":
-					mu.Lock()
-					ok++
-					mu.Unlock()
-				case pushproxy.EKEYLIMIT:
-				default:
-					t.Errorf("handoff: %v", err)
-				}
-			}()
-		}
-		wg.Wait()
-		if ok != c.bound {
+		if ok := raceHandoffs(t, st, key, c.bound, c.racing); ok != c.bound {
 			t.Fatalf("%d streams held under a key bounded to %d (%d handoffs raced)", ok, c.bound, c.racing)
 		}
 		for _, k := range [][]byte{other, nil} {
@@ -397,16 +375,28 @@ func TestKeyQuotaIsExactAfterTheBoundIsLowered(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if ok := raceHandoffs(t, st, key, lower, 30); ok != lower-6 {
+		t.Fatalf("%d of 30 racing handoffs admitted into the %d places left under the lowered bound", ok, lower-6)
+	}
+	if counted, n := keyCount(t, ctx, conn, key); counted != lower || n != lower {
+		t.Fatalf("counter %d, held %d; want %d", counted, n, lower)
+	}
+}
+
+// raceHandoffs runs n handoffs under key at once, bounded to bound streams, and returns how
+// many were admitted (the others must be refused with EKEYLIMIT).
+func raceHandoffs(t *testing.T, st *store.Store, key []byte, bound, n int) int {
+	t.Helper()
 	var (
 		wg sync.WaitGroup
 		mu sync.Mutex
 		ok int
 	)
-	for range 30 {
+	for range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: lower})
+			_, _, err := st.CreateStream(context.Background(), store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: bound})
 			switch pushproxy.ErrorCode(err) {
 			case "":
 				mu.Lock()
@@ -419,10 +409,5 @@ func TestKeyQuotaIsExactAfterTheBoundIsLowered(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if ok != lower-6 {
-		t.Fatalf("%d of 30 racing handoffs admitted into the %d places left under the lowered bound", ok, lower-6)
-	}
-	if counted, n := keyCount(t, ctx, conn, key); counted != lower || n != lower {
-		t.Fatalf("counter %d, held %d; want %d", counted, n, lower)
-	}
+	return ok
 }
