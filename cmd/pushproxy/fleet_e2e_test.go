@@ -332,7 +332,12 @@ func TestEndToEndFleetChaos(t *testing.T) {
 		probes.Add(1)
 		go f.probe(pctx, streams, &probes)
 	}
-	time.Sleep(time.Second) // events flow under all three
+	// Probes answered by all three before the first one goes.
+	f.waitFor(20*time.Second, "probes answered by the balanced fleet", func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.probes.n >= 100
+	})
 
 	// 1. SIGKILL: fleet-1's streams move once its lease lapses.
 	f.setUp(m1, false)
