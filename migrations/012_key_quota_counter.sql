@@ -41,6 +41,8 @@ BEGIN
     NEW.key_slot := pg_backend_pid() % 16;
     INSERT INTO api_key_streams AS k (key_hash, slot, held) VALUES (NEW.api_key_hash, NEW.key_slot, 1)
     ON CONFLICT (key_hash, slot) DO UPDATE SET held = k.held + 1;
+    -- Counted in whatever slot, maybe over its share: the key's next handoff counts them all.
+    DELETE FROM api_key_bounds WHERE key_hash = NEW.api_key_hash;
     RETURN NEW;
 END $$;
 

@@ -282,18 +282,16 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 	s.parserOpts = sse.ParserOptions{MaxEventSize: o.MaxEventSize}
 	s.commits = make(chan commitItem, o.CommitQueue)
 	s.com = &committer{
-		in:       s.commits,
-		store:    st,
-		owner:    o.InstanceID,
-		opts:     store.CommitOptions{MaxBacklog: o.MaxBacklog, MaxBacklogBytes: o.MaxBacklogBytes, Wake: o.Wake},
-		maxBatch: o.CommitBatch,
-		log:      o.Logger,
-		onLost:   s.lost,
-		metrics:  o.Metrics.Committed,
-		onWake:   s.kick,
-		onCommitted: func(batch []store.Append) {
-			s.hub.ringCommitted(batch)
-		},
+		in:          s.commits,
+		store:       st,
+		owner:       o.InstanceID,
+		opts:        store.CommitOptions{MaxBacklog: o.MaxBacklog, MaxBacklogBytes: o.MaxBacklogBytes, Wake: o.Wake},
+		maxBatch:    o.CommitBatch,
+		log:         o.Logger,
+		onLost:      s.lost,
+		metrics:     o.Metrics.Committed,
+		onWake:      s.kick,
+		onCommitted: s.hub.ringCommitted,
 	}
 	return s
 }

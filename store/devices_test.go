@@ -411,3 +411,47 @@ func raceHandoffs(t *testing.T, st *store.Store, key []byte, bound, n int) int {
 	wg.Wait()
 	return ok
 }
+
+// TestKeyQuotaCountsOlderCodesStreamsExactly: a held stream inserted by older code is counted
+// in its connection's slot, whatever that slot's share: the key's next handoff counts all
+// its slots instead of trusting their shares, and is refused at the bound.
+func TestKeyQuotaCountsOlderCodesStreamsExactly(t *testing.T) {
+	t.Parallel()
+	st, b := setup(t)
+	ctx := context.Background()
+	key := secretHash("older")
+	const bound = 16 // a share of one stream per slot
+	for range bound - 1 {
+		if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: bound}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Older code's connection, on a slot that is full already.
+	var conn *pgx.Conn
+	for attempt := 0; conn == nil; attempt++ {
+		c, err := pgx.Connect(ctx, b.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var full bool
+		err = c.QueryRow(ctx, `SELECT held >= 1 FROM api_key_streams WHERE key_hash = $1 AND slot = pg_backend_pid() % 16`, key).Scan(&full)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if full {
+			conn = c
+			defer conn.Close(ctx)
+		} else {
+			c.Close(ctx)
+		}
+		if attempt > 200 {
+			t.Fatal("no connection landed on a full slot")
+		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO streams (url, headers, token_hash, api_key_hash) VALUES ('http://o.test/', '{}', 'h', $1)`, key); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: bound}); pushproxy.ErrorCode(err) != pushproxy.EKEYLIMIT {
+		t.Fatalf("a handoff with %d held under a bound of %d (one inserted by older code): %v, want %s", bound, bound, err, pushproxy.EKEYLIMIT)
+	}
+}
