@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pushproxy/pushproxy"
 )
@@ -240,28 +243,69 @@ const insertStream = `
 	RETURNING ` + streamColumns
 
 // insertKeyedStreamSQL inserts the stream of a handoff under an API key ($11), in a place
-// pushproxy_take_key_slot (migration 012) takes for it in one of the key's slots, within
-// $13, --max-streams-per-key (0: no bound, but the stream is counted all the same). No row:
-// the key holds as many streams as it may.
+// pushproxy_key_slot (migration 015) takes for it in one of the key's slots, within $13,
+// --max-streams-per-key (0: no bound, but the stream is counted all the same), trying slot
+// $14 first. It fails with SQLSTATE keyLimitCode when the key holds as many streams as it
+// may. The slot is taken in VALUES: Postgres plans that as an insert of constants.
 const insertKeyedStreamSQL = `
 	INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by, key_slot)
-	SELECT $1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, k.slot
-	FROM (SELECT pushproxy_take_key_slot($11, $13::int) AS slot) k WHERE k.slot IS NOT NULL
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, pushproxy_key_slot($11, $13::int, $14::smallint))
 	RETURNING ` + streamColumns
+
+// keyLimitCode is the SQLSTATE pushproxy_key_slot raises when the key is full.
+const keyLimitCode = "PPK01"
 
 // insertKeyedStream inserts a handoff's stream under an API key, within the key's bound
 // (max; 0: none), or refuses with EKEYLIMIT when the key holds max streams already. args
-// are insertStream's.
-func insertKeyedStream(ctx context.Context, tx pgx.Tx, max int, args []any) (pushproxy.Stream, int64, error) {
+// are insertStream's; slot is the key slot to try first (keySlots.take).
+func insertKeyedStream(ctx context.Context, tx pgx.Tx, max int, slot int16, args []any) (pushproxy.Stream, int64, error) {
 	bound := int32(max)
 	if max <= 0 || max > math.MaxInt32 {
 		bound = 0
 	}
-	st, epoch, err := scanStream(tx.QueryRow(ctx, insertKeyedStreamSQL, append(args, bound)...))
-	if errors.Is(err, pgx.ErrNoRows) {
+	st, epoch, err := scanStream(tx.QueryRow(ctx, insertKeyedStreamSQL, append(args, bound, slot)...))
+	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == keyLimitCode {
 		return st, 0, pushproxy.Errorf(pushproxy.EKEYLIMIT, "this API key already holds %d streams, the most allowed; close some first", max)
 	}
 	return st, epoch, wrapInsert(err)
+}
+
+// keySlots deals the slots of the per-key stream quota (migration 012) to a store's keyed
+// handoffs in flight: each gets the slot the fewest of them hold, so that they do not wait
+// for each other's lock on a slot's row (held until the handoff commits). Every store starts
+// dealing at a random slot, so that two instances' first handoffs seldom pick the same one;
+// when they do, one waits for the other's commit, and counts exactly all the same.
+type keySlots struct {
+	mu    sync.Mutex
+	inUse [keySlotCount]int
+	next  int
+}
+
+// keySlotCount is the slots per key of migration 012.
+const keySlotCount = 16
+
+func newKeySlots() *keySlots { return &keySlots{next: rand.IntN(keySlotCount)} }
+
+// take returns the slot for a handoff; give it back with give once the handoff's transaction
+// has ended.
+func (k *keySlots) take() int16 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	best := k.next
+	for i := 1; i < keySlotCount && k.inUse[best] > 0; i++ {
+		if s := (k.next + i) % keySlotCount; k.inUse[s] < k.inUse[best] {
+			best = s
+		}
+	}
+	k.inUse[best]++
+	k.next = (best + 1) % keySlotCount
+	return int16(best)
+}
+
+func (k *keySlots) give(s int16) {
+	k.mu.Lock()
+	k.inUse[s]--
+	k.mu.Unlock()
 }
 
 func wrapInsert(err error) error {

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io/fs"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pushproxy/pushproxy"
 	"github.com/pushproxy/pushproxy/internal/pgtest"
@@ -387,17 +389,26 @@ func TestKeyQuotaIsExactAfterTheBoundIsLowered(t *testing.T) {
 // many were admitted (the others must be refused with EKEYLIMIT).
 func raceHandoffs(t *testing.T, st *store.Store, key []byte, bound, n int) int {
 	t.Helper()
+	return race(t, n, func(int) error {
+		_, _, err := st.CreateStream(context.Background(), store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: bound})
+		return err
+	})
+}
+
+// race runs handoff(0) to handoff(n-1) at once and returns how many were admitted (the
+// others must be refused with EKEYLIMIT).
+func race(t *testing.T, n int, handoff func(i int) error) int {
+	t.Helper()
 	var (
 		wg sync.WaitGroup
 		mu sync.Mutex
 		ok int
 	)
-	for range n {
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _, err := st.CreateStream(context.Background(), store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: bound})
-			switch pushproxy.ErrorCode(err) {
+			switch err := handoff(i); pushproxy.ErrorCode(err) {
 			case "":
 				mu.Lock()
 				ok++
@@ -410,6 +421,62 @@ func raceHandoffs(t *testing.T, st *store.Store, key []byte, bound, n int) int {
 	}
 	wg.Wait()
 	return ok
+}
+
+// TestKeyQuotaIsExactAcrossInstancesAndVersions: handoffs under one key racing through two
+// instances (each deals its handoffs the slots to try first, unaware of the other's, so
+// theirs collide and wait) and through code of schema version 14 (which takes its place
+// with pushproxy_take_key_slot) are admitted exactly up to the bound, and the key's counter
+// ends equal to the streams it holds.
+func TestKeyQuotaIsExactAcrossInstancesAndVersions(t *testing.T) {
+	t.Parallel()
+	a, b := setup(t)
+	ctx := context.Background()
+	other, err := store.Open(ctx, b.url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	conn, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	// Version 14's statement, on a pool of its own (one connection per racing handoff).
+	older, err := pgxpool.New(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer older.Close()
+	for _, bound := range []int{5, 16, 45} {
+		key := secretHash(fmt.Sprint("fleet-", bound))
+		ok := race(t, 3*bound, func(i int) error {
+			if i%3 == 2 {
+				var slot *int16
+				err := older.QueryRow(ctx, `
+					INSERT INTO streams (url, headers, token_hash, api_key_hash, key_slot)
+					SELECT 'http://o.test/', '{}', 'h', $1, k.slot
+					FROM (SELECT pushproxy_take_key_slot($1, $2::int) AS slot) k WHERE k.slot IS NOT NULL
+					RETURNING key_slot`, key, bound).Scan(&slot)
+				if errors.Is(err, pgx.ErrNoRows) {
+					return pushproxy.Errorf(pushproxy.EKEYLIMIT, "full")
+				}
+				return err
+			}
+			st := a
+			if i%3 == 1 {
+				st = other
+			}
+			_, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: bound})
+			return err
+		})
+		if ok != bound {
+			t.Fatalf("%d streams admitted under a key bounded to %d (%d handoffs raced through two instances and older code)", ok, bound, 3*bound)
+		}
+		if counted, held := keyCount(t, ctx, conn, key); counted != bound || held != bound {
+			t.Fatalf("counter %d, held %d; want %d", counted, held, bound)
+		}
+	}
 }
 
 // TestKeyQuotaCountsOlderCodesStreamsExactly: a held stream inserted by older code is counted

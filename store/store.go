@@ -100,6 +100,7 @@ type Store struct {
 	// most the lock timeout.
 	lockBegin string
 	sealer    Sealer
+	keySlots  *keySlots
 }
 
 // Open connects to the database at url and checks that it answers.
@@ -149,6 +150,7 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 		log:       log,
 		lockBegin: fmt.Sprintf("BEGIN; SET LOCAL lock_timeout = %d", lock.Milliseconds()),
 		sealer:    opts.Sealer,
+		keySlots:  newKeySlots(),
 	}, nil
 }
 

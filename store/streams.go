@@ -94,6 +94,11 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 	if err != nil {
 		return st, 0, err
 	}
+	var slot int16
+	if len(ns.APIKeyHash) > 0 {
+		slot = s.keySlots.take()
+		defer s.keySlots.give(slot)
+	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var deviceID *string
 		if ns.Push != nil {
@@ -125,7 +130,7 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 			st, epoch, err = scanStream(tx.QueryRow(ctx, insertStream, args...))
 			err = wrapInsert(err)
 		} else {
-			st, epoch, err = insertKeyedStream(ctx, tx, ns.MaxPerKey, args)
+			st, epoch, err = insertKeyedStream(ctx, tx, ns.MaxPerKey, slot, args)
 		}
 		if err != nil {
 			return err
