@@ -127,6 +127,15 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		// before the update): the statement's snapshot may be older than that row when an
 		// acknowledgement moved the floor while the UPDATE waited for the lock, and the
 		// acknowledged rows, still there for ReclaimAcked, are not the trim's to delete.
+		//
+		// The streams are found by their ids (streams_pkey), however stale the statistics:
+		// "held" is written as "neither closed nor failed" (the CHECK allows nothing else),
+		// so that no partial index on held streams matches, and s.id = ANY($1) tells the
+		// planner how few rows it will touch. Statistics taken before the instance's streams
+		// were handed off (a fleet's first minutes, a bench) otherwise made Postgres read
+		// every stream of the owner (by streams_held_owner_created, or a sequential scan)
+		// and filter them by id: 1.4 ms for a commit of 11 of 500 streams, growing with the
+		// streams the instance holds (TestCommitFindsStreamsByIDOnStaleStatistics).
 		rows, err := tx.Query(ctx, `
 			WITH u AS (
 				SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[],
@@ -151,7 +160,8 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 					last_error_at = CASE WHEN u.err <> '' THEN now() ELSE s.last_error_at END,
 					updated_at = now()
 				FROM u
-				WHERE s.id = u.id AND s.lease_owner = $13 AND s.lease_epoch = u.epoch AND s.state = 'held'
+				WHERE s.id = ANY($1::uuid[]) AND s.id = u.id AND s.lease_owner = $13 AND s.lease_epoch = u.epoch
+					AND s.state NOT IN ('closed', 'failed')
 				RETURNING s.id::text, s.floor_seq, s.trim_from, s.backlog_bytes
 			)
 			SELECT * FROM upd`,

@@ -56,11 +56,21 @@ func TestPlansUseIndexes(t *testing.T) {
 		EventsPerStream: 11, WakeupsPerDevice: 2, PendingEvery: 2, ReadersEvery: 20}); err != nil {
 		t.Fatal(err)
 	}
+	p := newPlanner(t, ctx, url, st)
+	t.Run("serving", func(t *testing.T) { servingPlans(t, ctx, st, p) })
+	t.Run("hot paths", func(t *testing.T) { hotPathPlans(t, ctx, st, rec, p) })
+	t.Run("retention", func(t *testing.T) { retentionPlans(t, ctx, st, rec, p) })
+}
+
+// newPlanner returns a planner on connections of its own to url, planning as st's sessions
+// do.
+func newPlanner(t *testing.T, ctx context.Context, url string, st *store.Store) *planner {
+	t.Helper()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(ctx)
+	t.Cleanup(func() { conn.Close(ctx) })
 	var mode string
 	if err := st.Pool().QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&mode); err != nil {
 		t.Fatal(err)
@@ -78,7 +88,7 @@ func TestPlansUseIndexes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nested.Close(ctx)
+	t.Cleanup(func() { nested.Close(ctx) })
 	if _, err := nested.Exec(ctx, `LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;
 		SET auto_explain.log_nested_statements = on; SET auto_explain.log_format = json;
 		SET auto_explain.log_level = notice`); err != nil {
@@ -86,9 +96,67 @@ func TestPlansUseIndexes(t *testing.T) {
 	}
 	p := &planner{conn: conn, generic: mode != "force_custom_plan", nested: nested, notices: &notices}
 	t.Logf("the store's sessions plan with plan_cache_mode %s: generic plans checked: %v", mode, p.generic)
-	t.Run("serving", func(t *testing.T) { servingPlans(t, ctx, st, p) })
-	t.Run("hot paths", func(t *testing.T) { hotPathPlans(t, ctx, st, rec, p) })
-	t.Run("retention", func(t *testing.T) { retentionPlans(t, ctx, st, rec, p) })
+	return p
+}
+
+// TestCommitFindsStreamsByIDOnStaleStatistics: the commit finds its streams by id when the
+// statistics are older than the instance's streams (a fleet's first minutes: streams was
+// analysed empty), not by reading every stream of the owner (streams_held_owner_created:
+// 1.4 ms for a commit of 11 streams of 500 in the live bench) nor by scanning streams.
+func TestCommitFindsStreamsByIDOnStaleStatistics(t *testing.T) {
+	t.Parallel()
+	url := migratedDatabase(t)
+	rec := &recorder{}
+	st := open(t, url, &store.Options{Tracer: rec})
+	ctx := context.Background()
+	const me = "instance-stale"
+	if _, err := st.Pool().Exec(ctx, `ANALYZE streams`); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	rows, _ := st.Pool().Query(ctx, `
+		INSERT INTO streams (url, headers, token_hash, lease_owner, lease_epoch)
+		SELECT 'http://o.test/' || g, '{}', 'h', $1, 1 FROM generate_series(1, 2000) g
+		RETURNING id::text`, me)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.RenewInstance(ctx, me, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	p := newPlanner(t, ctx, url, st)
+	stmts := rec.record(t, "commit", func() error {
+		var as []store.Append
+		for _, id := range ids[:11] {
+			as = append(as, store.Append{StreamID: id, Epoch: 1, HeadSeq: 1, ResumeID: "1", RetryMS: -1,
+				Events: []pushproxy.Event{{Seq: 1, LastEventID: "1", Data: "tick"}}})
+		}
+		res, err := st.Commit(ctx, me, as, store.CommitOptions{})
+		if err == nil && (len(res.Lost) > 0 || res.Events != 11) {
+			err = fmt.Errorf("the commit did not take: %+v", res)
+		}
+		return err
+	})
+	p.check(t, "commit", stmts, []string{"streams_pkey"})
+	for _, s := range stmts {
+		if !strings.Contains(s.sql, "UPDATE streams") {
+			continue
+		}
+		args := s.args
+		if _, ok := args[0].(pgx.QueryExecMode); ok {
+			args = args[1:]
+		}
+		plan, err := p.explain(ctx, s.sql, args, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan.walk(func(n planNode) {
+			if (n.Relation == "streams" && n.Type == "Seq Scan") || (strings.HasPrefix(n.Index, "streams_") && n.Index != "streams_pkey") {
+				t.Errorf("the commit reads streams by %s %s, not by id:\n%s", n.Type, n.Index, plan)
+			}
+		})
+	}
 }
 
 // servingPlans: the statements of a page read and of an acknowledgement, the batched page
