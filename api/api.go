@@ -403,7 +403,7 @@ func (s *Server) handleCloseStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if ok {
-		if _, err := s.store.Resume(r.Context(), st.ID, id, true); err != nil {
+		if _, err := s.store.ResumeRead(r.Context(), st.ID, &st, id, true); err != nil {
 			s.writeError(w, r, err)
 			return
 		}

@@ -100,7 +100,7 @@ func (s *Server) serveJSON(w http.ResponseWriter, r *http.Request, st pushproxy.
 		s.writeError(w, r, err)
 		return
 	}
-	cur, err := s.store.Resume(r.Context(), st.ID, id, provided)
+	cur, err := s.store.ResumeRead(r.Context(), st.ID, &st, id, provided)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -149,7 +149,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request, st pushproxy.S
 	// Subscribe before reading, so that nothing committed in between is missed.
 	news, unsubscribe := s.svc.Subscribe(st.ID)
 	defer unsubscribe()
-	cur, err := s.store.Resume(ctx, st.ID, id, provided)
+	cur, err := s.store.ResumeRead(ctx, st.ID, &st, id, provided)
 	if err != nil {
 		s.readerError(w, r, err)
 		return

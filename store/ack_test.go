@@ -211,3 +211,66 @@ func TestAckOfTenThousandDoesNotStallCommits(t *testing.T) {
 		t.Fatalf("reclaimed %d rows, want %d", reclaimed, backlog)
 	}
 }
+
+// TestReadsKeepStreamsFromIdling: a read records itself (read_at, which --stream-idle-ttl
+// closes streams by), whether it acknowledges (in the acknowledgement's statement) or not,
+// from the row read in the request (ResumeRead) or not; a read within the minute leaves it.
+func TestReadsKeepStreamsFromIdling(t *testing.T) {
+	t.Parallel()
+	st, b := setup(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	s, epoch := newStream(t, st, nil)
+	commit(t, st, store.Append{StreamID: s.ID, Epoch: epoch, Events: events(1, 30, seqID), HeadSeq: 30, RetryMS: -1})
+	age := func() time.Duration {
+		t.Helper()
+		var secs float64
+		if err := conn.QueryRow(ctx, `SELECT extract(epoch FROM now() - read_at) FROM streams WHERE id = $1`, s.ID).Scan(&secs); err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(secs * float64(time.Second))
+	}
+	for _, c := range []struct {
+		name     string
+		id       string
+		provided bool
+		fromRow  bool
+	}{
+		{"acknowledging", seqID(10), true, false},
+		{"acknowledging, from the request's read", seqID(20), true, true},
+		{"at the acknowledged position", seqID(20), true, true},
+		{"without a Last-Event-ID", "", false, false},
+	} {
+		if _, err := conn.Exec(ctx, `UPDATE streams SET read_at = now() - interval '8 days' WHERE id = $1`, s.ID); err != nil {
+			t.Fatal(err)
+		}
+		var read *pushproxy.Stream
+		if c.fromRow {
+			got, err := st.GetStream(ctx, s.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			read = &got
+		}
+		if _, err := st.ResumeRead(ctx, s.ID, read, c.id, c.provided); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if a := age(); a > time.Minute {
+			t.Fatalf("%s: the stream was last read %s ago, not now", c.name, a)
+		}
+	}
+	// Within the minute, a read leaves read_at (an indexed column: its updates are not HOT).
+	if _, err := conn.Exec(ctx, `UPDATE streams SET read_at = now() - interval '30 seconds' WHERE id = $1`, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Resume(ctx, s.ID, seqID(25), true); err != nil {
+		t.Fatal(err)
+	}
+	if a := age(); a < 25*time.Second {
+		t.Fatalf("a read 30s after the last moved read_at (now %s ago)", a)
+	}
+}

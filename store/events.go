@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pushproxy/pushproxy"
 )
@@ -30,89 +31,97 @@ type Cursor struct {
 // that matches nothing yields every queued event and Gap. provided=false (no Last-Event-ID
 // at all) yields every queued event, without acknowledging anything.
 func (s *Store) Resume(ctx context.Context, streamID, lastEventID string, provided bool) (Cursor, error) {
+	return s.ResumeRead(ctx, streamID, nil, lastEventID, provided)
+}
+
+// ResumeRead is Resume for a reader that has read the stream's row in its request already
+// (read, from GetStream; nil: none): the first attempt decides from that read, and only
+// an acknowledgement writes, in one round trip. It reads the row again only when the floor
+// moved in between (a commit trimmed the backlog, another reader acknowledged).
+func (s *Store) ResumeRead(ctx context.Context, streamID string, read *pushproxy.Stream, lastEventID string, provided bool) (Cursor, error) {
 	if !pushproxy.IsUUID(streamID) {
 		return Cursor{}, errNoStream(streamID)
 	}
-	if err := s.touchRead(ctx, streamID); err != nil {
-		return Cursor{}, err
+	var m mark
+	if read != nil {
+		m = mark{head: read.HeadSeq, floor: read.FloorSeq, ackedSeq: read.AckedSeq, ackedID: read.AckedID}
 	}
-	for {
-		cur, err := s.resume(ctx, streamID, lastEventID, provided)
-		if !errors.Is(err, errFloorMoved) {
-			return cur, err
+	for attempt := 0; ; attempt++ {
+		if read == nil || attempt > 0 {
+			var ackedID []byte
+			err := s.pool.QueryRow(ctx, `SELECT head_seq, floor_seq, acked_seq, acked_id FROM streams WHERE id = $1`, streamID).
+				Scan(&m.head, &m.floor, &m.ackedSeq, &ackedID)
+			m.ackedID = string(ackedID)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return Cursor{}, errNoStream(streamID)
+			}
+			if err != nil {
+				return Cursor{}, fmt.Errorf("read stream: %w", err)
+			}
 		}
-		// A commit trimmed the backlog between our read of the floor and the update: the
-		// acknowledged size is stale. Read again.
+		cur, acked, err := s.resume(ctx, streamID, m, lastEventID, provided)
+		if errors.Is(err, errFloorMoved) {
+			continue // the acknowledged size is stale: read again
+		}
+		if err == nil && !acked {
+			// An acknowledgement records the read itself.
+			err = s.touchRead(ctx, streamID)
+		}
+		return cur, err
 	}
+}
+
+// mark is what resume needs of a stream's row.
+type mark struct {
+	head, floor, ackedSeq int64
+	ackedID               string
 }
 
 // errFloorMoved: the stream's floor changed under an acknowledgement.
 var errFloorMoved = errors.New("floor moved")
 
-func (s *Store) resume(ctx context.Context, streamID, lastEventID string, provided bool) (Cursor, error) {
-	var cur Cursor
-	// An acknowledgement does not wait for its commit to be flushed (synchronous_commit
-	// off, in the BEGIN's round trip): one lost in a crash loses no event, the device is
-	// served again what it had, and acknowledges it again with its next Last-Event-ID.
-	begin := pgx.TxOptions{BeginQuery: s.lockBegin + "; SET LOCAL synchronous_commit = off"}
-	err := pgx.BeginTxFunc(ctx, s.pool, begin, func(tx pgx.Tx) error {
-		var (
-			head, floor, ackedSeq int64
-			ackedID               []byte
-		)
-		err := tx.QueryRow(ctx, `SELECT head_seq, floor_seq, acked_seq, acked_id FROM streams WHERE id = $1`, streamID).
-			Scan(&head, &floor, &ackedSeq, &ackedID)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return errNoStream(streamID)
-		}
-		if err != nil {
-			return fmt.Errorf("read stream: %w", err)
-		}
-		if !provided {
-			cur = Cursor{After: floor, Gap: floor > ackedSeq}
-			return nil
-		}
-		seq, found := int64(0), false
+// resume resolves lastEventID against m, the stream's row as read, and acknowledges what it
+// names (acked: whether it did).
+func (s *Store) resume(ctx context.Context, streamID string, m mark, lastEventID string, provided bool) (cur Cursor, acked bool, err error) {
+	if !provided {
+		return Cursor{After: m.floor, Gap: m.floor > m.ackedSeq}, false, nil
+	}
+	seq, found := int64(0), false
+	switch {
+	case lastEventID == m.ackedID:
+		seq, found = m.ackedSeq, true
+	case lastEventID == "":
+		// Events without an origin id are replayed under proxy ids: an empty id names
+		// none of them.
+	default:
+		// The subquery (fenced by OFFSET 0) walks the stream's backlog in seq order and
+		// stops at the first match: unfenced, Postgres may estimate the match rare and
+		// scan the table and sort instead.
+		err := s.pool.QueryRow(ctx, lookupSQL, streamID, m.floor, []byte(lastEventID)).Scan(&seq)
 		switch {
-		case lastEventID == string(ackedID):
-			seq, found = ackedSeq, true
-		case lastEventID == "":
-			// Events without an origin id are replayed under proxy ids: an empty id names
-			// none of them.
+		case err == nil:
+			found = true
+		case !errors.Is(err, pgx.ErrNoRows):
+			return cur, false, fmt.Errorf("find last event id: %w", err)
 		default:
-			// The subquery (fenced by OFFSET 0) walks the stream's backlog in seq order and
-			// stops at the first match: unfenced, Postgres may estimate the match rare and
-			// scan the table and sort instead.
-			err := tx.QueryRow(ctx, lookupSQL, streamID, floor, []byte(lastEventID)).Scan(&seq)
-			switch {
-			case err == nil:
-				found = true
-			case !errors.Is(err, pgx.ErrNoRows):
-				return fmt.Errorf("find last event id: %w", err)
-			default:
-				if n, ok := pushproxy.ParseProxyID(lastEventID); ok && n <= head {
-					seq, found = n, true
-				}
+			if n, ok := pushproxy.ParseProxyID(lastEventID); ok && n <= m.head {
+				seq, found = n, true
 			}
 		}
-		if !found {
-			// Signal the gap once: the reader's id becomes the acknowledged position, so
-			// coming back with it again resumes without a new gap signal.
-			cur = Cursor{After: floor, Gap: true}
-			return ack(ctx, tx, streamID, floor, floor, lastEventID)
-		}
-		if seq < floor {
-			// Acknowledged (or trimmed) already; trimmed events past it are missing.
-			cur = Cursor{After: floor, Gap: floor > max(seq, ackedSeq)}
-			return nil
-		}
-		cur = Cursor{After: seq}
-		if seq == ackedSeq && lastEventID == string(ackedID) {
-			return nil
-		}
-		return ack(ctx, tx, streamID, floor, seq, lastEventID)
-	})
-	return cur, err
+	}
+	if !found {
+		// Signal the gap once: the reader's id becomes the acknowledged position, so
+		// coming back with it again resumes without a new gap signal.
+		return Cursor{After: m.floor, Gap: true}, true, s.ack(ctx, streamID, m.floor, m.floor, lastEventID)
+	}
+	if seq < m.floor {
+		// Acknowledged (or trimmed) already; trimmed events past it are missing.
+		return Cursor{After: m.floor, Gap: m.floor > max(seq, m.ackedSeq)}, false, nil
+	}
+	if seq == m.ackedSeq && lastEventID == m.ackedID {
+		return Cursor{After: seq}, false, nil
+	}
+	return Cursor{After: seq}, true, s.ack(ctx, streamID, m.floor, seq, lastEventID)
 }
 
 // touchRead records that a device read the stream, so it is not idle (--stream-idle-ttl):
@@ -130,24 +139,38 @@ func (s *Store) touchRead(ctx context.Context, streamID string) error {
 }
 
 // ack records that the reader has everything up to seq (>= floor, the floor read before):
-// the floor moves to seq, the backlog's size drops by the acknowledged events', and their
-// rows are queued for ReclaimAcked. Their size is summed before the stream's row is locked,
-// and the update applies only if the floor has not moved since (else errFloorMoved): the
-// lock is held for one row's update.
-func ack(ctx context.Context, tx pgx.Tx, streamID string, floor, seq int64, lastEventID string) error {
-	var bytes int64
-	if seq > floor {
-		err := tx.QueryRow(ctx, ackSizeSQL,
-			streamID, floor, seq).Scan(&bytes)
-		if err != nil {
-			return fmt.Errorf("acknowledge: %w", err)
+// the floor moves to seq, the backlog's size drops by the acknowledged events', their rows
+// are queued for ReclaimAcked, and the read is recorded (touchRead). It applies only if the
+// floor has not moved since it was read (else errFloorMoved). One round trip: the
+// transaction is sent whole (a batch), so the stream's row lock, taken by the statement
+// after it summed the acknowledged events' size, is held for the rest of that round trip
+// and the commit. The commit is not waited for (synchronous_commit off): an acknowledgement
+// lost in a crash loses no event, the device is served again what it had, and acknowledges
+// it again with its next Last-Event-ID. The lock waits at most the lock timeout.
+func (s *Store) ack(ctx context.Context, streamID string, floor, seq int64, lastEventID string) error {
+	b := &pgx.Batch{}
+	b.Queue(`BEGIN`)
+	b.Queue(s.lockTimeoutSQL)
+	b.Queue(`SET LOCAL synchronous_commit = off`)
+	b.Queue(ackSQL, streamID, floor, seq, []byte(lastEventID))
+	b.Queue(`COMMIT`)
+	res := s.pool.pool.SendBatch(ctx, b)
+	var tag pgconn.CommandTag
+	var err error
+	for i := range b.Len() {
+		var t pgconn.CommandTag
+		if t, err = res.Exec(); err != nil {
+			break
+		}
+		if i == 3 {
+			tag = t
 		}
 	}
-	// One statement, the transaction's last: the stream's row lock is held for one round
-	// trip and the commit.
-	tag, err := tx.Exec(ctx, ackSQL, streamID, floor, seq, []byte(lastEventID), bytes)
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		return fmt.Errorf("acknowledge: %w", err)
+		return fmt.Errorf("acknowledge: %w", classify(err))
 	}
 	if tag.RowsAffected() == 0 {
 		return errFloorMoved
@@ -279,19 +302,21 @@ const lookupSQL = `
 					ORDER BY seq OFFSET 0) b
 				WHERE last_event_id = $3 LIMIT 1`
 
-// ackSizeSQL sums the size of the events an acknowledgement takes off the backlog.
-const ackSizeSQL = `
-			SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3`
-
-// ackSQL moves a stream's floor, if it is where the acknowledgement read it, and queues the
-// rows below it for ReclaimAcked (when it moved).
+// ackSQL moves a stream's floor, if it is where the acknowledgement read it ($2), to $3,
+// takes the acknowledged events' size off the backlog's (summed before the row is locked: a
+// subquery on parameters only is run once, before the update), queues the rows below it
+// for ReclaimAcked (when it moved), and records the read at most once a minute (read_at is
+// indexed: an unchanged value keeps the update HOT).
 const ackSQL = `
 		WITH q AS (
 			INSERT INTO events_reclaim (stream_id, upto_seq) SELECT $1, $3 WHERE $3::bigint > $2::bigint
 			ON CONFLICT (stream_id) DO UPDATE SET upto_seq = GREATEST(events_reclaim.upto_seq, excluded.upto_seq)
 		)
 		UPDATE streams SET acked_seq = $3, acked_id = $4, floor_seq = $3,
-			backlog_bytes = backlog_bytes - $5, updated_at = now()
+			backlog_bytes = backlog_bytes - (SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e
+				WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3),
+			read_at = CASE WHEN read_at < now() - interval '1 minute' THEN now() ELSE read_at END,
+			updated_at = now()
 		WHERE id = $1 AND floor_seq = $2`
 
 // reclaimSQL deletes a batch of a stream's rows at or below a reclaim mark.

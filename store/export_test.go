@@ -9,7 +9,6 @@ const (
 	PageSQL    = pageSQL
 	PagesSQL   = pagesSQL
 	LookupSQL  = lookupSQL
-	AckSizeSQL = ackSizeSQL
 	AckSQL     = ackSQL
 	ReclaimSQL = reclaimSQL
 	// ReclaimDoneSQL takes the streams of a reclaim batch off the queue.

@@ -99,8 +99,10 @@ type Store struct {
 	// lockBegin begins a transaction of a request that waits for a stream's row lock at
 	// most the lock timeout.
 	lockBegin string
-	sealer    Sealer
-	keySlots  *keySlots
+	// lockTimeoutSQL sets the lock timeout of lockBegin in a transaction sent as a batch.
+	lockTimeoutSQL string
+	sealer         Sealer
+	keySlots       *keySlots
 }
 
 // Open connects to the database at url and checks that it answers.
@@ -146,11 +148,12 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Store{
-		pool:      db{pool},
-		log:       log,
-		lockBegin: fmt.Sprintf("BEGIN; SET LOCAL lock_timeout = %d", lock.Milliseconds()),
-		sealer:    opts.Sealer,
-		keySlots:  newKeySlots(),
+		pool:           db{pool},
+		log:            log,
+		lockBegin:      fmt.Sprintf("BEGIN; SET LOCAL lock_timeout = %d", lock.Milliseconds()),
+		lockTimeoutSQL: fmt.Sprintf("SET LOCAL lock_timeout = %d", lock.Milliseconds()),
+		sealer:         opts.Sealer,
+		keySlots:       newKeySlots(),
 	}, nil
 }
 
