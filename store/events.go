@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pushproxy/pushproxy"
 )
@@ -94,19 +93,17 @@ func (s *Store) resume(ctx context.Context, streamID string, m mark, lastEventID
 		// Events without an origin id are replayed under proxy ids: an empty id names
 		// none of them.
 	default:
-		// The subquery (fenced by OFFSET 0) walks the stream's backlog in seq order and
-		// stops at the first match: unfenced, Postgres may estimate the match rare and
-		// scan the table and sort instead.
-		err := s.pool.QueryRow(ctx, lookupSQL, streamID, m.floor, []byte(lastEventID)).Scan(&seq)
-		switch {
-		case err == nil:
-			found = true
-		case !errors.Is(err, pgx.ErrNoRows):
-			return cur, false, fmt.Errorf("find last event id: %w", err)
-		default:
-			if n, ok := pushproxy.ParseProxyID(lastEventID); ok && n <= m.head {
-				seq, found = n, true
-			}
+		// An origin's id: found (by the oldest queued event with it) and acknowledged in
+		// one statement.
+		var err error
+		if found, err = s.ackByID(ctx, streamID, m.floor, lastEventID, &seq); err != nil {
+			return cur, false, err
+		}
+		if found {
+			return Cursor{After: seq}, true, nil
+		}
+		if n, ok := pushproxy.ParseProxyID(lastEventID); ok && n <= m.head {
+			seq, found = n, true
 		}
 	}
 	if !found {
@@ -148,32 +145,49 @@ func (s *Store) touchRead(ctx context.Context, streamID string) error {
 // lost in a crash loses no event, the device is served again what it had, and acknowledges
 // it again with its next Last-Event-ID. The lock waits at most the lock timeout.
 func (s *Store) ack(ctx context.Context, streamID string, floor, seq int64, lastEventID string) error {
+	var moved bool
+	err := s.inAckTx(ctx, ackSQL, []any{streamID, floor, seq, []byte(lastEventID)}, &moved)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errFloorMoved
+	}
+	return err
+}
+
+// ackByID acknowledges up to the oldest queued event after floor whose id is lastEventID,
+// as ack does, and reports whether there is one (its seq in *seq).
+func (s *Store) ackByID(ctx context.Context, streamID string, floor int64, lastEventID string, seq *int64) (found bool, err error) {
+	var (
+		at    *int64
+		moved bool
+	)
+	if err := s.inAckTx(ctx, ackByIDSQL, []any{streamID, floor, []byte(lastEventID)}, &at, &moved); err != nil {
+		return false, err
+	}
+	if at == nil {
+		return false, nil
+	}
+	if !moved {
+		return true, errFloorMoved
+	}
+	*seq = *at
+	return true, nil
+}
+
+// inAckTx runs an acknowledging statement, which returns one row (scanned into dest), in a
+// transaction sent whole (see ack).
+func (s *Store) inAckTx(ctx context.Context, sql string, args []any, dest ...any) error {
 	b := &pgx.Batch{}
 	b.Queue(`BEGIN`)
 	b.Queue(s.lockTimeoutSQL)
 	b.Queue(`SET LOCAL synchronous_commit = off`)
-	b.Queue(ackSQL, streamID, floor, seq, []byte(lastEventID))
+	b.Queue(sql, args...).QueryRow(func(row pgx.Row) error { return row.Scan(dest...) })
 	b.Queue(`COMMIT`)
-	res := s.pool.pool.SendBatch(ctx, b)
-	var tag pgconn.CommandTag
-	var err error
-	for i := range b.Len() {
-		var t pgconn.CommandTag
-		if t, err = res.Exec(); err != nil {
-			break
-		}
-		if i == 3 {
-			tag = t
-		}
-	}
-	if cerr := res.Close(); err == nil {
-		err = cerr
+	err := s.pool.pool.SendBatch(ctx, b).Close()
+	if errors.Is(err, pgx.ErrNoRows) {
+		return err
 	}
 	if err != nil {
 		return fmt.Errorf("acknowledge: %w", classify(err))
-	}
-	if tag.RowsAffected() == 0 {
-		return errFloorMoved
 	}
 	return nil
 }
@@ -296,12 +310,6 @@ func (s *Store) EventsAfterMany(ctx context.Context, reqs []PageRequest) ([][]pu
 	return out, nil
 }
 
-// lookupSQL finds the oldest queued event with a Last-Event-ID.
-const lookupSQL = `
-				SELECT seq FROM (SELECT seq, last_event_id FROM events WHERE stream_id = $1 AND seq > $2
-					ORDER BY seq OFFSET 0) b
-				WHERE last_event_id = $3 LIMIT 1`
-
 // ackSQL moves a stream's floor, if it is where the acknowledgement read it ($2), to $3,
 // takes the acknowledged events' size off the backlog's (summed before the row is locked: a
 // subquery on parameters only is run once, before the update), queues the rows below it
@@ -317,7 +325,32 @@ const ackSQL = `
 				WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3),
 			read_at = CASE WHEN read_at < now() - interval '1 minute' THEN now() ELSE read_at END,
 			updated_at = now()
-		WHERE id = $1 AND floor_seq = $2`
+		WHERE id = $1 AND floor_seq = $2
+		RETURNING true`
+
+// ackByIDSQL is ackSQL up to the oldest queued event after the floor ($2) whose id is $3
+// (the subquery, fenced by OFFSET 0, walks the stream's backlog in seq order and stops at
+// the first match: unfenced, Postgres may estimate the match rare and scan the table and
+// sort instead). It returns that event's seq (NULL: none) and whether the
+// floor moved (false: not where the acknowledgement read it, or no such event).
+const ackByIDSQL = `
+		WITH t AS (
+			SELECT seq FROM (SELECT seq, last_event_id FROM events WHERE stream_id = $1 AND seq > $2
+				ORDER BY seq OFFSET 0) b
+			WHERE last_event_id = $3 LIMIT 1
+		), q AS (
+			INSERT INTO events_reclaim (stream_id, upto_seq) SELECT $1, t.seq FROM t
+			ON CONFLICT (stream_id) DO UPDATE SET upto_seq = GREATEST(events_reclaim.upto_seq, excluded.upto_seq)
+		), u AS (
+			UPDATE streams SET acked_seq = (SELECT seq FROM t), acked_id = $3, floor_seq = (SELECT seq FROM t),
+				backlog_bytes = backlog_bytes - (SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e
+					WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= (SELECT seq FROM t)),
+				read_at = CASE WHEN read_at < now() - interval '1 minute' THEN now() ELSE read_at END,
+				updated_at = now()
+			WHERE id = $1 AND floor_seq = $2 AND EXISTS (SELECT 1 FROM t)
+			RETURNING true
+		)
+		SELECT (SELECT seq FROM t), EXISTS (SELECT 1 FROM u)`
 
 // reclaimSQL deletes a batch of a stream's rows at or below a reclaim mark.
 const reclaimSQL = `

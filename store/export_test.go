@@ -8,7 +8,7 @@ var MigrateFS = migrateFS
 const (
 	PageSQL    = pageSQL
 	PagesSQL   = pagesSQL
-	LookupSQL  = lookupSQL
+	AckByIDSQL = ackByIDSQL
 	AckSQL     = ackSQL
 	ReclaimSQL = reclaimSQL
 	// ReclaimDoneSQL takes the streams of a reclaim batch off the queue.
