@@ -20,7 +20,13 @@ type hub struct {
 	subs   map[string]map[*subscription]struct{}
 	states map[string]string // streams' states as of the last poll
 	read   map[string]int64  // the newest seq a reader of the stream has read up to
-	closed bool
+	// committed is the head the last commit of this instance left in each watched stream
+	// (ringCommitted). Its notification, coming back from Postgres, rings no one when every
+	// reader has read that far and the stream is still held here (no other instance can
+	// have committed since): the readers were rung already, and each second ring cost a
+	// read that found nothing and a read of the stream's row.
+	committed map[string]int64
+	closed    bool
 }
 
 // subscription is one reader's doorbell: c holds at most one pending ring.
@@ -30,7 +36,8 @@ type subscription struct {
 }
 
 func newHub() *hub {
-	return &hub{subs: map[string]map[*subscription]struct{}{}, states: map[string]string{}, read: map[string]int64{}}
+	return &hub{subs: map[string]map[*subscription]struct{}{}, states: map[string]string{}, read: map[string]int64{},
+		committed: map[string]int64{}}
 }
 
 // subscribe returns a subscription to streamID's news. Its channel is closed when the hub
@@ -61,6 +68,7 @@ func (h *hub) unsubscribe(sub *subscription) {
 			delete(h.subs, sub.stream)
 			delete(h.states, sub.stream)
 			delete(h.read, sub.stream)
+			delete(h.committed, sub.stream)
 		}
 	}
 }
@@ -72,13 +80,25 @@ func ring(sub *subscription) {
 	}
 }
 
-// notify rings the readers of the streams in payload: comma-separated stream ids.
-func (h *hub) notify(payload string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+// notify rings the readers of the streams in payload: comma-separated stream ids. heldHere
+// tells whether this instance holds a stream (its commits are then this instance's own).
+func (h *hub) notify(payload string, heldHere func(string) bool) {
+	var ids []string
 	for payload != "" {
 		id, rest, _ := strings.Cut(payload, ",")
 		payload = rest
+		ids = append(ids, id)
+	}
+	own := make([]bool, len(ids)) // asked before h.mu is taken
+	for i, id := range ids {
+		own[i] = heldHere != nil && heldHere(id)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, id := range ids {
+		if c, ok := h.committed[id]; ok && own[i] && h.read[id] >= c {
+			continue // this instance's own commit, whose readers have read it
+		}
 		for sub := range h.subs[id] {
 			ring(sub)
 		}
@@ -98,7 +118,16 @@ func (h *hub) ringCommitted(batch []store.Append) {
 		if len(a.Events) == 0 && a.State == "" {
 			continue
 		}
-		for sub := range h.subs[a.StreamID] {
+		subs, ok := h.subs[a.StreamID]
+		if !ok {
+			continue
+		}
+		if a.State == "" {
+			h.committed[a.StreamID] = a.HeadSeq
+		} else {
+			delete(h.committed, a.StreamID) // an end: let its notification ring again
+		}
+		for sub := range subs {
 			ring(sub)
 		}
 	}
