@@ -217,13 +217,8 @@ func TestAckOfTenThousandDoesNotStallCommits(t *testing.T) {
 // from the row read in the request (ResumeRead) or not; a read within the minute leaves it.
 func TestReadsKeepStreamsFromIdling(t *testing.T) {
 	t.Parallel()
-	st, b := setup(t)
+	st, conn := setupWithConn(t)
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, b.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
 	s, epoch := newStream(t, st, nil)
 	commit(t, st, store.Append{StreamID: s.ID, Epoch: epoch, Events: events(1, 30, seqID), HeadSeq: 30, RetryMS: -1})
 	age := func() time.Duration {
