@@ -54,7 +54,7 @@ func runHandoff(ctx context.Context, args []string) error {
 	clients := fs.Int("clients", 16, "concurrent HTTP clients handing off streams")
 	duration := fs.Duration("duration", 10*time.Second, "measured time of each run")
 	warmup := fs.Duration("warmup", 2*time.Second, "load before each run's measured time (not counted)")
-	pairs := fs.Int("pairs", 3, "pairs of runs, alternating on (sealed, limits) and off: a b a b ...")
+	pairs := fs.Int("pairs", 3, "pairs of runs of on (sealed, limits) and off, the pairs alternating which runs first: a b b a a b ...")
 	keyQuota := fs.Int("max-streams-per-key", 100000000, "the on runs' --max-streams-per-key (0: that quota off, to see its share)")
 	dbURL := fs.String("database-url", "", "Postgres server to use; each run creates a database of its own on it (empty: a private durable cluster)")
 	onArgs := fs.String("on-args", "", "replace the on runs' flags with these (e.g. to see one feature's share; {keyfile} is the sealing key file); the API key is always sent")
@@ -104,8 +104,11 @@ func runHandoff(ctx context.Context, args []string) error {
 
 	var runs []handoffRun
 	for i := 0; i < 2**pairs; i++ {
+		// ABBA: the pairs alternate which mode runs first, so that neither the drift of the
+		// machine nor the place in a pair (an A/A run of 6 pairs measured the first run of
+		// each pair 8 % slower) counts for one mode.
 		mode := on
-		if i%2 == 1 {
+		if (i%2 == 1) != (i/2%2 == 1) {
 			mode = off
 		}
 		db, err := freshDatabase(ctx, url, fmt.Sprintf("bench_handoff_%d", i))
@@ -126,10 +129,14 @@ func runHandoff(ctx context.Context, args []string) error {
 	}
 	var ratios, onRates, offRates, cpuRatios []float64
 	for i := 0; i+1 < len(runs); i += 2 {
-		ratios = append(ratios, runs[i].rate()/runs[i+1].rate())
-		onRates = append(onRates, runs[i].rate())
-		offRates = append(offRates, runs[i+1].rate())
-		cpuRatios = append(cpuRatios, float64(runs[i].cpuPerHandoff())/float64(runs[i+1].cpuPerHandoff()))
+		a, b := runs[i], runs[i+1] // a: on, b: off
+		if a.mode != on.name {
+			a, b = b, a
+		}
+		ratios = append(ratios, a.rate()/b.rate())
+		onRates = append(onRates, a.rate())
+		offRates = append(offRates, b.rate())
+		cpuRatios = append(cpuRatios, float64(a.cpuPerHandoff())/float64(b.cpuPerHandoff()))
 	}
 	fmt.Printf("result: on %.0f handoffs/s, off %.0f handoffs/s (medians); on/off per pair %s; median ratio %.3f (%+.1f %%)\n",
 		median(onRates), median(offRates), fmtRatios(ratios), median(ratios), 100*(median(ratios)-1))
