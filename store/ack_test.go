@@ -269,3 +269,50 @@ func TestReadsKeepStreamsFromIdling(t *testing.T) {
 		t.Fatalf("a read 30s after the last moved read_at (now %s ago)", a)
 	}
 }
+
+// TestResumeFromAStaleReadAcknowledgesExactly: a reader whose read of the stream's row is
+// older than a commit that trimmed the backlog (the floor moved) is resumed from the row as
+// it is now: the acknowledgement, by an origin's id or by a proxy id, applies once, at the
+// reader's position, and the backlog's size is that of the events left.
+func TestResumeFromAStaleReadAcknowledgesExactly(t *testing.T) {
+	t.Parallel()
+	st, conn := setupWithConn(t)
+	ctx := context.Background()
+	noID := func(int64) string { return "" }
+	for _, c := range []struct {
+		name string
+		id   func(int64) string
+	}{{"an origin's id", seqID}, {"a proxy id", noID}} {
+		s, epoch := newStream(t, st, nil)
+		commit(t, st, store.Append{StreamID: s.ID, Epoch: epoch, Events: events(1, 30, c.id), HeadSeq: 30, RetryMS: -1})
+		read, err := st.GetStream(ctx, s.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A commit trims the backlog to 20 events: the floor moves from 0 to 20.
+		_, err = st.Commit(ctx, owner, []store.Append{{StreamID: s.ID, Epoch: epoch, Events: events(31, 40, c.id), HeadSeq: 40, RetryMS: -1}},
+			store.CommitOptions{MaxBacklog: 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur, err := st.ResumeRead(ctx, s.ID, &read, pushproxy.ReplayID(25, c.id(25)), true)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if cur.After != 25 || cur.Gap {
+			t.Fatalf("%s: cursor %+v, want after 25 without a gap", c.name, cur)
+		}
+		var floor, acked, bytes, left int64
+		err = conn.QueryRow(ctx, `
+			SELECT s.floor_seq, s.acked_seq, s.backlog_bytes,
+				(SELECT coalesce(sum(octet_length(e.last_event_id) + octet_length(e.type) + octet_length(e.data)), 0)
+				 FROM events e WHERE e.stream_id = s.id AND e.seq > s.floor_seq)
+			FROM streams s WHERE s.id = $1`, s.ID).Scan(&floor, &acked, &bytes, &left)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if floor != 25 || acked != 25 || bytes != left {
+			t.Fatalf("%s: floor %d, acked %d, backlog_bytes %d for %d bytes of events left; want 25, 25, equal", c.name, floor, acked, bytes, left)
+		}
+	}
+}
