@@ -340,39 +340,37 @@ func TestKeyQuotaCountsAreBackfilled(t *testing.T) {
 	}
 }
 
-// TestKeyQuotaIsExactAfterTheBoundIsLowered: streams handed off under a high bound sit
-// unevenly in the key's slots (here all in one: one connection), so after the bound is
-// lowered some slots hold more than their new shares. No handoff is admitted while the key
-// holds the new bound or more, and once streams close, handoffs racing for the places left
-// fill them exactly.
+// TestKeyQuotaIsExactAfterTheBoundIsLowered: streams handed off under a high bound may sit
+// unevenly in the key's slots (here all in one, put there by hand: the store deals its
+// handoffs different slots), so after the bound is lowered a slot holds more than its new
+// share. No handoff is admitted while the key holds the new bound or more, and once
+// streams close, handoffs racing for the places left fill them exactly.
 func TestKeyQuotaIsExactAfterTheBoundIsLowered(t *testing.T) {
 	t.Parallel()
-	st, b := setup(t)
+	st, conn := setupWithConn(t)
 	ctx := context.Background()
-	one, err := store.Open(ctx, b.url, &store.Options{MaxConns: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer one.Close()
-	conn, err := pgx.Connect(ctx, b.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
 	key := secretHash("lowered")
 	var held []string
 	for range 20 {
-		s, _, err := one.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: 1000})
+		s, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: 1000})
 		if err != nil {
 			t.Fatal(err)
 		}
 		held = append(held, s.ID)
 	}
+	for _, q := range []string{
+		`UPDATE streams SET key_slot = 0 WHERE api_key_hash = $1 AND state = 'held'`,
+		`UPDATE api_key_streams SET held = CASE WHEN slot = 0 THEN 20 ELSE 0 END WHERE key_hash = $1`,
+	} {
+		if _, err := conn.Exec(ctx, q, key); err != nil {
+			t.Fatal(err)
+		}
+	}
 	const lower = 12
 	if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: lower}); pushproxy.ErrorCode(err) != pushproxy.EKEYLIMIT {
 		t.Fatalf("a handoff under a bound of %d with 20 held: %v, want %s", lower, err, pushproxy.EKEYLIMIT)
 	}
-	for _, id := range held[:14] { // 6 left: 6 places under the new bound
+	for _, id := range held[:14] { // 6 left, in slot 0 (its new share: 1): 6 places under the new bound
 		if _, err := st.CloseStream(ctx, id); err != nil {
 			t.Fatal(err)
 		}
@@ -442,7 +440,7 @@ func TestKeyQuotaIsExactAcrossInstancesAndVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	// Version 14's statement, on a pool of its own (one connection per racing handoff).
+	// Version 14's statement, on a pool of its own (pgxpool's default size: a few at once).
 	older, err := pgxpool.New(ctx, b.url)
 	if err != nil {
 		t.Fatal(err)
