@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -314,5 +315,35 @@ func TestResumeFromAStaleReadAcknowledgesExactly(t *testing.T) {
 		if floor != 25 || acked != 25 || bytes != left {
 			t.Fatalf("%s: floor %d, acked %d, backlog_bytes %d for %d bytes of events left; want 25, 25, equal", c.name, floor, acked, bytes, left)
 		}
+	}
+}
+
+// TestAckThatLosesTheRaceQueuesNothing: an acknowledgement whose floor moved since it read
+// the row (it is sent again from a fresh read) queues no rows for the reclaimer: were its
+// retry never made (the request gone), rows above the real floor would be deleted.
+func TestAckThatLosesTheRaceQueuesNothing(t *testing.T) {
+	t.Parallel()
+	st, conn := setupWithConn(t)
+	ctx := context.Background()
+	s, epoch := newStream(t, st, nil)
+	commit(t, st, store.Append{StreamID: s.ID, Epoch: epoch, Events: events(1, 30, seqID), HeadSeq: 30, RetryMS: -1})
+	if _, err := conn.Exec(ctx, `UPDATE streams SET floor_seq = 5 WHERE id = $1`, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	const staleFloor = 0
+	var moved bool
+	if err := conn.QueryRow(ctx, store.AckSQL, s.ID, int64(staleFloor), int64(20), []byte(seqID(20))).Scan(&moved); !errors.Is(err, pgx.ErrNoRows) {
+		t.Fatalf("an acknowledgement from a stale floor: %v, want no row", err)
+	}
+	var at *int64
+	if err := conn.QueryRow(ctx, store.AckByIDSQL, s.ID, int64(staleFloor), []byte(seqID(20))).Scan(&at, &moved); err != nil || moved {
+		t.Fatalf("an acknowledgement by id from a stale floor: moved %v, %v", moved, err)
+	}
+	var queued int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM events_reclaim WHERE stream_id = $1`, s.ID).Scan(&queued); err != nil {
+		t.Fatal(err)
+	}
+	if queued != 0 {
+		t.Fatalf("acknowledgements that did not move the floor queued %d reclaim marks", queued)
 	}
 }

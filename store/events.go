@@ -182,7 +182,18 @@ func (s *Store) inAckTx(ctx context.Context, sql string, args []any, dest ...any
 	b.Queue(`SET LOCAL synchronous_commit = off`)
 	b.Queue(sql, args...).QueryRow(func(row pgx.Row) error { return row.Scan(dest...) })
 	b.Queue(`COMMIT`)
-	err := s.pool.pool.SendBatch(ctx, b).Close()
+	conn, err := s.pool.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("acknowledge: %w", classify(err))
+	}
+	defer conn.Release()
+	err = conn.SendBatch(ctx, b).Close()
+	if err != nil && !conn.Conn().IsClosed() && conn.Conn().PgConn().TxStatus() != 'I' {
+		// The statement failed (a lock timeout, say): Postgres skipped the COMMIT and the
+		// transaction is aborted. Ended here, the connection goes back to the pool instead
+		// of being closed by it.
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return err
 	}
@@ -316,31 +327,32 @@ func (s *Store) EventsAfterMany(ctx context.Context, reqs []PageRequest) ([][]pu
 // for ReclaimAcked (when it moved), and records the read at most once a minute (read_at is
 // indexed: an unchanged value keeps the update HOT).
 const ackSQL = `
-		WITH q AS (
-			INSERT INTO events_reclaim (stream_id, upto_seq) SELECT $1, $3 WHERE $3::bigint > $2::bigint
+		WITH u AS (
+			UPDATE streams SET acked_seq = $3, acked_id = $4, floor_seq = $3,
+				backlog_bytes = backlog_bytes - (SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e
+					WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3),
+				read_at = CASE WHEN read_at < now() - interval '1 minute' THEN now() ELSE read_at END,
+				updated_at = now()
+			WHERE id = $1 AND floor_seq = $2
+			RETURNING true
+		), q AS (
+			-- Only a floor that moved queues rows: the reclaimer deletes up to the mark,
+			-- whatever the floor.
+			INSERT INTO events_reclaim (stream_id, upto_seq) SELECT $1, $3 FROM u WHERE $3::bigint > $2::bigint
 			ON CONFLICT (stream_id) DO UPDATE SET upto_seq = GREATEST(events_reclaim.upto_seq, excluded.upto_seq)
 		)
-		UPDATE streams SET acked_seq = $3, acked_id = $4, floor_seq = $3,
-			backlog_bytes = backlog_bytes - (SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e
-				WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3),
-			read_at = CASE WHEN read_at < now() - interval '1 minute' THEN now() ELSE read_at END,
-			updated_at = now()
-		WHERE id = $1 AND floor_seq = $2
-		RETURNING true`
+		SELECT true FROM u`
 
 // ackByIDSQL is ackSQL up to the oldest queued event after the floor ($2) whose id is $3
 // (the subquery, fenced by OFFSET 0, walks the stream's backlog in seq order and stops at
 // the first match: unfenced, Postgres may estimate the match rare and scan the table and
-// sort instead). It returns that event's seq (NULL: none) and whether the
-// floor moved (false: not where the acknowledgement read it, or no such event).
+// sort instead). It returns that event's seq (NULL: none) and whether the floor moved
+// (false: not where the acknowledgement read it, or no such event).
 const ackByIDSQL = `
 		WITH t AS (
 			SELECT seq FROM (SELECT seq, last_event_id FROM events WHERE stream_id = $1 AND seq > $2
 				ORDER BY seq OFFSET 0) b
 			WHERE last_event_id = $3 LIMIT 1
-		), q AS (
-			INSERT INTO events_reclaim (stream_id, upto_seq) SELECT $1, t.seq FROM t
-			ON CONFLICT (stream_id) DO UPDATE SET upto_seq = GREATEST(events_reclaim.upto_seq, excluded.upto_seq)
 		), u AS (
 			UPDATE streams SET acked_seq = (SELECT seq FROM t), acked_id = $3, floor_seq = (SELECT seq FROM t),
 				backlog_bytes = backlog_bytes - (SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e
@@ -349,6 +361,9 @@ const ackByIDSQL = `
 				updated_at = now()
 			WHERE id = $1 AND floor_seq = $2 AND EXISTS (SELECT 1 FROM t)
 			RETURNING true
+		), q AS (
+			INSERT INTO events_reclaim (stream_id, upto_seq) SELECT $1, t.seq FROM t, u
+			ON CONFLICT (stream_id) DO UPDATE SET upto_seq = GREATEST(events_reclaim.upto_seq, excluded.upto_seq)
 		)
 		SELECT (SELECT seq FROM t), EXISTS (SELECT 1 FROM u)`
 
