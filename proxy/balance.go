@@ -197,12 +197,5 @@ func (s *Service) onNote(payload string) {
 		s.claimSoon()
 		return
 	}
-	s.hub.notify(payload, s.holds)
-}
-
-// holds reports whether this instance holds stream id.
-func (s *Service) holds(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.holders[id] != nil
+	s.hub.notify(payload)
 }

@@ -122,6 +122,9 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 			// (passed again by this attempt) says is still ours, so the rows it found are
 			// that attempt's, and the transaction wrote the whole batch or nothing.
 			c.log.WarnContext(ctx, "a commit whose answer was lost had been committed; not committing it again", slog.Int("streams", len(batch)))
+			if c.onCommitted != nil {
+				c.onCommitted(batch)
+			}
 			appends = appends[len(batch):]
 			uncertain = false
 			continue

@@ -21,10 +21,12 @@ type hub struct {
 	states map[string]string // streams' states as of the last poll
 	read   map[string]int64  // the newest seq a reader of the stream has read up to
 	// committed is the head the last commit of this instance left in each watched stream
-	// (ringCommitted). Its notification, coming back from Postgres, rings no one when every
-	// reader has read that far and the stream is still held here (no other instance can
-	// have committed since): the readers were rung already, and each second ring cost a
-	// read that found nothing and a read of the stream's row.
+	// it holds (ringCommitted; forgotten when its holder goes). Its notification, coming
+	// back from Postgres, rings no one when every reader has read that far: they were rung
+	// already, and each second ring cost a read that found nothing and a read of the
+	// stream's row. A change another instance makes to a stream held here (an operator's
+	// close, the leader failing a dead device's streams, a commit after this instance lost
+	// the lease, until its holder learns so) is rung by the poll instead, within ReaderPoll.
 	committed map[string]int64
 	closed    bool
 }
@@ -80,28 +82,36 @@ func ring(sub *subscription) {
 	}
 }
 
-// notify rings the readers of the streams in payload: comma-separated stream ids. heldHere
-// tells whether this instance holds a stream (its commits are then this instance's own).
-func (h *hub) notify(payload string, heldHere func(string) bool) {
-	var ids []string
+// notify rings the readers of the streams in payload: comma-separated stream ids.
+func (h *hub) notify(payload string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	for payload != "" {
 		id, rest, _ := strings.Cut(payload, ",")
 		payload = rest
-		ids = append(ids, id)
-	}
-	own := make([]bool, len(ids)) // asked before h.mu is taken
-	for i, id := range ids {
-		own[i] = heldHere != nil && heldHere(id)
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for i, id := range ids {
-		if c, ok := h.committed[id]; ok && own[i] && h.read[id] >= c {
+		if c, ok := h.committed[id]; ok && h.read[id] >= c {
 			continue // this instance's own commit, whose readers have read it
 		}
 		for sub := range h.subs[id] {
 			ring(sub)
 		}
+	}
+}
+
+// forgetCommitted forgets what this instance committed to stream id: it no longer holds
+// it, and the stream's notifications ring its readers again.
+func (h *hub) forgetCommitted(id string) {
+	h.mu.Lock()
+	delete(h.committed, id)
+	h.mu.Unlock()
+}
+
+// ringStream rings the readers of stream id.
+func (h *hub) ringStream(id string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for sub := range h.subs[id] {
+		ring(sub)
 	}
 }
 

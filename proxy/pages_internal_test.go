@@ -145,7 +145,7 @@ func TestPollRingsOnlyReadersBehind(t *testing.T) {
 		t.Fatal("want a (closed) and b (gone) rung")
 	}
 	// A batched notification names several streams.
-	h.notify("b,a", nil)
+	h.notify("b,a")
 	if !rung(a) || !rung(b) {
 		t.Fatal("a notification of two streams did not ring both")
 	}
@@ -153,8 +153,8 @@ func TestPollRingsOnlyReadersBehind(t *testing.T) {
 
 // TestOwnCommitsNotificationRingsNoOneTwice: a commit of this instance rings its readers
 // (ringCommitted); its notification, coming back from Postgres, rings them again only if
-// they have not read what it committed, or if the stream is no longer held here (another
-// instance may have committed), or if it ended it.
+// they have not read what it committed, if the instance no longer holds the stream (its
+// holder went: forgetCommitted), or if the commit ended the stream.
 func TestOwnCommitsNotificationRingsNoOneTwice(t *testing.T) {
 	t.Parallel()
 	h := newHub()
@@ -167,28 +167,30 @@ func TestOwnCommitsNotificationRingsNoOneTwice(t *testing.T) {
 			return false
 		}
 	}
-	held := func(string) bool { return true }
-	notHeld := func(string) bool { return false }
 	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 5}}, HeadSeq: 5}})
 	if !rung() {
 		t.Fatal("the commit did not ring its reader")
 	}
-	h.notify("a", held)
+	h.notify("a")
 	if !rung() {
 		t.Fatal("the notification of a commit the reader has not read rang no one")
 	}
 	h.readTo("a", 5)
-	h.notify("a", held)
+	h.notify("a")
 	if rung() {
 		t.Fatal("the notification of this instance's own commit, read already, rang the reader again")
 	}
-	h.notify("a", notHeld)
+	h.forgetCommitted("a")
+	h.notify("a")
 	if !rung() {
-		t.Fatal("a notification for a stream not held here (another instance's commit) rang no one")
+		t.Fatal("a notification for a stream no longer held here (another instance's commit) rang no one")
 	}
-	h.ringCommitted([]store.Append{{StreamID: "a", HeadSeq: 5, State: "closed"}})
+	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 6}}, HeadSeq: 6}})
 	rung()
-	h.notify("a", held)
+	h.readTo("a", 6)
+	h.ringCommitted([]store.Append{{StreamID: "a", HeadSeq: 6, State: "closed"}})
+	rung()
+	h.notify("a")
 	if !rung() {
 		t.Fatal("the notification of an end rang no one")
 	}

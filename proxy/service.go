@@ -609,10 +609,14 @@ func compaction(by string) *pushproxy.Compaction {
 // finished forgets a holder that has ended.
 func (s *Service) finished(h *holder) {
 	s.mu.Lock()
-	if s.holders[h.id] == h {
+	gone := s.holders[h.id] == h
+	if gone {
 		delete(s.holders, h.id)
 	}
 	s.mu.Unlock()
+	if gone {
+		s.hub.forgetCommitted(h.id)
+	}
 	s.holdWG.Done()
 }
 
@@ -620,10 +624,14 @@ func (s *Service) finished(h *holder) {
 func (s *Service) unhold(h *holder) {
 	h.stop()
 	s.mu.Lock()
-	if s.holders[h.id] == h {
+	gone := s.holders[h.id] == h
+	if gone {
 		delete(s.holders, h.id)
 	}
 	s.mu.Unlock()
+	if gone {
+		s.hub.forgetCommitted(h.id)
+	}
 }
 
 // lost stops the holders whose commits were refused by the lease fence.
@@ -703,6 +711,10 @@ func (s *Service) CloseStream(ctx context.Context, id string) (store.CloseResult
 	if h != nil {
 		s.unhold(h)
 	}
+	// This instance's readers learn of the end now, not from its notification (which
+	// may come back before the holder is gone, and be taken for this instance's own commit).
+	s.hub.forgetCommitted(id)
+	s.hub.ringStream(id)
 	return res, nil
 }
 
