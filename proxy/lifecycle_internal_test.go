@@ -98,6 +98,9 @@ func TestCommitRingsThisInstancesReaders(t *testing.T) {
 	if !s.com.commit(ctx, appends) {
 		t.Fatal("commit gave up")
 	}
+	if evs, err := st.EventsAfter(ctx, appends[0].StreamID, 0, 10); err != nil || len(evs) != 1 {
+		t.Fatalf("the commit stored %d events (%v), want 1: it did not take", len(evs), err)
+	}
 	select {
 	case <-subs[0].c:
 	default:
