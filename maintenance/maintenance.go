@@ -277,8 +277,8 @@ func (r *Runner) leading() (store.Fence, bool) {
 	return r.fence, r.fence.Epoch != 0
 }
 
-// RunOnce takes (or renews) the lease and, if it leads, runs every rule to the end. It
-// reports whether it led. For tests and operators' one-off runs; Start does this on its own.
+// RunOnce takes (or renews) the lease and, if it leads, runs one pass: every rule until it
+// has nothing left to do, or for Interval at most. It reports whether it led. For tests and operators' one-off runs; Start does this on its own.
 func (r *Runner) RunOnce(ctx context.Context) bool {
 	if !r.tick(ctx) {
 		return false
@@ -287,8 +287,8 @@ func (r *Runner) RunOnce(ctx context.Context) bool {
 	return true
 }
 
-// pass runs every rule, batch after batch, until each has nothing left to do, the lease is
-// lost, or ctx ends.
+// pass runs every rule, batch after batch, until each has nothing left to do, Interval has
+// passed, the lease is lost, or ctx ends.
 func (r *Runner) pass(ctx context.Context) {
 	o := r.opts
 	n := o.BatchSize
