@@ -285,11 +285,12 @@ func handoffOnce(ctx context.Context, dir, db, origin string, mode handoffMode, 
 		case <-ctx.Done():
 		}
 	}
-	pg, err := postmasterPID(ctx, db)
-	if err != nil {
-		return handoffRun{}, err
+	cpuNow := func() time.Duration { return processTreeCPU(px.cmd.Process.Pid) }
+	if pg, err := postmasterPID(ctx, db); err == nil {
+		cpuNow = func() time.Duration { return processTreeCPU(px.cmd.Process.Pid) + processTreeCPU(pg) }
+	} else {
+		fmt.Printf("  CPU per handoff: the proxy's only (Postgres is not a process of this machine: %v)\n", err)
 	}
-	cpuNow := func() time.Duration { return processTreeCPU(px.cmd.Process.Pid) + processTreeCPU(pg) }
 	sleep(warmup)
 	profiled := make(chan error, 1)
 	if profile != "" {

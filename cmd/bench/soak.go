@@ -580,8 +580,7 @@ func soakBaseline(ss []soakSample, warmup time.Duration) int {
 func soakSummary(ss []soakSample, warmup time.Duration, goal float64) error {
 	i := soakBaseline(ss, warmup)
 	if i >= len(ss) {
-		fmt.Printf("result: no sample after the warm-up of %s: run longer\n", warmup)
-		return nil
+		return fmt.Errorf("no sample after the warm-up of %s: run longer", warmup)
 	}
 	base := ss[i]
 	lo, hi := base.total, base.total
@@ -631,6 +630,9 @@ func soakSummary(ss []soakSample, warmup time.Duration, goal float64) error {
 			100*float64(f.size-b.size)/float64(max(b.size, 1)), b.dead, f.dead))
 	}
 	fmt.Printf("tables (baseline → final): %s\n", strings.Join(grew, "; "))
+	if verdict == "FAIL" {
+		return fmt.Errorf("the database grew %.1f %% from its size after the warm-up (goal %.0f %%)", dev, goal)
+	}
 	return nil
 }
 
