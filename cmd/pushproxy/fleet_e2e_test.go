@@ -332,7 +332,7 @@ func TestEndToEndFleetChaos(t *testing.T) {
 		probes.Add(1)
 		go f.probe(pctx, streams, &probes)
 	}
-	// Probes answered by all three before the first one goes.
+	// Probes flowing (100 answered, spread over the instances) before the first one goes.
 	f.waitFor(20*time.Second, "probes answered by the balanced fleet", func() bool {
 		f.mu.Lock()
 		defer f.mu.Unlock()
