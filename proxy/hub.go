@@ -20,14 +20,16 @@ type hub struct {
 	subs   map[string]map[*subscription]struct{}
 	states map[string]string // streams' states as of the last poll
 	read   map[string]int64  // the newest seq a reader of the stream has read up to
-	// committed is the head the last commit of this instance left in each watched stream
-	// it holds (ringCommitted; forgotten when its holder goes). Its notification, coming
-	// back from Postgres, rings no one when every reader has read that far: they were rung
-	// already, and each second ring cost a read that found nothing and a read of the
-	// stream's row. A change another instance makes to a stream held here (an operator's
+	// committed holds the watched streams this instance holds and has committed events to
+	// (ringCommitted; forgotten when its holder goes). Their notifications, coming back from
+	// Postgres, ring no one: the commit rang the readers already, after it committed, so
+	// whatever they read next sees it. Each second ring cost a read that found nothing and
+	// a read of the stream's row: with every stream's event committed on the same tick, the
+	// notification comes back while the readers still wait for their page, and 500 readers
+	// read twice. A change another instance makes to a stream held here (an operator's
 	// close, the leader failing a dead device's streams, a commit after this instance lost
 	// the lease, until its holder learns so) is rung by the poll instead, within ReaderPoll.
-	committed map[string]int64
+	committed map[string]struct{}
 	closed    bool
 }
 
@@ -39,7 +41,7 @@ type subscription struct {
 
 func newHub() *hub {
 	return &hub{subs: map[string]map[*subscription]struct{}{}, states: map[string]string{}, read: map[string]int64{},
-		committed: map[string]int64{}}
+		committed: map[string]struct{}{}}
 }
 
 // subscribe returns a subscription to streamID's news. Its channel is closed when the hub
@@ -89,8 +91,8 @@ func (h *hub) notify(payload string) {
 	for payload != "" {
 		id, rest, _ := strings.Cut(payload, ",")
 		payload = rest
-		if c, ok := h.committed[id]; ok && h.read[id] >= c {
-			continue // this instance's own commit, whose readers have read it
+		if _, ok := h.committed[id]; ok {
+			continue // held here: this instance's commits ring its readers themselves
 		}
 		for sub := range h.subs[id] {
 			ring(sub)
@@ -116,8 +118,8 @@ func (h *hub) ringStream(id string) {
 }
 
 // ringCommitted rings this instance's readers of the streams of a commit that carried news
-// (events, or an end). The commit's notification rings them again when it comes back from
-// Postgres: a doubled ring costs a query that finds nothing new.
+// (events, or an end). The commit's notification, when it comes back from Postgres, rings
+// them again only for an end (see committed).
 func (h *hub) ringCommitted(batch []store.Append) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -133,7 +135,7 @@ func (h *hub) ringCommitted(batch []store.Append) {
 			continue
 		}
 		if a.State == "" {
-			h.committed[a.StreamID] = a.HeadSeq
+			h.committed[a.StreamID] = struct{}{}
 		} else {
 			delete(h.committed, a.StreamID) // an end: let its notification ring again
 		}
