@@ -177,6 +177,7 @@ func (s *Server) handleAdminStreams(w http.ResponseWriter, r *http.Request) {
 }
 
 type adminTotals struct {
+	ComputedAt      *time.Time       `json:"computed_at"`
 	Streams         map[string]int64 `json:"streams"`
 	Connected       int64            `json:"upstreams_connected"`
 	BacklogEvents   int64            `json:"backlog_events"`
@@ -200,7 +201,7 @@ func (s *Server) handleAdminTotals(w http.ResponseWriter, r *http.Request) {
 
 func toAdminTotals(t store.Totals) adminTotals {
 	return adminTotals{
-		Streams: t.Streams, Connected: t.Connected, BacklogEvents: t.BacklogEvents, BacklogBytes: t.BacklogBytes, OldestEventAt: timePtr(t.OldestEventAt),
+		ComputedAt: timePtr(t.ComputedAt), Streams: t.Streams, Connected: t.Connected, BacklogEvents: t.BacklogEvents, BacklogBytes: t.BacklogBytes, OldestEventAt: timePtr(t.OldestEventAt),
 		Devices: t.Devices, DeadDevices: t.DeadDevices, PendingWakeups: t.PendingWakeups, WakeupsLastHour: t.WakeupsLastHour,
 		InstancesAlive: t.InstancesAlive,
 	}
@@ -308,12 +309,16 @@ const overviewRows = 10
 
 func (s *Server) failingOrigins(ctx context.Context, limit int) ([]adminOrigin, error) {
 	rows, err := s.store.FailingOrigins(ctx, limit)
+	return toAdminOrigins(rows), err
+}
+
+func toAdminOrigins(rows []store.OriginSummary) []adminOrigin {
 	out := make([]adminOrigin, 0, len(rows))
 	for _, o := range rows {
 		out = append(out, adminOrigin{Host: o.Host, Held: o.Held, Disconnected: o.Disconnected, Failed: o.Failed,
 			LastError: o.LastError, LastErrorAt: timePtr(o.LastErrorAt)})
 	}
-	return out, err
+	return out
 }
 
 func (s *Server) deadDevices(ctx context.Context, limit int) ([]adminDeviceSummary, error) {
@@ -335,9 +340,15 @@ func (s *Server) recentWakeups(ctx context.Context, limit int) ([]adminRecentWak
 	return out, err
 }
 
-// topStreams lists up to overviewRows streams in sort order that have a backlog.
-func (s *Server) topStreams(ctx context.Context, sort string) ([]adminStream, error) {
-	rows, err := s.store.ListStreams(ctx, store.StreamFilter{Sort: sort, Limit: overviewRows, WithBacklog: true})
+// topStreams lists, in sort order and as they are now, the streams of ids (the top of that
+// order when the gauges were computed) that still have a backlog. Finding the top itself
+// reads every stream with a backlog (0.2 s by backlog, 0.7 s by age at 100,000 streams and a
+// million events): the maintenance leader does that, once for all instances and dashboards.
+func (s *Server) topStreams(ctx context.Context, sort string, ids []string) ([]adminStream, error) {
+	if len(ids) == 0 {
+		return []adminStream{}, nil
+	}
+	rows, err := s.store.ListStreams(ctx, store.StreamFilter{Sort: sort, Limit: overviewRows, WithBacklog: true, IDs: ids})
 	out := make([]adminStream, 0, len(rows))
 	for _, row := range rows {
 		out = append(out, toAdminStream(row))
@@ -355,15 +366,13 @@ func (s *Server) overview(ctx context.Context) (overview, error) {
 		return o, err
 	}
 	o.Totals = toAdminTotals(t)
-	if o.LargestBacklogs, err = s.topStreams(ctx, store.SortBacklog); err != nil {
+	if o.LargestBacklogs, err = s.topStreams(ctx, store.SortBacklog, t.LargestBacklogs); err != nil {
 		return o, err
 	}
-	if o.OldestBacklogs, err = s.topStreams(ctx, store.SortAge); err != nil {
+	if o.OldestBacklogs, err = s.topStreams(ctx, store.SortAge, t.OldestBacklogs); err != nil {
 		return o, err
 	}
-	if o.FailingOrigins, err = s.failingOrigins(ctx, overviewRows); err != nil {
-		return o, err
-	}
+	o.FailingOrigins = toAdminOrigins(t.FailingOrigins)
 	if o.DeadDevices, err = s.deadDevices(ctx, overviewRows); err != nil {
 		return o, err
 	}

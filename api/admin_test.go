@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy/api"
+	"github.com/pushproxy/pushproxy/store"
 )
 
 type adminPage struct {
@@ -145,15 +146,30 @@ func TestAdminAPIListsSortsAndPages(t *testing.T) {
 		}
 	}
 
-	var totals struct {
+	type totalsDoc struct {
+		ComputedAt    *time.Time       `json:"computed_at"`
 		Streams       map[string]int64 `json:"streams"`
 		BacklogEvents int64            `json:"backlog_events"`
 		OldestEventAt *time.Time       `json:"oldest_event_at"`
 	}
+	// The totals are the maintenance leader's gauges: none yet, then as it computed them.
+	var totals totalsDoc
 	if code := adminGet(t, b, "/v1/admin/totals", admin, &totals); code != http.StatusOK {
 		t.Fatalf("totals: %d", code)
 	}
-	if totals.Streams["held"] != 3 || totals.Streams["failed"] != 1 || totals.BacklogEvents != 11 || totals.OldestEventAt == nil {
+	if totals.ComputedAt != nil || totals.Streams["held"] != 0 || totals.BacklogEvents != 0 {
+		t.Fatalf("totals before the gauges were computed: %+v", totals)
+	}
+	before := time.Now()
+	if err := b.Store.RefreshGauges(context.Background(), store.Fence{}); err != nil {
+		t.Fatal(err)
+	}
+	totals = totalsDoc{}
+	if code := adminGet(t, b, "/v1/admin/totals", admin, &totals); code != http.StatusOK {
+		t.Fatalf("totals: %d", code)
+	}
+	if totals.Streams["held"] != 3 || totals.Streams["failed"] != 1 || totals.BacklogEvents != 11 || totals.OldestEventAt == nil ||
+		totals.ComputedAt == nil || totals.ComputedAt.Before(before.Add(-time.Second)) || totals.OldestEventAt.After(*totals.ComputedAt) {
 		t.Fatalf("totals %+v", totals)
 	}
 }

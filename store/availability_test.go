@@ -225,11 +225,14 @@ func TestConnectedFollowsTheHoldersLease(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if err := st.RefreshGauges(ctx, store.Fence{}); err != nil {
+			t.Fatal(err)
+		}
 		totals, err := st.GetTotals(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		stats, err := st.GetBacklogStats(ctx)
+		stats, _, err := st.GetGauges(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,7 +245,7 @@ func TestConnectedFollowsTheHoldersLease(t *testing.T) {
 			n = 1
 		}
 		if got.Connected != want || len(list) != 1 || list[0].Upstream.Connected != want ||
-			totals.Connected != n || stats.Connected != n || (len(origins) == 1) == want {
+			totals.Connected != n || stats.Connected != n || (len(origins) == 1) == want || (len(totals.FailingOrigins) == 1) == want {
 			t.Fatalf("want connected %v: stream %v, listing %+v, totals %d, gauges %d, failing origins %+v",
 				want, got.Connected, list, totals.Connected, stats.Connected, origins)
 		}

@@ -397,7 +397,21 @@ type Gauges struct {
 	AgeCount  uint64   `json:"age_count"`
 	AgeSum    float64  `json:"age_sum"`
 	AgeCounts []uint64 `json:"age_counts"`
+	// What the admin totals and the dashboard show beside the backlog (GetTotals).
+	Devices         int64            `json:"devices"`
+	DeadDevices     int64            `json:"dead_devices"`
+	PendingWakeups  int64            `json:"pending_wakeups"`
+	WakeupsLastHour map[string]int64 `json:"wakeups_last_hour"` // by outcome
+	// The GaugeTopStreams streams with the largest backlogs, and with the oldest unread
+	// events, largest first: the dashboard reads their rows by id.
+	LargestBacklogs []string `json:"largest_backlogs"`
+	OldestBacklogs  []string `json:"oldest_backlogs"`
+	// The GaugeTopStreams most troubled origins (FailingOrigins).
+	FailingOrigins []OriginSummary `json:"failing_origins"`
 }
+
+// GaugeTopStreams is how many streams Gauges names in each of its lists.
+const GaugeTopStreams = 10
 
 // GaugeAgeBuckets are the upper bounds (seconds) of the unread-age histogram.
 var GaugeAgeBuckets = []float64{1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600}
@@ -427,7 +441,7 @@ var refreshGaugesSQL = func() string {
 		), ages AS (
 			-- One index probe per stream with a backlog (the LIMIT keeps it a nested loop),
 			-- not a scan of every queued event.
-			SELECT extract(epoch FROM now() - e.created_at)::float8 AS a
+			SELECT s.id, extract(epoch FROM now() - e.created_at)::float8 AS a
 			FROM streams s CROSS JOIN LATERAL (SELECT created_at FROM events e
 				WHERE e.stream_id = s.id AND e.seq = s.floor_seq + 1 LIMIT 1) e
 			WHERE s.head_seq > s.floor_seq
@@ -442,7 +456,16 @@ var refreshGaugesSQL = func() string {
 			'connected', coalesce((SELECT sum(c) FROM st), 0),
 			'events', coalesce((SELECT sum(ev) FROM st), 0),
 			'bytes', coalesce((SELECT sum(b) FROM st), 0),
-			'oldest_age', h.mx, 'age_count', h.n, 'age_sum', h.sum, 'age_counts', to_jsonb(h.counts))
+			'oldest_age', h.mx, 'age_count', h.n, 'age_sum', h.sum, 'age_counts', to_jsonb(h.counts),
+			'devices', (SELECT count(*) FROM devices),
+			'dead_devices', (SELECT count(*) FROM devices WHERE dead_at IS NOT NULL),
+			'pending_wakeups', (SELECT count(*) FROM wakeups WHERE state IN ('pending', 'sending')),
+			'wakeups_last_hour', coalesce((SELECT jsonb_object_agg(outcome, n) FROM (SELECT outcome, count(*) AS n FROM wakeups
+				WHERE finished_at > now() - interval '1 hour' GROUP BY outcome) w), '{}'),
+			'largest_backlogs', to_jsonb(ARRAY(SELECT s.id::text FROM streams s WHERE s.head_seq > s.floor_seq
+				ORDER BY s.head_seq - s.floor_seq DESC, s.id DESC LIMIT ` + strconv.Itoa(GaugeTopStreams) + `)),
+			'oldest_backlogs', to_jsonb(ARRAY(SELECT id::text FROM ages ORDER BY a DESC, id DESC LIMIT ` + strconv.Itoa(GaugeTopStreams) + `)),
+			'failing_origins', coalesce((SELECT jsonb_agg(to_jsonb(f)) FROM (` + failingOriginsSQL(strconv.Itoa(GaugeTopStreams)) + `) f), '[]'))
 		FROM h WHERE ` + fenceSQL(1) + `
 		ON CONFLICT (name) DO UPDATE SET computed_at = excluded.computed_at, leader_id = excluded.leader_id, value = excluded.value`
 }()

@@ -14,22 +14,23 @@ const hostExpr = `lower(substring(s.url FROM '^[^:]+://(?:[^@/?#]*@)?(\[[^]]*\]|
 
 // OriginSummary is one origin host whose streams are failing or cannot connect.
 type OriginSummary struct {
-	Host         string
-	Held         int64 // streams held
-	Disconnected int64 // of those, not connected now and with an error
-	Failed       int64 // streams that ended in failure
-	LastError    string
-	LastErrorAt  time.Time // zero when no error was ever recorded
+	Host         string    `json:"host"`
+	Held         int64     `json:"held"`         // streams held
+	Disconnected int64     `json:"disconnected"` // of those, not connected now and with an error
+	Failed       int64     `json:"failed"`       // streams that ended in failure
+	LastError    string    `json:"last_error"`
+	LastErrorAt  time.Time `json:"last_error_at"` // zero when no error was ever recorded
 }
 
-// FailingOrigins lists the origin hosts that have failed streams or held streams that are
-// not connected after an error, the most troubled first.
-func (s *Store) FailingOrigins(ctx context.Context, limit int) ([]OriginSummary, error) {
-	rows, err := s.pool.Query(ctx, `
-		SELECT host, held, disconnected, failed, coalesce(last_error, ''), last_error_at FROM (
-			SELECT `+hostExpr+` AS host,
+// failingOriginsSQL selects the failing origins, the most troubled first, as rows (host,
+// held, disconnected, failed, last_error, last_error_at), at most limit of them (an
+// expression).
+func failingOriginsSQL(limit string) string {
+	return `
+		SELECT host, held, disconnected, failed, coalesce(last_error, '') AS last_error, last_error_at FROM (
+			SELECT ` + hostExpr + ` AS host,
 				count(*) FILTER (WHERE s.state = 'held') AS held,
-				count(*) FILTER (WHERE s.state = 'held' AND NOT `+connectedExpr+` AND s.last_error <> '') AS disconnected,
+				count(*) FILTER (WHERE s.state = 'held' AND NOT ` + connectedExpr + ` AND s.last_error <> '') AS disconnected,
 				count(*) FILTER (WHERE s.state = 'failed') AS failed,
 				(array_agg(s.last_error ORDER BY s.last_error_at DESC NULLS LAST))[1] AS last_error,
 				max(s.last_error_at) AS last_error_at
@@ -38,7 +39,13 @@ func (s *Store) FailingOrigins(ctx context.Context, limit int) ([]OriginSummary,
 		) o
 		WHERE disconnected > 0 OR failed > 0
 		ORDER BY disconnected + failed DESC, host
-		LIMIT $1`, limit)
+		LIMIT ` + limit
+}
+
+// FailingOrigins lists the origin hosts that have failed streams or held streams that are
+// not connected after an error, the most troubled first.
+func (s *Store) FailingOrigins(ctx context.Context, limit int) ([]OriginSummary, error) {
+	rows, err := s.pool.Query(ctx, failingOriginsSQL("$1"), limit)
 	if err != nil {
 		return nil, fmt.Errorf("failing origins: %w", err)
 	}

@@ -316,6 +316,15 @@ func hotPathPlans(t *testing.T, ctx context.Context, st *store.Store, rec *recor
 			[]string{"readers_pkey", "streams_pkey", "streams_device_id"}},
 		{"stream marks", func() error { _, err := st.StreamMarks(ctx, []string{hs[3].id, readerStream}); return err },
 			[]string{"streams_pkey"}},
+		{"dashboard", func() error {
+			tt, err := st.GetTotals(ctx)
+			if err != nil {
+				return err
+			}
+			_, err = st.ListStreams(ctx, store.StreamFilter{Sort: store.SortAge, Limit: 10, WithBacklog: true,
+				IDs: append(tt.OldestBacklogs, hs[3].id, readerStream)})
+			return err
+		}, []string{"streams_pkey", "events_pkey"}},
 		{"wake state", func() error { _, err := st.DeviceWakeState(ctx, readerDevice); return err },
 			[]string{"devices_pkey", "wakeups_one_outstanding|wakeups_device"}},
 		{"handoff", func() error {

@@ -468,7 +468,10 @@ func TestBacklogBytesFollowEveryChange(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		stats, err := st.GetBacklogStats(ctx)
+		if err := st.RefreshGauges(ctx, store.Fence{}); err != nil {
+			t.Fatal(err)
+		}
+		stats, _, err := st.GetGauges(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
