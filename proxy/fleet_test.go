@@ -325,7 +325,9 @@ func TestFleetListenerKilledReadersGetEveryEvent(t *testing.T) {
 
 // commitCutter is a TCP proxy between a store and Postgres that, once armed, forwards the
 // next COMMIT, waits for the server to finish it (ReadyForQuery), and drops the connection
-// without passing the answer on: the transaction is committed, the client cannot know.
+// without passing the answer on: the transaction is committed, the client cannot know. A
+// COMMIT is a simple query, or the execution of a prepared statement (Bind) whose text is
+// COMMIT, sent in a pipeline whose Sync follows it.
 type commitCutter struct {
 	ln     net.Listener
 	target string
@@ -397,13 +399,29 @@ func (c *commitCutter) serve(client net.Conn) {
 		}
 	}()
 	typed := false // the startup message has no type byte
+	isCommit := func(sql string) bool { return strings.EqualFold(strings.TrimRight(sql, "\x00; "), "commit") }
+	prepared := map[string]string{} // statement name: its text
 	for {
 		m, err := readMsg(client, typed)
 		if err != nil {
 			return
 		}
 		typed = true
-		if m[0] == 'Q' && strings.EqualFold(strings.TrimRight(string(m[5:]), "\x00; "), "commit") && c.armed.CompareAndSwap(true, false) {
+		commit := false
+		switch m[0] {
+		case 'Q':
+			commit = isCommit(string(m[5:]))
+		case 'P': // Parse: name, text
+			if name, rest, ok := strings.Cut(string(m[5:]), "\x00"); ok {
+				text, _, _ := strings.Cut(rest, "\x00")
+				prepared[name] = text
+			}
+		case 'B': // Bind: portal, statement
+			if f := strings.SplitN(string(m[5:]), "\x00", 3); len(f) == 3 {
+				commit = isCommit(prepared[f[1]])
+			}
+		}
+		if commit && c.armed.CompareAndSwap(true, false) {
 			cutting.Store(true)
 		}
 		if _, err := server.Write(m); err != nil {

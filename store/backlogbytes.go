@@ -3,8 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // trimBacklogBytes drops the oldest events of the given streams whose backlog is over max
@@ -12,7 +10,7 @@ import (
 // moves up and readers behind it are told of a gap. The newest event is always kept, so a
 // stream's backlog is never emptied by the bound (one event is bounded by the event size).
 // Only streams over the bound are scanned.
-func trimBacklogBytes(ctx context.Context, tx pgx.Tx, ids []string, max int64) error {
+func trimBacklogBytes(ctx context.Context, tx txConn, ids []string, max int64) error {
 	if max <= 0 || len(ids) == 0 {
 		return nil
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pushproxy/pushproxy"
 )
 
@@ -66,7 +64,7 @@ func compactKey(ev pushproxy.Event) []byte {
 // acknowledgement does), so the two never deadlock over the events.
 // Only the streams for which fenced is true (their appends passed the lease fence) are
 // compacted: a holder that lost its lease changes nothing.
-func (c *compactKeys) compact(ctx context.Context, tx pgx.Tx, fenced func(stream string) bool) error {
+func (c *compactKeys) compact(ctx context.Context, tx txConn, fenced func(stream string) bool) error {
 	var (
 		ids  []string
 		keys [][]byte

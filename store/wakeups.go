@@ -40,7 +40,15 @@ func scheduleWakeups(ctx context.Context, tx pgx.Tx, p *WakePolicy, streams []st
 	if len(streams) == 0 {
 		return 0, nil
 	}
-	tag, err := tx.Exec(ctx, `
+	tag, err := tx.Exec(ctx, scheduleWakeupsSQL, scheduleWakeupsArgs(p, streams, urgent)...)
+	if err != nil {
+		return 0, fmt.Errorf("schedule wake-ups: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// scheduleWakeupsSQL is scheduleWakeups' statement, with scheduleWakeupsArgs.
+const scheduleWakeupsSQL = `
 		INSERT INTO wakeups AS w (device_id, urgent, created_at, due_at)
 		SELECT DISTINCT ON (s.device_id) s.device_id, u.urgent, $3::timestamptz,
 			CASE WHEN u.urgent THEN greatest($3::timestamptz, d.throttled_until)
@@ -54,12 +62,10 @@ func scheduleWakeups(ctx context.Context, tx pgx.Tx, p *WakePolicy, streams []st
 		ORDER BY s.device_id, u.urgent DESC
 		ON CONFLICT (device_id) WHERE state IN ('pending', 'sending') DO UPDATE
 			SET urgent = true, due_at = least(w.due_at, excluded.due_at)
-			WHERE excluded.urgent AND NOT w.urgent AND w.state = 'pending'`,
-		streams, urgent, p.now(), p.Debounce, p.Jitter, p.Rewake)
-	if err != nil {
-		return 0, fmt.Errorf("schedule wake-ups: %w", err)
-	}
-	return tag.RowsAffected(), nil
+			WHERE excluded.urgent AND NOT w.urgent AND w.state = 'pending'`
+
+func scheduleWakeupsArgs(p *WakePolicy, streams []string, urgent []bool) []any {
+	return []any{streams, urgent, p.now(), p.Debounce, p.Jitter, p.Rewake}
 }
 
 // ScheduleWakeup queues a wake-up for a device now if it is asleep and has events not yet
