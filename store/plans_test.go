@@ -491,13 +491,18 @@ type planner struct {
 var function = regexp.MustCompile(`^\s*SELECT pushproxy_\w+\(`)
 
 // inside returns the plans of the statements that sql (a call of a function) runs.
-func (p *planner) inside(ctx context.Context, sql string, args []any) ([]planNode, error) {
+func (p *planner) inside(ctx context.Context, sql string, args []any, generic bool) ([]planNode, error) {
 	*p.notices = nil
 	tx, err := p.nested.Begin(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer tx.Rollback(ctx)
+	if generic { // PL/pgSQL plans its statements as the session's plan_cache_mode says
+		if _, err := tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_generic_plan`); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := tx.Exec(ctx, sql, args...); err != nil {
 		return nil, err
 	}
@@ -558,6 +563,10 @@ func (n planNode) String() string {
 
 // planned reports whether a recorded statement is one to explain: a query or a change of
 // rows (not BEGIN, SET or the like).
+// forcesGeneric matches a statement after which a transaction's statements run their generic
+// plans.
+var forcesGeneric = regexp.MustCompile(`(?i)^\s*SET\s+LOCAL\s+plan_cache_mode\s*=\s*force_generic_plan`)
+
 func planned(sql string) bool {
 	f := strings.Fields(sql)
 	if len(f) == 0 {
@@ -617,8 +626,8 @@ func (p *planner) check(t *testing.T, name string, stmts []recorded, uses []stri
 	t.Helper()
 	ctx := context.Background()
 	kinds := []bool{false}
-	if p.generic {
-		kinds = append(kinds, true)
+	if p.generic || slices.ContainsFunc(stmts, func(r recorded) bool { return forcesGeneric.MatchString(r.sql) }) {
+		kinds = append(kinds, true) // (a transaction that plans its statements generically, as a commit does)
 	}
 	for _, generic := range kinds {
 		kind := map[bool]string{false: "custom", true: "generic"}[generic]
@@ -637,8 +646,8 @@ func (p *planner) check(t *testing.T, name string, stmts []recorded, uses []stri
 				}
 			}
 			plans := []planNode{}
-			if function.MatchString(s.sql) && !generic {
-				inside, err := p.inside(ctx, s.sql, args)
+			if function.MatchString(s.sql) {
+				inside, err := p.inside(ctx, s.sql, args, generic)
 				if err != nil || len(inside) == 0 {
 					t.Fatalf("%s: the plans inside %s: %v %d", name, s.sql, err, len(inside))
 				}
