@@ -1,0 +1,54 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+
+	"github.com/pushproxy/pushproxy"
+	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/store"
+)
+
+// BenchmarkHandoffKeyed measures the store's side of a handoff as the API makes it with an
+// API key and a push address (a new device, the device quota, the key's stream quota, the
+// stream), from parallel clients, against the same without the key's quota:
+//
+//	go test ./store -run '^$' -bench HandoffKeyed -count 5
+func BenchmarkHandoffKeyed(b *testing.B) {
+	for _, mode := range []string{"unkeyed", "keyed"} {
+		b.Run(mode, func(b *testing.B) {
+			ctx := context.Background()
+			url := pgtest.NewDatabase(b)
+			if err := store.Migrate(ctx, url, nil); err != nil {
+				b.Fatal(err)
+			}
+			st, err := store.Open(ctx, url, &store.Options{MaxConns: 8})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer st.Close()
+			var n atomic.Int64
+			b.SetParallelism(4) // 4 × GOMAXPROCS concurrent handoffs
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := n.Add(1)
+					ns := store.NewStream{URL: "https://origin.example/events", TokenHash: []byte("h"), LeaseOwner: owner,
+						Push:             &pushproxy.PushAddress{Platform: "apns", Token: fmt.Sprintf("%064x", i)},
+						MaxPerDevice:     10,
+						DeviceSecretHash: []byte(fmt.Sprint("secret", i))}
+					if mode == "keyed" {
+						ns.APIKeyHash, ns.MaxPerKey = []byte("bench-key-hash"), 100000000
+					}
+					if _, _, err := st.CreateStream(ctx, ns); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handoffs/s")
+		})
+	}
+}
