@@ -30,7 +30,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-func migratedDatabase(t *testing.T) string {
+func migratedDatabase(t testing.TB) string {
 	t.Helper()
 	url := pgtest.NewDatabase(t)
 	if err := store.Migrate(context.Background(), url, nil); err != nil {
@@ -39,7 +39,7 @@ func migratedDatabase(t *testing.T) string {
 	return url
 }
 
-func open(t *testing.T, url string, opts *store.Options) *store.Store {
+func open(t testing.TB, url string, opts *store.Options) *store.Store {
 	t.Helper()
 	st, err := store.Open(context.Background(), url, opts)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/pushproxy/pushproxy"
-	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -18,15 +17,7 @@ import (
 //	go test ./store -run '^$' -bench CommitSmall -count 5
 func BenchmarkCommitSmall(b *testing.B) {
 	ctx := context.Background()
-	url := pgtest.NewDatabase(b)
-	if err := store.Migrate(ctx, url, nil); err != nil {
-		b.Fatal(err)
-	}
-	st, err := store.Open(ctx, url, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
+	st := open(b, migratedDatabase(b), nil)
 	if err := st.RenewInstance(ctx, owner, time.Hour); err != nil {
 		b.Fatal(err)
 	}

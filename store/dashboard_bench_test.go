@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/pushproxy/pushproxy/internal/pgfill"
-	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -19,15 +18,7 @@ import (
 //	go test ./store -run '^$' -bench Dashboard -benchtime 20x
 func BenchmarkDashboard(b *testing.B) {
 	ctx := context.Background()
-	url := pgtest.NewDatabase(b)
-	if err := store.Migrate(ctx, url, nil); err != nil {
-		b.Fatal(err)
-	}
-	st, err := store.Open(ctx, url, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer st.Close()
+	st := open(b, migratedDatabase(b), nil)
 	if err := pgfill.Fill(ctx, st.Pool(), pgfill.Sizes{Streams: 100000, StreamsPerDevice: 2, Ended: 10,
 		EventsPerStream: 11, WakeupsPerDevice: 2, PendingEvery: 2, ReadersEvery: 20}); err != nil {
 		b.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/pushproxy/pushproxy"
-	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/store"
 )
 
@@ -20,15 +19,7 @@ func BenchmarkHandoffKeyed(b *testing.B) {
 	for _, mode := range []string{"unkeyed", "keyed"} {
 		b.Run(mode, func(b *testing.B) {
 			ctx := context.Background()
-			url := pgtest.NewDatabase(b)
-			if err := store.Migrate(ctx, url, nil); err != nil {
-				b.Fatal(err)
-			}
-			st, err := store.Open(ctx, url, &store.Options{MaxConns: 8})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer st.Close()
+			st := open(b, migratedDatabase(b), &store.Options{MaxConns: 8})
 			var n atomic.Int64
 			b.SetParallelism(4) // 4 × GOMAXPROCS concurrent handoffs
 			b.ResetTimer()
