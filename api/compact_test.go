@@ -1,12 +1,16 @@
 package api_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pushproxy/pushproxy/store"
 )
 
 // tick is one event the origin sends, as a reader should get it back.
@@ -119,9 +123,20 @@ func testCompaction(t *testing.T, by string, key func(typ string, sym int) strin
 		t.Fatalf("stream shows compact %s (%v)", out, err)
 	}
 
-	// The backlog the device is told of counts the survivors, not the seqs.
+	// The backlog the device is told of counts the survivors, not the seqs; so do the
+	// operators' listing, the totals and the gauges.
 	if bl := getStream(t, b, h).Backlog; bl != int64(len(want)) {
 		t.Fatalf("backlog %d, want %d", bl, len(want))
+	}
+	ctx := context.Background()
+	if err := b.Store.RefreshGauges(ctx, store.Fence{}); err != nil {
+		t.Fatal(err)
+	}
+	if tt, err := b.Store.GetTotals(ctx); err != nil || tt.BacklogEvents != int64(len(want)) || !slices.Equal(tt.LargestBacklogs, []string{h.ID}) {
+		t.Fatalf("totals: backlog %d, largest %v, want %d and this stream (%v)", tt.BacklogEvents, tt.LargestBacklogs, len(want), err)
+	}
+	if l, err := b.Store.ListStreams(ctx, store.StreamFilter{}); err != nil || len(l) != 1 || l[0].Backlog != int64(len(want)) {
+		t.Fatalf("operators' listing: %+v (%v), want a backlog of %d", l, err, len(want))
 	}
 
 	// A JSON page: the survivors, in order, with their own ids.

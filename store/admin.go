@@ -62,7 +62,7 @@ type StreamSummary struct {
 }
 
 var sortExpr = map[string]string{
-	SortBacklog: `s.head_seq - s.floor_seq`,
+	SortBacklog: backlogExpr,
 	// Oldest first: negate so that every order is "largest value first".
 	SortAge:    `coalesce(-(extract(epoch FROM o.created_at) * 1e6)::bigint, -9223372036854775807)`,
 	SortErrors: `coalesce((extract(epoch FROM s.last_error_at) * 1e6)::bigint, -9223372036854775807)`,
@@ -90,7 +90,7 @@ func (s *Store) ListStreams(ctx context.Context, f StreamFilter) ([]StreamSummar
 	q := `
 		SELECT * FROM (
 			SELECT s.id::text, coalesce(s.device_id::text, ''), s.url, s.state, s.state_reason,
-				s.head_seq - s.floor_seq, s.backlog_bytes, o.created_at, s.upstream_status, ` + connectedExpr + `, s.last_error,
+				` + backlogExpr + `, s.backlog_bytes, o.created_at, s.upstream_status, ` + connectedExpr + `, s.last_error,
 				s.last_error_at, s.created_at, ` + expr + ` AS k
 			FROM streams s
 			LEFT JOIN LATERAL (SELECT e.created_at FROM events e WHERE e.stream_id = s.id AND e.seq > s.floor_seq

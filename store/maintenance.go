@@ -436,7 +436,7 @@ var refreshGaugesSQL = func() string {
 	return `
 		WITH st AS (
 			SELECT s.state, count(*) AS n, count(*) FILTER (WHERE ` + connectedExpr + `) AS c,
-				coalesce(sum(s.head_seq - s.floor_seq), 0) AS ev, coalesce(sum(s.backlog_bytes), 0) AS b
+				coalesce(sum(` + backlogExpr + `), 0) AS ev, coalesce(sum(s.backlog_bytes), 0) AS b
 			FROM streams s GROUP BY s.state
 		), ages AS (
 			-- One index probe per stream with a backlog (the LIMIT keeps it a nested loop),
@@ -463,7 +463,7 @@ var refreshGaugesSQL = func() string {
 			'wakeups_last_hour', coalesce((SELECT jsonb_object_agg(outcome, n) FROM (SELECT outcome, count(*) AS n FROM wakeups
 				WHERE finished_at > now() - interval '1 hour' GROUP BY outcome) w), '{}'),
 			'largest_backlogs', to_jsonb(ARRAY(SELECT s.id::text FROM streams s WHERE s.head_seq > s.floor_seq
-				ORDER BY s.head_seq - s.floor_seq DESC, s.id DESC LIMIT ` + strconv.Itoa(GaugeTopStreams) + `)),
+				ORDER BY ` + backlogExpr + ` DESC, s.id DESC LIMIT ` + strconv.Itoa(GaugeTopStreams) + `)),
 			'oldest_backlogs', to_jsonb(ARRAY(SELECT id::text FROM ages ORDER BY a DESC, id DESC LIMIT ` + strconv.Itoa(GaugeTopStreams) + `)),
 			'failing_origins', coalesce((SELECT jsonb_agg(to_jsonb(f)) FROM (` + failingOriginsSQL(strconv.Itoa(GaugeTopStreams)) + `) f), '[]'))
 		FROM h WHERE ` + fenceSQL(1) + `

@@ -59,6 +59,12 @@ const streamColumns = `s.id, coalesce(s.device_id::text, ''), s.url, s.headers, 
 const connectedExpr = `(s.connected AND coalesce(s.lease_owner = ANY (ARRAY(
 	SELECT i.id FROM instances i WHERE i.expires_at > now())), false))`
 
+// backlogExpr is the number of events queued on stream s: its seqs above the floor, but
+// for a compacted backlog, which has holes in its seqs, its events (at most --max-backlog,
+// and as many as its keys when compaction does its work).
+const backlogExpr = `CASE WHEN s.compact_by <> '' THEN (SELECT count(*) FROM events e WHERE e.stream_id = s.id AND e.seq > s.floor_seq)
+	ELSE s.head_seq - s.floor_seq END`
+
 func scanStream(row pgx.Row) (pushproxy.Stream, int64, error) {
 	var (
 		st                  pushproxy.Stream
