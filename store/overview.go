@@ -81,7 +81,7 @@ type DeviceSummary struct {
 func (s *Store) DeadDevices(ctx context.Context, limit int) ([]DeviceSummary, error) {
 	rows, err := s.pool.Query(ctx, `
 		SELECT d.id::text, d.platform, d.created_at, d.dead_at, coalesce(d.dead_reason, ''),
-			count(s.id) FILTER (WHERE s.state = 'held'), coalesce(sum(` + backlogExpr + `), 0)
+			count(s.id) FILTER (WHERE s.state = 'held'), coalesce(sum(`+backlogExpr+`), 0)
 		FROM devices d LEFT JOIN streams s ON s.device_id = d.id
 		WHERE d.dead_at IS NOT NULL
 		GROUP BY d.id
