@@ -1,20 +1,17 @@
 package store
 
-import (
-	"context"
-	"fmt"
-)
+import "github.com/jackc/pgx/v5"
 
-// trimBacklogBytes drops the oldest events of the given streams whose backlog is over max
-// stored bytes (EventSize), until it is within max, as the trim by count does: their floor
-// moves up and readers behind it are told of a gap. The newest event is always kept, so a
+// queueTrimBacklogBytes queues on b the statement that drops the oldest events of the given
+// streams whose backlog is over max stored bytes (EventSize), until it is within max, as the
+// trim by count does: their floor moves up and readers behind it are told of a gap. The newest event is always kept, so a
 // stream's backlog is never emptied by the bound (one event is bounded by the event size).
 // Only streams over the bound are scanned.
-func trimBacklogBytes(ctx context.Context, tx txConn, ids []string, max int64) error {
+func queueTrimBacklogBytes(b *pgx.Batch, ids []string, max int64) {
 	if max <= 0 || len(ids) == 0 {
-		return nil
+		return
 	}
-	_, err := tx.Exec(ctx, `
+	b.Queue(`
 		WITH over AS (
 			SELECT s.id, s.floor_seq, s.head_seq, s.backlog_bytes - $2::bigint AS excess
 			FROM streams s WHERE s.id = ANY($1::uuid[]) AND s.backlog_bytes > $2::bigint
@@ -32,8 +29,4 @@ func trimBacklogBytes(ctx context.Context, tx txConn, ids []string, max int64) e
 		UPDATE streams s SET floor_seq = cut.hi,
 			backlog_bytes = s.backlog_bytes - coalesce((SELECT sum(d.n) FROM d WHERE d.stream_id = s.id), 0)
 		FROM cut WHERE s.id = cut.stream_id AND cut.hi > s.floor_seq`, ids, max)
-	if err != nil {
-		return fmt.Errorf("trim backlogs by bytes: %w", err)
-	}
-	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -214,14 +215,24 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 		}
 		return nil
 	})
-	err = inPipelinedTx(ctx, conn, first, func(tx txConn) (*pgx.Batch, error) {
+	err = inPipelinedTx(ctx, conn, first, func() (*pgx.Batch, error) {
+		// Everything else depends only on which streams passed the fence: it goes out in one
+		// batch with COMMIT. The events of a commit of up to insertMaxEvents are inserted from
+		// arrays in that batch, not copied (COPY): an instance frozen in the middle of a COPY
+		// (SIGSTOP, a paused VM) leaves its session waiting for the data, which neither
+		// statement_timeout nor idle_in_transaction_session_timeout ends, so the streams' rows
+		// stayed locked and no other instance could take them over (TestEndToEndFleetChaos,
+		// once the commit had few other round trips). Larger commits still copy: inserting
+		// 4,096 events from arrays cut ingest at its ceiling by a fifth.
 		var (
-			copyRows       [][]any
-			notify         []string
-			woken          []string
-			urgent         []bool
-			trimIDs        []string
-			trimLo, trimHi []int64
+			evStreams                    [][16]byte
+			evSeqs                       []int64
+			evIDs, evTypes, evData, keys [][]byte
+			notify                       []string
+			woken                        []string
+			urgent                       []bool
+			trimIDs                      []string
+			trimLo, trimHi               []int64
 		)
 		for i, a := range appends {
 			f, ok := fenced[a.StreamID]
@@ -238,7 +249,9 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 				if ev.Seq <= f.after || compacted.replaced(a.StreamID, ev) {
 					continue // trimmed, or replaced by a newer event, before it was ever stored
 				}
-				copyRows = append(copyRows, []any{sid, ev.Seq, []byte(ev.LastEventID), []byte(ev.Type), []byte(ev.Data), compactKey(ev)})
+				evStreams, evSeqs = append(evStreams, sid), append(evSeqs, ev.Seq)
+				evIDs, evTypes, evData = append(evIDs, []byte(ev.LastEventID)), append(evTypes, []byte(ev.Type)), append(evData, []byte(ev.Data))
+				keys = append(keys, compactKey(ev))
 				added++
 			}
 			res.Bytes += sizes[i] // the same events: those the trim keeps
@@ -254,18 +267,24 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 			}
 			res.Events += added
 		}
-		if len(copyRows) > 0 {
-			_, err := tx.CopyFrom(ctx, pgx.Identifier{"events"},
-				[]string{"stream_id", "seq", "last_event_id", "type", "data", "compact_key"}, pgx.CopyFromRows(copyRows))
+		last := &pgx.Batch{}
+		switch n := len(evSeqs); {
+		case n > insertMaxEvents:
+			rows := make([][]any, n)
+			for i := range rows {
+				rows[i] = []any{evStreams[i], evSeqs[i], evIDs[i], evTypes[i], evData[i], keys[i]}
+			}
+			_, err := conn.CopyFrom(ctx, pgx.Identifier{"events"},
+				[]string{"stream_id", "seq", "last_event_id", "type", "data", "compact_key"}, pgx.CopyFromRows(rows))
 			if err != nil {
 				return nil, fmt.Errorf("copy events: %w", err)
 			}
+		case n > 0:
+			last.Queue(insertEventsSQL, evStreams, evSeqs, evIDs, evTypes, evData, keys)
 		}
-		if err := compacted.compact(ctx, tx, func(id string) bool { _, ok := fenced[id]; return ok }); err != nil {
-			return nil, err
-		}
+		compacted.queue(last, func(id string) bool { _, ok := fenced[id]; return ok })
 		if len(trimIDs) > 0 {
-			_, err := tx.Exec(ctx, `
+			last.Queue(`
 				WITH d AS (
 					DELETE FROM events e USING unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS t(id, lo, hi)
 					WHERE e.stream_id = t.id AND e.seq > t.lo AND e.seq <= t.hi
@@ -274,14 +293,8 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 				UPDATE streams s SET backlog_bytes = s.backlog_bytes - d.n
 				FROM (SELECT stream_id, sum(n) AS n FROM d GROUP BY stream_id) d
 				WHERE s.id = d.stream_id`, trimIDs, trimLo, trimHi)
-			if err != nil {
-				return nil, fmt.Errorf("trim backlogs: %w", err)
-			}
 		}
-		if err := trimBacklogBytes(ctx, tx, overBytes, opts.MaxBacklogBytes); err != nil {
-			return nil, err
-		}
-		last := &pgx.Batch{}
+		queueTrimBacklogBytes(last, overBytes, opts.MaxBacklogBytes)
 		if opts.Wake != nil && len(woken) > 0 {
 			last.Queue(scheduleWakeupsSQL, scheduleWakeupsArgs(opts.Wake, woken, urgent)...).Exec(func(tag pgconn.CommandTag) error {
 				res.Wakeups = tag.RowsAffected()
@@ -299,37 +312,52 @@ func (s *Store) Commit(ctx context.Context, owner string, appends []Append, opts
 	return res, nil
 }
 
+// rollback ends conn's failed transaction, if it is still open, so that the connection goes
+// back to the pool clean: within rollbackTimeout, even when ctx has ended (a connection
+// that cannot answer by then is closed, and the pool drops it).
+func rollback(ctx context.Context, conn *pgxpool.Conn) {
+	if conn.Conn().IsClosed() || conn.Conn().PgConn().TxStatus() == 'I' {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	_, _ = conn.Exec(rctx, `ROLLBACK`)
+}
+
+// rollbackTimeout bounds rollback.
+const rollbackTimeout = 5 * time.Second
+
+// insertMaxEvents is the most events a commit inserts from arrays; a larger one copies them.
+const insertMaxEvents = 256
+
+// insertEventsSQL stores a commit's events, given as arrays of their columns.
+const insertEventsSQL = `
+	INSERT INTO events (stream_id, seq, last_event_id, type, data, compact_key)
+	SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[])`
+
 // genericPlanMaxStreams is the most streams a commit has whose statements run their generic
 // plans.
 const genericPlanMaxStreams = 32
 
-// txConn is what a transaction's statements run on: a pgx.Tx, or the connection of
-// inPipelinedTx.
-type txConn interface {
-	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-	CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error)
-}
-
 // inPipelinedTx runs a transaction on conn in as few round trips as its statements allow:
-// first, which must begin the transaction, goes out as one batch; body then runs what
-// depends on its answers on the connection, and returns the statements that need no answer
-// before the end, which go out in one batch with COMMIT. With a commit's usual statements
-// that is 4 round trips instead of 7 (pgx.BeginTxFunc sends BEGIN and COMMIT on their own).
-// A transaction that fails is rolled back, so the connection goes back to the pool clean
-// (or closed, when the failure was the connection's); its error is classified.
-func inPipelinedTx(ctx context.Context, conn *pgxpool.Conn, first *pgx.Batch, body func(tx txConn) (*pgx.Batch, error)) (err error) {
+// first, which must begin the transaction, goes out as one batch; body, from its answers,
+// runs what must run on its own (a COPY) and returns the rest, which goes out in one batch
+// with COMMIT (pgx.BeginTxFunc would send BEGIN and COMMIT on their own, and each statement
+// in between). Between batches the session is idle in its transaction, where
+// idle_in_transaction_session_timeout ends it if this instance is frozen. A
+// transaction that fails is rolled back, so the connection goes back to the pool clean (or
+// closed, when the failure was the connection's); its error is classified.
+func inPipelinedTx(ctx context.Context, conn *pgxpool.Conn, first *pgx.Batch, body func() (*pgx.Batch, error)) (err error) {
 	defer func() {
-		if err != nil && !conn.Conn().IsClosed() && conn.Conn().PgConn().TxStatus() != 'I' {
-			_, _ = conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+		if err != nil {
+			rollback(ctx, conn)
 		}
 		err = classify(err)
 	}()
 	if err := conn.SendBatch(ctx, first).Close(); err != nil {
 		return err
 	}
-	last, err := body(conn)
+	last, err := body()
 	if err != nil {
 		return err
 	}

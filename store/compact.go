@@ -1,9 +1,7 @@
 package store
 
 import (
-	"context"
-	"fmt"
-
+	"github.com/jackc/pgx/v5"
 	"github.com/pushproxy/pushproxy"
 )
 
@@ -56,15 +54,15 @@ func compactKey(ev pushproxy.Event) []byte {
 	return []byte(ev.CompactKey)
 }
 
-// compact deletes, in one statement, the queued events that the events just inserted
-// replace: those of the same stream with the same key and an older seq, and takes their size off the
-// streams' backlog_bytes. The survivors keep their seqs, ids, types and data; the stream's
+// queue queues on b the statement that deletes the queued events that the events just
+// inserted replace: those of the same stream with the same key and an older seq, and takes
+// their size off the streams' backlog_bytes. The survivors keep their seqs, ids, types and data; the stream's
 // head and floor do not move, so resumption, acknowledgement and wake-ups are unchanged.
 // It runs after the commit's UPDATE of streams, which locked the streams' rows first (as an
 // acknowledgement does), so the two never deadlock over the events.
 // Only the streams for which fenced is true (their appends passed the lease fence) are
 // compacted: a holder that lost its lease changes nothing.
-func (c *compactKeys) compact(ctx context.Context, tx txConn, fenced func(stream string) bool) error {
+func (c *compactKeys) queue(b *pgx.Batch, fenced func(stream string) bool) {
 	var (
 		ids  []string
 		keys [][]byte
@@ -75,14 +73,9 @@ func (c *compactKeys) compact(ctx context.Context, tx txConn, fenced func(stream
 			ids, keys, seqs = append(ids, id), append(keys, c.keys[i]), append(seqs, c.seqs[i])
 		}
 	}
-	if len(ids) == 0 {
-		return nil
+	if len(ids) > 0 {
+		b.Queue(compactSQL, ids, keys, seqs)
 	}
-	_, err := tx.Exec(ctx, compactSQL, ids, keys, seqs)
-	if err != nil {
-		return fmt.Errorf("compact backlogs: %w", err)
-	}
-	return nil
 }
 
 // compactSQL takes the (stream, key, newest seq) triples of a commit; it finds the older

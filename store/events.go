@@ -188,11 +188,11 @@ func (s *Store) inAckTx(ctx context.Context, sql string, args []any, dest ...any
 	}
 	defer conn.Release()
 	err = conn.SendBatch(ctx, b).Close()
-	if err != nil && !conn.Conn().IsClosed() && conn.Conn().PgConn().TxStatus() != 'I' {
+	if err != nil {
 		// The statement failed (a lock timeout, say): Postgres skipped the COMMIT and the
 		// transaction is aborted. Ended here, the connection goes back to the pool instead
 		// of being closed by it.
-		_, _ = conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`)
+		rollback(ctx, conn)
 	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return err
