@@ -39,10 +39,11 @@ type committer struct {
 	onLost   func([]store.Lease)
 	metrics  func(res store.CommitResult, streams int, took time.Duration)
 	onWake   func() // after a commit that queued wake-ups
-	// onCommitted, after each transaction, gets the streams it committed: this instance's
-	// readers of them are rung at once, without waiting for the commit's notification to
-	// come back from Postgres (which still wakes the readers on other instances).
-	onCommitted func(batch []store.Append)
+	// onCommitted, after each transaction, gets the streams it committed, and the leases
+	// the fence refused: this instance's readers of them are rung at once, without waiting
+	// for the commit's notification to come back from Postgres (which still wakes the
+	// readers on other instances).
+	onCommitted func(batch []store.Append, lost []store.Lease)
 }
 
 // run commits until c.in is closed and empty, or ctx ends.
@@ -103,7 +104,7 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 		switch {
 		case err == nil:
 			if c.onCommitted != nil {
-				c.onCommitted(batch)
+				c.onCommitted(batch, res.Lost)
 			}
 			if c.metrics != nil {
 				c.metrics(res, len(batch), time.Since(start))
@@ -123,7 +124,7 @@ func (c *committer) commit(ctx context.Context, items []commitItem) bool {
 			// that attempt's, and the transaction wrote the whole batch or nothing.
 			c.log.WarnContext(ctx, "a commit whose answer was lost had been committed; not committing it again", slog.Int("streams", len(batch)))
 			if c.onCommitted != nil {
-				c.onCommitted(batch)
+				c.onCommitted(batch, nil)
 			}
 			appends = appends[len(batch):]
 			uncertain = false

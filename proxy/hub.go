@@ -118,9 +118,12 @@ func (h *hub) ringStream(id string) {
 }
 
 // ringCommitted rings this instance's readers of the streams of a commit that carried news
-// (events, or an end). The commit's notification, when it comes back from Postgres, rings
-// them again only for an end (see committed).
-func (h *hub) ringCommitted(batch []store.Append) {
+// (events, or an end). The streams for which own is true (still held here, under the lease
+// the commit passed the fence with) are marked as this instance's, so that their
+// notifications ring no one again (see committed); not the others: a hand-over forgets its
+// streams before their last commit, and a stream whose lease was lost goes to another
+// instance, whose commits only the notifications ring here. own is called with h.mu held.
+func (h *hub) ringCommitted(batch []store.Append, own func(store.Append) bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.subs) == 0 {
@@ -134,7 +137,7 @@ func (h *hub) ringCommitted(batch []store.Append) {
 		if !ok {
 			continue
 		}
-		if a.State == "" {
+		if a.State == "" && own(a) {
 			h.committed[a.StreamID] = struct{}{}
 		} else {
 			delete(h.committed, a.StreamID) // an end: let its notification ring again

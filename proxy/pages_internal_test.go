@@ -167,7 +167,8 @@ func TestOwnCommitsNotificationRingsNoOneTwice(t *testing.T) {
 			return false
 		}
 	}
-	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 5}}, HeadSeq: 5}})
+	held := func(store.Append) bool { return true }
+	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 5}}, HeadSeq: 5}}, held)
 	if !rung() {
 		t.Fatal("the commit did not ring its reader")
 	}
@@ -187,10 +188,21 @@ func TestOwnCommitsNotificationRingsNoOneTwice(t *testing.T) {
 	if !rung() {
 		t.Fatal("a notification for a stream no longer held here (another instance's commit) rang no one")
 	}
-	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 6}}, HeadSeq: 6}})
+	// A commit of a stream no longer held here under that lease (its hand-over forgot it
+	// first, or the fence refused it): its readers are rung, and so are they by the
+	// notifications of the instance that holds it now.
+	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 6}}, HeadSeq: 6}}, func(store.Append) bool { return false })
+	if !rung() {
+		t.Fatal("the commit did not ring its reader")
+	}
+	h.notify("a")
+	if !rung() {
+		t.Fatal("a notification for a stream this instance committed to but no longer holds rang no one")
+	}
+	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 6}}, HeadSeq: 6}}, held)
 	rung()
 	h.readTo("a", 6)
-	h.ringCommitted([]store.Append{{StreamID: "a", HeadSeq: 6, State: "closed"}})
+	h.ringCommitted([]store.Append{{StreamID: "a", HeadSeq: 6, State: "closed"}}, held)
 	rung()
 	h.notify("a")
 	if !rung() {

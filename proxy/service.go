@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -291,7 +292,7 @@ func New(st *store.Store, dbURL string, opts *Options) *Service {
 		onLost:      s.lost,
 		metrics:     o.Metrics.Committed,
 		onWake:      s.kick,
-		onCommitted: s.hub.ringCommitted,
+		onCommitted: s.ringCommitted,
 	}
 	return s
 }
@@ -604,6 +605,21 @@ func compaction(by string) *pushproxy.Compaction {
 		return nil
 	}
 	return &c
+}
+
+// ringCommitted rings this instance's readers of a commit's streams (hub.ringCommitted);
+// those whose holder is still the one that committed, under a lease the fence let pass, are
+// this instance's own.
+func (s *Service) ringCommitted(batch []store.Append, lost []store.Lease) {
+	s.hub.ringCommitted(batch, func(a store.Append) bool {
+		if slices.Contains(lost, store.Lease{StreamID: a.StreamID, Epoch: a.Epoch}) {
+			return false
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		h := s.holders[a.StreamID]
+		return h != nil && h.epoch == a.Epoch
+	})
 }
 
 // finished forgets a holder that has ended.
