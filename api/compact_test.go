@@ -132,8 +132,10 @@ func testCompaction(t *testing.T, by string, key func(typ string, sym int) strin
 	if err := b.Store.RefreshGauges(ctx, store.Fence{}); err != nil {
 		t.Fatal(err)
 	}
-	if tt, err := b.Store.GetTotals(ctx); err != nil || tt.BacklogEvents != int64(len(want)) || !slices.Equal(tt.LargestBacklogs, []string{h.ID}) {
-		t.Fatalf("totals: backlog %d, largest %v, want %d and this stream (%v)", tt.BacklogEvents, tt.LargestBacklogs, len(want), err)
+	if tt, err := b.Store.GetTotals(ctx); err != nil || tt.BacklogEvents != int64(len(want)) || !slices.Equal(tt.LargestBacklogs, []string{h.ID}) ||
+		!slices.Equal(tt.OldestBacklogs, []string{h.ID}) || tt.OldestEventAt.IsZero() {
+		t.Fatalf("totals: backlog %d, largest %v, oldest %v (at %v), want %d and this stream (%v)",
+			tt.BacklogEvents, tt.LargestBacklogs, tt.OldestBacklogs, tt.OldestEventAt, len(want), err)
 	}
 	if l, err := b.Store.ListStreams(ctx, store.StreamFilter{}); err != nil || len(l) != 1 || l[0].Backlog != int64(len(want)) {
 		t.Fatalf("operators' listing: %+v (%v), want a backlog of %d", l, err, len(want))

@@ -442,8 +442,9 @@ var refreshGaugesSQL = func() string {
 			-- One index probe per stream with a backlog (the LIMIT keeps it a nested loop),
 			-- not a scan of every queued event.
 			SELECT s.id, extract(epoch FROM now() - e.created_at)::float8 AS a
+			-- (The first event above the floor: a compacted backlog may lack floor + 1.)
 			FROM streams s CROSS JOIN LATERAL (SELECT created_at FROM events e
-				WHERE e.stream_id = s.id AND e.seq = s.floor_seq + 1 LIMIT 1) e
+				WHERE e.stream_id = s.id AND e.seq > s.floor_seq ORDER BY e.seq LIMIT 1) e
 			WHERE s.head_seq > s.floor_seq
 		), h AS (
 			SELECT count(*) AS n, coalesce(sum(a), 0) AS sum, coalesce(max(a), 0) AS mx,
