@@ -128,13 +128,18 @@ func (s *Store) CloseReaderDelivered(ctx context.Context, readerID, streamID str
 }
 
 // MarkRead records that a device read (it woke): the push it was sent has been answered,
-// so a wake-up that waited for that answer is due after the debounce only.
+// so a wake-up that waited for that answer is due after the debounce only. A read while a
+// push is being sent answers that push too (read_at, which FinishWakeups compares with the
+// wake-up's claim): the app may fetch before the sender has recorded its push.
 func (s *Store) MarkRead(ctx context.Context, deviceID string, p *WakePolicy) error {
 	if deviceID == "" {
 		return nil
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE devices SET awaiting_since = NULL WHERE id = $1 AND awaiting_since IS NOT NULL`, deviceID); err != nil {
+		if _, err := tx.Exec(ctx, `
+			UPDATE devices d SET awaiting_since = NULL, read_at = now()
+			WHERE d.id = $1 AND (d.awaiting_since IS NOT NULL
+				OR EXISTS (SELECT 1 FROM wakeups w WHERE w.device_id = d.id AND w.state = 'sending'))`, deviceID); err != nil {
 			return err
 		}
 		if p == nil {
@@ -162,7 +167,7 @@ func (s *Store) ClaimWakeups(ctx context.Context, owner string, now time.Time, t
 	rows, err := s.pool.Query(ctx, `
 		WITH claimed AS (
 			UPDATE wakeups w SET state = 'sending', lease_owner = $1, lease_expires_at = $2::timestamptz + $3::interval,
-				attempts = w.attempts + 1
+				attempts = w.attempts + 1, claimed_at = now()
 			WHERE w.id IN (
 				SELECT id FROM wakeups
 				WHERE (state = 'pending' AND due_at <= $2) OR (state = 'sending' AND lease_expires_at < $2)
@@ -279,11 +284,14 @@ func (s *Store) FinishWakeups(ctx context.Context, owner string, now time.Time, 
 					outcome = r.outcome, error = r.err, push_id = r.push_id, pending_events = r.pending
 				FROM r
 				WHERE w.id = r.id AND w.state = 'sending' AND w.lease_owner = $8
-				RETURNING w.device_id, r.outcome, r.err, r.throttled_until
+				RETURNING w.device_id, r.outcome, r.err, r.throttled_until, w.claimed_at
 			)
 			UPDATE devices d SET
 				last_push_at = CASE WHEN w.outcome = 'sent' THEN $9::timestamptz ELSE d.last_push_at END,
-				awaiting_since = CASE WHEN w.outcome = 'sent' THEN $9::timestamptz ELSE d.awaiting_since END,
+				-- Awaiting an answer, unless the device read after the push was claimed (it
+				-- answered while the push was being sent: MarkRead).
+				awaiting_since = CASE WHEN w.outcome = 'sent' AND NOT coalesce(d.read_at >= w.claimed_at, false) THEN $9::timestamptz
+					ELSE d.awaiting_since END,
 				last_push_outcome = w.outcome,
 				last_push_error = w.err,
 				throttled_until = coalesce(w.throttled_until, d.throttled_until),

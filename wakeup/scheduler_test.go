@@ -53,9 +53,13 @@ type recorder struct {
 	mu     sync.Mutex
 	pushes []wakeup.Push
 	fail   []error // returned by the next sends, in order
+	onSend func()  // called as each push is sent (the device waking before the send returns)
 }
 
 func (r *recorder) Send(_ context.Context, p wakeup.Push) (string, error) {
+	if r.onSend != nil {
+		r.onSend()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.fail) > 0 {
@@ -244,6 +248,33 @@ func TestBurstOnTwoStreamsIsOnePushThenOneMoreAfterARead(t *testing.T) {
 	}
 	if p := b.sender.last(); len(p.Pending) != 1 || p.Pending[s1] != 1 {
 		t.Fatalf("second push announces %v", p.Pending)
+	}
+}
+
+// TestAReadWhileThePushIsSentAnswersIt: the app wakes and reads before the sender has
+// recorded its push as sent. That read answered the push: the next event's push comes
+// after the debounce, not after the re-wake interval.
+func TestAReadWhileThePushIsSentAnswersIt(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	s := b.stream(t, tokenA)
+	dev := b.device(t, s)
+	b.events(t, s, 1, false)
+	b.clock.Advance(3 * time.Second)
+	b.sender.onSend = func() { b.read(t, s, dev) }
+	b.run(t)
+	b.sender.onSend = nil
+	if b.sender.count() != 1 {
+		t.Fatalf("%d pushes, want 1", b.sender.count())
+	}
+	if ws := b.wakeState(t, dev); ws.LastOutcome != pushproxy.OutcomeSent || ws.Awaiting {
+		t.Fatalf("wake state %+v: the device read while its push was sent, and is not awaited", ws)
+	}
+	b.events(t, s, 1, false)
+	b.clock.Advance(3 * time.Second)
+	b.run(t)
+	if b.sender.count() != 2 {
+		t.Fatalf("%d pushes after a new event, want 2 (not held back for the re-wake interval)", b.sender.count())
 	}
 }
 
