@@ -53,13 +53,9 @@ type recorder struct {
 	mu     sync.Mutex
 	pushes []wakeup.Push
 	fail   []error // returned by the next sends, in order
-	onSend func()  // called as each push is sent (the device waking before the send returns)
 }
 
 func (r *recorder) Send(_ context.Context, p wakeup.Push) (string, error) {
-	if r.onSend != nil {
-		r.onSend()
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.fail) > 0 {
@@ -261,10 +257,17 @@ func TestAReadWhileThePushIsSentAnswersIt(t *testing.T) {
 	dev := b.device(t, s)
 	b.events(t, s, 1, false)
 	b.clock.Advance(3 * time.Second)
-	b.sender.onSend = func() { b.read(t, s, dev) }
-	b.run(t)
-	b.sender.onSend = nil
-	if b.sender.count() != 1 {
+	read := false
+	sched := b.racing(func() {
+		if !read {
+			read = true
+			b.read(t, s, dev)
+		}
+	})
+	if _, err := sched.RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !read || b.sender.count() != 1 {
 		t.Fatalf("%d pushes, want 1", b.sender.count())
 	}
 	if ws := b.wakeState(t, dev); ws.LastOutcome != pushproxy.OutcomeSent || ws.Awaiting {
@@ -576,6 +579,15 @@ type racingQueue struct {
 	beforeFinish func()
 }
 
+// racing returns a scheduler of b's APNs sender over b's store that runs beforeFinish
+// between each claim and its finish.
+func (b *bundle) racing(beforeFinish func()) *wakeup.Scheduler {
+	return wakeup.New(racingQueue{b.st, beforeFinish}, map[string]wakeup.Sender{pushproxy.PlatformAPNs: b.sender}, &wakeup.Options{
+		InstanceID: owner, Now: b.clock.Now, Jitter: time.Nanosecond,
+		Rearm: func(ctx context.Context, devices []string) error { return b.st.RearmWakeups(ctx, devices, b.policy) },
+	})
+}
+
 func (q racingQueue) FinishWakeups(ctx context.Context, owner string, now time.Time, rs []pushproxy.WakeupResult) error {
 	q.beforeFinish()
 	return q.Store.FinishWakeups(ctx, owner, now, rs)
@@ -592,15 +604,11 @@ func TestEventsCommittedWhileAWakeupIsClaimedAreNotLost(t *testing.T) {
 	// While the scheduler has the wake-up claimed, an event is committed (the commit finds a
 	// wake-up outstanding and queues nothing); the claimed one finishes as nothing-pending.
 	committed := false
-	q := racingQueue{b.st, func() {
+	sched := b.racing(func() {
 		if !committed {
 			committed = true
 			b.events(t, s, 1, false)
 		}
-	}}
-	sched := wakeup.New(q, map[string]wakeup.Sender{pushproxy.PlatformAPNs: b.sender}, &wakeup.Options{
-		InstanceID: owner, Now: b.clock.Now, Jitter: time.Nanosecond,
-		Rearm: func(ctx context.Context, devices []string) error { return b.st.RearmWakeups(ctx, devices, b.policy) },
 	})
 	run := func() {
 		if _, err := sched.RunOnce(context.Background()); err != nil {
