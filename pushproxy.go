@@ -78,8 +78,8 @@ type Stream struct {
 	UrgentEvents []string
 	// CompactBy is the stream's compaction setting (see ParseCompaction; "": none).
 	CompactBy string
-	// Queued is the number of events queued, counted, for a compacted stream (nil: not
-	// counted; see Backlog).
+	// Queued is the number of events queued, as the store counted it when it read the
+	// stream (nil: not counted; see Backlog).
 	Queued *int64
 }
 

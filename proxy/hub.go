@@ -108,27 +108,20 @@ func (h *hub) forgetCommitted(id string) {
 	h.mu.Unlock()
 }
 
-// ringStream rings the readers of stream id.
-func (h *hub) ringStream(id string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for sub := range h.subs[id] {
-		ring(sub)
-	}
-}
-
 // ringCommitted rings this instance's readers of the streams of a commit that carried news
-// (events, or an end). The streams for which own is true (still held here, under the lease
-// the commit passed the fence with) are marked as this instance's, so that their
-// notifications ring no one again (see committed); not the others: a hand-over forgets its
-// streams before their last commit, and a stream whose lease was lost goes to another
-// instance, whose commits only the notifications ring here. own is called with h.mu held.
-func (h *hub) ringCommitted(batch []store.Append, own func(store.Append) bool) {
+// (events, or an end). The streams that own finds this instance's own (still held here,
+// under the lease the commit passed the fence with) are marked so, and their notifications
+// ring no one again (see committed); not the others: a hand-over forgets its streams before
+// their last commit, and a stream whose lease was lost goes to another instance, whose
+// commits only the notifications ring here. own is called once, with h.mu held, so that no
+// holder is forgotten between its answer and the marks.
+func (h *hub) ringCommitted(batch []store.Append, own func([]store.Append) map[string]bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.subs) == 0 {
 		return
 	}
+	mine := own(batch)
 	for _, a := range batch {
 		if len(a.Events) == 0 && a.State == "" {
 			continue
@@ -137,7 +130,7 @@ func (h *hub) ringCommitted(batch []store.Append, own func(store.Append) bool) {
 		if !ok {
 			continue
 		}
-		if a.State == "" && own(a) {
+		if a.State == "" && mine[a.StreamID] {
 			h.committed[a.StreamID] = struct{}{}
 		} else {
 			delete(h.committed, a.StreamID) // an end: let its notification ring again

@@ -167,8 +167,9 @@ func TestOwnCommitsNotificationRingsNoOneTwice(t *testing.T) {
 			return false
 		}
 	}
-	held := func(store.Append) bool { return true }
-	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 5}}, HeadSeq: 5}}, held)
+	own := func(b []store.Append) map[string]bool { return map[string]bool{b[0].StreamID: true} }
+	notOwn := func([]store.Append) map[string]bool { return nil }
+	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 5}}, HeadSeq: 5}}, own)
 	if !rung() {
 		t.Fatal("the commit did not ring its reader")
 	}
@@ -191,7 +192,7 @@ func TestOwnCommitsNotificationRingsNoOneTwice(t *testing.T) {
 	// A commit of a stream no longer held here under that lease (its hand-over forgot it
 	// first, or the fence refused it): its readers are rung, and so are they by the
 	// notifications of the instance that holds it now.
-	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 6}}, HeadSeq: 6}}, func(store.Append) bool { return false })
+	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 6}}, HeadSeq: 6}}, notOwn)
 	if !rung() {
 		t.Fatal("the commit did not ring its reader")
 	}
@@ -199,10 +200,10 @@ func TestOwnCommitsNotificationRingsNoOneTwice(t *testing.T) {
 	if !rung() {
 		t.Fatal("a notification for a stream this instance committed to but no longer holds rang no one")
 	}
-	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 6}}, HeadSeq: 6}}, held)
+	h.ringCommitted([]store.Append{{StreamID: "a", Events: []pushproxy.Event{{Seq: 6}}, HeadSeq: 6}}, own)
 	rung()
 	h.readTo("a", 6)
-	h.ringCommitted([]store.Append{{StreamID: "a", HeadSeq: 6, State: "closed"}}, held)
+	h.ringCommitted([]store.Append{{StreamID: "a", HeadSeq: 6, State: "closed"}}, own)
 	rung()
 	h.notify("a")
 	if !rung() {

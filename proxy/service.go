@@ -611,34 +611,33 @@ func compaction(by string) *pushproxy.Compaction {
 // those whose holder is still the one that committed, under a lease the fence let pass, are
 // this instance's own.
 func (s *Service) ringCommitted(batch []store.Append, lost []store.Lease) {
-	s.hub.ringCommitted(batch, func(a store.Append) bool {
-		if slices.Contains(lost, store.Lease{StreamID: a.StreamID, Epoch: a.Epoch}) {
-			return false
-		}
+	s.hub.ringCommitted(batch, func(batch []store.Append) map[string]bool {
+		own := make(map[string]bool, len(batch))
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		h := s.holders[a.StreamID]
-		return h != nil && h.epoch == a.Epoch
+		for _, a := range batch {
+			h := s.holders[a.StreamID]
+			own[a.StreamID] = h != nil && h.epoch == a.Epoch && !slices.Contains(lost, store.Lease{StreamID: a.StreamID, Epoch: a.Epoch})
+		}
+		return own
 	})
 }
 
 // finished forgets a holder that has ended.
 func (s *Service) finished(h *holder) {
-	s.mu.Lock()
-	gone := s.holders[h.id] == h
-	if gone {
-		delete(s.holders, h.id)
-	}
-	s.mu.Unlock()
-	if gone {
-		s.hub.forgetCommitted(h.id)
-	}
+	s.forget(h)
 	s.holdWG.Done()
 }
 
 // unhold stops a holder.
 func (s *Service) unhold(h *holder) {
 	h.stop()
+	s.forget(h)
+}
+
+// forget drops h from the holders, if it is still the stream's, and the hub's record that
+// the stream is this instance's own.
+func (s *Service) forget(h *holder) {
 	s.mu.Lock()
 	gone := s.holders[h.id] == h
 	if gone {
@@ -727,10 +726,10 @@ func (s *Service) CloseStream(ctx context.Context, id string) (store.CloseResult
 	if h != nil {
 		s.unhold(h)
 	}
-	// This instance's readers learn of the end now, not from its notification (which
-	// may come back before the holder is gone, and be taken for this instance's own commit).
-	s.hub.forgetCommitted(id)
-	s.hub.ringStream(id)
+	// This instance's readers learn of the end now, not from its notification (which may
+	// come back before the holder is gone, and be taken for this instance's own commit).
+	// The holder, gone, is forgotten (unhold): the stream is no longer this instance's own.
+	s.hub.notify(id)
 	return res, nil
 }
 

@@ -155,9 +155,7 @@ func (s *Store) GetStream(ctx context.Context, id string) (pushproxy.Stream, err
 	}
 	row := s.pool.QueryRow(ctx, `SELECT `+streamColumns+`,
 		(SELECT e.last_event_id FROM events e WHERE e.stream_id = s.id AND e.seq = s.head_seq AND s.head_seq > s.floor_seq),
-		-- A compacted backlog has holes in its seqs: its events are counted (at most
-		-- --max-backlog, and as many as its keys when compaction does its work).
-		CASE WHEN s.compact_by <> '' THEN (SELECT count(*) FROM events e WHERE e.stream_id = s.id AND e.seq > s.floor_seq) END
+		`+backlogExpr+`
 		FROM streams s WHERE s.id = $1`, id)
 	var (
 		st     pushproxy.Stream
