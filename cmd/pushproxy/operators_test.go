@@ -249,12 +249,12 @@ func TestOperatorsSeeTheScriptedFlow(t *testing.T) {
 			tt.BacklogBytes == 2*size && tt.Devices == 2 && tt.DeadDevices == 1 && tt.InstancesAlive == 1 &&
 			tt.WakeupsLastHour["sent"] == 1 && tt.WakeupsLastHour["token-gone"] == 1 && len(ov.LargestBacklogs) == 2
 	}
-	for deadline := time.Now().Add(5 * time.Second); !totalsRight() && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !totalsRight() {
-		t.Fatalf("totals: %+v, largest backlogs %+v", ov.Totals, ov.LargestBacklogs)
-	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last overview: totals %+v, largest backlogs %+v", ov.Totals, ov.LargestBacklogs)
+		}
+	})
+	waitFor(t, "the overview's totals", totalsRight)
 	var byBacklog struct {
 		Streams []adminStreamDoc `json:"streams"`
 	}
