@@ -127,7 +127,7 @@ func (s *Store) resume(ctx context.Context, streamID string, m mark, lastEventID
 func (s *Store) touchRead(ctx context.Context, streamID string) error {
 	_, err := s.pool.Exec(ctx, `
 		UPDATE streams SET read_at = now() WHERE id = (
-			SELECT id FROM streams WHERE id = $1 AND read_at < now() - interval '1 minute'
+			SELECT id FROM streams WHERE id = $1 AND `+readStale+`
 			FOR NO KEY UPDATE SKIP LOCKED)`, streamID)
 	if err != nil {
 		return fmt.Errorf("record read: %w", err)
@@ -321,6 +321,10 @@ func (s *Store) EventsAfterMany(ctx context.Context, reqs []PageRequest) ([][]pu
 	return out, nil
 }
 
+// readStale is true of a stream whose read mark (read_at) is due again: it is written at
+// most once a minute, so that reads keep their updates few and HOT.
+const readStale = `read_at < now() - interval '1 minute'`
+
 // ackSQL moves a stream's floor, if it is where the acknowledgement read it ($2), to $3,
 // takes the acknowledged events' size off the backlog's (summed before the row is locked: a
 // subquery on parameters only is run once, before the update), queues the rows below it
@@ -331,7 +335,7 @@ const ackSQL = `
 			UPDATE streams SET acked_seq = $3, acked_id = $4, floor_seq = $3,
 				backlog_bytes = backlog_bytes - (SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e
 					WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= $3),
-				read_at = CASE WHEN read_at < now() - interval '1 minute' THEN now() ELSE read_at END,
+				read_at = CASE WHEN ` + readStale + ` THEN now() ELSE read_at END,
 				updated_at = now()
 			WHERE id = $1 AND floor_seq = $2
 			RETURNING true
@@ -357,7 +361,7 @@ const ackByIDSQL = `
 			UPDATE streams SET acked_seq = (SELECT seq FROM t), acked_id = $3, floor_seq = (SELECT seq FROM t),
 				backlog_bytes = backlog_bytes - (SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e
 					WHERE e.stream_id = $1 AND e.seq > $2 AND e.seq <= (SELECT seq FROM t)),
-				read_at = CASE WHEN read_at < now() - interval '1 minute' THEN now() ELSE read_at END,
+				read_at = CASE WHEN ` + readStale + ` THEN now() ELSE read_at END,
 				updated_at = now()
 			WHERE id = $1 AND floor_seq = $2 AND EXISTS (SELECT 1 FROM t)
 			RETURNING true
