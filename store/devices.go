@@ -252,18 +252,62 @@ const insertKeyedStreamSQL = `
 	VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, pushproxy_key_slot($11, $13::int, $14::smallint))
 	RETURNING ` + streamColumns
 
+// insertInKeySlotSQL is the path nearly every keyed handoff takes: pushproxy_key_slot's
+// first try as one statement, with no function call and no subtransaction. It takes the
+// place in slot $14 when the slot is below its share of bound $13 (0: no bound) and the
+// key's slots are known to be within their shares of that bound (api_key_bounds), and
+// inserts the stream counted in it; otherwise it inserts nothing, and the handoff's
+// transaction must be rolled back (an UPDATE that waited for the slot's row and then found
+// it full keeps the row locked) and done again with insertKeyedStreamSQL, which may wait for
+// every slot of the key and so must not hold one.
+//
+// Run on a generic plan (keyedFastPath): planned for each execution, as the store's sessions
+// plan their statements, it cost more than the function's call it replaces.
+const insertInKeySlotSQL = `
+	WITH k AS (
+		UPDATE api_key_streams SET held = held + 1
+		WHERE key_hash = $11 AND slot = $14::smallint
+			AND ($13::int <= 0 OR (held < $13::int / 16 + (slot < $13::int % 16)::int
+				AND EXISTS (SELECT 1 FROM api_key_bounds b WHERE b.key_hash = $11 AND b.bound = $13::int)))
+		RETURNING slot
+	)
+	INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by, key_slot)
+	SELECT $1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, k.slot FROM k
+	RETURNING ` + streamColumns
+
 // keyLimitCode is the SQLSTATE pushproxy_key_slot raises when the key is full.
 const keyLimitCode = "PPK01"
 
+// errKeySlotMissed is insertKeyedStream's answer when its one-statement path found no place
+// in the slot it tried: the caller rolls the handoff back and does it again with fast false.
+var errKeySlotMissed = errors.New("the key's slot has no place for the handoff")
+
 // insertKeyedStream inserts a handoff's stream under an API key, within the key's bound
 // (max; 0: none), or refuses with EKEYLIMIT when the key holds max streams already. args
-// are insertStream's; slot is the key slot to try first (keySlots.take).
-func insertKeyedStream(ctx context.Context, tx pgx.Tx, max int, slot int16, args []any) (pushproxy.Stream, int64, error) {
+// are insertStream's; slot is the key slot to try first (keySlots.take). With fast, it only
+// tries that slot (insertInKeySlotSQL), and answers errKeySlotMissed when it has no place.
+func insertKeyedStream(ctx context.Context, tx pgx.Tx, max int, slot int16, fast bool, args []any) (pushproxy.Stream, int64, error) {
 	bound := int32(max)
 	if max <= 0 || max > math.MaxInt32 {
 		bound = 0
 	}
-	st, epoch, err := scanStream(tx.QueryRow(ctx, insertKeyedStreamSQL, append(args, bound, slot)...))
+	args = append(args, bound, slot)
+	if fast {
+		b := &pgx.Batch{}
+		b.Queue(`SET LOCAL plan_cache_mode = force_generic_plan`)
+		b.Queue(insertInKeySlotSQL, args...)
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		if _, err := br.Exec(); err != nil {
+			return pushproxy.Stream{}, 0, wrapInsert(err)
+		}
+		st, epoch, err := scanStream(br.QueryRow())
+		if errors.Is(err, pgx.ErrNoRows) {
+			return st, 0, errKeySlotMissed
+		}
+		return st, epoch, wrapInsert(err)
+	}
+	st, epoch, err := scanStream(tx.QueryRow(ctx, insertKeyedStreamSQL, args...))
 	if pe := (*pgconn.PgError)(nil); errors.As(err, &pe) && pe.Code == keyLimitCode {
 		return st, 0, pushproxy.Errorf(pushproxy.EKEYLIMIT, "this API key already holds %d streams, the most allowed; close some first", max)
 	}

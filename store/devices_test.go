@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"sync"
 	"testing"
 	"testing/fstest"
@@ -518,5 +519,62 @@ func TestKeyQuotaCountsOlderCodesStreamsExactly(t *testing.T) {
 	}
 	if _, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: bound}); pushproxy.ErrorCode(err) != pushproxy.EKEYLIMIT {
 		t.Fatalf("a handoff with %d held under a bound of %d (one inserted by older code): %v, want %s", bound, bound, err, pushproxy.EKEYLIMIT)
+	}
+}
+
+// TestKeyedHandoffsTakeOneStatement: once a key's slots exist and its bound is known, a
+// keyed handoff takes its place and inserts its stream in one statement, without
+// pushproxy_key_slot; a handoff that finds its slot full is done again with the function,
+// which refuses it when the key is full, and inserts nothing.
+func TestKeyedHandoffsTakeOneStatement(t *testing.T) {
+	t.Parallel()
+	url := migratedDatabase(t)
+	rec := &recorder{}
+	st := open(t, url, &store.Options{Tracer: rec})
+	conn, err := pgx.Connect(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	ctx := context.Background()
+	handoff := func(key []byte, bound int) error {
+		_, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: bound})
+		return err
+	}
+	calls := func(stmts []recorded, what string) int {
+		n := 0
+		for _, s := range stmts {
+			n += strings.Count(s.sql, what)
+		}
+		return n
+	}
+
+	roomy := secretHash("roomy")
+	if err := handoff(roomy, 1000); err != nil { // makes the key's slots and records its bound
+		t.Fatal(err)
+	}
+	for i := 2; i <= 40; i++ {
+		stmts := rec.record(t, "keyed handoff", func() error { return handoff(roomy, 1000) })
+		if calls(stmts, "pushproxy_key_slot(") != 0 || calls(stmts, "UPDATE api_key_streams") != 1 {
+			t.Fatalf("handoff %d under a key with free places: want one statement taking its place and no pushproxy_key_slot, got:\n%v", i, stmts)
+		}
+	}
+
+	full := secretHash("full")
+	if err := handoff(full, 1); err != nil {
+		t.Fatal(err)
+	}
+	var err2 error
+	stmts := rec.record(t, "keyed handoff over the bound", func() error { err2 = handoff(full, 1); return nil })
+	if pushproxy.ErrorCode(err2) != pushproxy.EKEYLIMIT {
+		t.Fatalf("handoff over the bound: %v, want %s", err2, pushproxy.EKEYLIMIT)
+	}
+	if calls(stmts, "UPDATE api_key_streams") != 1 || calls(stmts, "pushproxy_key_slot(") != 1 {
+		t.Fatalf("the handoff over the bound: want its slot tried, then the function, got:\n%v", stmts)
+	}
+	for key, want := range map[string]int{"roomy": 40, "full": 1} {
+		if counted, held := keyCount(t, ctx, conn, secretHash(key)); counted != want || held != want {
+			t.Fatalf("key %s counts %d and holds %d streams, want %d", key, counted, held, want)
+		}
 	}
 }

@@ -105,7 +105,23 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 		slot = s.keySlots.take()
 		defer s.keySlots.give(slot)
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	// A keyed handoff tries the one-statement path into its slot first; when that finds no
+	// place, the handoff is done again with the path that may wait for the key's slots.
+	fast := len(ns.APIKeyHash) > 0
+	st, epoch, err = s.createStream(ctx, ns, wp, slot, fast)
+	if fast && errors.Is(err, errKeySlotMissed) {
+		st, epoch, err = s.createStream(ctx, ns, wp, slot, false)
+	}
+	return st, epoch, err
+}
+
+// createStream is CreateStream's transaction; fast is insertKeyedStream's.
+func (s *Store) createStream(ctx context.Context, ns NewStream, wp webpushColumns, slot int16, fast bool) (pushproxy.Stream, int64, error) {
+	var (
+		st    pushproxy.Stream
+		epoch int64
+	)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var deviceID *string
 		if ns.Push != nil {
 			id, err := handoffDevice(ctx, tx, &ns, wp)
@@ -136,7 +152,7 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 			st, epoch, err = scanStream(tx.QueryRow(ctx, insertStream, args...))
 			err = wrapInsert(err)
 		} else {
-			st, epoch, err = insertKeyedStream(ctx, tx, ns.MaxPerKey, slot, args)
+			st, epoch, err = insertKeyedStream(ctx, tx, ns.MaxPerKey, slot, fast, args)
 		}
 		if err != nil {
 			return err

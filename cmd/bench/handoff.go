@@ -58,6 +58,7 @@ func runHandoff(ctx context.Context, args []string) error {
 	keyQuota := fs.Int("max-streams-per-key", 100000000, "the on runs' --max-streams-per-key (0: that quota off, to see its share)")
 	dbURL := fs.String("database-url", "", "Postgres server to use; each run creates a database of its own on it (empty: a private durable cluster)")
 	onArgs := fs.String("on-args", "", "replace the on runs' flags with these (e.g. to see one feature's share; {keyfile} is the sealing key file); the API key is always sent")
+	concurrent := fs.Bool("concurrent", false, "run each pair's on and off at the same time, each on its own database with half the clients, so that both meet the same load of the machine")
 	profileDir := fs.String("profile-dir", "", "write a CPU profile of the proxy's measured window of each run here (run-N-on.pprof, ...)")
 	fs.Parse(args)
 
@@ -103,6 +104,22 @@ func runHandoff(ctx context.Context, args []string) error {
 	fmt.Printf("  on:  %s\n  off: %s\n", strings.Join(on.args, " "), strings.Join(off.args, " "))
 
 	var runs []handoffRun
+	if *concurrent {
+		for i := 0; i < *pairs; i++ {
+			// The pairs alternate which mode starts first and gets its workers first: an A/A
+			// run of 6 pairs, on always first, measured it 1.9 % faster (pairs 1.000-1.038).
+			modes := [2]handoffMode{on, off}
+			if i%2 == 1 {
+				modes = [2]handoffMode{off, on}
+			}
+			pair, err := handoffPair(ctx, dir, url, origins[0], i, modes, apiKey, max(*clients/2, 1), *warmup, *duration, *profileDir)
+			if err != nil {
+				return fmt.Errorf("pair %d: %w", i+1, err)
+			}
+			runs = append(runs, pair...)
+		}
+		return reportHandoffs(runs, on.name)
+	}
 	for i := 0; i < 2**pairs; i++ {
 		// ABBA: the pairs alternate which mode runs first, so that neither the drift of the
 		// machine nor the place in a pair (an A/A run of 6 pairs measured the first run of
@@ -123,14 +140,18 @@ func runHandoff(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("run %d (%s): %w", i+1, mode.name, err)
 		}
-		fmt.Printf("  run %d %-3s %7.0f handoffs/s  (%d in %s)  p50 %s  p99 %s  CPU %d µs/handoff (proxy + Postgres)\n", i+1, r.mode, r.rate(), r.n,
-			r.elapsed.Round(time.Millisecond), r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.cpuPerHandoff().Microseconds())
+		r.print(fmt.Sprint("run ", i+1))
 		runs = append(runs, r)
 	}
+	return reportHandoffs(runs, on.name)
+}
+
+// reportHandoffs prints the on/off ratios of runs, taken as pairs (one on, one off).
+func reportHandoffs(runs []handoffRun, on string) error {
 	var ratios, onRates, offRates, cpuRatios []float64
 	for i := 0; i+1 < len(runs); i += 2 {
 		a, b := runs[i], runs[i+1] // a: on, b: off
-		if a.mode != on.name {
+		if a.mode != on {
 			a, b = b, a
 		}
 		ratios = append(ratios, a.rate()/b.rate())
@@ -143,6 +164,45 @@ func runHandoff(ctx context.Context, args []string) error {
 	fmt.Printf("result: CPU per handoff (proxy + Postgres), on/off per pair %s; median %.3f (%+.1f %% CPU, so %+.1f %% handoffs/s where CPU is what bounds them)\n",
 		fmtRatios(cpuRatios), median(cpuRatios), 100*(median(cpuRatios)-1), 100*(1/median(cpuRatios)-1))
 	return nil
+}
+
+// handoffPair runs on and off at the same time (pair i), each on a fresh database of its own
+// with clients workers, and returns their runs.
+func handoffPair(ctx context.Context, dir, serverURL, origin string, i int, modes [2]handoffMode, apiKey string, clients int, warmup, duration time.Duration, profileDir string) ([]handoffRun, error) {
+	var proxies []*handoffProxy
+	defer func() {
+		for _, p := range proxies {
+			p.px.stop()
+		}
+	}()
+	for k, mode := range modes {
+		db, err := freshDatabase(ctx, serverURL, fmt.Sprintf("bench_handoff_%d", 2*i+k))
+		if err != nil {
+			return nil, err
+		}
+		profile := ""
+		if profileDir != "" {
+			profile = filepath.Join(profileDir, fmt.Sprintf("pair-%d-%s.pprof", i+1, mode.name))
+		}
+		p, err := startHandoffProxy(ctx, dir, db, mode, profile)
+		if err != nil {
+			return nil, err
+		}
+		proxies = append(proxies, p)
+	}
+	runs, err := loadHandoffs(ctx, proxies, origin, apiKey, clients, warmup, duration)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range runs {
+		r.print(fmt.Sprint("pair ", i+1))
+	}
+	return runs, nil
+}
+
+func (r handoffRun) print(what string) {
+	fmt.Printf("  %s %-3s %7.0f handoffs/s  (%d in %s)  p50 %s  p99 %s  CPU %d µs/handoff (proxy + Postgres)\n", what, r.mode, r.rate(), r.n,
+		r.elapsed.Round(time.Millisecond), r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.cpuPerHandoff().Microseconds())
 }
 
 func fmtRatios(rs []float64) string {
@@ -190,9 +250,18 @@ func freshDatabase(ctx context.Context, serverURL, name string) (string, error) 
 	return u.String(), nil
 }
 
-// handoffOnce starts `pushproxy serve` in mode on db, loads it with handoffs from clients
-// workers for warmup+duration, stops it, and returns what the measured part did.
-func handoffOnce(ctx context.Context, dir, db, origin string, mode handoffMode, apiKey string, clients int, warmup, duration time.Duration, profile string) (handoffRun, error) {
+// handoffProxy is a `pushproxy serve` the handoff benchmark loads.
+type handoffProxy struct {
+	mode      handoffMode
+	px        *child
+	db        string
+	api       string // its POST /v1/streams
+	adminAddr string
+	profile   string // where to write the CPU profile of the measured window ("": none)
+}
+
+// startHandoffProxy starts `pushproxy serve` in mode on db.
+func startHandoffProxy(ctx context.Context, dir, db string, mode handoffMode, profile string) (*handoffProxy, error) {
 	admin := ""
 	if profile != "" {
 		admin = "127.0.0.1:0"
@@ -201,83 +270,125 @@ func handoffOnce(ctx context.Context, dir, db, origin string, mode handoffMode, 
 		"--upstream-allow", "127.0.0.0/8", "--upstream-h2c", "--log-level", "info"}, mode.args...)
 	px, err := startChild(ctx, nil, filepath.Join(dir, "pushproxy"), args...)
 	if err != nil {
-		return handoffRun{}, err
+		return nil, err
 	}
-	defer px.stop()
 	serving, err := px.waitLines(regexp.MustCompile(`msg="pushproxy serving" (addr=\S+ scheme=\S+ admin=\S*)`), 1)
 	if err != nil {
-		return handoffRun{}, err
+		px.stop()
+		return nil, err
 	}
 	var addr, adminAddr, scheme string
 	if _, err := fmt.Sscanf(strings.ReplaceAll(serving[0], "=", " "), "addr %s scheme %s admin %s", &addr, &scheme, &adminAddr); err != nil && profile != "" {
-		return handoffRun{}, fmt.Errorf("serving line %q: %w", serving[0], err)
+		px.stop()
+		return nil, fmt.Errorf("serving line %q: %w", serving[0], err)
 	}
-	api := "http://" + addr + "/v1/streams"
 	go func() { // drain what the proxy logs so that it never blocks; show its errors
 		for l := range px.lines {
 			if strings.Contains(l, "level=ERROR") {
-				fmt.Printf("  proxy: %s\n", l)
+				fmt.Printf("  proxy (%s): %s\n", mode.name, l)
 			}
 		}
 	}()
+	return &handoffProxy{mode: mode, px: px, db: db, api: "http://" + addr + "/v1/streams", adminAddr: adminAddr, profile: profile}, nil
+}
 
+// handoffOnce starts `pushproxy serve` in mode on db, loads it with handoffs from clients
+// workers for warmup+duration, stops it, and returns what the measured part did.
+func handoffOnce(ctx context.Context, dir, db, origin string, mode handoffMode, apiKey string, clients int, warmup, duration time.Duration, profile string) (handoffRun, error) {
+	p, err := startHandoffProxy(ctx, dir, db, mode, profile)
+	if err != nil {
+		return handoffRun{}, err
+	}
+	defer p.px.stop()
+	runs, err := loadHandoffs(ctx, []*handoffProxy{p}, origin, apiKey, clients, warmup, duration)
+	if err != nil {
+		return handoffRun{}, err
+	}
+	return runs[0], nil
+}
+
+// loadHandoffs loads each of proxies with handoffs from clients workers of its own, all at
+// the same time, for warmup+duration, and returns what the measured part did at each. The
+// CPU of one proxy alone is its process's and its Postgres server's; of several at once, each
+// one's process's and its database's backends' (Postgres's own processes, shared, are left
+// out).
+func loadHandoffs(ctx context.Context, proxies []*handoffProxy, origin, apiKey string, clients int, warmup, duration time.Duration) ([]handoffRun, error) {
 	var (
 		measuring atomic.Bool
 		stop      atomic.Bool
-		count     atomic.Int64
-		mu        sync.Mutex
-		lat       []time.Duration
 		wg        sync.WaitGroup
 		firstErr  error
 		errOnce   sync.Once
 	)
+	type load struct {
+		count atomic.Int64
+		mu    sync.Mutex
+		lat   []time.Duration
+		cpu   func() time.Duration
+	}
+	loads := make([]*load, len(proxies))
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}, Timeout: 30 * time.Second}
 	defer client.CloseIdleConnections()
-	for w := 0; w < clients; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			var mine []time.Duration
-			defer func() {
-				mu.Lock()
-				lat = append(lat, mine...)
-				mu.Unlock()
-			}()
-			for i := 0; !stop.Load(); i++ {
-				// Credentials of the shapes apps forward: an Authorization, a Cookie, a custom
-				// header and a ?key= query, each distinct per handoff.
-				body, _ := json.Marshal(map[string]any{
-					"url": fmt.Sprintf("%s/events?key=query-secret-%d-%d", origin, w, i),
-					"headers": map[string]string{
-						"Authorization": fmt.Sprintf("Bearer origin-token-%d-%d-0123456789abcdef", w, i),
-						"Cookie":        fmt.Sprintf("sid=session-%d-%d-0123456789abcdef; theme=dark", w, i),
-						"X-Api-Key":     fmt.Sprintf("custom-%d-%d-0123456789abcdef", w, i),
-					},
-				})
-				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, api, bytes.NewReader(body))
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("Authorization", "Bearer "+apiKey) // ignored when no key is set
-				t0 := time.Now()
-				resp, err := client.Do(req)
-				if err == nil {
-					b, _ := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusCreated {
-						err = fmt.Errorf("handoff: %s: %s", resp.Status, bytes.TrimSpace(b))
+	for pi, p := range proxies {
+		ld := &load{}
+		loads[pi] = ld
+		for w := 0; w < clients; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				var mine []time.Duration
+				defer func() {
+					ld.mu.Lock()
+					ld.lat = append(ld.lat, mine...)
+					ld.mu.Unlock()
+				}()
+				for i := 0; !stop.Load(); i++ {
+					// Credentials of the shapes apps forward: an Authorization, a Cookie, a custom
+					// header and a ?key= query, each distinct per handoff.
+					body, _ := json.Marshal(map[string]any{
+						"url": fmt.Sprintf("%s/events?key=query-secret-%d-%d-%d", origin, pi, w, i),
+						"headers": map[string]string{
+							"Authorization": fmt.Sprintf("Bearer origin-token-%d-%d-0123456789abcdef", w, i),
+							"Cookie":        fmt.Sprintf("sid=session-%d-%d-0123456789abcdef; theme=dark", w, i),
+							"X-Api-Key":     fmt.Sprintf("custom-%d-%d-0123456789abcdef", w, i),
+						},
+					})
+					req, _ := http.NewRequestWithContext(ctx, http.MethodPost, p.api, bytes.NewReader(body))
+					req.Header.Set("Content-Type", "application/json")
+					req.Header.Set("Authorization", "Bearer "+apiKey) // ignored when no key is set
+					t0 := time.Now()
+					resp, err := client.Do(req)
+					if err == nil {
+						b, _ := io.ReadAll(resp.Body)
+						resp.Body.Close()
+						if resp.StatusCode != http.StatusCreated {
+							err = fmt.Errorf("handoff (%s): %s: %s", p.mode.name, resp.Status, bytes.TrimSpace(b))
+						}
+					}
+					took := time.Since(t0)
+					if err != nil {
+						errOnce.Do(func() { firstErr = err })
+						stop.Store(true)
+						return
+					}
+					if measuring.Load() {
+						ld.count.Add(1)
+						mine = append(mine, took)
 					}
 				}
-				took := time.Since(t0)
-				if err != nil {
-					errOnce.Do(func() { firstErr = err })
-					stop.Store(true)
-					return
-				}
-				if measuring.Load() {
-					count.Add(1)
-					mine = append(mine, took)
-				}
-			}
-		}(w)
+			}(w)
+		}
+		pid := p.px.cmd.Process.Pid
+		ld.cpu = func() time.Duration { return processTreeCPU(pid) }
+		switch pg, err := postmasterPID(ctx, p.db); {
+		case err != nil:
+			fmt.Printf("  CPU per handoff: the proxy's only (Postgres is not a process of this machine: %v)\n", err)
+		case len(proxies) == 1:
+			ld.cpu = func() time.Duration { return processTreeCPU(pid) + processTreeCPU(pg) }
+		default:
+			backends := databaseBackendsCPU(ctx, p.db)
+			ld.cpu = func() time.Duration { return processTreeCPU(pid) + backends() }
+		}
 	}
 	sleep := func(d time.Duration) {
 		select {
@@ -285,41 +396,93 @@ func handoffOnce(ctx context.Context, dir, db, origin string, mode handoffMode, 
 		case <-ctx.Done():
 		}
 	}
-	cpuNow := func() time.Duration { return processTreeCPU(px.cmd.Process.Pid) }
-	if pg, err := postmasterPID(ctx, db); err == nil {
-		cpuNow = func() time.Duration { return processTreeCPU(px.cmd.Process.Pid) + processTreeCPU(pg) }
-	} else {
-		fmt.Printf("  CPU per handoff: the proxy's only (Postgres is not a process of this machine: %v)\n", err)
-	}
 	sleep(warmup)
-	profiled := make(chan error, 1)
-	if profile != "" {
-		go func() { profiled <- fetchProfile(ctx, "http://"+adminAddr+"/debug/pprof/profile", duration, profile) }()
-	} else {
-		profiled <- nil
+	profiled := make(chan error, len(proxies))
+	for _, p := range proxies {
+		if p.profile == "" {
+			profiled <- nil
+			continue
+		}
+		go func() {
+			profiled <- fetchProfile(ctx, "http://"+p.adminAddr+"/debug/pprof/profile", duration, p.profile)
+		}()
+	}
+	cpu0 := make([]time.Duration, len(proxies))
+	for i, ld := range loads {
+		cpu0[i] = ld.cpu()
 	}
 	measuring.Store(true)
-	t0, cpu0 := time.Now(), cpuNow()
+	t0 := time.Now()
 	sleep(duration)
 	measuring.Store(false)
-	elapsed, cpu := time.Since(t0), cpuNow()-cpu0
+	elapsed := time.Since(t0)
+	runs := make([]handoffRun, len(proxies))
+	for i, ld := range loads {
+		runs[i] = handoffRun{mode: proxies[i].mode.name, elapsed: elapsed, cpu: ld.cpu() - cpu0[i]}
+	}
 	stop.Store(true)
 	wg.Wait()
-	if err := <-profiled; err != nil {
-		return handoffRun{}, err
+	for range proxies {
+		if err := <-profiled; err != nil {
+			return nil, err
+		}
 	}
 	if firstErr != nil {
-		return handoffRun{}, firstErr
+		return nil, firstErr
 	}
 	if err := ctx.Err(); err != nil {
-		return handoffRun{}, err
+		return nil, err
 	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	if len(lat) == 0 {
-		return handoffRun{}, fmt.Errorf("no handoff completed in %s", duration)
+	for i, ld := range loads {
+		lat := ld.lat
+		sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+		if len(lat) == 0 {
+			return nil, fmt.Errorf("%s: no handoff completed in %s", proxies[i].mode.name, duration)
+		}
+		pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+		runs[i].n, runs[i].p50, runs[i].p99 = int(ld.count.Load()), pct(0.5), pct(0.99)
 	}
-	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	return handoffRun{mode: mode.name, n: int(count.Load()), elapsed: elapsed, p50: pct(0.5), p99: pct(0.99), cpu: cpu}, nil
+	return runs, nil
+}
+
+// databaseBackendsCPU returns a function of the CPU time the backends serving db have spent:
+// those alive when it is called, each counted from when the function first saw it (from 0
+// for one it had not seen, started since).
+func databaseBackendsCPU(ctx context.Context, db string) func() time.Duration {
+	seen := map[int]time.Duration{}
+	pids := func() []int {
+		conn, err := pgx.Connect(ctx, db)
+		if err != nil {
+			return nil
+		}
+		defer conn.Close(ctx)
+		rows, err := conn.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)
+		if err != nil {
+			return nil
+		}
+		ids, _ := pgx.CollectRows(rows, pgx.RowTo[int32])
+		var out []int
+		for _, id := range ids {
+			out = append(out, int(id))
+		}
+		return out
+	}
+	first := true
+	return func() time.Duration {
+		var total time.Duration
+		for _, pid := range pids() {
+			st, err := procStat(pid)
+			if err != nil {
+				continue
+			}
+			if first {
+				seen[pid] = st.cpu
+			}
+			total += st.cpu - seen[pid]
+		}
+		first = false
+		return total
+	}
 }
 
 // fetchProfile writes the CPU profile of the next d of the process serving url to path.
