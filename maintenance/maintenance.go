@@ -1,8 +1,9 @@
 // Package maintenance runs what one instance at a time does for the whole database: the
 // retention rules (ended streams deleted, idle streams closed, old events dropped, dead and
 // orphaned devices deleted, gone instances' rows deleted), failing the streams of dead
-// devices, trimming the wake-up history, and computing the database-wide gauges that every
-// instance's /metrics reads from one row.
+// devices, trimming the wake-up history, computing the database-wide gauges that every
+// instance's /metrics reads from one row, and ending the database sessions that instances
+// whose lease lapsed left in a transaction (store.EndLapsedSessions).
 //
 // The one instance is the leader: it holds a lease, a row in Postgres with an expiry and a
 // fencing epoch (store.TakeLeadership). A leased row rather than a session advisory lock:
@@ -253,6 +254,16 @@ func (r *Runner) tick(ctx context.Context) bool {
 	f, ok := r.leading()
 	if !ok {
 		return false
+	}
+	// The sessions of instances whose lease lapsed, still in a transaction (a COPY frozen
+	// with its instance), are ended at each tick: their streams' rows are released for the
+	// claims of the others.
+	if n, err := r.st.EndLapsedSessions(ctx); err != nil {
+		if ctx.Err() == nil {
+			r.log.WarnContext(ctx, "ending the sessions of lapsed instances", slog.String("error", err.Error()))
+		}
+	} else if n > 0 {
+		r.log.WarnContext(ctx, "ended database sessions of instances whose lease lapsed", slog.Int64("sessions", n))
 	}
 	r.mu.Lock()
 	gaugesDue := time.Since(r.gaugesAt) >= r.opts.GaugeInterval

@@ -2,11 +2,13 @@ package maintenance_test
 
 import (
 	"context"
+	neturl "net/url"
 	"os"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
@@ -436,6 +438,73 @@ func TestWakeupHistoryAndGoneInstancesAreTrimmed(t *testing.T) {
 	}
 	if c.get(maintenance.RuleWakeupHistory) != 5 || c.get(maintenance.RuleGoneInstances) != 1 {
 		t.Errorf("counted %v", c.rows)
+	}
+}
+
+// TestTheLeaderEndsTheSessionsOfLapsedInstances: a session named after an instance whose
+// lease lapsed (store.SessionName), left in a transaction that holds a stream's row (as a
+// COPY frozen with its instance does), is ended by the leader's tick, and the row freed; a
+// live instance's session in a transaction, and the lapsed instance's idle one, are left
+// alone.
+func TestTheLeaderEndsTheSessionsOfLapsedInstances(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	s := b.stream(t, "", 0)
+	b.exec(t, `INSERT INTO instances (id, expires_at) VALUES ('lapsed', now() - interval '1 second'), ('live', now() + interval '1 minute')`)
+	session := func(instance string) *pgx.Conn {
+		t.Helper()
+		u, err := neturl.Parse(b.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := u.Query()
+		q.Del("application_name")
+		// (%20, not the + of Values.Encode, which pgx leaves as it is)
+		u.RawQuery = q.Encode() + "&application_name=" + neturl.PathEscape(store.SessionName(instance))
+		conn, err := pgx.Connect(ctx, u.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close(context.Background()) })
+		return conn
+	}
+	frozen, idle, live := session("lapsed"), session("lapsed"), session("live")
+	frozenTx, err := frozen.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := frozenTx.Exec(ctx, `SELECT 1 FROM streams WHERE id = $1 FOR UPDATE`, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	liveTx, err := live.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := liveTx.Exec(ctx, `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
+
+	frozenPID := frozen.PgConn().PID()
+	r, _ := b.runner(t, b.st, "leader", maintenance.Options{})
+	if !r.RunOnce(ctx) {
+		t.Fatal("the only runner does not lead")
+	}
+	// pg_terminate_backend signals the session, which ends soon after.
+	waitFor(t, 10*time.Second, "the lapsed instance's session in a transaction was not ended", func() bool {
+		return b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, frozenPID) == 0
+	})
+	if err := frozenTx.Commit(ctx); err == nil {
+		t.Fatal("the lapsed instance's transaction committed: its session was not ended")
+	}
+	if err := liveTx.Commit(ctx); err != nil {
+		t.Fatalf("the live instance's transaction: %v", err)
+	}
+	if err := idle.Ping(ctx); err != nil {
+		t.Fatalf("the lapsed instance's idle session: %v", err)
+	}
+	if n := b.count(t, `SELECT count(*) FROM (SELECT 1 FROM streams WHERE id = $1 FOR UPDATE SKIP LOCKED) l`, s.ID); n != 1 {
+		t.Fatal("the stream's row is still locked")
 	}
 }
 

@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/internal/proxytest"
 	"github.com/pushproxy/pushproxy/proxy"
 	"github.com/pushproxy/pushproxy/store"
@@ -354,22 +354,6 @@ func newCommitCutter(t *testing.T, target string) *commitCutter {
 	return c
 }
 
-func readMsg(r io.Reader, typed bool) ([]byte, error) {
-	n := 4
-	if typed {
-		n = 5
-	}
-	head := make([]byte, n)
-	if _, err := io.ReadFull(r, head); err != nil {
-		return nil, err
-	}
-	l := binary.BigEndian.Uint32(head[n-4:])
-	msg := make([]byte, n+int(l)-4)
-	copy(msg, head)
-	_, err := io.ReadFull(r, msg[n:])
-	return msg, err
-}
-
 func (c *commitCutter) serve(client net.Conn) {
 	defer client.Close()
 	server, err := net.Dial("tcp", c.target)
@@ -381,7 +365,7 @@ func (c *commitCutter) serve(client net.Conn) {
 	go func() {
 		defer client.Close()
 		for {
-			m, err := readMsg(server, true)
+			m, err := pgtest.ReadMessage(server, true)
 			if err != nil {
 				return
 			}
@@ -402,7 +386,7 @@ func (c *commitCutter) serve(client net.Conn) {
 	isCommit := func(sql string) bool { return strings.EqualFold(strings.TrimRight(sql, "\x00; "), "commit") }
 	prepared := map[string]string{} // statement name: its text
 	for {
-		m, err := readMsg(client, typed)
+		m, err := pgtest.ReadMessage(client, typed)
 		if err != nil {
 			return
 		}

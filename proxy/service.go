@@ -156,6 +156,14 @@ var DefaultOptions = Options{
 	ReaderPoll:             time.Second,
 }
 
+// NewInstanceID returns an instance id for an instance given none: host-pid-random.
+func NewInstanceID() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}
+
 func (o *Options) withDefaults() Options {
 	r := *o
 	d := DefaultOptions
@@ -177,10 +185,7 @@ func (o *Options) withDefaults() Options {
 	r.ReaderTTL = cmp.Or(r.ReaderTTL, d.ReaderTTL)
 	r.ReaderPoll = cmp.Or(r.ReaderPoll, d.ReaderPoll)
 	if r.InstanceID == "" {
-		host, _ := os.Hostname()
-		var b [4]byte
-		_, _ = rand.Read(b[:])
-		r.InstanceID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+		r.InstanceID = NewInstanceID()
 	}
 	if r.Upstream == nil {
 		r.Upstream, _ = upstream.ParseAllowList(nil)

@@ -3,8 +3,12 @@ package store_test
 import (
 	"context"
 	"errors"
+	"net"
+	neturl "net/url"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -102,6 +106,165 @@ func TestFrozenInstanceLosesItsLocksAndItsStreams(t *testing.T) {
 	// The frozen instance, when it wakes, finds its session gone: nothing it had is committed.
 	if err := tx.Commit(ctx); err == nil {
 		t.Fatal("the frozen transaction committed after its session should have been ended")
+	}
+}
+
+// TestAFrozenCopyIsEndedWithItsInstancesLease: an instance frozen while its commit copies
+// events (a commit of more than 256) holds its streams' rows: a session waiting for a COPY's
+// data is not idle in its transaction, and no statement timeout ends it. Once its lease
+// lapsed, EndLapsedSessions (the maintenance leader's) ends that session by its name, the
+// stream is claimed by another instance, and nothing of the frozen commit is stored.
+func TestAFrozenCopyIsEndedWithItsInstancesLease(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	url := migratedDatabase(t)
+	freezer := newCopyFreezer(t, url)
+	const ttl = time.Second
+	frozen := open(t, freezer.url, &store.Options{InstanceID: "frozen", LeaseTTL: ttl, IdleInTransactionTimeout: 300 * time.Millisecond, StatementTimeout: 300 * time.Millisecond})
+	other := open(t, url, &store.Options{InstanceID: "other"})
+	if err := frozen.RenewInstance(ctx, "frozen", ttl); err != nil {
+		t.Fatal(err)
+	}
+	s, epoch, err := frozen.CreateStream(ctx, store.NewStream{URL: "http://origin.test/", TokenHash: []byte("h"), LeaseOwner: "frozen"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	freezer.armed.Store(true)
+	committed := make(chan error, 1)
+	go func() {
+		_, err := frozen.Commit(ctx, "frozen", []store.Append{{StreamID: s.ID, Epoch: epoch, Events: events(1, 300, seqID), HeadSeq: 300, RetryMS: -1}}, store.CommitOptions{})
+		committed <- err
+	}()
+	select {
+	case <-freezer.frozen:
+	case err := <-committed:
+		t.Fatalf("the commit of 300 events ended without copying them: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the commit never asked for a COPY's data")
+	}
+	var inTx int
+	if err := other.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND xact_start IS NOT NULL`, store.SessionName("frozen")).Scan(&inTx); err != nil || inTx != 1 {
+		t.Fatalf("sessions named %q in a transaction: %d (%v), want the frozen commit's", store.SessionName("frozen"), inTx, err)
+	}
+	if n, err := other.EndLapsedSessions(ctx); err != nil || n != 0 {
+		t.Fatalf("ended %d sessions (%v) of an instance whose lease is fresh", n, err)
+	}
+	// What the session's timeouts would have done, they would have done by now: they do not
+	// apply to a session waiting for a COPY's data.
+	time.Sleep(1 * time.Second)
+	if err := other.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND xact_start IS NOT NULL`, store.SessionName("frozen")).Scan(&inTx); err != nil || inTx != 1 {
+		t.Fatalf("sessions named %q in a transaction after 3 times their timeouts: %d (%v), want the frozen commit's", store.SessionName("frozen"), inTx, err)
+	}
+	if _, err := other.Pool().Exec(ctx, `UPDATE instances SET expires_at = now() - interval '1 second' WHERE id = 'frozen'`); err != nil {
+		t.Fatal(err)
+	}
+	// Its lease lapsed, but the frozen COPY holds the stream's row.
+	if claims, err := other.ClaimStreams(ctx, "other", time.Minute, 10); err != nil || len(claims) != 0 {
+		t.Fatalf("claims while the frozen COPY holds the row: %+v, %v", claims, err)
+	}
+	if n, err := other.EndLapsedSessions(ctx); err != nil || n != 1 {
+		t.Fatalf("ended %d sessions (%v), want the frozen commit's", n, err)
+	}
+	var claims []store.Claim
+	waitFor(t, 10*time.Second, "the frozen instance's stream was never claimed", func() bool {
+		claims, err = other.ClaimStreams(ctx, "other", time.Minute, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(claims) > 0
+	})
+	if len(claims) != 1 || claims[0].Stream.ID != s.ID || claims[0].Epoch != epoch+1 || claims[0].Stream.HeadSeq != 0 {
+		t.Fatalf("claims = %+v, want %s at epoch %d with nothing committed", claims, s.ID, epoch+1)
+	}
+	if err := <-committed; err == nil {
+		t.Fatal("the frozen commit succeeded after its session was ended")
+	}
+	var stored int
+	if err := other.Pool().QueryRow(ctx, `SELECT count(*) FROM events WHERE stream_id = $1`, s.ID).Scan(&stored); err != nil || stored != 0 {
+		t.Fatalf("%d events of the frozen commit stored (%v)", stored, err)
+	}
+}
+
+// copyFreezer is a TCP proxy between a store and Postgres that, once armed, stops passing on
+// what the client sends from the moment the server asks for a COPY's data (CopyInResponse):
+// the session of an instance frozen in the middle of a commit that copies its events. It
+// passes nothing more on that connection until the server ends it.
+type copyFreezer struct {
+	url    string // the database's URL through the freezer
+	target string
+	armed  atomic.Bool
+	frozen chan struct{} // closed once a session froze
+	once   sync.Once
+}
+
+func newCopyFreezer(t *testing.T, dbURL string) *copyFreezer {
+	t.Helper()
+	u, err := neturl.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	f := &copyFreezer{target: u.Host, frozen: make(chan struct{})}
+	u.Host = ln.Addr().String()
+	f.url = u.String()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go f.serve(conn)
+		}
+	}()
+	return f
+}
+
+func (f *copyFreezer) serve(client net.Conn) {
+	defer client.Close()
+	server, err := net.Dial("tcp", f.target)
+	if err != nil {
+		return
+	}
+	defer server.Close()
+	var frozen atomic.Bool
+	done := make(chan struct{})
+	go func() { // the server's messages, to the client
+		defer close(done)
+		defer client.Close()
+		for {
+			m, err := pgtest.ReadMessage(server, true)
+			if err != nil {
+				return
+			}
+			if m[0] == 'G' && f.armed.CompareAndSwap(true, false) {
+				frozen.Store(true)
+				f.once.Do(func() { close(f.frozen) })
+			}
+			if _, err := client.Write(m); err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := client.Read(buf)
+		if frozen.Load() {
+			<-done // until the server ends the session
+			return
+		}
+		if n > 0 {
+			if _, err := server.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
 }
 
@@ -351,5 +514,27 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 		if err := c.do(ctx); err != nil {
 			t.Errorf("%s after the database came back: %v", c.name, err)
 		}
+	}
+}
+
+// TestSessionNamesAreWhatPostgresKeeps: an instance's session name is "pushproxy <id>" when
+// Postgres keeps that as it is (63 bytes of printable ASCII at most); other ids get names
+// of that kind too, distinct per id.
+func TestSessionNamesAreWhatPostgresKeeps(t *testing.T) {
+	long := strings.Repeat("h", 60)
+	ids := []string{"host-1234-abcd", long, long + "x", "hôte-1", "tab\tid", ""}
+	seen := map[string]string{}
+	for _, id := range ids {
+		name := store.SessionName(id)
+		if len(name) > 63 || strings.ContainsFunc(name, func(r rune) bool { return r < 0x20 || r >= 0x7f }) {
+			t.Errorf("SessionName(%q) = %q: Postgres would not keep it as it is", id, name)
+		}
+		if other, ok := seen[name]; ok {
+			t.Errorf("ids %q and %q are both named %q", id, other, name)
+		}
+		seen[name] = id
+	}
+	if got := store.SessionName("host-1234-abcd"); got != "pushproxy host-1234-abcd" {
+		t.Errorf("SessionName of a plain id = %q", got)
 	}
 }

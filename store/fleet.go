@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -102,4 +104,61 @@ func (s *Store) NotifyClaim(ctx context.Context) error {
 		return fmt.Errorf("notify claim: %w", err)
 	}
 	return nil
+}
+
+// SessionName is the application_name of the database sessions of the instance id
+// (Options.InstanceID): "pushproxy <id>", or, for an id that Postgres would not keep as it
+// is (longer than its 63 bytes, or other than printable ASCII), "pushproxy ~" and the
+// start of the id's SHA-256 in hex.
+func SessionName(id string) string {
+	name := "pushproxy " + id
+	plain := len(name) <= 63
+	for i := 0; plain && i < len(id); i++ {
+		plain = id[i] >= 0x20 && id[i] < 0x7f
+	}
+	if plain {
+		return name
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "pushproxy ~" + hex.EncodeToString(sum[:16])
+}
+
+// EndLapsedSessions ends (pg_terminate_backend) the sessions, in a transaction, of the
+// instances whose lease lapsed, found by their names (SessionName), and returns how many.
+//
+// An instance frozen (SIGSTOP, a paused VM) while its commit copies events (COPY FROM
+// STDIN, for commits of more than insertMaxEvents) holds the rows of the streams it commits
+// for as long as it stays frozen: a session waiting for a COPY's data is not idle in its
+// transaction, and a statement's timeout is not acted on until data arrives. Those streams
+// cannot be claimed meanwhile (ClaimStreams skips locked rows). Ending the session is what
+// releases them; an instance whose lease lapsed has lost its streams' leases anyway, and
+// what it commits late is fenced off by their epochs.
+//
+// Ending another session needs the same role as it (the instances share one) or
+// pg_signal_backend.
+func (s *Store) EndLapsedSessions(ctx context.Context) (int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM instances WHERE expires_at < now()`)
+	if err != nil {
+		return 0, fmt.Errorf("end lapsed sessions: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(ids) == 0 {
+		return 0, err
+	}
+	names := make([]string, len(ids))
+	for i, id := range ids {
+		names[i] = SessionName(id)
+	}
+	// The leases are looked at again with the sessions: one renewed meanwhile keeps them.
+	var n int64
+	err = s.pool.QueryRow(ctx, `
+		SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid))
+		FROM unnest($1::text[], $2::text[]) AS l(id, name)
+		JOIN instances i ON i.id = l.id AND i.expires_at < now()
+		JOIN pg_stat_activity a ON a.application_name = l.name
+		WHERE a.datname = current_database() AND a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid()`, ids, names).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("end lapsed sessions: %w", err)
+	}
+	return n, nil
 }

@@ -61,6 +61,10 @@ type Options struct {
 	// Tracer, when set, sees every statement of the pool (tests record the statements to
 	// check their query plans).
 	Tracer pgx.QueryTracer
+	// InstanceID, when set, names the pool's sessions after the instance
+	// (application_name, SessionName), unless the database URL names them: then the
+	// maintenance leader can end them once the instance's lease lapsed (EndLapsedSessions).
+	InstanceID string
 }
 
 // Defaults of the session timeouts.
@@ -131,6 +135,9 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 	// milliseconds. Custom plans see the array lengths.
 	if _, ok := rp["plan_cache_mode"]; !ok {
 		rp["plan_cache_mode"] = "force_custom_plan"
+	}
+	if _, ok := rp["application_name"]; !ok && opts.InstanceID != "" {
+		rp["application_name"] = SessionName(opts.InstanceID)
 	}
 	// Sent in the start-up packet, so they hold from a session's first statement.
 	rp["statement_timeout"] = strconv.FormatInt(stmt.Milliseconds(), 10)

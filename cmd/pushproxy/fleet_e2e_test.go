@@ -8,7 +8,6 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pushproxy/pushproxy/internal/pgtest"
+	"github.com/pushproxy/pushproxy/store"
 )
 
 // The fleet's chaos test: three instances on one Postgres, a few hundred streams of the
@@ -66,13 +66,9 @@ type fleet struct {
 
 func (f *fleet) start(id string) *fleetMember {
 	f.t.Helper()
-	u, _ := url.Parse(f.dbURL)
-	q := u.Query()
-	q.Set("application_name", id)
-	u.RawQuery = q.Encode()
 	// One test client hands off every stream: no per-address handoff limit (where there is one).
 	env := []string{"PUSHPROXY_HANDOFF_RATE_PER_ADDRESS=0"}
-	api, p := startProxyEnv(f.t, u.String(), env, "--instance-id", id, "--lease-ttl", fleetTTL.String(),
+	api, p := startProxyEnv(f.t, f.dbURL, env, "--instance-id", id, "--lease-ttl", fleetTTL.String(),
 		"--claim-interval", fleetClaim.String(), "--rebalance-interval", "500ms", "--rebalance-rate", "200",
 		"--log-level", "info")
 	m := &fleetMember{id: id, api: api, proc: p}
@@ -215,8 +211,9 @@ func (f *fleet) probe(ctx context.Context, streams []fleetStream, wg *sync.WaitG
 	}
 }
 
-// freezeInCommit stops p with SIGSTOP at a moment its instance has a transaction open (its
-// sessions are named id): it retries stop, look, continue until it catches one.
+// freezeInCommit stops p with SIGSTOP at a moment its instance has a transaction open (found
+// by the name serve gives its sessions, store.SessionName): it retries stop, look, continue
+// until it catches one.
 func (f *fleet) freezeInCommit(m *fleetMember) {
 	f.t.Helper()
 	ctx := context.Background()
@@ -227,7 +224,7 @@ func (f *fleet) freezeInCommit(m *fleetMember) {
 		// holds their row locks.
 		err := f.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity a WHERE a.application_name = $1
 			AND a.state IN ('idle in transaction', 'active') AND a.backend_xid IS NOT NULL
-			AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.relation = 'streams'::regclass AND l.mode = 'RowExclusiveLock')`, m.id).Scan(&open)
+			AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.relation = 'streams'::regclass AND l.mode = 'RowExclusiveLock')`, store.SessionName(m.id)).Scan(&open)
 		if err != nil {
 			f.t.Fatal(err)
 		}
@@ -346,7 +343,9 @@ func TestEndToEndFleetChaos(t *testing.T) {
 	f.retaken("fleet-1", killed, "fleet-2", "fleet-3")
 
 	// 2. SIGSTOP inside a commit, past the lease: fleet-2's session is ended by the
-	// idle-in-transaction timeout, its row locks go with it, fleet-3 takes every stream.
+	// idle-in-transaction timeout (or, frozen in a COPY of events, by the maintenance
+	// leader once fleet-2's lease lapsed), its row locks go with it, fleet-3 takes every
+	// stream.
 	f.setUp(m2, false)
 	f.freezeInCommit(m2)
 	frozen := time.Now()

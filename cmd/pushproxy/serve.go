@@ -242,8 +242,14 @@ func openServer(ctx context.Context, cfg serveConfig, log *slog.Logger, getenv f
 	} else if err := store.CheckSchema(ctx, url); err != nil {
 		return nil, err
 	}
+	if cfg.Proxy.InstanceID == "" {
+		cfg.Proxy.InstanceID = proxy.NewInstanceID()
+	}
 	dbo := cfg.DB
 	dbo.MaxConns, dbo.Logger, dbo.LeaseTTL = int32(cfg.DBMaxConns), log, cfg.Proxy.LeaseTTL
+	// The pool's sessions carry the instance's name, for the maintenance leader to end
+	// those an instance frozen in a transaction left once its lease lapsed.
+	dbo.InstanceID = cfg.Proxy.InstanceID
 	if keys != nil {
 		dbo.Sealer = keys
 	}
