@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	neturl "net/url"
 	"strconv"
@@ -141,20 +142,26 @@ func TestAFrozenCopyIsEndedWithItsInstancesLease(t *testing.T) {
 	case err := <-committed:
 		t.Fatalf("the commit of 300 events ended without copying them: %v", err)
 	case <-ctx.Done():
-		t.Fatal("the commit never asked for a COPY's data")
+		t.Fatal("the commit never sent a COPY's data")
 	}
-	var inTx int
-	if err := other.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND xact_start IS NOT NULL`, store.SessionName("frozen")).Scan(&inTx); err != nil || inTx != 1 {
-		t.Fatalf("sessions named %q in a transaction: %d (%v), want the frozen commit's", store.SessionName("frozen"), inTx, err)
+	copying := func() (n int) {
+		t.Helper()
+		err := other.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE application_name = $1 AND xact_start IS NOT NULL AND state = 'active' AND query ILIKE 'copy %'`, store.SessionName("frozen")).Scan(&n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
 	}
+	waitFor(t, 10*time.Second, "the frozen instance's session never waited in its COPY", func() bool { return copying() == 1 })
 	if n, err := other.EndLapsedSessions(ctx); err != nil || n != 0 {
 		t.Fatalf("ended %d sessions (%v) of an instance whose lease is fresh", n, err)
 	}
 	// What the session's timeouts would have done, they would have done by now: they do not
 	// apply to a session waiting for a COPY's data.
 	time.Sleep(1 * time.Second)
-	if err := other.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND xact_start IS NOT NULL`, store.SessionName("frozen")).Scan(&inTx); err != nil || inTx != 1 {
-		t.Fatalf("sessions named %q in a transaction after 3 times their timeouts: %d (%v), want the frozen commit's", store.SessionName("frozen"), inTx, err)
+	if n := copying(); n != 1 {
+		t.Fatalf("sessions named %q waiting in a COPY after 3 times their timeouts: %d, want the frozen commit's", store.SessionName("frozen"), n)
 	}
 	if _, err := other.Pool().Exec(ctx, `UPDATE instances SET expires_at = now() - interval '1 second' WHERE id = 'frozen'`); err != nil {
 		t.Fatal(err)
@@ -187,9 +194,10 @@ func TestAFrozenCopyIsEndedWithItsInstancesLease(t *testing.T) {
 }
 
 // copyFreezer is a TCP proxy between a store and Postgres that, once armed, stops passing on
-// what the client sends from the moment the server asks for a COPY's data (CopyInResponse):
-// the session of an instance frozen in the middle of a commit that copies its events. It
-// passes nothing more on that connection until the server ends it.
+// what the client sends at the first data of a COPY (CopyData; pgx sends it right after the
+// COPY statement, without waiting for the server's CopyInResponse): the session of an
+// instance frozen in the middle of a commit that copies its events, with the server
+// waiting for the data. It passes nothing more on that connection until the server ends it.
 type copyFreezer struct {
 	url    string // the database's URL through the freezer
 	target string
@@ -231,38 +239,25 @@ func (f *copyFreezer) serve(client net.Conn) {
 		return
 	}
 	defer server.Close()
-	var frozen atomic.Bool
 	done := make(chan struct{})
-	go func() { // the server's messages, to the client
+	go func() { // the server's answers, to the client
 		defer close(done)
 		defer client.Close()
-		for {
-			m, err := pgtest.ReadMessage(server, true)
-			if err != nil {
-				return
-			}
-			if m[0] == 'G' && f.armed.CompareAndSwap(true, false) {
-				frozen.Store(true)
-				f.once.Do(func() { close(f.frozen) })
-			}
-			if _, err := client.Write(m); err != nil {
-				return
-			}
-		}
+		io.Copy(client, server)
 	}()
-	buf := make([]byte, 32<<10)
+	typed := false // the start-up message has no type byte
 	for {
-		n, err := client.Read(buf)
-		if frozen.Load() {
+		m, err := pgtest.ReadMessage(client, typed)
+		if err != nil {
+			return
+		}
+		typed = true
+		if m[0] == 'd' && f.armed.CompareAndSwap(true, false) {
+			f.once.Do(func() { close(f.frozen) })
 			<-done // until the server ends the session
 			return
 		}
-		if n > 0 {
-			if _, err := server.Write(buf[:n]); err != nil {
-				return
-			}
-		}
-		if err != nil {
+		if _, err := server.Write(m); err != nil {
 			return
 		}
 	}
