@@ -336,7 +336,7 @@ func TestAckThatLosesTheRaceQueuesNothing(t *testing.T) {
 		t.Fatalf("an acknowledgement from a stale floor: %v, want no row", err)
 	}
 	var at *int64
-	if err := conn.QueryRow(ctx, store.AckByIDSQL, s.ID, int64(staleFloor), []byte(seqID(20))).Scan(&at, &moved); err != nil || moved {
+	if err := conn.QueryRow(ctx, store.AckByIDSQL, s.ID, int64(staleFloor), []byte(seqID(20)), nil).Scan(&at, &moved); err != nil || moved {
 		t.Fatalf("an acknowledgement by id from a stale floor: moved %v, %v", moved, err)
 	}
 	var queued int
@@ -345,5 +345,76 @@ func TestAckThatLosesTheRaceQueuesNothing(t *testing.T) {
 	}
 	if queued != 0 {
 		t.Fatalf("acknowledgements that did not move the floor queued %d reclaim marks", queued)
+	}
+}
+
+// TestAProxyIDIsAcknowledgedInOneStatement: a reader coming back with a proxy id (its origin
+// sends no ids) is acknowledged by one statement, which finds the seq the id names, not by a
+// walk of the backlog for an origin id followed by a second acknowledgement. An origin id
+// that looks like a proxy id still names the oldest event replayed with it; a proxy id past
+// the head is an unknown id (everything queued, a gap); one at or below the floor
+// acknowledges nothing more.
+func TestAProxyIDIsAcknowledgedInOneStatement(t *testing.T) {
+	t.Parallel()
+	url := migratedDatabase(t)
+	rec := &recorder{}
+	st := open(t, url, &store.Options{Tracer: rec})
+	ctx := context.Background()
+	if err := st.RenewInstance(ctx, owner, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	s, epoch := newStream(t, st, nil)
+	noID := func(int64) string { return "" }
+	commit(t, st, store.Append{StreamID: s.ID, Epoch: epoch, Events: events(1, 40, noID), HeadSeq: 40, RetryMS: -1})
+	acks := func(stmts []recorded) int {
+		n := 0
+		for _, s := range stmts {
+			if strings.Contains(s.sql, "UPDATE streams SET acked_seq") {
+				n++
+			}
+		}
+		return n
+	}
+	var cur store.Cursor
+	stmts := rec.record(t, "resume at a proxy id", func() (err error) {
+		cur, err = st.Resume(ctx, s.ID, pushproxy.ProxyIDPrefix+"30", true)
+		return err
+	})
+	if cur != (store.Cursor{After: 30}) {
+		t.Fatalf("cursor %+v, want after 30", cur)
+	}
+	if n := acks(stmts); n != 1 {
+		t.Fatalf("the resume at a proxy id ran %d acknowledging statements, want 1:\n%v", n, stmts)
+	}
+	got, err := st.GetStream(ctx, s.ID)
+	if err != nil || got.FloorSeq != 30 || got.AckedSeq != 30 || got.Backlog() != 10 {
+		t.Fatalf("after the acknowledgement: %+v %v", got, err)
+	}
+	var bytes int64
+	if err := st.Pool().QueryRow(ctx, `SELECT backlog_bytes FROM streams WHERE id = $1`, s.ID).Scan(&bytes); err != nil || bytes != 10*store.EventSize(events(1, 1, noID)[0]) {
+		t.Fatalf("backlog bytes after the acknowledgement: %d (%v), want the 10 events left", bytes, err)
+	}
+
+	for _, c := range []struct {
+		name string
+		id   string
+		want store.Cursor
+	}{
+		{"at the floor: nothing more", pushproxy.ProxyIDPrefix + "30", store.Cursor{After: 30}},
+		{"below the floor: nothing more", pushproxy.ProxyIDPrefix + "12", store.Cursor{After: 30}},
+		{"past the head: unknown", pushproxy.ProxyIDPrefix + "41", store.Cursor{After: 30, Gap: true}},
+	} {
+		cur, err := st.Resume(ctx, s.ID, c.id, true)
+		if err != nil || cur != c.want {
+			t.Fatalf("%s: cursor %+v (%v), want %+v", c.name, cur, err, c.want)
+		}
+	}
+
+	// An origin that sends ids in the proxy's form: the oldest event replayed with the id
+	// wins, here the origin's event 42, before event 45 that the id names.
+	ids := map[int64]string{42: pushproxy.ProxyIDPrefix + "45"}
+	commit(t, st, store.Append{StreamID: s.ID, Epoch: epoch, Events: events(41, 50, func(i int64) string { return ids[i] }), HeadSeq: 50, RetryMS: -1})
+	if cur, err := st.Resume(ctx, s.ID, pushproxy.ProxyIDPrefix+"45", true); err != nil || cur != (store.Cursor{After: 42}) {
+		t.Fatalf("a proxy-shaped origin id: cursor %+v (%v), want after 42", cur, err)
 	}
 }

@@ -93,17 +93,22 @@ func (s *Store) resume(ctx context.Context, streamID string, m mark, lastEventID
 		// Events without an origin id are replayed under proxy ids: an empty id names
 		// none of them.
 	default:
-		// An origin's id: found (by the oldest queued event with it) and acknowledged in
-		// one statement.
+		// An origin's id, or a proxy id: found (by the oldest queued event replayed with
+		// it) and acknowledged in one statement.
+		n, isProxy := pushproxy.ParseProxyID(lastEventID)
+		var proxySeq *int64
+		if isProxy {
+			proxySeq = &n
+		}
 		var err error
-		if found, err = s.ackByID(ctx, streamID, m.floor, lastEventID, &seq); err != nil {
+		if found, err = s.ackByID(ctx, streamID, m.floor, lastEventID, proxySeq, &seq); err != nil {
 			return cur, false, err
 		}
 		if found {
 			return Cursor{After: seq}, true, nil
 		}
-		if n, ok := pushproxy.ParseProxyID(lastEventID); ok && n <= m.head {
-			seq, found = n, true
+		if isProxy && n <= m.head {
+			seq, found = n, true // at or below the floor
 		}
 	}
 	if !found {
@@ -153,14 +158,15 @@ func (s *Store) ack(ctx context.Context, streamID string, floor, seq int64, last
 	return err
 }
 
-// ackByID acknowledges up to the oldest queued event after floor whose id is lastEventID,
-// as ack does, and reports whether there is one (its seq in *seq).
-func (s *Store) ackByID(ctx context.Context, streamID string, floor int64, lastEventID string, seq *int64) (found bool, err error) {
+// ackByID acknowledges up to the oldest queued event after floor replayed with the id
+// lastEventID, as ack does, and reports whether there is one (its seq in *seq). proxySeq,
+// when lastEventID is a proxy id, is the seq it names.
+func (s *Store) ackByID(ctx context.Context, streamID string, floor int64, lastEventID string, proxySeq *int64, seq *int64) (found bool, err error) {
 	var (
 		at    *int64
 		moved bool
 	)
-	if err := s.inAckTx(ctx, ackByIDSQL, []any{streamID, floor, []byte(lastEventID)}, &at, &moved); err != nil {
+	if err := s.inAckTx(ctx, ackByIDSQL, []any{streamID, floor, []byte(lastEventID), proxySeq}, &at, &moved); err != nil {
 		return false, err
 	}
 	if at == nil {
@@ -347,16 +353,24 @@ const ackSQL = `
 		)
 		SELECT true FROM u`
 
-// ackByIDSQL is ackSQL up to the oldest queued event after the floor ($2) whose id is $3
-// (the subquery, fenced by OFFSET 0, walks the stream's backlog in seq order and stops at
-// the first match: unfenced, Postgres may estimate the match rare and scan the table and
-// sort instead). It returns that event's seq (NULL: none) and whether the floor moved
-// (false: not where the acknowledgement read it, or no such event).
+// ackByIDSQL is ackSQL up to the oldest queued event after the floor ($2) replayed with the
+// id $3: the oldest whose origin id is $3 (the subquery, fenced by OFFSET 0, walks the
+// stream's backlog in seq order and stops at the first match: unfenced, Postgres may
+// estimate the match rare and scan the table and sort instead), or, when $3 is a proxy id
+// (the seq it names in $4, else NULL) and no event up to that seq carries it as an origin
+// id, that seq, if it is above the floor and at most the head. A proxy id's walk stops at
+// its seq: the events up to it are those the acknowledgement's size is summed over. It
+// returns the seq found (NULL: none) and whether the floor moved (false: not where the
+// acknowledgement read it, or nothing found).
 const ackByIDSQL = `
 		WITH t AS (
-			SELECT seq FROM (SELECT seq, last_event_id FROM events WHERE stream_id = $1 AND seq > $2
-				ORDER BY seq OFFSET 0) b
-			WHERE last_event_id = $3 LIMIT 1
+			SELECT seq FROM (SELECT coalesce(
+				(SELECT seq FROM (SELECT seq, last_event_id FROM events WHERE stream_id = $1 AND seq > $2
+					AND ($4::bigint IS NULL OR seq <= $4::bigint)
+					ORDER BY seq OFFSET 0) b
+				WHERE last_event_id = $3 LIMIT 1),
+				(SELECT $4::bigint FROM streams WHERE id = $1 AND $4::bigint > $2 AND $4::bigint <= head_seq)) AS seq) f
+			WHERE seq IS NOT NULL
 		), u AS (
 			UPDATE streams SET acked_seq = (SELECT seq FROM t), acked_id = $3, floor_seq = (SELECT seq FROM t),
 				backlog_bytes = backlog_bytes - (SELECT coalesce(sum(` + sizeExpr + `), 0) FROM events e

@@ -182,7 +182,8 @@ func servingPlans(t *testing.T, ctx context.Context, st *store.Store, p *planner
 	}{
 		{"page read", store.PageSQL, []any{id, int64(3), 1001}, []string{"events_pkey", "streams_pkey"}},
 		{"batched page read", store.PagesSQL, []any{[]string{id, other}, []int64{3, 0}, []int32{500, 500}}, []string{"events_pkey", "streams_pkey"}},
-		{"acknowledgement by id", store.AckByIDSQL, []any{id, int64(2), []byte("7")}, []string{"events_pkey", "streams_pkey"}},
+		{"acknowledgement by id", store.AckByIDSQL, []any{id, int64(2), []byte("7"), nil}, []string{"events_pkey", "streams_pkey"}},
+		{"acknowledgement by proxy id", store.AckByIDSQL, []any{id, int64(2), []byte(pushproxy.ProxyIDPrefix + "7"), int64(7)}, []string{"events_pkey", "streams_pkey"}},
 		{"acknowledgement", store.AckSQL, []any{id, int64(2), int64(7), []byte("7")}, []string{"streams_pkey", "events_pkey"}},
 		{"reclaim batch", store.ReclaimSQL, []any{1000}, []string{"events_pkey"}},
 		{"reclaim done", store.ReclaimDoneSQL, []any{[]string{id, other}}, []string{"events_pkey"}},
