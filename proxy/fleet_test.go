@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -329,38 +328,11 @@ func TestFleetListenerKilledReadersGetEveryEvent(t *testing.T) {
 // COMMIT is a simple query, or the execution of a prepared statement (Bind) whose text is
 // COMMIT, sent in a pipeline whose Sync follows it.
 type commitCutter struct {
-	ln     net.Listener
-	target string
-	armed  atomic.Bool
-	cut    atomic.Int32
+	armed atomic.Bool
+	cut   atomic.Int32
 }
 
-func newCommitCutter(t *testing.T, target string) *commitCutter {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &commitCutter{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go c.serve(conn)
-		}
-	}()
-	return c
-}
-
-func (c *commitCutter) serve(client net.Conn) {
-	defer client.Close()
-	server, err := net.Dial("tcp", c.target)
-	if err != nil {
-		return
-	}
-	defer server.Close()
+func (c *commitCutter) serve(client, server net.Conn) {
 	var cutting atomic.Bool
 	go func() {
 		defer client.Close()
@@ -421,16 +393,12 @@ func (c *commitCutter) serve(client net.Conn) {
 func TestFleetCommitAnswerLost(t *testing.T) {
 	t.Parallel()
 	db := proxytest.MigratedDatabase(t)
-	u, err := url.Parse(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cutter := newCommitCutter(t, u.Host)
-	u.Host = cutter.ln.Addr().String()
+	cutter := &commitCutter{}
+	cutURL := pgtest.Intercept(t, db, cutter.serve)
 	origin := newScriptOrigin(t, 0)
 	// b's pool goes through the cutter; a, beside it, may take the stream over.
 	proxytest.StartMember(t, db, "a", &proxy.Options{LeaseTTL: 3 * time.Second, ClaimInterval: 50 * time.Millisecond, RebalanceInterval: -1})
-	b := proxytest.StartMemberURLs(t, db, u.String(), db, "b", &proxy.Options{LeaseTTL: 3 * time.Second, ClaimInterval: 50 * time.Millisecond, RebalanceInterval: -1})
+	b := proxytest.StartMemberURLs(t, db, cutURL, db, "b", &proxy.Options{LeaseTTL: 3 * time.Second, ClaimInterval: 50 * time.Millisecond, RebalanceInterval: -1})
 	h := handoff(t, b.Bundle, map[string]any{"url": origin.Srv.URL})
 	origin.PublishN(3)
 	waitBacklogs(t, b.Store, []string{h.ID}, 3)

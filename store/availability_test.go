@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	neturl "net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -120,9 +119,10 @@ func TestAFrozenCopyIsEndedWithItsInstancesLease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	url := migratedDatabase(t)
-	freezer := newCopyFreezer(t, url)
+	freezer := &copyFreezer{frozen: make(chan struct{})}
+	frozenURL := pgtest.Intercept(t, url, freezer.serve)
 	const ttl = time.Second
-	frozen := open(t, freezer.url, &store.Options{InstanceID: "frozen", LeaseTTL: ttl, IdleInTransactionTimeout: 300 * time.Millisecond, StatementTimeout: 300 * time.Millisecond})
+	frozen := open(t, frozenURL, &store.Options{InstanceID: "frozen", LeaseTTL: ttl, IdleInTransactionTimeout: 300 * time.Millisecond, StatementTimeout: 300 * time.Millisecond})
 	other := open(t, url, &store.Options{InstanceID: "other"})
 	if err := frozen.RenewInstance(ctx, "frozen", ttl); err != nil {
 		t.Fatal(err)
@@ -199,46 +199,12 @@ func TestAFrozenCopyIsEndedWithItsInstancesLease(t *testing.T) {
 // instance frozen in the middle of a commit that copies its events, with the server
 // waiting for the data. It passes nothing more on that connection until the server ends it.
 type copyFreezer struct {
-	url    string // the database's URL through the freezer
-	target string
 	armed  atomic.Bool
 	frozen chan struct{} // closed once a session froze
 	once   sync.Once
 }
 
-func newCopyFreezer(t *testing.T, dbURL string) *copyFreezer {
-	t.Helper()
-	u, err := neturl.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	f := &copyFreezer{target: u.Host, frozen: make(chan struct{})}
-	u.Host = ln.Addr().String()
-	f.url = u.String()
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go f.serve(conn)
-		}
-	}()
-	return f
-}
-
-func (f *copyFreezer) serve(client net.Conn) {
-	defer client.Close()
-	server, err := net.Dial("tcp", f.target)
-	if err != nil {
-		return
-	}
-	defer server.Close()
+func (f *copyFreezer) serve(client, server net.Conn) {
 	done := make(chan struct{})
 	go func() { // the server's answers, to the client
 		defer close(done)

@@ -3,6 +3,9 @@ package pgtest
 import (
 	"encoding/binary"
 	"io"
+	"net"
+	"net/url"
+	"testing"
 )
 
 // ReadMessage reads one message of Postgres's wire protocol from r, whole: the type byte
@@ -22,4 +25,41 @@ func ReadMessage(r io.Reader, typed bool) ([]byte, error) {
 	copy(msg, head)
 	_, err := io.ReadFull(r, msg[n:])
 	return msg, err
+}
+
+// Intercept starts a TCP proxy of the test's own in front of the database server of dbURL:
+// each connection to it is served by serve, given the client's connection and a new
+// connection to the server (both closed when serve returns). It returns dbURL through the
+// proxy. The listener closes when the test ends.
+func Intercept(tb testing.TB, dbURL string, serve func(client, server net.Conn)) string {
+	tb.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		tb.Fatalf("pgtest: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("pgtest: %v", err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	target := u.Host
+	go func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer client.Close()
+				server, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer server.Close()
+				serve(client, server)
+			}()
+		}
+	}()
+	u.Host = ln.Addr().String()
+	return u.String()
 }
