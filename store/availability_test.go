@@ -75,7 +75,8 @@ func TestFrozenInstanceLosesItsLocksAndItsStreams(t *testing.T) {
 	frozen := open(t, url, &store.Options{LeaseTTL: ttl, IdleInTransactionTimeout: 300 * time.Millisecond})
 	other := open(t, url, nil)
 	renewed := time.Now()
-	if err := frozen.RenewInstance(ctx, "frozen", ttl); err != nil {
+	// A lease that stays fresh until the test makes it lapse.
+	if err := frozen.RenewInstance(ctx, "frozen", time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	s, epoch, err := frozen.CreateStream(ctx, store.NewStream{URL: "http://origin.test/", TokenHash: []byte("h"), LeaseOwner: "frozen"})
@@ -124,7 +125,8 @@ func TestAFrozenCopyIsEndedWithItsInstancesLease(t *testing.T) {
 	const ttl = time.Second
 	frozen := open(t, frozenURL, &store.Options{InstanceID: "frozen", LeaseTTL: ttl, IdleInTransactionTimeout: 300 * time.Millisecond, StatementTimeout: 300 * time.Millisecond})
 	other := open(t, url, &store.Options{InstanceID: "other"})
-	if err := frozen.RenewInstance(ctx, "frozen", ttl); err != nil {
+	// A lease that stays fresh until the test makes it lapse.
+	if err := frozen.RenewInstance(ctx, "frozen", time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	s, epoch, err := frozen.CreateStream(ctx, store.NewStream{URL: "http://origin.test/", TokenHash: []byte("h"), LeaseOwner: "frozen"})

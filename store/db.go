@@ -141,6 +141,21 @@ func (t classifiedTx) CopyFrom(ctx context.Context, table pgx.Identifier, column
 
 func (t classifiedTx) Commit(ctx context.Context) error { return classify(t.Tx.Commit(ctx)) }
 
+func (t classifiedTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	return classifiedBatch{t.Tx.SendBatch(ctx, b)}
+}
+
+// classifiedBatch is the results of a batch sent in a classifiedTx.
+type classifiedBatch struct{ pgx.BatchResults }
+
+func (b classifiedBatch) Exec() (pgconn.CommandTag, error) { return classifiedExec(b.BatchResults.Exec()) }
+
+func (b classifiedBatch) Query() (pgx.Rows, error) { return classifiedQuery(b.BatchResults.Query()) }
+
+func (b classifiedBatch) QueryRow() pgx.Row { return classifiedRow{b.BatchResults.QueryRow()} }
+
+func (b classifiedBatch) Close() error { return classify(b.BatchResults.Close()) }
+
 func classifiedExec(tag pgconn.CommandTag, err error) (pgconn.CommandTag, error) {
 	return tag, classify(err)
 }

@@ -560,21 +560,59 @@ func TestKeyedHandoffsTakeOneStatement(t *testing.T) {
 		}
 	}
 
+	// A bound of one place a slot, all taken: the slot dealt is full.
 	full := secretHash("full")
-	if err := handoff(full, 1); err != nil {
-		t.Fatal(err)
+	for range 16 {
+		if err := handoff(full, 16); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var err2 error
-	stmts := rec.record(t, "keyed handoff over the bound", func() error { err2 = handoff(full, 1); return nil })
+	stmts := rec.record(t, "keyed handoff over the bound", func() error { err2 = handoff(full, 16); return nil })
 	if pushproxy.ErrorCode(err2) != pushproxy.EKEYLIMIT {
 		t.Fatalf("handoff over the bound: %v, want %s", err2, pushproxy.EKEYLIMIT)
 	}
 	if calls(stmts, "UPDATE api_key_streams") != 1 || calls(stmts, "pushproxy_key_slot(") != 1 {
 		t.Fatalf("the handoff over the bound: want its slot tried, then the function, got:\n%v", stmts)
 	}
-	for key, want := range map[string]int{"roomy": 40, "full": 1} {
+	for key, want := range map[string]int{"roomy": 40, "full": 16} {
 		if counted, held := keyCount(t, ctx, conn, secretHash(key)); counted != want || held != want {
 			t.Fatalf("key %s counts %d and holds %d streams, want %d", key, counted, held, want)
 		}
+	}
+}
+
+// TestAKeyedHandoffThatTimesOutIsUnavailable: a keyed handoff that waits past the statement
+// timeout for its key's slot (another transaction holds every slot's row) fails as
+// unavailable (503, retry), not as an internal error, on the one-statement path as on the
+// others.
+func TestAKeyedHandoffThatTimesOutIsUnavailable(t *testing.T) {
+	t.Parallel()
+	url := migratedDatabase(t)
+	st := open(t, url, &store.Options{StatementTimeout: 300 * time.Millisecond})
+	ctx := context.Background()
+	key := secretHash("busy")
+	handoff := func() error {
+		_, _, err := st.CreateStream(ctx, store.NewStream{URL: "http://o.test/", TokenHash: []byte("h"), APIKeyHash: key, MaxPerKey: 1000})
+		return err
+	}
+	if err := handoff(); err != nil { // makes the key's slots
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM api_key_streams WHERE key_hash = $1 FOR UPDATE`, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := handoff(); pushproxy.ErrorCode(err) != pushproxy.EUNAVAILABLE {
+		t.Fatalf("a handoff waiting past the statement timeout: %v (code %q), want unavailable", err, pushproxy.ErrorCode(err))
 	}
 }

@@ -106,8 +106,9 @@ func (s *Store) CreateStream(ctx context.Context, ns NewStream) (pushproxy.Strea
 		defer s.keySlots.give(slot)
 	}
 	// A keyed handoff tries the one-statement path into its slot first; when that finds no
-	// place, the handoff is done again with the path that may wait for the key's slots.
-	fast := len(ns.APIKeyHash) > 0
+	// place, the handoff is done again with the path that may wait for the key's slots. A
+	// slot whose share of a bound below the slots' number is 0 has no place ever.
+	fast := len(ns.APIKeyHash) > 0 && (ns.MaxPerKey <= 0 || ns.MaxPerKey >= keySlotCount || int(slot) < ns.MaxPerKey)
 	st, epoch, err = s.createStream(ctx, ns, wp, slot, fast)
 	if fast && errors.Is(err, errKeySlotMissed) {
 		st, epoch, err = s.createStream(ctx, ns, wp, slot, false)
