@@ -148,7 +148,9 @@ func (t classifiedTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResu
 // classifiedBatch is the results of a batch sent in a classifiedTx.
 type classifiedBatch struct{ pgx.BatchResults }
 
-func (b classifiedBatch) Exec() (pgconn.CommandTag, error) { return classifiedExec(b.BatchResults.Exec()) }
+func (b classifiedBatch) Exec() (pgconn.CommandTag, error) {
+	return classifiedExec(b.BatchResults.Exec())
+}
 
 func (b classifiedBatch) Query() (pgx.Rows, error) { return classifiedQuery(b.BatchResults.Query()) }
 
