@@ -3,7 +3,7 @@
 // orphaned devices deleted, gone instances' rows deleted), failing the streams of dead
 // devices, trimming the wake-up history, computing the database-wide gauges that every
 // instance's /metrics reads from one row, and ending the database sessions that instances
-// whose lease lapsed left in a transaction (store.EndLapsedSessions).
+// left stuck in a transaction (store.EndStuckSessions).
 //
 // The one instance is the leader: it holds a lease, a row in Postgres with an expiry and a
 // fencing epoch (store.TakeLeadership). A leased row rather than a session advisory lock:
@@ -255,15 +255,15 @@ func (r *Runner) tick(ctx context.Context) bool {
 	if !ok {
 		return false
 	}
-	// The sessions of instances whose lease lapsed, still in a transaction (a COPY frozen
-	// with its instance), are ended at each tick: their streams' rows are released for the
-	// claims of the others.
-	if n, err := r.st.EndLapsedSessions(ctx); err != nil {
+	// The sessions instances left stuck in a transaction (a COPY frozen with its instance)
+	// are ended at each tick once the instance's lease lapsed, or after a lease: their
+	// streams' rows are released for the claims of the others.
+	if n, err := r.st.EndStuckSessions(ctx, r.opts.InstanceID, r.opts.LeaseTTL); err != nil {
 		if ctx.Err() == nil {
-			r.log.WarnContext(ctx, "ending the sessions of lapsed instances", slog.String("error", err.Error()))
+			r.log.WarnContext(ctx, "ending the stuck sessions of instances", slog.String("error", err.Error()))
 		}
 	} else if n > 0 {
-		r.log.WarnContext(ctx, "ended database sessions of instances whose lease lapsed", slog.Int64("sessions", n))
+		r.log.WarnContext(ctx, "ended database sessions that instances left stuck in a transaction", slog.Int64("sessions", n))
 	}
 	r.mu.Lock()
 	gaugesDue := time.Since(r.gaugesAt) >= r.opts.GaugeInterval

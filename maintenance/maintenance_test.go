@@ -442,10 +442,12 @@ func TestWakeupHistoryAndGoneInstancesAreTrimmed(t *testing.T) {
 }
 
 // TestTheLeaderEndsTheSessionsOfLapsedInstances: a session named after an instance whose
-// lease lapsed (store.SessionName), left in a transaction that holds a stream's row (as a
-// COPY frozen with its instance does), is ended by the leader's tick, and the row freed; a
-// live instance's session in a transaction, and the lapsed instance's idle one, are left
-// alone.
+// lease lapsed (store.SessionName), left in a transaction that holds a stream's row and
+// waiting for its client (as a COPY frozen with its instance is), is ended by the leader's
+// tick, and the row freed. Left alone: a live instance's session in a transaction, the
+// lapsed instance's idle session and its statement that is running (not waiting for its
+// client). A live instance's session stuck longer than a lease (an earlier process frozen
+// under an id a new one renews) is ended too.
 func TestTheLeaderEndsTheSessionsOfLapsedInstances(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -469,42 +471,62 @@ func TestTheLeaderEndsTheSessionsOfLapsedInstances(t *testing.T) {
 		t.Cleanup(func() { conn.Close(context.Background()) })
 		return conn
 	}
-	frozen, idle, live := session("lapsed"), session("lapsed"), session("live")
-	frozenTx, err := frozen.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
+	begin := func(conn *pgx.Conn, sql string, args ...any) pgx.Tx {
+		t.Helper()
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, sql, args...); err != nil {
+			t.Fatal(err)
+		}
+		return tx
 	}
-	if _, err := frozenTx.Exec(ctx, `SELECT 1 FROM streams WHERE id = $1 FOR UPDATE`, s.ID); err != nil {
-		t.Fatal(err)
-	}
-	liveTx, err := live.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := liveTx.Exec(ctx, `SELECT 1`); err != nil {
-		t.Fatal(err)
-	}
+	frozen, idle, running, live := session("lapsed"), session("lapsed"), session("lapsed"), session("live")
+	frozenTx := begin(frozen, `SELECT 1 FROM streams WHERE id = $1 FOR UPDATE`, s.ID)
+	liveTx := begin(live, `SELECT 1`)
+	runningTx := begin(running, `SELECT 1`)
+	slept := make(chan error, 1)
+	go func() { _, err := runningTx.Exec(ctx, `SELECT pg_sleep(3)`); slept <- err }()
+	waitFor(t, 10*time.Second, "the running statement never started", func() bool {
+		return b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'`, running.PgConn().PID()) == 1
+	})
 
-	frozenPID := frozen.PgConn().PID()
-	r, _ := b.runner(t, b.st, "leader", maintenance.Options{})
+	const lease = 2 * time.Second
+	r, _ := b.runner(t, b.st, "leader", maintenance.Options{LeaseTTL: lease})
 	if !r.RunOnce(ctx) {
 		t.Fatal("the only runner does not lead")
 	}
+	gone := func(conn *pgx.Conn) bool {
+		return b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, conn.PgConn().PID()) == 0
+	}
 	// pg_terminate_backend signals the session, which ends soon after.
-	waitFor(t, 10*time.Second, "the lapsed instance's session in a transaction was not ended", func() bool {
-		return b.count(t, `SELECT count(*) FROM pg_stat_activity WHERE pid = $1`, frozenPID) == 0
-	})
+	waitFor(t, 10*time.Second, "the lapsed instance's stuck session was not ended", func() bool { return gone(frozen) })
 	if err := frozenTx.Commit(ctx); err == nil {
 		t.Fatal("the lapsed instance's transaction committed: its session was not ended")
 	}
-	if err := liveTx.Commit(ctx); err != nil {
-		t.Fatalf("the live instance's transaction: %v", err)
+	if n := b.count(t, `SELECT count(*) FROM (SELECT 1 FROM streams WHERE id = $1 FOR UPDATE SKIP LOCKED) l`, s.ID); n != 1 {
+		t.Fatal("the stream's row is still locked")
+	}
+	if err := <-slept; err != nil {
+		t.Fatalf("the lapsed instance's running statement: %v", err)
+	}
+	if err := runningTx.Commit(ctx); err != nil {
+		t.Fatalf("the lapsed instance's running transaction: %v", err)
 	}
 	if err := idle.Ping(ctx); err != nil {
 		t.Fatalf("the lapsed instance's idle session: %v", err)
 	}
-	if n := b.count(t, `SELECT count(*) FROM (SELECT 1 FROM streams WHERE id = $1 FOR UPDATE SKIP LOCKED) l`, s.ID); n != 1 {
-		t.Fatal("the stream's row is still locked")
+	if gone(live) {
+		t.Fatal("the live instance's session in a transaction was ended within a lease")
+	}
+	// Stuck for longer than a lease, the live instance's session goes too.
+	waitFor(t, 10*time.Second, "the live instance's session stuck longer than a lease was not ended", func() bool {
+		r.RunOnce(ctx)
+		return gone(live)
+	})
+	if err := liveTx.Commit(ctx); err == nil {
+		t.Fatal("the stuck transaction committed")
 	}
 }
 

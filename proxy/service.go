@@ -331,6 +331,7 @@ func (s *Service) Start(ctx context.Context) error {
 	// Readers' notifications come on this instance's own channel; claim notes (streams
 	// released by another instance) on the shared one.
 	s.listener = store.NewListener(s.dbURL, store.ReaderChannel(s.opts.InstanceID), s.log, s.onNote, s.hub.notifyAll)
+	s.listener.SessionOf(s.opts.InstanceID)
 	s.listener.Also(store.EventsChannel)
 	if err := s.listener.Start(ctx); err != nil {
 		s.cancel()

@@ -113,7 +113,7 @@ func TestFrozenInstanceLosesItsLocksAndItsStreams(t *testing.T) {
 // TestAFrozenCopyIsEndedWithItsInstancesLease: an instance frozen while its commit copies
 // events (a commit of more than 256) holds its streams' rows: a session waiting for a COPY's
 // data is not idle in its transaction, and no statement timeout ends it. Once its lease
-// lapsed, EndLapsedSessions (the maintenance leader's) ends that session by its name, the
+// lapsed, EndStuckSessions (the maintenance leader's) ends that session by its name, the
 // stream is claimed by another instance, and nothing of the frozen commit is stored.
 func TestAFrozenCopyIsEndedWithItsInstancesLease(t *testing.T) {
 	t.Parallel()
@@ -156,7 +156,7 @@ func TestAFrozenCopyIsEndedWithItsInstancesLease(t *testing.T) {
 		return n
 	}
 	waitFor(t, 10*time.Second, "the frozen instance's session never waited in its COPY", func() bool { return copying() == 1 })
-	if n, err := other.EndLapsedSessions(ctx); err != nil || n != 0 {
+	if n, err := other.EndStuckSessions(ctx, "other", time.Minute); err != nil || n != 0 {
 		t.Fatalf("ended %d sessions (%v) of an instance whose lease is fresh", n, err)
 	}
 	// What the session's timeouts would have done, they would have done by now: they do not
@@ -172,7 +172,7 @@ func TestAFrozenCopyIsEndedWithItsInstancesLease(t *testing.T) {
 	if claims, err := other.ClaimStreams(ctx, "other", time.Minute, 10); err != nil || len(claims) != 0 {
 		t.Fatalf("claims while the frozen COPY holds the row: %+v, %v", claims, err)
 	}
-	if n, err := other.EndLapsedSessions(ctx); err != nil || n != 1 {
+	if n, err := other.EndStuckSessions(ctx, "other", time.Minute); err != nil || n != 1 {
 		t.Fatalf("ended %d sessions (%v), want the frozen commit's", n, err)
 	}
 	var claims []store.Claim
@@ -499,5 +499,38 @@ func TestSessionNamesAreWhatPostgresKeeps(t *testing.T) {
 	}
 	if got := store.SessionName("host-1234-abcd"); got != "pushproxy host-1234-abcd" {
 		t.Errorf("SessionName of a plain id = %q", got)
+	}
+}
+
+// TestSessionsAreNamedAfterTheirInstance: the pool's sessions and the listener's carry the
+// instance's session name, so the maintenance leader can find them; a name the URL gives
+// is kept.
+func TestSessionsAreNamedAfterTheirInstance(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := migratedDatabase(t)
+	st := open(t, url, &store.Options{InstanceID: "named"})
+	l := store.NewListener(url, store.EventsChannel, nil, func(string) {}, func() {})
+	l.SessionOf("named")
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	given := open(t, url+"&application_name=mine", &store.Options{InstanceID: "given"})
+	if err := given.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	count := func(name string) (n int) {
+		t.Helper()
+		if err := st.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()`, name).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(store.SessionName("named")); n < 2 {
+		t.Fatalf("%d sessions named %q, want the pool's and the listener's", n, store.SessionName("named"))
+	}
+	if count("mine") != 1 || count(store.SessionName("given")) != 0 {
+		t.Fatal("the URL's application_name was not kept")
 	}
 }

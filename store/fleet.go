@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -123,8 +124,12 @@ func SessionName(id string) string {
 	return "pushproxy ~" + hex.EncodeToString(sum[:16])
 }
 
-// EndLapsedSessions ends (pg_terminate_backend) the sessions, in a transaction, of the
-// instances whose lease lapsed, found by their names (SessionName), and returns how many.
+// EndStuckSessions ends (pg_terminate_backend) the database sessions of pushproxy instances
+// (found by their names, SessionName of the ids in instances) that are stuck: inside a
+// transaction and waiting for their client (wait_event_type Client: idle in the
+// transaction, a COPY waiting for its data, notifications the client does not read), and
+// either of an instance whose lease lapsed (but self, the caller's own), or in that state,
+// unchanged, for longer than stuck. It returns how many it ended.
 //
 // An instance frozen (SIGSTOP, a paused VM) while its commit copies events (COPY FROM
 // STDIN, for commits of more than insertMaxEvents) holds the rows of the streams it commits
@@ -132,14 +137,17 @@ func SessionName(id string) string {
 // transaction, and a statement's timeout is not acted on until data arrives. Those streams
 // cannot be claimed meanwhile (ClaimStreams skips locked rows). Ending the session is what
 // releases them; an instance whose lease lapsed has lost its streams' leases anyway, and
-// what it commits late is fenced off by their epochs.
+// what it commits late is fenced off by their epochs. The duration covers an earlier process
+// frozen under an id that a new process renews (stuck should be at least the lease TTL,
+// which bounds the instances' own statement and idle timeouts).
 //
-// Ending another session needs the same role as it (the instances share one) or
-// pg_signal_backend.
-func (s *Store) EndLapsedSessions(ctx context.Context) (int64, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id FROM instances WHERE expires_at < now()`)
+// Ending another session and seeing whether it is in a transaction needs the same role as it
+// (the instances share one), or pg_signal_backend and pg_read_all_stats; a superuser's
+// sessions are left alone by a role that is not one.
+func (s *Store) EndStuckSessions(ctx context.Context, self string, stuck time.Duration) (int64, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id FROM instances`)
 	if err != nil {
-		return 0, fmt.Errorf("end lapsed sessions: %w", err)
+		return 0, fmt.Errorf("end stuck sessions: %w", err)
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil || len(ids) == 0 {
@@ -149,16 +157,19 @@ func (s *Store) EndLapsedSessions(ctx context.Context) (int64, error) {
 	for i, id := range ids {
 		names[i] = SessionName(id)
 	}
-	// The leases are looked at again with the sessions: one renewed meanwhile keeps them.
 	var n int64
 	err = s.pool.QueryRow(ctx, `
 		SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid))
 		FROM unnest($1::text[], $2::text[]) AS l(id, name)
-		JOIN instances i ON i.id = l.id AND i.expires_at < now()
+		JOIN instances i ON i.id = l.id
 		JOIN pg_stat_activity a ON a.application_name = l.name
-		WHERE a.datname = current_database() AND a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid()`, ids, names).Scan(&n)
+		WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+			AND a.xact_start IS NOT NULL AND a.wait_event_type = 'Client'
+			AND ((i.expires_at < now() AND i.id <> $3) OR a.state_change < now() - $4::interval)
+			AND (NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = a.usesysid)
+				OR (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user))`, ids, names, self, stuck).Scan(&n)
 	if err != nil {
-		return 0, fmt.Errorf("end lapsed sessions: %w", err)
+		return 0, fmt.Errorf("end stuck sessions: %w", err)
 	}
 	return n, nil
 }

@@ -22,13 +22,14 @@ import (
 // another session could wait for, so the store's session timeouts (Options) do not concern
 // it. Its connect errors are classified like the store's (pushproxy.EUNAVAILABLE).
 type Listener struct {
-	url     string
-	channel string
-	also    []string // more channels, LISTENed on the same connection
-	log     *slog.Logger
-	onNote  func(payload string)
-	resync  func()
-	loop    startstop.Loop
+	url      string
+	channel  string
+	also     []string // more channels, LISTENed on the same connection
+	instance string   // names the session (SessionOf)
+	log      *slog.Logger
+	onNote   func(payload string)
+	resync   func()
+	loop     startstop.Loop
 }
 
 // NewListener returns a Listener for channel on the database at url. onNote is called for
@@ -55,6 +56,12 @@ func (l *Listener) Start(ctx context.Context) error {
 	return nil
 }
 
+// SessionOf names the Listener's session after the instance id (SessionName), as
+// Options.InstanceID names the pool's, unless its URL or PGAPPNAME names it (call it
+// before Start): a session that delivers notifications its frozen instance does not read
+// stays in a transaction, and the maintenance leader ends it (EndStuckSessions).
+func (l *Listener) SessionOf(instanceID string) { l.instance = instanceID }
+
 // Also makes the Listener listen on channel too (call it before Start).
 func (l *Listener) Also(channel string) { l.also = append(l.also, channel) }
 
@@ -65,7 +72,14 @@ func (l *Listener) Stop() { l.loop.Stop() }
 func (l *Listener) Stopped() <-chan struct{} { return l.loop.Stopped() }
 
 func (l *Listener) connect(ctx context.Context) (*pgx.Conn, error) {
-	conn, err := pgx.Connect(ctx, l.url)
+	cfg, err := pgx.ParseConfig(l.url)
+	if err != nil {
+		return nil, fmt.Errorf("listen: connect: %w", redactURLError(err))
+	}
+	if _, ok := cfg.RuntimeParams["application_name"]; !ok && l.instance != "" {
+		cfg.RuntimeParams["application_name"] = SessionName(l.instance)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("listen: connect: %w", classify(redactURLError(err)))
 	}

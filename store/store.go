@@ -62,8 +62,9 @@ type Options struct {
 	// check their query plans).
 	Tracer pgx.QueryTracer
 	// InstanceID, when set, names the pool's sessions after the instance
-	// (application_name, SessionName), unless the database URL names them: then the
-	// maintenance leader can end them once the instance's lease lapsed (EndLapsedSessions).
+	// (application_name, SessionName), unless the database URL or PGAPPNAME names them: then
+	// the maintenance leader can end those the instance leaves stuck in a transaction
+	// (EndStuckSessions).
 	InstanceID string
 }
 
@@ -136,8 +137,11 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 	if _, ok := rp["plan_cache_mode"]; !ok {
 		rp["plan_cache_mode"] = "force_custom_plan"
 	}
-	if _, ok := rp["application_name"]; !ok && opts.InstanceID != "" {
+	nameOverridden := ""
+	if name, ok := rp["application_name"]; !ok && opts.InstanceID != "" {
 		rp["application_name"] = SessionName(opts.InstanceID)
+	} else if ok && opts.InstanceID != "" && name != SessionName(opts.InstanceID) {
+		nameOverridden = name
 	}
 	// Sent in the start-up packet, so they hold from a session's first statement.
 	rp["statement_timeout"] = strconv.FormatInt(stmt.Milliseconds(), 10)
@@ -153,6 +157,10 @@ func Open(ctx context.Context, url string, opts *Options) (*Store, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if nameOverridden != "" {
+		log.WarnContext(ctx, "the database URL or PGAPPNAME names this instance's sessions: the maintenance leader cannot find those it leaves stuck in a transaction (a freeze while copying events) to end them",
+			slog.String("application_name", nameOverridden), slog.String("expected", SessionName(opts.InstanceID)))
 	}
 	return &Store{
 		pool:           db{pool},
