@@ -450,27 +450,30 @@ func loadHandoffs(ctx context.Context, proxies []*handoffProxy, origin, apiKey s
 // for one it had not seen, started since).
 func databaseBackendsCPU(ctx context.Context, db string) func() time.Duration {
 	seen := map[int]time.Duration{}
-	pids := func() []int {
+	pids := func() ([]int32, error) {
 		conn, err := pgx.Connect(ctx, db)
 		if err != nil {
-			return nil
+			return nil, err
 		}
 		defer conn.Close(ctx)
 		rows, err := conn.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)
 		if err != nil {
-			return nil
+			return nil, err
 		}
-		ids, _ := pgx.CollectRows(rows, pgx.RowTo[int32])
-		var out []int
-		for _, id := range ids {
-			out = append(out, int(id))
-		}
-		return out
+		return pgx.CollectRows(rows, pgx.RowTo[int32])
 	}
 	first := true
 	return func() time.Duration {
+		ids, err := pids()
+		if err != nil {
+			// Without the first reading, the next one would count each backend's CPU since
+			// it started: it takes the first's place, and this run's CPU shows as 0.
+			fmt.Printf("  CPU per handoff: the database's backends: %v\n", err)
+			return 0
+		}
 		var total time.Duration
-		for _, pid := range pids() {
+		for _, id := range ids {
+			pid := int(id)
 			st, err := procStat(pid)
 			if err != nil {
 				continue
