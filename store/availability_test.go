@@ -75,8 +75,7 @@ func TestFrozenInstanceLosesItsLocksAndItsStreams(t *testing.T) {
 	frozen := open(t, url, &store.Options{LeaseTTL: ttl, IdleInTransactionTimeout: 300 * time.Millisecond})
 	other := open(t, url, nil)
 	renewed := time.Now()
-	// A lease that stays fresh until the test makes it lapse.
-	if err := frozen.RenewInstance(ctx, "frozen", time.Minute); err != nil {
+	if err := frozen.RenewInstance(ctx, "frozen", ttl); err != nil {
 		t.Fatal(err)
 	}
 	s, epoch, err := frozen.CreateStream(ctx, store.NewStream{URL: "http://origin.test/", TokenHash: []byte("h"), LeaseOwner: "frozen"})
