@@ -44,12 +44,18 @@ type skipped struct{ pkg, test, reason string }
 
 type key struct{ pkg, test string }
 
+// tailLines is how many of a package's last output lines are kept, to show when it fails with
+// no failing test.
+const tailLines = 60
+
 // summarize copies the run in r to w as go test would print it, then the skipped tests, and
 // reports whether everything passed.
 func summarize(r io.Reader, w io.Writer) bool {
-	output := map[key][]string{} // the output of tests still running
-	started := map[string]bool{} // packages without a result yet
-	var skips []skipped          // in the order the packages were started
+	output := map[key][]string{}    // the output of tests still running
+	tails := map[string][]string{}  // the last lines of each package's output, whatever test
+	failedTests := map[string]int{} // the failed tests of each package
+	started := map[string]bool{}    // packages without a result yet
+	var skips []skipped             // in the order the packages were started
 	order := map[string]int{}
 	packages, failed, builds := 0, 0, 0
 	flush := func(k key) {
@@ -69,6 +75,10 @@ func summarize(r io.Reader, w io.Writer) bool {
 			continue
 		}
 		k := key{e.Package, e.Test}
+		if e.Action == "output" {
+			t := append(tails[e.Package], e.Output)
+			tails[e.Package] = t[max(0, len(t)-tailLines):]
+		}
 		switch {
 		case e.Action == "build-output":
 			io.WriteString(w, e.Output)
@@ -84,6 +94,7 @@ func summarize(r io.Reader, w io.Writer) bool {
 		case e.Action == "output":
 			output[k] = append(output[k], e.Output)
 		case e.Test != "" && e.Action == "fail":
+			failedTests[e.Package]++
 			flush(k)
 		case e.Test != "" && e.Action == "skip":
 			skips = append(skips, skipped{e.Package, e.Test, skipReason(output[k])})
@@ -100,7 +111,16 @@ func summarize(r io.Reader, w io.Writer) bool {
 						flush(k) // tests that never finished: a panic or a timeout
 					}
 				}
+				if failedTests[e.Package] == 0 {
+					// Failed with no failing test (TestMain, a leak check, a binary killed):
+					// what it printed last, passing tests' lines included.
+					fmt.Fprintf(w, "(%s failed with no failing test; the last %d lines of its output:)\n", e.Package, len(tails[e.Package]))
+					for _, line := range tails[e.Package] {
+						io.WriteString(w, "    "+line)
+					}
+				}
 			}
+			delete(tails, e.Package)
 		}
 	}
 	if err := sc.Err(); err != nil {

@@ -121,3 +121,32 @@ func TestSummarizeIncompleteRun(t *testing.T) {
 		}
 	}
 }
+
+// TestSummarizeFailureWithoutAFailingTest: a package whose tests pass but which fails all the
+// same (its TestMain exits 1 after them: a leak check, say) shows the last lines it printed,
+// passing tests' included, rather than only its FAIL line.
+func TestSummarizeFailureWithoutAFailingTest(t *testing.T) {
+	in := goTestJSON(t, map[string]string{"leaky/l_test.go": `package leaky
+
+import (
+	"os"
+	"testing"
+)
+
+func TestMain(m *testing.M) {
+	m.Run()
+	os.Exit(1)
+}
+
+func TestQuiet(t *testing.T) { t.Log("the last thing it did") }
+`}, "./leaky")
+	var out bytes.Buffer
+	if summarize(bytes.NewReader(in), &out) {
+		t.Fatalf("a failing package passed:\n%s", out.String())
+	}
+	for _, want := range []string{"FAIL\texample.com/m/leaky", "failed with no failing test", "the last thing it did"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
