@@ -236,10 +236,17 @@ func checkDeviceQuota(ctx context.Context, tx pgx.Tx, deviceID string, max int) 
 	return nil
 }
 
-// insertStream inserts a handoff's stream ($1-$12: see CreateStream).
+// insertColumns and insertValues are the columns a handoff's stream is inserted with, and
+// their values ($1-$12: see CreateStream).
+const (
+	insertColumns = `id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by`
+	insertValues  = `$1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12`
+)
+
+// insertStream inserts a handoff's stream.
 const insertStream = `
-	INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12)
+	INSERT INTO streams AS s (` + insertColumns + `)
+	VALUES (` + insertValues + `)
 	RETURNING ` + streamColumns
 
 // insertKeyedStreamSQL inserts the stream of a handoff under an API key ($11), in a place
@@ -248,8 +255,8 @@ const insertStream = `
 // $14 first. It fails with SQLSTATE keyLimitCode when the key holds as many streams as it
 // may. The slot is taken in VALUES: Postgres plans that as an insert of constants.
 const insertKeyedStreamSQL = `
-	INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by, key_slot)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, pushproxy_key_slot($11, $13::int, $14::smallint))
+	INSERT INTO streams AS s (` + insertColumns + `, key_slot)
+	VALUES (` + insertValues + `, pushproxy_key_slot($11, $13::int, $14::smallint))
 	RETURNING ` + streamColumns
 
 // insertInKeySlotSQL is the path nearly every keyed handoff takes: pushproxy_key_slot's
@@ -271,8 +278,8 @@ const insertInKeySlotSQL = `
 				AND EXISTS (SELECT 1 FROM api_key_bounds b WHERE b.key_hash = $11 AND b.bound = $13::int)))
 		RETURNING slot
 	)
-	INSERT INTO streams AS s (id, device_id, url, headers, credentials_sealed, token_hash, resume_id, acked_id, lease_owner, lease_epoch, urgent_events, api_key_hash, compact_by, key_slot)
-	SELECT $1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, k.slot FROM k
+	INSERT INTO streams AS s (` + insertColumns + `, key_slot)
+	SELECT ` + insertValues + `, k.slot FROM k
 	RETURNING ` + streamColumns
 
 // keyLimitCode is the SQLSTATE pushproxy_key_slot raises when the key is full.

@@ -1,10 +1,8 @@
 package store_test
 
 import (
-	"context"
 	"testing"
 
-	"github.com/pushproxy/pushproxy/internal/pgtest"
 	"github.com/pushproxy/pushproxy/internal/seal"
 	"github.com/pushproxy/pushproxy/store"
 )
@@ -17,11 +15,6 @@ import (
 func BenchmarkHandoffSealing(b *testing.B) {
 	for _, mode := range []string{"clear", "sealed"} {
 		b.Run(mode, func(b *testing.B) {
-			ctx := context.Background()
-			url := pgtest.NewDatabase(b)
-			if err := store.Migrate(ctx, url, nil); err != nil {
-				b.Fatal(err)
-			}
 			o := &store.Options{MaxConns: 8}
 			if mode == "sealed" {
 				k, err := seal.Generate()
@@ -30,23 +23,10 @@ func BenchmarkHandoffSealing(b *testing.B) {
 				}
 				o.Sealer = k
 			}
-			st, err := store.Open(ctx, url, o)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer st.Close()
-			b.SetParallelism(4) // 4 × GOMAXPROCS concurrent handoffs
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					_, _, err := st.CreateStream(ctx, store.NewStream{URL: sealedURL, Headers: sealedHeaders, TokenHash: []byte("h")})
-					if err != nil {
-						b.Error(err)
-						return
-					}
-				}
+			st := open(b, migratedDatabase(b), o)
+			benchHandoffs(b, st, func(int64) store.NewStream {
+				return store.NewStream{URL: sealedURL, Headers: sealedHeaders, TokenHash: []byte("h")}
 			})
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "handoffs/s")
 		})
 	}
 }
